@@ -1,0 +1,168 @@
+//! The `pollcap` binary: argument parsing and start-up only; every behaviour
+//! lives in the library.
+
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use pollcap::settings::{FIELDS, Overrides, Settings, secs};
+
+#[derive(Parser)]
+#[command(
+    name = "pollcap",
+    version,
+    about = "A WebSocket server that never blocks indefinitely"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the resolved settings (profile, environment, backend, cap, timeouts).
+    Config {
+        #[command(flatten)]
+        settings: SettingsArgs,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Flags shared by every command that resolves settings. Values are kept as
+/// strings so that a bad one is reported with the flag's name.
+#[derive(Args, Clone, Default)]
+struct SettingsArgs {
+    /// Profile: local|development|testing|staging|production (env ENVIRONMENT).
+    #[arg(long)]
+    profile: Option<String>,
+    /// Poller backend: mio|polling (env POLLCAP_BACKEND).
+    #[arg(long)]
+    backend: Option<String>,
+    /// Poll cap in ms; 0 = spin, off = unbounded (env POLLCAP_POLL_CAP_MS).
+    #[arg(long)]
+    poll_cap: Option<String>,
+    /// Listen address IP:PORT (env POLLCAP_LISTEN, or 0.0.0.0:$PORT).
+    #[arg(long)]
+    listen: Option<String>,
+    /// Seconds from TCP accept to the first request byte.
+    #[arg(long, value_name = "SECS", allow_hyphen_values = true)]
+    connect_timeout: Option<String>,
+    /// Seconds from TCP accept to the 101 response written.
+    #[arg(long, value_name = "SECS", allow_hyphen_values = true)]
+    handshake_timeout: Option<String>,
+    /// Seconds to wait for any frame after a Ping.
+    #[arg(long, value_name = "SECS", allow_hyphen_values = true)]
+    ping_timeout: Option<String>,
+    /// Seconds of inbound silence before a Ping is sent.
+    #[arg(long, value_name = "SECS", allow_hyphen_values = true)]
+    heartbeat_interval: Option<String>,
+    /// Seconds of inbound silence before close 1001.
+    #[arg(long, value_name = "SECS", allow_hyphen_values = true)]
+    heartbeat_timeout: Option<String>,
+    /// Seconds without an application message before close 1001 "idle".
+    #[arg(long, value_name = "SECS", allow_hyphen_values = true)]
+    stale_timeout: Option<String>,
+    /// Maximum connection lifetime in seconds.
+    #[arg(long, value_name = "SECS", allow_hyphen_values = true)]
+    connection_timeout: Option<String>,
+    /// Seconds to finish the closing handshake.
+    #[arg(long, value_name = "SECS", allow_hyphen_values = true)]
+    close_timeout: Option<String>,
+    /// Seconds between audit sweeps.
+    #[arg(long, value_name = "SECS", allow_hyphen_values = true)]
+    cleanup_interval: Option<String>,
+    /// Seconds a handler may run for one message.
+    #[arg(long, value_name = "SECS", allow_hyphen_values = true)]
+    execution_timeout: Option<String>,
+}
+
+impl SettingsArgs {
+    fn overrides(&self) -> Overrides {
+        Overrides {
+            profile: self.profile.clone(),
+            backend: self.backend.clone(),
+            poll_cap: self.poll_cap.clone(),
+            listen: self.listen.clone(),
+            // Same order as settings::FIELDS.
+            timeouts: [
+                self.connect_timeout.clone(),
+                self.handshake_timeout.clone(),
+                self.ping_timeout.clone(),
+                self.heartbeat_interval.clone(),
+                self.heartbeat_timeout.clone(),
+                self.stale_timeout.clone(),
+                self.connection_timeout.clone(),
+                self.close_timeout.clone(),
+                self.cleanup_interval.clone(),
+                self.execution_timeout.clone(),
+            ],
+        }
+    }
+
+    /// Resolves settings or exits 2 with the one-line error.
+    fn resolve(&self) -> Result<Settings, ExitCode> {
+        Settings::from_process(&self.overrides()).map_err(|e| {
+            eprintln!("pollcap: {e}");
+            ExitCode::from(2)
+        })
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn print_table(s: &Settings) {
+    println!("{:<20} {}", "profile", s.profile);
+    println!("{:<20} {}", "environment", s.environment);
+    println!(
+        "{:<20} {}",
+        "cloud container",
+        if s.environment.is_cloud_container() {
+            "yes"
+        } else {
+            "no"
+        }
+    );
+    println!("{:<20} {}", "backend", s.backend.name());
+    println!("{:<20} {}", "poll cap", s.poll_cap);
+    println!("{:<20} {}", "listen", s.listen);
+    for f in FIELDS {
+        println!(
+            "{:<20} {:<8} ({} / {})",
+            f.name,
+            secs((f.get)(&s.timeouts)),
+            f.env,
+            f.flag
+        );
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match cli.command {
+        Command::Config { settings, json } => {
+            let s = match settings.resolve() {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
+            tracing::debug!("resolved settings: {}", s.summary());
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&s.to_json()).expect("json")
+                );
+            } else {
+                print_table(&s);
+            }
+            ExitCode::SUCCESS
+        }
+    }
+}

@@ -1,0 +1,78 @@
+//! Every platform difference of the crate lives here: OS identity and the
+//! raw-handle glue the `polling` backend needs (fds on Unix, sockets on
+//! Windows). Signals need nothing here: `ctrlc` covers SIGINT/SIGTERM and the
+//! Windows console with one API.
+
+use std::io;
+
+/// True when built for Windows (SPEC §3 detection).
+pub const IS_WINDOWS: bool = cfg!(windows);
+/// The OS name used in environment labels.
+pub const OS_NAME: &str = std::env::consts::OS;
+
+#[cfg(unix)]
+pub use std::os::fd::RawFd as RawSource;
+#[cfg(windows)]
+pub use std::os::windows::io::RawSocket as RawSource;
+
+/// Something both backends can poll: a `mio` source with a raw OS handle.
+pub trait Pollable: mio::event::Source {
+    fn raw_source(&self) -> RawSource;
+}
+
+macro_rules! pollable {
+    ($t:ty) => {
+        impl Pollable for $t {
+            #[cfg(unix)]
+            fn raw_source(&self) -> RawSource {
+                std::os::fd::AsRawFd::as_raw_fd(self)
+            }
+            #[cfg(windows)]
+            fn raw_source(&self) -> RawSource {
+                std::os::windows::io::AsRawSocket::as_raw_socket(self)
+            }
+        }
+    };
+}
+pollable!(mio::net::TcpStream);
+pollable!(mio::net::TcpListener);
+
+/// Adds `raw` to `poller`.
+///
+/// # Safety
+/// `raw` must stay open until [`polling_delete`] is called for it.
+pub unsafe fn polling_add(
+    poller: &polling::Poller,
+    raw: RawSource,
+    ev: polling::Event,
+    mode: polling::PollMode,
+) -> io::Result<()> {
+    // SAFETY: forwarded to the caller.
+    unsafe { poller.add_with_mode(raw, ev, mode) }
+}
+
+pub fn polling_modify(
+    poller: &polling::Poller,
+    raw: RawSource,
+    ev: polling::Event,
+    mode: polling::PollMode,
+) -> io::Result<()> {
+    poller.modify_with_mode(borrow(raw), ev, mode)
+}
+
+pub fn polling_delete(poller: &polling::Poller, raw: RawSource) -> io::Result<()> {
+    poller.delete(borrow(raw))
+}
+
+#[cfg(unix)]
+fn borrow<'a>(raw: RawSource) -> std::os::fd::BorrowedFd<'a> {
+    // SAFETY: callers pass the handle of a live registered source, which
+    // outlives this call.
+    unsafe { std::os::fd::BorrowedFd::borrow_raw(raw) }
+}
+
+#[cfg(windows)]
+fn borrow<'a>(raw: RawSource) -> std::os::windows::io::BorrowedSocket<'a> {
+    // SAFETY: as above.
+    unsafe { std::os::windows::io::BorrowedSocket::borrow_raw(raw) }
+}

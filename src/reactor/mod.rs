@@ -1,0 +1,158 @@
+//! The reactor: the only code that waits on the OS or reads the clock.
+//!
+//! One turn = wait `min(next deadline, cap)` → read `now` once → report ready
+//! I/O → hand out expired deadlines, all at that one `now`. The timeout of the
+//! next wait is computed from the same `now`, so time spent handling a turn
+//! shows up as deadline overshoot (measured in the histogram) rather than
+//! costing a second clock read.
+
+mod backend;
+mod cap;
+mod stats;
+mod timers;
+mod waker;
+
+use std::io;
+use std::sync::Arc;
+use std::time::Instant;
+
+pub use backend::{BackendKind, Event, Interest};
+pub use cap::{CapStrategy, DEFAULT_CAP, WaitLimit, wait_timeout};
+pub use stats::{ReactorStats, StatsSnapshot, WakeReason};
+pub use timers::{DeadlineQueue, TimerId};
+pub use waker::Waker;
+
+use crate::platform::Pollable;
+use backend::Backend;
+
+/// What one turn observed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Turn {
+    /// The single clock reading of this turn.
+    pub now: Instant,
+    pub reason: WakeReason,
+    /// A wake request was pending (whether or not its signal arrived).
+    pub woken: bool,
+}
+
+/// A capped event loop over one OS poller, with a deadline queue whose timers
+/// carry a `usize` token.
+pub struct Reactor {
+    backend: Backend,
+    waker: Arc<Waker>,
+    cap: CapStrategy,
+    timers: DeadlineQueue<usize>,
+    events: Vec<Event>,
+    stats: Arc<ReactorStats>,
+    now: Instant,
+}
+
+impl Reactor {
+    pub fn new(kind: BackendKind, cap: CapStrategy) -> io::Result<Reactor> {
+        let (backend, signal) = Backend::new(kind, 1024)?;
+        Ok(Reactor {
+            backend,
+            waker: Arc::new(Waker::new(signal)),
+            cap,
+            timers: DeadlineQueue::new(),
+            events: Vec::with_capacity(1024),
+            stats: Arc::new(ReactorStats::default()),
+            now: Instant::now(),
+        })
+    }
+
+    pub fn waker(&self) -> Arc<Waker> {
+        self.waker.clone()
+    }
+
+    pub fn stats(&self) -> Arc<ReactorStats> {
+        self.stats.clone()
+    }
+
+    pub fn cap(&self) -> CapStrategy {
+        self.cap
+    }
+
+    /// The clock reading of the last turn (or of construction).
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
+    pub fn timers(&mut self) -> &mut DeadlineQueue<usize> {
+        &mut self.timers
+    }
+
+    pub fn register(
+        &self,
+        src: &mut dyn Pollable,
+        token: usize,
+        interest: Interest,
+    ) -> io::Result<()> {
+        self.backend.register(src, token, interest)
+    }
+
+    pub fn reregister(
+        &self,
+        src: &mut dyn Pollable,
+        token: usize,
+        interest: Interest,
+    ) -> io::Result<()> {
+        self.backend.reregister(src, token, interest)
+    }
+
+    pub fn deregister(&self, src: &mut dyn Pollable) -> io::Result<()> {
+        self.backend.deregister(src)
+    }
+
+    /// Waits once, for at most `min(next deadline, cap)`, then reads the clock.
+    pub fn turn(&mut self) -> io::Result<Turn> {
+        let next = self.timers.next_deadline();
+        let (timeout, limit) = wait_timeout(self.now, next, self.cap);
+        let started = self.now;
+        self.events.clear();
+        let waited = self.backend.wait(&mut self.events, timeout);
+        self.now = Instant::now();
+        let woken = self.waker.take_pending();
+        let reason = match waited {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => WakeReason::Interrupted,
+            Err(e) => return Err(e),
+            Ok(()) if !self.events.is_empty() => WakeReason::Io,
+            Ok(()) if woken && !self.waker.is_suppressed() => WakeReason::Waker,
+            Ok(()) => match (limit, timeout) {
+                (WaitLimit::Deadline, _) if next.is_some_and(|d| self.now >= d) => {
+                    WakeReason::Deadline
+                }
+                (WaitLimit::Cap, Some(t)) if self.now.duration_since(started) >= t => {
+                    WakeReason::Cap
+                }
+                // Returned early with nothing to report (EINTR on some
+                // platforms, a stale wake signal): counted, not misfiled.
+                _ => WakeReason::Interrupted,
+            },
+        };
+        self.stats.count(reason);
+        if woken && matches!(reason, WakeReason::Cap | WakeReason::Deadline) {
+            self.stats
+                .lost_wakeups_recovered
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(Turn {
+            now: self.now,
+            reason,
+            woken,
+        })
+    }
+
+    /// Ready I/O of the last turn.
+    pub fn events(&self) -> &[Event] {
+        &self.events
+    }
+
+    /// Pops one timer due at this turn's `now`, recording its overshoot.
+    pub fn pop_expired(&mut self) -> Option<usize> {
+        let (token, due) = self.timers.pop_expired(self.now)?;
+        let late = self.now.saturating_duration_since(due);
+        self.stats.overshoot.record_us(late.as_micros() as u64);
+        Some(token)
+    }
+}

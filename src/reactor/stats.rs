@@ -1,0 +1,89 @@
+//! Per-reactor counters (SPEC §1): waits and how each ended, lost wakeups
+//! recovered by the cap, and the deadline-overshoot histogram.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use crate::histogram::{Histogram, Snapshot};
+
+/// Why one wait returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WakeReason {
+    /// Ready I/O was reported.
+    Io,
+    /// The waker was signalled.
+    Waker,
+    /// The next deadline came before the cap.
+    Deadline,
+    /// The cap came first.
+    Cap,
+    /// The wait was interrupted by a signal (EINTR).
+    Interrupted,
+}
+
+#[derive(Debug, Default)]
+pub struct ReactorStats {
+    pub waits: AtomicU64,
+    pub by_io: AtomicU64,
+    pub by_waker: AtomicU64,
+    pub by_deadline: AtomicU64,
+    pub by_cap: AtomicU64,
+    pub interrupted: AtomicU64,
+    /// Wake requests found pending after a wait that the waker did not end:
+    /// a lost or suppressed wakeup, recovered by the cap or a deadline.
+    pub lost_wakeups_recovered: AtomicU64,
+    /// How late expired deadlines were handled (µs).
+    pub overshoot: Histogram,
+}
+
+/// A plain copy of [`ReactorStats`], summable across reactors.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StatsSnapshot {
+    pub waits: u64,
+    pub by_io: u64,
+    pub by_waker: u64,
+    pub by_deadline: u64,
+    pub by_cap: u64,
+    pub interrupted: u64,
+    pub lost_wakeups_recovered: u64,
+    pub overshoot: Snapshot,
+}
+
+impl ReactorStats {
+    pub fn count(&self, reason: WakeReason) {
+        self.waits.fetch_add(1, Relaxed);
+        let c = match reason {
+            WakeReason::Io => &self.by_io,
+            WakeReason::Waker => &self.by_waker,
+            WakeReason::Deadline => &self.by_deadline,
+            WakeReason::Cap => &self.by_cap,
+            WakeReason::Interrupted => &self.interrupted,
+        };
+        c.fetch_add(1, Relaxed);
+    }
+
+    pub fn snapshot(&self) -> StatsSnapshot {
+        StatsSnapshot {
+            waits: self.waits.load(Relaxed),
+            by_io: self.by_io.load(Relaxed),
+            by_waker: self.by_waker.load(Relaxed),
+            by_deadline: self.by_deadline.load(Relaxed),
+            by_cap: self.by_cap.load(Relaxed),
+            interrupted: self.interrupted.load(Relaxed),
+            lost_wakeups_recovered: self.lost_wakeups_recovered.load(Relaxed),
+            overshoot: self.overshoot.snapshot(),
+        }
+    }
+}
+
+impl StatsSnapshot {
+    pub fn merge(&mut self, o: &StatsSnapshot) {
+        self.waits += o.waits;
+        self.by_io += o.by_io;
+        self.by_waker += o.by_waker;
+        self.by_deadline += o.by_deadline;
+        self.by_cap += o.by_cap;
+        self.interrupted += o.interrupted;
+        self.lost_wakeups_recovered += o.lost_wakeups_recovered;
+        self.overshoot.merge(&o.overshoot);
+    }
+}

@@ -1,0 +1,119 @@
+//! Runs the built binary: `pollcap config --json` under a few environments,
+//! and start-up errors (exit 2, one line naming the setting).
+
+use std::process::{Command, Output};
+
+fn pollcap(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pollcap"));
+    cmd.args(args).env_clear();
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run pollcap")
+}
+
+fn config_json(env: &[(&str, &str)]) -> serde_json::Value {
+    let out = pollcap(&["config", "--json"], env);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("valid JSON")
+}
+
+#[test]
+fn config_defaults() {
+    let j = config_json(&[]);
+    assert_eq!(j["profile"], "local");
+    assert_eq!(j["backend"], "mio");
+    assert_eq!(j["poll_cap"], "fixed(1000ms)");
+    assert_eq!(j["listen"], "127.0.0.1:8765");
+    assert_eq!(j["timeouts_s"]["handshake"], 3.0);
+    assert_eq!(j["environment"]["cloud_container"], false);
+}
+
+#[test]
+fn config_in_cloud_run_production() {
+    let j = config_json(&[
+        ("ENVIRONMENT", "production"),
+        ("K_SERVICE", "chat"),
+        ("PORT", "8080"),
+        ("POLLCAP_BACKEND", "polling"),
+    ]);
+    assert_eq!(j["profile"], "production");
+    assert_eq!(j["environment"]["cloud"], "gcp-cloud-run");
+    assert_eq!(j["environment"]["cloud_container"], true);
+    assert_eq!(j["listen"], "0.0.0.0:8080");
+    assert_eq!(j["backend"], "polling");
+    assert_eq!(j["timeouts_s"]["connection"], 3300.0);
+}
+
+#[test]
+fn config_in_kubernetes_with_overrides() {
+    let j = config_json(&[
+        ("ENVIRONMENT", "staging"),
+        ("KUBERNETES_SERVICE_HOST", "10.0.0.1"),
+        ("WEBSOCKET_STALE_TIMEOUT", "100.5"),
+        ("POLLCAP_POLL_CAP_MS", "off"),
+    ]);
+    assert_eq!(j["environment"]["cloud"], "kubernetes");
+    assert_eq!(j["timeouts_s"]["stale"], 100.5);
+    assert_eq!(j["poll_cap"], "unbounded");
+}
+
+#[test]
+fn flags_beat_env_in_the_binary() {
+    let out = pollcap(
+        &[
+            "config",
+            "--json",
+            "--ping-timeout",
+            "1.5",
+            "--poll-cap",
+            "250",
+        ],
+        &[("WEBSOCKET_PING_TIMEOUT", "3")],
+    );
+    assert!(out.status.success());
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["timeouts_s"]["ping"], 1.5);
+    assert_eq!(j["poll_cap_ms"], 250.0);
+}
+
+/// (extra args, environment, what the error must name)
+type BadCase<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+
+#[test]
+fn invalid_settings_exit_2_with_one_named_line() {
+    let cases: [BadCase; 5] = [
+        (
+            &[],
+            &[("WEBSOCKET_PING_TIMEOUT", "abc")],
+            "WEBSOCKET_PING_TIMEOUT",
+        ),
+        (&[], &[("ENVIRONMENT", "moon")], "ENVIRONMENT"),
+        (&[], &[("WEBSOCKET_CONNECT_TIMEOUT", "9")], "connect"),
+        (&["--close-timeout", "-1"], &[], "--close-timeout"),
+        (&["--poll-cap", "5000"], &[], "poll cap"),
+    ];
+    for (args, env, named) in cases {
+        let mut a = vec!["config"];
+        a.extend_from_slice(args);
+        let out = pollcap(&a, env);
+        assert_eq!(out.status.code(), Some(2), "{args:?} {env:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+        assert!(err.contains(named), "{err} should name {named}");
+        assert!(out.stdout.is_empty());
+    }
+}
+
+#[test]
+fn help_and_version() {
+    let out = pollcap(&["--version"], &[]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("pollcap "));
+    let out = pollcap(&["--help"], &[]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("config"));
+}
