@@ -3,7 +3,12 @@
 //! Every OS wait is capped ([`reactor`]), and every connection phase has an
 //! explicit deadline. See README.md for the tour.
 
+pub mod app;
+pub mod conn;
 pub mod histogram;
+pub mod http;
+pub mod metrics;
 pub mod platform;
 pub mod reactor;
+pub mod server;
 pub mod settings;

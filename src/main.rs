@@ -27,6 +27,45 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run the WebSocket server (defaults: 127.0.0.1:8765, local profile).
+    Serve {
+        #[command(flatten)]
+        settings: SettingsArgs,
+        #[command(flatten)]
+        server: ServeArgs,
+    },
+}
+
+/// Server-only flags.
+#[derive(Args, Clone)]
+struct ServeArgs {
+    /// Reactor threads (default: available cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Application: echo.
+    #[arg(long, default_value = "echo")]
+    app: String,
+    /// Path of the WebSocket endpoint.
+    #[arg(long, default_value = "/ws")]
+    ws_path: String,
+    /// Largest inbound message in bytes (over it: close 1009).
+    #[arg(long, default_value_t = 1 << 20)]
+    max_message: usize,
+    /// Largest inbound frame payload in bytes (over it: close 1009).
+    #[arg(long, default_value_t = 1 << 20)]
+    max_frame: usize,
+    /// Most open WebSocket connections (over it: HTTP 503 + Retry-After).
+    #[arg(long, default_value_t = 10_000)]
+    max_connections: usize,
+    /// Bytes queued for a slow reader before close 1008 "backpressure".
+    #[arg(long, default_value_t = 4 << 20)]
+    max_outbound: usize,
+    /// Per-connection read buffer in bytes (the main idle cost).
+    #[arg(long, default_value_t = 512)]
+    read_buffer: usize,
+    /// Allow a non-loopback listen address without authentication.
+    #[arg(long)]
+    insecure_no_auth: bool,
 }
 
 /// Flags shared by every command that resolves settings. Values are kept as
@@ -144,6 +183,71 @@ fn print_table(s: &Settings) {
     }
 }
 
+fn serve(settings: Settings, args: ServeArgs) -> ExitCode {
+    use pollcap::server::{Server, ServerConfig};
+    let fail = |msg: String| {
+        eprintln!("pollcap: {msg}");
+        ExitCode::from(2)
+    };
+    if !settings.listen.ip().is_loopback() && !args.insecure_no_auth {
+        return fail(format!(
+            "refusing to listen on non-loopback address {} without authentication \
+             (rule: auth may be off only on loopback); pass --insecure-no-auth to accept the risk",
+            settings.listen
+        ));
+    }
+    let Some(app) = pollcap::app::App::parse(&args.app) else {
+        return fail(format!(
+            "invalid setting --app={:?}: must be echo",
+            args.app
+        ));
+    };
+    let mut cfg = ServerConfig::new(settings);
+    cfg.app = app;
+    cfg.ws_path = args.ws_path;
+    if let Some(t) = args.threads {
+        cfg.threads = t;
+    }
+    cfg.limits.max_message = args.max_message;
+    cfg.limits.max_frame = args.max_frame;
+    cfg.limits.max_connections = args.max_connections;
+    cfg.limits.max_outbound = args.max_outbound;
+    cfg.limits.read_buffer = args.read_buffer;
+    if let Err(e) = cfg.validate() {
+        return fail(e.to_string());
+    }
+    let server = match Server::start(cfg.clone()) {
+        Ok(s) => s,
+        Err(e) => return fail(format!("cannot listen on {}: {e}", cfg.settings.listen)),
+    };
+    let handle = server.shutdown_handle();
+    if let Err(e) = ctrlc::set_handler(move || {
+        tracing::info!("shutdown signal: draining");
+        handle.shutdown();
+    }) {
+        return fail(format!("cannot install the shutdown signal handler: {e}"));
+    }
+    tracing::info!(
+        "pollcap {} listening on {} ws_path={} app={} threads={} {}",
+        env!("CARGO_PKG_VERSION"),
+        server.local_addr(),
+        cfg.ws_path,
+        cfg.app.name(),
+        cfg.threads,
+        cfg.settings.summary()
+    );
+    match server.join() {
+        Ok(()) => {
+            tracing::info!("drained; exiting");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("pollcap: reactor failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
@@ -164,5 +268,9 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
+        Command::Serve { settings, server } => match settings.resolve() {
+            Ok(s) => serve(s, server),
+            Err(code) => code,
+        },
     }
 }

@@ -76,3 +76,20 @@ fn borrow<'a>(raw: RawSource) -> std::os::windows::io::BorrowedSocket<'a> {
     // SAFETY: as above.
     unsafe { std::os::windows::io::BorrowedSocket::borrow_raw(raw) }
 }
+
+/// A non-blocking listener with a deep backlog (a 128 backlog drops
+/// connections in a handshake storm). Address reuse is set on Unix only: on
+/// Windows `SO_REUSEADDR` would let another process steal the port.
+pub fn bind_listener(
+    addr: std::net::SocketAddr,
+    backlog: i32,
+) -> io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    #[cfg(unix)]
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(backlog)?;
+    Ok(socket.into())
+}

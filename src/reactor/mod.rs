@@ -82,6 +82,11 @@ impl Reactor {
         &mut self.timers
     }
 
+    /// The deadline a timer is armed for (read-only peek for audits).
+    pub fn timer_deadline(&self, id: TimerId) -> Option<Instant> {
+        self.timers.deadline(id)
+    }
+
     pub fn register(
         &self,
         src: &mut dyn Pollable,

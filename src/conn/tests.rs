@@ -1,0 +1,327 @@
+//! State-machine tests with injected time over an in-memory duplex: every
+//! phase deadline of SPEC §2 in microseconds of real time.
+
+use super::*;
+use crate::metrics::ServerMetrics;
+use crate::settings::Profile;
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::time::Duration;
+use tungstenite::protocol::frame::coding::CloseCode;
+
+type Buf = Rc<RefCell<VecDeque<u8>>>;
+
+/// One end of an in-memory duplex; `WouldBlock` when empty.
+struct End {
+    rx: Buf,
+    tx: Buf,
+}
+
+impl Read for End {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut rx = self.rx.borrow_mut();
+        if rx.is_empty() {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let n = buf.len().min(rx.len());
+        for (d, s) in buf.iter_mut().zip(rx.drain(..n)) {
+            *d = s;
+        }
+        Ok(n)
+    }
+}
+
+impl Write for End {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.tx.borrow_mut().extend(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn duplex() -> (End, End) {
+    let a: Buf = Default::default();
+    let b: Buf = Default::default();
+    (
+        End {
+            rx: a.clone(),
+            tx: b.clone(),
+        },
+        End { rx: b, tx: a },
+    )
+}
+
+struct TestHost {
+    cfg: ConnConfig,
+    metrics: ServerMetrics,
+}
+
+impl Host for TestHost {
+    fn config(&self) -> &ConnConfig {
+        &self.cfg
+    }
+    fn metrics(&self) -> &ServerMetrics {
+        &self.metrics
+    }
+    fn route(&self, _: Route, _: Instant) -> Response {
+        http::text(200, "OK", "ok\n")
+    }
+    fn admit(&self) -> Result<(), Response> {
+        Ok(())
+    }
+}
+
+fn host() -> TestHost {
+    TestHost {
+        cfg: ConnConfig {
+            timeouts: Profile::Local.timeouts(),
+            limits: Limits::default(),
+            ws_path: "/ws".into(),
+            app: App::Echo,
+        },
+        metrics: ServerMetrics::default(),
+    }
+}
+
+const REQ: &str = "GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+
+fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s)
+}
+
+/// An upgraded connection at `t0` and the client's WebSocket.
+fn open(h: &TestHost, t0: Instant) -> (Conn<End>, WebSocket<End>) {
+    let (server, mut client) = duplex();
+    let mut c = Conn::new(1, server, t0, 1.0);
+    client.write_all(REQ.as_bytes()).unwrap();
+    c.on_ready(true, false, t0, h);
+    assert_eq!(c.phase(), PhaseName::Open);
+    let mut head = vec![0u8; 4096];
+    let n = client.read(&mut head).unwrap();
+    assert!(head[..n].starts_with(b"HTTP/1.1 101 "));
+    (c, WebSocket::from_raw_socket(client, Role::Client, None))
+}
+
+fn expect_close(client: &mut WebSocket<End>, code: u16, reason: &str) {
+    loop {
+        match client.read() {
+            Ok(Message::Close(Some(f))) => {
+                assert_eq!(f.code, CloseCode::from(code));
+                assert_eq!(f.reason.as_str(), reason);
+                return;
+            }
+            Ok(_) => continue,
+            Err(e) => panic!("expected close {code}, got {e}"),
+        }
+    }
+}
+
+#[test]
+fn upgrade_then_echo() {
+    let h = host();
+    let t0 = Instant::now();
+    let (mut c, mut client) = open(&h, t0);
+    client.send(Message::text("hello")).unwrap();
+    c.on_ready(true, false, t0, &h);
+    assert_eq!(client.read().unwrap(), Message::text("hello"));
+    assert_eq!(
+        h.metrics
+            .upgrades_total
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    assert!(c.holds_slot());
+}
+
+#[test]
+fn connect_deadline_drops_a_silent_client() {
+    let h = host();
+    let t0 = Instant::now();
+    let (server, _client) = duplex();
+    let mut c = Conn::new(1, server, t0, 1.0);
+    assert_eq!(c.next_deadline(&h.cfg.timeouts), Some(t0 + secs(2.0)));
+    c.on_timeout(t0 + secs(1.9), &h);
+    assert_eq!(c.phase(), PhaseName::Http);
+    c.on_timeout(t0 + secs(2.0), &h);
+    assert!(c.is_done());
+    assert_eq!(h.metrics.timeouts_of(TimeoutPhase::Connect), 1);
+}
+
+#[test]
+fn handshake_deadline_answers_408() {
+    let h = host();
+    let t0 = Instant::now();
+    let (server, mut client) = duplex();
+    let mut c = Conn::new(1, server, t0, 1.0);
+    client.write_all(b"GET /ws HT").unwrap();
+    c.on_ready(true, false, t0 + secs(0.1), &h);
+    // A byte arrived: only the handshake deadline remains.
+    assert_eq!(c.next_deadline(&h.cfg.timeouts), Some(t0 + secs(3.0)));
+    c.on_timeout(t0 + secs(3.0), &h);
+    assert!(c.is_done(), "408 written, then closed");
+    let mut out = String::new();
+    client.read_to_string(&mut out).ok();
+    assert!(out.starts_with("HTTP/1.1 408 "), "{out}");
+    assert_eq!(h.metrics.timeouts_of(TimeoutPhase::Handshake), 1);
+}
+
+#[test]
+fn heartbeat_ping_then_pong_deadline_closes_1011() {
+    let h = host();
+    let t0 = Instant::now();
+    let (mut c, mut client) = open(&h, t0);
+    let t = h.cfg.timeouts;
+    assert_eq!(c.next_deadline(&t), Some(t0 + t.heartbeat_interval));
+    let t1 = t0 + t.heartbeat_interval;
+    c.on_timeout(t1, &h);
+    // The client sees the Ping; it does not answer (its pong is never flushed).
+    let mut raw: Vec<u8> = Vec::new();
+    raw.extend(client.get_mut().rx.borrow().iter());
+    assert_eq!(raw[0], 0x89, "a Ping frame was sent");
+    assert_eq!(c.next_deadline(&t), Some(t1 + t.ping));
+    c.on_timeout(t1 + t.ping, &h);
+    assert_eq!(c.phase(), PhaseName::Closing);
+    expect_close(&mut client, 1011, "keepalive ping timeout");
+    assert_eq!(h.metrics.timeouts_of(TimeoutPhase::Ping), 1);
+}
+
+#[test]
+fn any_inbound_frame_answers_the_ping_and_resets_heartbeat() {
+    let h = host();
+    let t0 = Instant::now();
+    let (mut c, mut client) = open(&h, t0);
+    let t = h.cfg.timeouts;
+    let t1 = t0 + t.heartbeat_interval;
+    c.on_timeout(t1, &h);
+    // The client reads the ping; tungstenite queues the pong; flush sends it.
+    assert!(matches!(client.read(), Ok(Message::Ping(_))));
+    client.flush().unwrap();
+    let t2 = t1 + secs(0.5);
+    c.on_ready(true, false, t2, &h);
+    assert_eq!(c.next_deadline(&t), Some(t2 + t.heartbeat_interval));
+    assert_eq!(h.metrics.timeouts_of(TimeoutPhase::Ping), 0);
+}
+
+#[test]
+fn jitter_spreads_the_heartbeat() {
+    let h = host();
+    let t0 = Instant::now();
+    let (server, _client) = duplex();
+    let c = Conn::new(1, server, t0, 1.05);
+    let (mut c2, _) = open(&h, t0);
+    drop(c);
+    c2.jitter = 1.05;
+    let t = h.cfg.timeouts;
+    assert_eq!(
+        c2.next_deadline(&t),
+        Some(t0 + t.heartbeat_interval.mul_f64(1.05))
+    );
+    assert_eq!(Conn::new(2, duplex().0, t0, 7.0).jitter, 1.1, "clamped");
+}
+
+#[test]
+fn stale_connection_closes_1001_idle() {
+    let mut h = host();
+    // Keep the peer alive with pings but send no application message.
+    h.cfg.timeouts.stale = secs(20.0);
+    let t0 = Instant::now();
+    let (mut c, mut client) = open(&h, t0);
+    let mut now = t0;
+    for _ in 0..4 {
+        now += secs(4.0);
+        client.send(Message::Ping(vec![].into())).unwrap();
+        c.on_ready(true, false, now, &h);
+        c.on_timeout(now, &h);
+        assert_eq!(c.phase(), PhaseName::Open);
+    }
+    assert_eq!(c.next_deadline(&h.cfg.timeouts), Some(t0 + secs(20.0)));
+    c.on_timeout(t0 + secs(20.0), &h);
+    expect_close(&mut client, 1001, "idle");
+    assert_eq!(h.metrics.timeouts_of(TimeoutPhase::Stale), 1);
+}
+
+#[test]
+fn lifetime_closes_1001_max_lifetime() {
+    let mut h = host();
+    h.cfg.timeouts.connection = secs(10.0);
+    h.cfg.timeouts.stale = secs(10.0);
+    let t0 = Instant::now();
+    let (mut c, mut client) = open(&h, t0);
+    let mut now = t0;
+    for _ in 0..4 {
+        now += secs(2.4);
+        client.send(Message::text("busy")).unwrap();
+        c.on_ready(true, false, now, &h);
+    }
+    c.on_timeout(t0 + secs(10.0), &h);
+    expect_close(&mut client, 1001, "max lifetime");
+    assert_eq!(h.metrics.timeouts_of(TimeoutPhase::Lifetime), 1);
+}
+
+#[test]
+fn silent_peer_closes_at_heartbeat_timeout_when_ping_is_long() {
+    let mut h = host();
+    // ping long enough that liveness (15 s) comes first.
+    h.cfg.timeouts.ping = secs(4.9);
+    h.cfg.timeouts.heartbeat_interval = secs(12.0);
+    let t0 = Instant::now();
+    let (mut c, mut client) = open(&h, t0);
+    c.on_timeout(t0 + secs(12.0), &h); // ping sent
+    assert_eq!(c.next_deadline(&h.cfg.timeouts), Some(t0 + secs(15.0)));
+    c.on_timeout(t0 + secs(15.0), &h);
+    expect_close(&mut client, 1001, "heartbeat timeout");
+    assert_eq!(h.metrics.timeouts_of(TimeoutPhase::Heartbeat), 1);
+}
+
+#[test]
+fn closing_deadline_drops_a_peer_that_never_answers() {
+    let h = host();
+    let t0 = Instant::now();
+    let (mut c, _client) = open(&h, t0);
+    c.shutdown(t0, &h);
+    assert_eq!(c.phase(), PhaseName::Closing);
+    assert_eq!(c.next_deadline(&h.cfg.timeouts), Some(t0 + secs(1.0)));
+    c.on_timeout(t0 + secs(1.0), &h);
+    assert!(c.is_done());
+    assert_eq!(h.metrics.timeouts_of(TimeoutPhase::Close), 1);
+}
+
+#[test]
+fn peer_close_completes_the_handshake() {
+    let h = host();
+    let t0 = Instant::now();
+    let (mut c, mut client) = open(&h, t0);
+    client.close(None).unwrap();
+    c.on_ready(true, false, t0, &h);
+    assert!(c.is_done(), "server echoes the close and drops TCP");
+    assert!(matches!(client.read(), Ok(Message::Close(_))));
+}
+
+#[test]
+fn frames_sent_with_the_request_head_are_not_lost() {
+    let h = host();
+    let t0 = Instant::now();
+    let (server, client_end) = duplex();
+    // Build the masked frame with a client-role WebSocket writing to a scratch duplex.
+    let (scratch_a, scratch_b) = duplex();
+    let mut framer = WebSocket::from_raw_socket(scratch_a, Role::Client, None);
+    framer.send(Message::text("early")).unwrap();
+    let frame: Vec<u8> = scratch_b.rx.borrow().iter().copied().collect();
+    let mut client_end = client_end;
+    let mut bytes = REQ.as_bytes().to_vec();
+    bytes.extend(frame);
+    client_end.write_all(&bytes).unwrap();
+    let mut c = Conn::new(1, server, t0, 1.0);
+    c.on_ready(true, false, t0, &h);
+    let mut head = vec![0u8; 129];
+    let n = client_end.read(&mut head).unwrap();
+    let end = head[..n].windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let rest = head[end..n].to_vec();
+    client_end.rx.borrow_mut().extend(&rest);
+    let mut client = WebSocket::from_raw_socket(client_end, Role::Client, None);
+    assert_eq!(client.read().unwrap(), Message::text("early"));
+}

@@ -1,0 +1,294 @@
+//! Server-wide counters (atomics, shared by every reactor thread) and their
+//! two renderings: `/health` JSON and `/metrics` Prometheus text (SPEC §8).
+//! Counted per connection event, never per message, so the hot path stays
+//! free of shared cache lines.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use crate::histogram::Histogram;
+use crate::reactor::StatsSnapshot;
+use crate::settings::{FIELDS, Settings};
+
+/// A connection phase whose deadline can expire (SPEC §2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimeoutPhase {
+    Connect,
+    Handshake,
+    Ping,
+    Heartbeat,
+    Stale,
+    Lifetime,
+    Close,
+}
+
+impl TimeoutPhase {
+    pub const ALL: [TimeoutPhase; 7] = [
+        TimeoutPhase::Connect,
+        TimeoutPhase::Handshake,
+        TimeoutPhase::Ping,
+        TimeoutPhase::Heartbeat,
+        TimeoutPhase::Stale,
+        TimeoutPhase::Lifetime,
+        TimeoutPhase::Close,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            TimeoutPhase::Connect => "connect",
+            TimeoutPhase::Handshake => "handshake",
+            TimeoutPhase::Ping => "ping",
+            TimeoutPhase::Heartbeat => "heartbeat",
+            TimeoutPhase::Stale => "stale",
+            TimeoutPhase::Lifetime => "lifetime",
+            TimeoutPhase::Close => "close",
+        }
+    }
+}
+
+/// Close codes the server sends, counted by code.
+pub const CLOSE_CODES: [u16; 8] = [1000, 1001, 1002, 1007, 1008, 1009, 1011, 1013];
+/// HTTP statuses the server answers with, counted by status.
+pub const HTTP_STATUSES: [u16; 10] = [101, 200, 400, 404, 405, 408, 426, 431, 503, 500];
+
+#[derive(Debug, Default)]
+pub struct ServerMetrics {
+    pub accepted_total: AtomicU64,
+    /// Dropped at accept because the socket limit was reached.
+    pub rejected_at_accept_total: AtomicU64,
+    pub upgrades_total: AtomicU64,
+    pub open: AtomicU64,
+    pub timeouts: [AtomicU64; 7],
+    pub close_sent: [AtomicU64; CLOSE_CODES.len() + 1],
+    pub http_status: [AtomicU64; HTTP_STATUSES.len() + 1],
+    /// TCP accepted → 101 fully written.
+    pub handshake_latency: Histogram,
+    pub missed_deadlines_total: AtomicU64,
+}
+
+impl ServerMetrics {
+    pub fn timeout(&self, phase: TimeoutPhase) {
+        self.timeouts[phase as usize].fetch_add(1, Relaxed);
+    }
+
+    pub fn timeouts_of(&self, phase: TimeoutPhase) -> u64 {
+        self.timeouts[phase as usize].load(Relaxed)
+    }
+
+    pub fn close_sent(&self, code: u16) {
+        let i = CLOSE_CODES
+            .iter()
+            .position(|c| *c == code)
+            .unwrap_or(CLOSE_CODES.len());
+        self.close_sent[i].fetch_add(1, Relaxed);
+    }
+
+    pub fn http_status(&self, status: u16) {
+        let i = HTTP_STATUSES
+            .iter()
+            .position(|s| *s == status)
+            .unwrap_or(HTTP_STATUSES.len());
+        self.http_status[i].fetch_add(1, Relaxed);
+    }
+}
+
+/// Everything `/health` and `/metrics` report, gathered at one `now`.
+pub struct Report<'a> {
+    pub settings: &'a Settings,
+    pub metrics: &'a ServerMetrics,
+    pub reactors: StatsSnapshot,
+    pub reactor_threads: usize,
+    pub draining: bool,
+    pub uptime: Duration,
+    pub max_connections: usize,
+}
+
+impl Report<'_> {
+    /// `healthy`, `degraded` (at the connection limit, or a deadline was
+    /// missed by the queue) or `draining`.
+    pub fn status(&self) -> &'static str {
+        if self.draining {
+            "draining"
+        } else if self.metrics.open.load(Relaxed) as usize >= self.max_connections
+            || self.metrics.missed_deadlines_total.load(Relaxed) > 0
+        {
+            "degraded"
+        } else {
+            "healthy"
+        }
+    }
+
+    pub fn health_json(&self) -> String {
+        let m = self.metrics;
+        let h = m.handshake_latency.snapshot();
+        let ms = |us: u64| us as f64 / 1000.0;
+        let mut timeouts = serde_json::Map::new();
+        for p in TimeoutPhase::ALL {
+            timeouts.insert(p.name().into(), m.timeouts_of(p).into());
+        }
+        let mut configured = serde_json::Map::new();
+        for f in FIELDS {
+            configured.insert(
+                f.name.into(),
+                (f.get)(&self.settings.timeouts).as_secs_f64().into(),
+            );
+        }
+        let r = &self.reactors;
+        let j = serde_json::json!({
+            "status": self.status(),
+            "environment": self.settings.environment.label(),
+            "cloud_container": self.settings.environment.is_cloud_container(),
+            "profile": self.settings.profile.name(),
+            "backend": self.settings.backend.name(),
+            "poll_cap": self.settings.poll_cap.to_string(),
+            "reactor_threads": self.reactor_threads,
+            "timeouts_s": configured,
+            "connections": {
+                "open": m.open.load(Relaxed),
+                "total": m.accepted_total.load(Relaxed),
+                "upgrades": m.upgrades_total.load(Relaxed),
+                "max": self.max_connections,
+            },
+            "handshake_latency_ms": {
+                "count": h.count,
+                "avg": h.mean_us() / 1000.0,
+                "p50": ms(h.quantile_us(0.50)),
+                "p95": ms(h.quantile_us(0.95)),
+                "p99": ms(h.quantile_us(0.99)),
+            },
+            "timeouts": timeouts,
+            "missed_deadlines": m.missed_deadlines_total.load(Relaxed),
+            "reactor": {
+                "waits": r.waits,
+                "by_io": r.by_io,
+                "by_waker": r.by_waker,
+                "by_deadline": r.by_deadline,
+                "by_cap": r.by_cap,
+                "interrupted": r.interrupted,
+                "lost_wakeups_recovered": r.lost_wakeups_recovered,
+                "deadline_overshoot_p99_ms": ms(r.overshoot.quantile_us(0.99)),
+            },
+            "uptime_s": self.uptime.as_secs_f64(),
+        });
+        j.to_string()
+    }
+
+    pub fn prometheus(&self) -> String {
+        let m = self.metrics;
+        let mut o = String::with_capacity(8192);
+        let counter = |o: &mut String, name: &str, help: &str, v: u64| {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+        };
+        counter(
+            &mut o,
+            "pollcap_connections_accepted_total",
+            "TCP connections accepted.",
+            m.accepted_total.load(Relaxed),
+        );
+        counter(
+            &mut o,
+            "pollcap_connections_rejected_at_accept_total",
+            "TCP connections dropped at accept (socket limit).",
+            m.rejected_at_accept_total.load(Relaxed),
+        );
+        counter(
+            &mut o,
+            "pollcap_upgrades_total",
+            "WebSocket upgrades completed (101 written).",
+            m.upgrades_total.load(Relaxed),
+        );
+        counter(
+            &mut o,
+            "pollcap_missed_deadlines_total",
+            "Deadlines found expired by the audit sweep (must stay 0).",
+            m.missed_deadlines_total.load(Relaxed),
+        );
+        let _ = writeln!(
+            o,
+            "# HELP pollcap_connections_open Open WebSocket connections.\n# TYPE pollcap_connections_open gauge\npollcap_connections_open {}",
+            m.open.load(Relaxed)
+        );
+        let _ = writeln!(
+            o,
+            "# HELP pollcap_draining 1 while the server drains.\n# TYPE pollcap_draining gauge\npollcap_draining {}",
+            self.draining as u8
+        );
+
+        o.push_str("# HELP pollcap_timeouts_total Phase deadlines that expired, by phase.\n# TYPE pollcap_timeouts_total counter\n");
+        for p in TimeoutPhase::ALL {
+            let _ = writeln!(
+                o,
+                "pollcap_timeouts_total{{phase=\"{}\"}} {}",
+                p.name(),
+                m.timeouts_of(p)
+            );
+        }
+        o.push_str("# HELP pollcap_close_frames_sent_total Close frames initiated by the server, by code.\n# TYPE pollcap_close_frames_sent_total counter\n");
+        for (i, c) in m.close_sent.iter().enumerate() {
+            let code = CLOSE_CODES
+                .get(i)
+                .map_or("other".to_string(), |c| c.to_string());
+            let _ = writeln!(
+                o,
+                "pollcap_close_frames_sent_total{{code=\"{code}\"}} {}",
+                c.load(Relaxed)
+            );
+        }
+        o.push_str("# HELP pollcap_http_responses_total HTTP responses, by status.\n# TYPE pollcap_http_responses_total counter\n");
+        for (i, c) in m.http_status.iter().enumerate() {
+            let s = HTTP_STATUSES
+                .get(i)
+                .map_or("other".to_string(), |s| s.to_string());
+            let _ = writeln!(
+                o,
+                "pollcap_http_responses_total{{status=\"{s}\"}} {}",
+                c.load(Relaxed)
+            );
+        }
+        o.push_str("# HELP pollcap_handshake_duration_seconds TCP accept to 101 written.\n# TYPE pollcap_handshake_duration_seconds histogram\n");
+        m.handshake_latency.snapshot().write_prometheus(
+            &mut o,
+            "pollcap_handshake_duration_seconds",
+            "",
+        );
+
+        let r = &self.reactors;
+        o.push_str("# HELP pollcap_reactor_waits_total OS waits, by what ended them.\n# TYPE pollcap_reactor_waits_total counter\n");
+        for (reason, v) in [
+            ("io", r.by_io),
+            ("waker", r.by_waker),
+            ("deadline", r.by_deadline),
+            ("cap", r.by_cap),
+            ("interrupted", r.interrupted),
+        ] {
+            let _ = writeln!(
+                o,
+                "pollcap_reactor_waits_total{{ended_by=\"{reason}\"}} {v}"
+            );
+        }
+        counter(
+            &mut o,
+            "pollcap_reactor_lost_wakeups_recovered_total",
+            "Wake requests whose signal never arrived, recovered by the cap or a deadline.",
+            r.lost_wakeups_recovered,
+        );
+        o.push_str("# HELP pollcap_deadline_overshoot_seconds How late expired deadlines were handled.\n# TYPE pollcap_deadline_overshoot_seconds histogram\n");
+        r.overshoot
+            .write_prometheus(&mut o, "pollcap_deadline_overshoot_seconds", "");
+        let _ = writeln!(
+            o,
+            "# HELP pollcap_poll_cap_seconds The configured cap (-1 = unbounded).\n# TYPE pollcap_poll_cap_seconds gauge\npollcap_poll_cap_seconds {}",
+            self.settings
+                .poll_cap
+                .limit()
+                .map_or(-1.0, |d| d.as_secs_f64())
+        );
+        let _ = writeln!(
+            o,
+            "# HELP pollcap_uptime_seconds Seconds since start.\n# TYPE pollcap_uptime_seconds gauge\npollcap_uptime_seconds {}",
+            self.uptime.as_secs_f64()
+        );
+        o
+    }
+}
