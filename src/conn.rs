@@ -172,6 +172,9 @@ enum Phase<S> {
     Closing {
         ws: Box<WebSocket<Io<S>>>,
         deadline: Instant,
+        /// Wait for the peer's Close (graceful) or drop TCP as soon as ours
+        /// is flushed (failing the connection, RFC 6455 §7.1.7).
+        linger: bool,
     },
     /// Finished; the stream is kept so the owner can deregister it from the
     /// poller before it closes (required by the `polling` backend).
@@ -610,7 +613,7 @@ impl<S: Read + Write> Conn<S> {
                 Message::Close(_) => {
                     // tungstenite queued the echo of the peer's Close.
                     let deadline = now + host.config().timeouts.close;
-                    self.enter_closing(deadline);
+                    self.enter_closing(deadline, true);
                 }
                 Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
             }
@@ -660,9 +663,13 @@ impl<S: Read + Write> Conn<S> {
         }
     }
 
-    /// Sends a Close and enters the closing phase (deadline `close`).
+    /// Sends a Close and enters the closing phase (deadline `close`). Peer
+    /// faults (1002 protocol, 1007 bad data, 1009 too big) fail the
+    /// connection: TCP is dropped once the Close is flushed, since the peer
+    /// may never send a well-formed Close of its own.
     fn begin_close(&mut self, code: u16, reason: &'static str, now: Instant, host: &dyn Host) {
         let deadline = now + host.config().timeouts.close;
+        let linger = !matches!(code, 1002 | 1007 | 1009);
         let Phase::Open { ws, .. } = &mut self.phase else {
             return;
         };
@@ -670,23 +677,31 @@ impl<S: Read + Write> Conn<S> {
         // Room for the Close frame even when the buffer is full (backpressure).
         ws.set_config(|c| c.max_write_buffer_size = c.max_write_buffer_size.saturating_add(256));
         let r = ws.close(Some(close_frame(code, reason)));
-        self.enter_closing(deadline);
+        self.enter_closing(deadline, linger);
         self.after_flush(r);
     }
 
-    fn enter_closing(&mut self, deadline: Instant) {
+    fn enter_closing(&mut self, deadline: Instant, linger: bool) {
         if let Phase::Open { .. } = self.phase {
             let Phase::Open { ws, .. } = std::mem::replace(&mut self.phase, Phase::Done(None))
             else {
                 unreachable!()
             };
-            self.phase = Phase::Closing { ws, deadline };
+            self.phase = Phase::Closing {
+                ws,
+                deadline,
+                linger,
+            };
         }
     }
 
     fn after_flush(&mut self, r: Result<(), WsError>) {
         match r {
-            Ok(()) => {}
+            Ok(()) => {
+                if let Phase::Closing { linger: false, .. } = self.phase {
+                    self.finish();
+                }
+            }
             Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
             // The closing handshake finished, or the socket broke: drop it.
             Err(WsError::ConnectionClosed) | Err(WsError::AlreadyClosed) => self.finish(),

@@ -1,0 +1,453 @@
+//! The server over real loopback sockets, for both backends: every phase
+//! deadline, every HTTP refusal, subprotocols, limits, health and metrics,
+//! and a drain that survives lost wakeups.
+
+mod common;
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::*;
+use tungstenite::Message;
+use tungstenite::protocol::frame::coding::CloseCode;
+
+#[test]
+fn silent_tcp_client_is_dropped_at_the_connect_deadline() {
+    each_backend(|kind| {
+        let srv = start(kind, &[], |_| {});
+        let mut s = TcpStream::connect(srv.local_addr()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let t0 = Instant::now();
+        let eof = wait_eof(&mut s);
+        assert_near(eof - t0, 200 * MS, "connect deadline");
+        assert_eq!(
+            metric(
+                srv.local_addr(),
+                "pollcap_timeouts_total{phase=\"connect\"}"
+            ),
+            1.0
+        );
+    });
+}
+
+#[test]
+fn slowloris_is_cut_at_the_handshake_deadline_with_408() {
+    each_backend(|kind| {
+        let srv = start(kind, &[], |_| {});
+        let mut s = TcpStream::connect(srv.local_addr()).unwrap();
+        let t0 = Instant::now();
+        // One byte per 50 ms; the read timeout paces the loop and is also
+        // where the server's answer shows up.
+        s.set_read_timeout(Some(50 * MS)).unwrap();
+        let req = upgrade_request("");
+        let mut answer = Vec::new();
+        for b in req.as_bytes() {
+            if s.write_all(&[*b]).is_err() {
+                break;
+            }
+            let mut buf = [0u8; 512];
+            if let Ok(n) = std::io::Read::read(&mut s, &mut buf) {
+                answer.extend_from_slice(&buf[..n]);
+                break;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(3), "never cut");
+        }
+        let text = String::from_utf8_lossy(&answer);
+        assert!(text.starts_with("HTTP/1.1 408 "), "{text}");
+        assert_near(t0.elapsed(), 300 * MS, "handshake deadline");
+        let m = metrics(srv.local_addr());
+        assert_eq!(m["pollcap_timeouts_total{phase=\"handshake\"}"], 1.0);
+        assert_eq!(m["pollcap_http_responses_total{status=\"408\"}"], 1.0);
+    });
+}
+
+#[test]
+fn a_client_that_never_answers_pings_gets_1011() {
+    each_backend(|kind| {
+        let srv = start(kind, &[], |_| {});
+        let mut s = raw_ws(srv.local_addr());
+        let t0 = Instant::now();
+        let (op, _) = read_frame(&mut s).unwrap();
+        let ping_at = t0.elapsed();
+        assert_eq!(op, 0x9, "first frame is the heartbeat Ping");
+        // interval 0.3 s ± 10 % jitter
+        assert!(
+            ping_at >= 260 * MS && ping_at <= 330 * MS + SLACK,
+            "{ping_at:?}"
+        );
+        let (code, reason, at) = read_close(&mut s);
+        assert_eq!((code, reason.as_str()), (1011, "keepalive ping timeout"));
+        assert_near(at - t0, ping_at + 200 * MS, "pong deadline");
+        assert_eq!(
+            metric(srv.local_addr(), "pollcap_timeouts_total{phase=\"ping\"}"),
+            1.0
+        );
+        assert_eq!(
+            metric(
+                srv.local_addr(),
+                "pollcap_close_frames_sent_total{code=\"1011\"}"
+            ),
+            1.0
+        );
+    });
+}
+
+#[test]
+fn an_idle_client_that_answers_pings_is_closed_1001_at_stale() {
+    each_backend(|kind| {
+        let srv = start(
+            kind,
+            &[
+                ("WEBSOCKET_STALE_TIMEOUT", "1.2"),
+                ("WEBSOCKET_HEARTBEAT_TIMEOUT", "1"),
+            ],
+            |_| {},
+        );
+        let (mut ws, _) = ws_connect(srv.local_addr(), None).unwrap();
+        let t0 = Instant::now();
+        // tungstenite answers every Ping while we read; no application data.
+        let close = loop {
+            match ws.read() {
+                Ok(Message::Close(Some(f))) => break f,
+                Ok(Message::Ping(_)) => continue,
+                Ok(other) => panic!("unexpected {other:?}"),
+                Err(e) => panic!("{e}"),
+            }
+        };
+        assert_eq!(close.code, CloseCode::Away);
+        assert_eq!(close.reason.as_str(), "idle");
+        assert_near(t0.elapsed(), 1200 * MS, "stale deadline");
+        let m = metrics(srv.local_addr());
+        assert_eq!(m["pollcap_timeouts_total{phase=\"stale\"}"], 1.0);
+        assert_eq!(
+            m["pollcap_timeouts_total{phase=\"ping\"}"], 0.0,
+            "pongs were seen"
+        );
+    });
+}
+
+#[test]
+fn lifetime_closes_1001_max_lifetime_even_when_busy() {
+    each_backend(|kind| {
+        let env = [
+            ("WEBSOCKET_HEARTBEAT_TIMEOUT", "0.8"),
+            ("WEBSOCKET_STALE_TIMEOUT", "1"),
+            ("WEBSOCKET_CONNECTION_TIMEOUT", "1"),
+        ];
+        let srv = start(kind, &env, |_| {});
+        let (mut ws, _) = ws_connect(srv.local_addr(), None).unwrap();
+        ws.get_mut().set_read_timeout(Some(5 * MS)).unwrap();
+        let t0 = Instant::now();
+        let close = loop {
+            assert!(t0.elapsed() < Duration::from_secs(3), "no lifetime close");
+            if ws.can_write() {
+                let _ = ws.send(Message::text("busy"));
+            }
+            match ws.read() {
+                Ok(Message::Close(Some(f))) => break f,
+                Ok(_) => {}
+                Err(tungstenite::Error::Io(e))
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => panic!("{e}"),
+            }
+        };
+        assert_eq!(close.code, CloseCode::Away);
+        assert_eq!(close.reason.as_str(), "max lifetime");
+        assert_near(t0.elapsed(), 1000 * MS, "lifetime deadline");
+        assert_eq!(
+            metric(
+                srv.local_addr(),
+                "pollcap_timeouts_total{phase=\"lifetime\"}"
+            ),
+            1.0
+        );
+    });
+}
+
+#[test]
+fn a_peer_that_never_answers_our_close_is_dropped_at_the_close_deadline() {
+    each_backend(|kind| {
+        let srv = start(kind, &[], |_| {});
+        // Never answers the Ping, then never answers the 1011 Close either.
+        let mut s = raw_ws(srv.local_addr());
+        let (code, _, at) = read_close(&mut s);
+        assert_eq!(code, 1011);
+        let eof = wait_eof(&mut s);
+        assert_near(eof - at, 200 * MS, "close deadline");
+        assert_eq!(
+            metric(srv.local_addr(), "pollcap_timeouts_total{phase=\"close\"}"),
+            1.0
+        );
+    });
+}
+
+#[test]
+fn a_protocol_violation_fails_the_connection_at_once() {
+    each_backend(|kind| {
+        let srv = start(kind, &[], |c| c.limits.max_message = 16);
+        let mut s = raw_ws(srv.local_addr());
+        s.write_all(&frame(0x1, true, b"far more than sixteen bytes"))
+            .unwrap();
+        let (code, _, at) = read_close(&mut s);
+        assert_eq!(code, 1009);
+        // TCP is dropped right after the Close, not at the close deadline.
+        let eof = wait_eof(&mut s);
+        assert!(eof - at < 150 * MS, "{:?}", eof - at);
+        assert_eq!(
+            metric(srv.local_addr(), "pollcap_timeouts_total{phase=\"close\"}"),
+            0.0
+        );
+    });
+}
+
+#[test]
+fn http_refusals_have_status_length_and_close() {
+    each_backend(|kind| {
+        let srv = start(kind, &[], |_| {});
+        let a = srv.local_addr();
+        let many: String = (0..40).map(|i| format!("X-H{i}: v\r\n")).collect();
+        let big = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(9000));
+        let cases: Vec<(String, u16)> = vec![
+            ("GET /nope HTTP/1.1\r\n\r\n".into(), 404),
+            (
+                "POST /health HTTP/1.1\r\nContent-Length: 0\r\n\r\n".into(),
+                405,
+            ),
+            ("GET /ws HTTP/1.1\r\nHost: t\r\n\r\n".into(), 426),
+            ("\x01\x02 nonsense\r\n\r\n".into(), 400),
+            (format!("GET / HTTP/1.1\r\n{many}\r\n"), 431),
+            (big, 431),
+            (
+                upgrade_request("").replace("Version: 13", "Version: 7"),
+                426,
+            ),
+            (upgrade_request("").replace(KEY, "bad"), 400),
+        ];
+        for (req, want) in cases {
+            let r = raw_exchange(a, req.as_bytes(), Duration::from_secs(5));
+            assert_eq!(status_of(&r), want, "{req:?} -> {r}");
+            let head = r.split("\r\n\r\n").next().unwrap();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("Content-Length: "))
+                .expect("Content-Length")
+                .parse()
+                .unwrap();
+            assert_eq!(len, body_of(&r).len());
+            assert!(head.contains("Connection: close"));
+        }
+        assert_eq!(status_of(&get(a, "/")), 200);
+        let m = metrics(a);
+        assert_eq!(m["pollcap_http_responses_total{status=\"431\"}"], 2.0);
+        assert_eq!(m["pollcap_http_responses_total{status=\"426\"}"], 2.0);
+    });
+}
+
+#[test]
+fn subprotocol_negotiation() {
+    each_backend(|kind| {
+        let srv = start(kind, &[], |_| {});
+        let a = srv.local_addr();
+        let (_, resp) = ws_connect(a, None).unwrap();
+        assert!(resp.headers().get("Sec-WebSocket-Protocol").is_none());
+        let (_, resp) = ws_connect(a, Some("chat.v9, echo")).unwrap();
+        assert_eq!(resp.headers()["Sec-WebSocket-Protocol"], "echo");
+        let r = raw_exchange(
+            a,
+            upgrade_request("Sec-WebSocket-Protocol: chat.v9, mqtt\r\n").as_bytes(),
+            Duration::from_secs(5),
+        );
+        assert_eq!(status_of(&r), 400);
+        assert!(
+            body_of(&r).contains("echo"),
+            "body names the supported list: {r}"
+        );
+    });
+}
+
+#[test]
+fn oversize_message_invalid_utf8_and_fragments() {
+    each_backend(|kind| {
+        let srv = start(kind, &[], |c| c.limits.max_message = 1024);
+        let a = srv.local_addr();
+
+        let (mut ws, _) = ws_connect(a, None).unwrap();
+        ws.send(Message::text("x".repeat(2048))).unwrap();
+        match ws.read() {
+            Ok(Message::Close(Some(f))) => assert_eq!(f.code, CloseCode::Size),
+            other => panic!("{other:?}"),
+        }
+
+        let mut s = raw_ws(a);
+        s.write_all(&frame(
+            0x1,
+            true,
+            &[0xce, 0xba, 0xe1, 0xbd, 0xb9, 0xcf, 0x83, 0xff, 0xfe],
+        ))
+        .unwrap();
+        assert_eq!(read_close(&mut s).0, 1007);
+
+        // Text in two fragments with a Ping between them: Pong first, then the whole echo.
+        let mut s = raw_ws(a);
+        let mut bytes = frame(0x1, false, b"Hel");
+        bytes.extend(frame(0x9, true, b"p"));
+        bytes.extend(frame(0x0, true, b"lo"));
+        s.write_all(&bytes).unwrap();
+        assert_eq!(read_frame(&mut s).unwrap(), (0xA, b"p".to_vec()));
+        assert_eq!(read_frame(&mut s).unwrap(), (0x1, b"Hello".to_vec()));
+
+        // A fragmented control frame is a protocol error: 1002.
+        let mut s = raw_ws(a);
+        s.write_all(&frame(0x9, false, b"x")).unwrap();
+        assert_eq!(read_close(&mut s).0, 1002);
+
+        let m = metrics(a);
+        for code in ["1009", "1007", "1002"] {
+            assert_eq!(
+                m[&format!("pollcap_close_frames_sent_total{{code=\"{code}\"}}")],
+                1.0,
+                "{code}"
+            );
+        }
+    });
+}
+
+#[test]
+fn max_connections_answers_503_with_retry_after() {
+    each_backend(|kind| {
+        let srv = start(kind, &[], |c| c.limits.max_connections = 2);
+        let a = srv.local_addr();
+        let _c1 = ws_connect(a, None).unwrap();
+        let _c2 = ws_connect(a, None).unwrap();
+        let r = raw_exchange(a, upgrade_request("").as_bytes(), Duration::from_secs(5));
+        assert_eq!(status_of(&r), 503, "{r}");
+        assert!(r.contains("Retry-After: "));
+        let h: serde_json::Value = serde_json::from_str(body_of(&get(a, "/health"))).unwrap();
+        assert_eq!(h["status"], "degraded");
+        assert_eq!(h["connections"]["open"], 2);
+    });
+}
+
+#[test]
+fn a_slow_consumer_is_closed_1008_backpressure() {
+    each_backend(|kind| {
+        let srv = start(kind, &[("WEBSOCKET_CLOSE_TIMEOUT", "5")], |c| {
+            c.limits.max_message = 16 * 1024;
+            c.limits.max_outbound = 64 * 1024;
+        });
+        let mut s = raw_ws(srv.local_addr());
+        s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+        // Send far more than socket buffers + 64 KiB without reading.
+        let msg = frame(0x2, true, &[7u8; 16 * 1024]);
+        let mut sent = 0usize;
+        while sent < 64 << 20 && s.write_all(&msg).is_ok() {
+            sent += msg.len();
+        }
+        let (code, reason, _) = read_close(&mut s);
+        assert_eq!((code, reason.as_str()), (1008, "backpressure"));
+        assert_eq!(
+            metric(
+                srv.local_addr(),
+                "pollcap_close_frames_sent_total{code=\"1008\"}"
+            ),
+            1.0
+        );
+    });
+}
+
+#[test]
+fn health_and_metrics_report_the_required_fields() {
+    each_backend(|kind| {
+        let srv = start(kind, &[], |_| {});
+        let a = srv.local_addr();
+        let (mut ws, _) = ws_connect(a, None).unwrap();
+        ws.send(Message::text("hi")).unwrap();
+        assert_eq!(ws.read().unwrap(), Message::text("hi"));
+        let r = get(a, "/health");
+        assert_eq!(status_of(&r), 200);
+        assert!(r.contains("Content-Type: application/json"));
+        let h: serde_json::Value = serde_json::from_str(body_of(&r)).unwrap();
+        assert_eq!(h["status"], "healthy");
+        assert_eq!(h["backend"], kind.name());
+        assert_eq!(h["poll_cap"], "fixed(100ms)");
+        assert_eq!(h["profile"], "local");
+        assert_eq!(h["connections"]["open"], 1);
+        assert!(h["connections"]["total"].as_u64().unwrap() >= 2);
+        assert!(h["handshake_latency_ms"]["p99"].as_f64().unwrap() > 0.0);
+        for k in ["avg", "p50", "p95"] {
+            assert!(h["handshake_latency_ms"][k].is_number(), "{k}");
+        }
+        for p in [
+            "connect",
+            "handshake",
+            "ping",
+            "heartbeat",
+            "stale",
+            "lifetime",
+            "close",
+        ] {
+            assert!(h["timeouts"][p].is_u64(), "{p}");
+        }
+        assert!(h["reactor"]["waits"].as_u64().unwrap() > 0);
+        assert!(h["uptime_s"].as_f64().unwrap() > 0.0);
+        assert_eq!(h["timeouts_s"]["ping"], 0.2);
+
+        let m = metrics(a);
+        for k in [
+            "pollcap_connections_open",
+            "pollcap_upgrades_total",
+            "pollcap_missed_deadlines_total",
+            "pollcap_reactor_waits_total{ended_by=\"cap\"}",
+            "pollcap_reactor_waits_total{ended_by=\"io\"}",
+            "pollcap_deadline_overshoot_seconds_count",
+            "pollcap_handshake_duration_seconds_bucket{le=\"+Inf\"}",
+            "pollcap_handshake_duration_seconds_count",
+        ] {
+            assert!(m.contains_key(k), "{k} missing");
+        }
+        assert_eq!(m["pollcap_connections_open"], 1.0);
+        assert_eq!(m["pollcap_missed_deadlines_total"], 0.0);
+        assert_eq!(m["pollcap_handshake_duration_seconds_count"], 1.0);
+    });
+}
+
+#[test]
+fn drain_closes_1001_and_finishes_even_when_wakeups_are_lost() {
+    each_backend(|kind| {
+        let srv = start(kind, &[], |_| {});
+        let a = srv.local_addr();
+        let mut clients: Vec<_> = (0..10).map(|_| ws_connect(a, None).unwrap().0).collect();
+        let handle = srv.shutdown_handle();
+        // Every wake signal is dropped: only the 100 ms cap can notice.
+        handle.suppress_wakers(true);
+        let t0 = Instant::now();
+        handle.shutdown();
+        for ws in &mut clients {
+            match ws.read() {
+                Ok(Message::Close(Some(f))) => {
+                    assert_eq!(f.code, CloseCode::Away);
+                    assert_eq!(f.reason.as_str(), "server shutting down");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(
+            t0.elapsed() <= 100 * MS + SLACK,
+            "noticed within one cap: {:?}",
+            t0.elapsed()
+        );
+        for mut ws in clients {
+            let _ = ws.flush(); // our Close reply
+            drop(ws);
+        }
+        srv.join().unwrap();
+        assert!(
+            t0.elapsed() <= 200 * MS + 100 * MS + SLACK,
+            "drain bounded by close + cap"
+        );
+    });
+}
