@@ -7,6 +7,7 @@ pub mod app;
 pub mod conn;
 pub mod histogram;
 pub mod http;
+pub mod load;
 pub mod metrics;
 pub mod platform;
 pub mod reactor;

@@ -27,12 +27,53 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Load a server on loopback: echo, handshake storm, or idle connections.
+    Load {
+        #[command(subcommand)]
+        mode: LoadMode,
+        /// Server URL.
+        #[arg(long, global = true, default_value = "ws://127.0.0.1:8765/ws")]
+        url: String,
+        /// Server process id, to report its CPU and RSS (Linux /proc).
+        #[arg(long, global = true)]
+        server_pid: Option<u32>,
+        /// Print JSON instead of text.
+        #[arg(long, global = true)]
+        json: bool,
+    },
     /// Run the WebSocket server (defaults: 127.0.0.1:8765, local profile).
     Serve {
         #[command(flatten)]
         settings: SettingsArgs,
         #[command(flatten)]
         server: ServeArgs,
+    },
+}
+
+#[derive(Subcommand, Clone)]
+enum LoadMode {
+    /// C connections send S-byte messages for D seconds: msgs/s, latency.
+    Echo {
+        #[arg(long, default_value_t = 100)]
+        connections: usize,
+        #[arg(long, default_value_t = 32)]
+        size: usize,
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+    },
+    /// K handshakes from P parallel clients: handshakes/s, p99.
+    Storm {
+        #[arg(long, default_value_t = 5000)]
+        count: usize,
+        #[arg(long, default_value_t = 4)]
+        parallel: usize,
+    },
+    /// K idle connections held for H seconds: server RSS per connection.
+    Idle {
+        #[arg(long, default_value_t = 10_000)]
+        count: usize,
+        #[arg(long, default_value_t = 10.0)]
+        hold: f64,
     },
 }
 
@@ -248,6 +289,76 @@ fn serve(settings: Settings, args: ServeArgs) -> ExitCode {
     }
 }
 
+fn load(mode: LoadMode, url: &str, pid: Option<u32>, json: bool) -> ExitCode {
+    use pollcap::load;
+    let us =
+        |d: Option<std::time::Duration>, n: u64| d.map(|d| d.as_secs_f64() * 1e6 / n.max(1) as f64);
+    let result = match mode {
+        LoadMode::Echo {
+            connections,
+            size,
+            duration,
+        } => load::echo(
+            url,
+            connections,
+            size,
+            std::time::Duration::from_secs_f64(duration),
+            pid,
+        )
+        .map(|r| {
+            serde_json::json!({
+                "mode": "echo", "connections": connections, "size": size,
+                "messages": r.messages, "seconds": r.elapsed.as_secs_f64(),
+                "messages_per_sec": r.messages as f64 / r.elapsed.as_secs_f64(),
+                "p50_us": r.p50_us, "p99_us": r.p99_us, "p999_us": r.p999_us,
+                "errors": r.errors,
+                "server_cpu_us_per_message": us(r.server_cpu, r.messages),
+            })
+        }),
+        LoadMode::Storm { count, parallel } => load::storm(url, count, parallel, pid).map(|r| {
+            serde_json::json!({
+                "mode": "storm", "parallel": parallel,
+                "handshakes": r.handshakes, "seconds": r.elapsed.as_secs_f64(),
+                "handshakes_per_sec": r.handshakes as f64 / r.elapsed.as_secs_f64(),
+                "p50_us": r.p50_us, "p99_us": r.p99_us, "errors": r.errors,
+                "server_cpu_us_per_handshake": us(r.server_cpu, r.handshakes),
+            })
+        }),
+        LoadMode::Idle { count, hold } => load::idle(
+            url,
+            count,
+            std::time::Duration::from_secs_f64(hold),
+            pid,
+        )
+        .map(|r| {
+            serde_json::json!({
+                "mode": "idle", "connections": r.connections,
+                "server_rss_before_bytes": r.rss_before, "server_rss_after_bytes": r.rss_after,
+                "server_kib_per_connection": r.bytes_per_connection().map(|b| b / 1024.0),
+                "server_cpu_ms_while_idle": r.server_cpu_while_idle.map(|d| d.as_secs_f64() * 1e3),
+                "hold_seconds": r.hold.as_secs_f64(),
+                "server_wakeups_per_sec": r.wakeups_per_sec,
+            })
+        }),
+    };
+    match result {
+        Ok(j) => {
+            if json {
+                println!("{j}");
+            } else if let Some(map) = j.as_object() {
+                for (k, v) in map {
+                    println!("{k:<32} {v}");
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("pollcap load: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
@@ -268,6 +379,12 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
+        Command::Load {
+            mode,
+            url,
+            server_pid,
+            json,
+        } => load(mode, &url, server_pid, json),
         Command::Serve { settings, server } => match settings.resolve() {
             Ok(s) => serve(s, server),
             Err(code) => code,

@@ -93,3 +93,39 @@ pub fn bind_listener(
     socket.listen(backlog)?;
     Ok(socket.into())
 }
+
+/// CPU time (user + system) and resident memory of process `pid`, for the
+/// load tool's server-side figures. Linux-only (`/proc`); elsewhere `None`.
+pub fn process_usage(pid: u32) -> Option<(std::time::Duration, u64)> {
+    #[cfg(target_os = "linux")]
+    {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Fields after the parenthesised command name; utime and stime are
+        // fields 14 and 15 overall, in USER_HZ (100 on Linux) ticks.
+        let rest = stat.rsplit_once(')')?.1;
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let rss_kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        Some((std::time::Duration::from_millis(ticks * 10), rss_kib * 1024))
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = pid;
+        None
+    }
+}
+
+/// Whether a short read (fewer bytes than asked) proves the socket drained,
+/// so the extra read that would only return `WouldBlock` can be skipped.
+/// True on Unix: epoll/kqueue raise a new edge for every later arrival.
+/// False on Windows: mio re-arms its IOCP/AFD poll only after it has seen a
+/// real `WouldBlock`, so skipping it would lose every later event.
+pub const SHORT_READ_MEANS_DRAINED: bool = cfg!(unix);
