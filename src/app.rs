@@ -1,40 +1,385 @@
-//! Applications behind the WebSocket endpoint. Issue #3 ships the built-in
-//! `echo`; it answers inline on the reactor thread because echoing is cheaper
-//! than any hand-off. (Applications that run real work get a worker pool.)
+//! Applications behind the WebSocket endpoint: the [`Handler`] trait, the
+//! bounded worker [`Pool`] that runs handlers off the reactor threads, and the
+//! [`Outbox`] through which a run streams events back to its reactor (a
+//! mailbox plus the reactor's waker; the cap covers a lost wake).
+//!
+//! `echo` is the exception: it answers inline on the reactor thread because
+//! copying a frame back is cheaper than any hand-off (Autobahn's peer).
 
-use tungstenite::Message;
+use std::fmt;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+use crate::reactor::Waker;
+
+/// Who is on the other end of a connection.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Session {
+    pub conn_id: u64,
+    /// The authenticated subject, if authentication is on.
+    pub subject: Option<String>,
+}
+
+/// One inbound application message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Inbound {
+    Text(String),
+    Binary(Vec<u8>),
+}
+
+/// Application code. `open`/`close` run inline on the reactor thread during
+/// the upgrade and at the end (keep them cheap: a lookup, a check);
+/// `message` runs on the worker pool under the `execution` deadline.
+pub trait Handler: Send + Sync + 'static {
+    fn name(&self) -> &'static str;
+    /// Subprotocols spoken, in server preference order.
+    fn subprotocols(&self) -> &'static [&'static str];
+    /// An error is a server fault: HTTP 500, counted by the circuit breaker.
+    fn open(&self, _session: &Session) -> Result<(), String> {
+        Ok(())
+    }
+    /// Handles one message; stream results through `out`, and stop early
+    /// when `out.is_cancelled()` (the execution deadline passed).
+    fn message(&self, session: &Session, input: Inbound, out: &Outbox);
+    fn close(&self, _session: &Session) {}
+}
+
+/// Which application a server runs.
+#[derive(Clone)]
 pub enum App {
-    /// Sends every text/binary message back unchanged (Autobahn's peer).
     Echo,
+    Handler(Arc<dyn Handler>),
+}
+
+impl fmt::Debug for App {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 impl App {
-    pub fn parse(v: &str) -> Option<App> {
-        match v.trim() {
-            "echo" => Some(App::Echo),
-            _ => None,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
+    pub fn name(&self) -> &'static str {
         match self {
             App::Echo => "echo",
+            App::Handler(h) => h.name(),
         }
     }
 
-    /// Subprotocols this application speaks, in server preference order.
-    pub fn subprotocols(self) -> &'static [&'static str] {
+    pub fn subprotocols(&self) -> &'static [&'static str] {
         match self {
             App::Echo => &["echo"],
+            App::Handler(h) => h.subprotocols(),
+        }
+    }
+}
+
+/// What a run sends back to the connection's reactor.
+#[derive(Debug, PartialEq, Eq)]
+pub enum MailKind {
+    Event { seq: u64, text: String },
+    Done,
+    Panicked(String),
+}
+
+#[derive(Debug)]
+pub struct Mail {
+    pub key: usize,
+    pub conn_id: u64,
+    pub run: u64,
+    pub kind: MailKind,
+}
+
+/// One reactor's incoming mail from the pool.
+pub struct Mailbox {
+    queue: Mutex<Vec<Mail>>,
+    waker: Arc<Waker>,
+}
+
+impl Mailbox {
+    pub fn new(waker: Arc<Waker>) -> Mailbox {
+        Mailbox {
+            queue: Mutex::new(Vec::new()),
+            waker,
         }
     }
 
-    /// Handles one inbound application message; returns the reply, if any.
-    pub fn on_message(self, msg: Message) -> Option<Message> {
-        match self {
-            App::Echo => Some(msg),
+    pub fn post(&self, mail: Mail) {
+        self.queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(mail);
+        // A failed wake is recovered by the cap.
+        let _ = self.waker.wake();
+    }
+
+    pub fn take(&self) -> Vec<Mail> {
+        std::mem::take(&mut *self.queue.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+/// Wall-clock milliseconds for event timestamps (`ts`). Deadlines never use
+/// this: they run on the reactor's monotonic `now`.
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A run's way back to its connection.
+pub struct Outbox {
+    key: usize,
+    conn_id: u64,
+    run: u64,
+    run_id: String,
+    seq: AtomicU64,
+    cancel: Arc<AtomicBool>,
+    mailbox: Arc<Mailbox>,
+}
+
+impl Outbox {
+    pub fn new(
+        key: usize,
+        conn_id: u64,
+        run: u64,
+        cancel: Arc<AtomicBool>,
+        mailbox: Arc<Mailbox>,
+    ) -> Outbox {
+        Outbox {
+            key,
+            conn_id,
+            run,
+            run_id: run_id(conn_id, run),
+            seq: AtomicU64::new(0),
+            cancel,
+            mailbox,
         }
+    }
+
+    pub fn run_id(&self) -> &str {
+        &self.run_id
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.load(Ordering::Acquire)
+    }
+
+    /// Sends one event `{type, run_id, seq, ts, ..fields}`; `seq` strictly
+    /// increases per run. Dropped silently once cancelled.
+    pub fn emit(&self, kind: &str, fields: serde_json::Value) {
+        if self.is_cancelled() {
+            return;
+        }
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        let text = event_json(kind, &self.run_id, seq, unix_ms(), fields);
+        self.post(MailKind::Event { seq, text });
+    }
+
+    /// Waits `d` unless cancelled first; returns false when cancelled.
+    pub fn pause(&self, d: Duration) -> bool {
+        // Handlers are plain blocking code on pool threads; slices of 5 ms
+        // bound how long a cancelled run keeps its thread.
+        let slice = Duration::from_millis(5);
+        let mut left = d;
+        while !left.is_zero() {
+            if self.is_cancelled() {
+                return false;
+            }
+            let step = left.min(slice);
+            std::thread::sleep(step);
+            left -= step;
+        }
+        !self.is_cancelled()
+    }
+
+    fn post(&self, kind: MailKind) {
+        self.mailbox.post(Mail {
+            key: self.key,
+            conn_id: self.conn_id,
+            run: self.run,
+            kind,
+        });
+    }
+}
+
+pub fn run_id(conn_id: u64, run: u64) -> String {
+    format!("r{conn_id:x}-{run}")
+}
+
+/// The JSON text of one event.
+pub fn event_json(
+    kind: &str,
+    run_id: &str,
+    seq: u64,
+    ts: u64,
+    fields: serde_json::Value,
+) -> String {
+    let mut obj = match fields {
+        serde_json::Value::Object(m) => m,
+        _ => serde_json::Map::new(),
+    };
+    obj.insert("type".into(), kind.into());
+    obj.insert("run_id".into(), run_id.into());
+    obj.insert("seq".into(), seq.into());
+    obj.insert("ts".into(), ts.into());
+    serde_json::Value::Object(obj).to_string()
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// A fixed set of threads with a bounded queue: a full queue is refused
+/// (the caller answers `overloaded`), never grown.
+pub struct Pool {
+    tx: SyncSender<Job>,
+    queued: Arc<AtomicUsize>,
+    capacity: usize,
+    threads: usize,
+}
+
+impl Pool {
+    pub fn new(threads: usize, capacity: usize) -> std::io::Result<Pool> {
+        let (tx, rx) = sync_channel::<Job>(capacity);
+        let rx: Arc<Mutex<Receiver<Job>>> = Arc::new(Mutex::new(rx));
+        let queued = Arc::new(AtomicUsize::new(0));
+        for i in 0..threads {
+            let rx = rx.clone();
+            let queued = queued.clone();
+            std::thread::Builder::new()
+                .name(format!("pollcap-worker-{i}"))
+                .spawn(move || {
+                    loop {
+                        let job = match rx.lock().unwrap_or_else(|p| p.into_inner()).recv() {
+                            Ok(job) => job,
+                            Err(_) => return, // pool dropped
+                        };
+                        queued.fetch_sub(1, Ordering::Relaxed);
+                        // Jobs report their own panics; this keeps the thread alive regardless.
+                        let _ = catch_unwind(AssertUnwindSafe(job));
+                    }
+                })?;
+        }
+        Ok(Pool {
+            tx,
+            queued,
+            capacity,
+            threads,
+        })
+    }
+
+    /// Queues a job, or gives it back when the queue is full.
+    pub fn try_submit(&self, job: Job) -> Result<(), Job> {
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        match self.tx.try_send(job) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(job)) | Err(TrySendError::Disconnected(job)) => {
+                self.queued.fetch_sub(1, Ordering::Relaxed);
+                Err(job)
+            }
+        }
+    }
+
+    /// True when no job could be queued now.
+    pub fn saturated(&self) -> bool {
+        self.queued.load(Ordering::Relaxed) >= self.capacity
+    }
+
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+}
+
+/// Runs `handler.message` as one pool job, reporting completion or a panic
+/// through the outbox.
+pub fn job(handler: Arc<dyn Handler>, session: Arc<Session>, input: Inbound, out: Outbox) -> Job {
+    Box::new(move || {
+        let result = catch_unwind(AssertUnwindSafe(|| handler.message(&session, input, &out)));
+        let kind = match result {
+            Ok(()) => MailKind::Done,
+            Err(p) => {
+                let msg = p
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| p.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "panic".into());
+                MailKind::Panicked(msg)
+            }
+        };
+        out.post(kind);
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reactor::{BackendKind, CapStrategy, Reactor};
+
+    #[test]
+    fn a_full_pool_refuses_instead_of_growing() {
+        let pool = Pool::new(1, 1).unwrap();
+        let (gate_tx, gate_rx) = std::sync::mpsc::channel::<()>();
+        let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
+        // Occupy the only thread until released.
+        assert!(
+            pool.try_submit(Box::new(move || {
+                started_tx.send(()).unwrap();
+                gate_rx.recv().ok();
+            }))
+            .is_ok()
+        );
+        started_rx.recv().unwrap();
+        assert!(pool.try_submit(Box::new(|| {})).is_ok(), "one queued");
+        assert!(pool.saturated());
+        assert!(pool.try_submit(Box::new(|| {})).is_err(), "queue full");
+        gate_tx.send(()).unwrap();
+    }
+
+    #[test]
+    fn events_carry_increasing_seq_and_panics_are_reported() {
+        struct Boom;
+        impl Handler for Boom {
+            fn name(&self) -> &'static str {
+                "boom"
+            }
+            fn subprotocols(&self) -> &'static [&'static str] {
+                &[]
+            }
+            fn message(&self, _: &Session, _: Inbound, out: &Outbox) {
+                out.emit("a", serde_json::json!({}));
+                out.emit("b", serde_json::json!({"x": 1}));
+                panic!("kaboom");
+            }
+        }
+        let r = Reactor::new(BackendKind::Mio, CapStrategy::Spin).unwrap();
+        let mb = Arc::new(Mailbox::new(r.waker()));
+        let out = Outbox::new(3, 9, 1, Arc::new(AtomicBool::new(false)), mb.clone());
+        job(
+            Arc::new(Boom),
+            Arc::new(Session::default()),
+            Inbound::Text("x".into()),
+            out,
+        )();
+        let mail = mb.take();
+        assert_eq!(mail.len(), 3);
+        let seqs: Vec<u64> = mail
+            .iter()
+            .filter_map(|m| match &m.kind {
+                MailKind::Event { seq, text } => {
+                    let v: serde_json::Value = serde_json::from_str(text).unwrap();
+                    assert_eq!(v["seq"], *seq);
+                    assert_eq!(v["run_id"], "r9-1");
+                    Some(*seq)
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(seqs, [1, 2]);
+        assert_eq!(mail[2].kind, MailKind::Panicked("kaboom".into()));
+        assert_eq!((mail[2].key, mail[2].conn_id), (3, 9));
     }
 }

@@ -4,6 +4,8 @@
 //! reads the clock — so tests drive a 45 s heartbeat in microseconds.
 
 use std::io::{self, Read, Write};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use tungstenite::error::ProtocolError;
@@ -11,7 +13,8 @@ use tungstenite::protocol::frame::CloseFrame;
 use tungstenite::protocol::{Role, WebSocket, WebSocketConfig};
 use tungstenite::{Error as WsError, Message};
 
-use crate::app::App;
+use crate::app::{App, Inbound, MailKind, Session, event_json, run_id};
+use crate::auth;
 use crate::http::{self, HeadLimits, Parsed, Request, Response, Route};
 use crate::metrics::{ServerMetrics, TimeoutPhase};
 use crate::reactor::Interest;
@@ -79,14 +82,32 @@ pub struct ConnConfig {
     pub app: App,
 }
 
+/// Most handler runs one connection may have in flight; more are answered
+/// `overloaded` so that one client cannot fill the shared pool.
+pub const MAX_RUNS_PER_CONN: usize = 16;
+
 /// What a connection needs from its server for one call.
 pub trait Host {
     fn config(&self) -> &ConnConfig;
     fn metrics(&self) -> &ServerMetrics;
     /// Renders a plain route at `now`.
     fn route(&self, route: Route, now: Instant) -> Response;
-    /// Takes one WebSocket slot, or answers why not (503 while full or draining).
-    fn admit(&self) -> Result<(), Response>;
+    /// Checks a bearer token; `Ok(subject)` (None when auth is off) or the 401.
+    fn authenticate(&self, token: Option<&str>, now: Instant) -> Result<Option<String>, Response>;
+    /// Takes one WebSocket slot (breaker, limits, the app's `open`), or
+    /// answers why not (401/500/503).
+    fn admit(&self, session: &Session, now: Instant) -> Result<(), Response>;
+    /// Queues one handler run on the pool; false when the pool is full.
+    fn dispatch(
+        &self,
+        key: usize,
+        session: &Arc<Session>,
+        run: u64,
+        input: Inbound,
+        cancel: Arc<AtomicBool>,
+    ) -> bool;
+    /// Wall-clock milliseconds at `now`, for events the server writes itself.
+    fn unix_ms(&self, now: Instant) -> u64;
 }
 
 /// A stream wrapper that remembers whether the last write would block,
@@ -143,7 +164,7 @@ impl<S: Write> Write for Io<S> {
     }
 }
 
-/// The open phase's clocks (SPEC §2 "open" rows).
+/// The open phase's clocks (SPEC §2 "open" rows) and handler runs.
 #[derive(Debug)]
 struct Open {
     opened: Instant,
@@ -151,6 +172,25 @@ struct Open {
     last_app: Instant,
     ping_sent: Option<Instant>,
     bytes_seen: u64,
+    runs: Vec<Run>,
+}
+
+/// One handler run in flight, under its execution deadline.
+#[derive(Debug)]
+struct Run {
+    run: u64,
+    deadline: Instant,
+    cancel: Arc<AtomicBool>,
+    /// Last event `seq` forwarded (a timeout error continues the sequence).
+    last_seq: u64,
+}
+
+impl Open {
+    fn cancel_runs(&mut self) {
+        for r in self.runs.drain(..) {
+            r.cancel.store(true, Ordering::Release);
+        }
+    }
 }
 
 enum After {
@@ -201,7 +241,11 @@ pub enum PhaseName {
 }
 
 pub struct Conn<S> {
+    /// The owner's handle for this connection (where handler mail goes).
+    key: usize,
     id: u64,
+    next_run: u64,
+    session: Option<Arc<Session>>,
     accepted: Instant,
     /// Heartbeat interval multiplier in [0.9, 1.1]: spreads pings.
     jitter: f64,
@@ -217,10 +261,14 @@ fn close_frame(code: u16, reason: &'static str) -> CloseFrame {
 }
 
 impl<S: Read + Write> Conn<S> {
-    /// A connection accepted at `now`; `jitter` is clamped to [0.9, 1.1].
-    pub fn new(id: u64, stream: S, now: Instant, jitter: f64) -> Conn<S> {
+    /// A connection accepted at `now`, known to its owner as `key`;
+    /// `jitter` is clamped to [0.9, 1.1].
+    pub fn new(key: usize, id: u64, stream: S, now: Instant, jitter: f64) -> Conn<S> {
         Conn {
+            key,
             id,
+            next_run: 0,
+            session: None,
             accepted: now,
             jitter: jitter.clamp(0.9, 1.1),
             holds_slot: false,
@@ -248,6 +296,11 @@ impl<S: Read + Write> Conn<S> {
 
     pub fn is_done(&self) -> bool {
         matches!(self.phase, Phase::Done(_))
+    }
+
+    /// The upgraded session (for the application's `close` hook).
+    pub fn session(&self) -> Option<&Arc<Session>> {
+        self.session.as_ref()
     }
 
     /// True while this connection counts against `max_connections`.
@@ -301,11 +354,12 @@ impl<S: Read + Write> Conn<S> {
                     Some(sent) => sent + t.ping,
                     None => open.last_inbound + t.heartbeat_interval.mul_f64(self.jitter),
                 };
-                Some(
-                    beat.min(open.last_inbound + t.heartbeat_timeout)
-                        .min(open.last_app + t.stale)
-                        .min(open.opened + t.connection),
-                )
+                let runs = open.runs.iter().map(|r| r.deadline).min();
+                let d = beat
+                    .min(open.last_inbound + t.heartbeat_timeout)
+                    .min(open.last_app + t.stale)
+                    .min(open.opened + t.connection);
+                Some(runs.map_or(d, |r| r.min(d)))
             }
             Phase::Done(_) => None,
         }
@@ -323,6 +377,7 @@ impl<S: Read + Write> Conn<S> {
 
     /// Handles every deadline due at `now`.
     pub fn on_timeout(&mut self, now: Instant, host: &dyn Host) {
+        self.expire_runs(now, host);
         let t = host.config().timeouts;
         let m = host.metrics();
         match &mut self.phase {
@@ -489,9 +544,22 @@ impl<S: Read + Write> Conn<S> {
                 self.respond(r, After::Close, close_by, now, host)
             }
             Request::Upgrade(u) => {
+                let token = auth::token_from(u.authorization.as_deref(), &u.protocols);
+                let subject = match host.authenticate(token, now) {
+                    Ok(s) => s,
+                    Err(r) => return self.respond(r, After::Close, close_by, now, host),
+                };
+                // A `bearer.<token>` entry carries a credential, not a
+                // protocol: it is never selected or echoed back.
+                let offered: Vec<String> = u
+                    .protocols
+                    .iter()
+                    .filter(|p| !p.starts_with(auth::SUBPROTOCOL_PREFIX))
+                    .cloned()
+                    .collect();
                 let supported = cfg.app.subprotocols();
-                let protocol = http::select_protocol(&u.protocols, supported);
-                if !u.protocols.is_empty() && protocol.is_none() {
+                let protocol = http::select_protocol(&offered, supported);
+                if !offered.is_empty() && protocol.is_none() {
                     let body = format!(
                         "unsupported subprotocol; supported: {}\n",
                         supported.join(", ")
@@ -499,10 +567,15 @@ impl<S: Read + Write> Conn<S> {
                     let r = http::text(400, "Bad Request", &body);
                     return self.respond(r, After::Close, close_by, now, host);
                 }
-                if let Err(r) = host.admit() {
+                let session = Session {
+                    conn_id: self.id,
+                    subject,
+                };
+                if let Err(r) = host.admit(&session, now) {
                     return self.respond(r, After::Close, close_by, now, host);
                 }
                 self.holds_slot = true;
+                self.session = Some(Arc::new(session));
                 let leftover = buf[len..].to_vec();
                 let r = Response {
                     status: 101,
@@ -574,6 +647,7 @@ impl<S: Read + Write> Conn<S> {
                 last_app: now,
                 ping_sent: None,
                 bytes_seen: 0,
+                runs: Vec::new(),
             },
         };
         // Frames may have arrived with the request head.
@@ -600,22 +674,47 @@ impl<S: Read + Write> Conn<S> {
             let Some(open) = open else {
                 continue; // closing: data is discarded until the peer's Close
             };
-            match msg {
+            let reply = match msg {
                 Message::Text(_) | Message::Binary(_) => {
                     open.last_app = now;
-                    if let Some(reply) = app.on_message(msg) {
-                        open.last_app = now;
-                        match ws.write(reply) {
-                            Ok(()) => {}
-                            Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
-                            Err(WsError::WriteBufferFull(_)) => {
+                    match app {
+                        App::Echo => Some(msg),
+                        App::Handler(_) => {
+                            let input = match msg {
+                                Message::Text(t) => Inbound::Text(t.as_str().to_owned()),
+                                Message::Binary(b) => Inbound::Binary(b.to_vec()),
+                                _ => unreachable!("matched data messages"),
+                            };
+                            self.next_run += 1;
+                            let run = self.next_run;
+                            let cancel = Arc::new(AtomicBool::new(false));
+                            let session = self.session.clone().unwrap_or_default();
+                            let m = host.metrics();
+                            if open.runs.len() < MAX_RUNS_PER_CONN
+                                && host.dispatch(self.key, &session, run, input, cancel.clone())
+                            {
+                                m.runs_total.fetch_add(1, Ordering::Relaxed);
+                                open.runs.push(Run {
+                                    run,
+                                    deadline: now + host.config().timeouts.execution,
+                                    cancel,
+                                    last_seq: 0,
+                                });
+                                None
+                            } else {
+                                m.overloaded_total.fetch_add(1, Ordering::Relaxed);
                                 tracing::info!(
                                     conn = self.id,
-                                    "slow consumer: outbound buffer full"
+                                    "handler pool full: answering overloaded"
                                 );
-                                self.begin_close(1008, "backpressure", now, host);
+                                let fields = serde_json::json!({
+                                    "code": "overloaded",
+                                    "message": "server busy; retry later",
+                                });
+                                let id = run_id(self.id, run);
+                                let text = event_json("error", &id, 1, host.unix_ms(now), fields);
+                                Some(Message::text(text))
                             }
-                            Err(e) => self.fail(e),
                         }
                     }
                 }
@@ -623,8 +722,12 @@ impl<S: Read + Write> Conn<S> {
                     // tungstenite queued the echo of the peer's Close.
                     let deadline = now + host.config().timeouts.close;
                     self.enter_closing(deadline, true);
+                    None
                 }
-                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => None,
+            };
+            if let Some(reply) = reply {
+                self.push(reply, now, host);
             }
         }
         if let Phase::Open { ws, open } = &mut self.phase {
@@ -636,6 +739,93 @@ impl<S: Read + Write> Conn<S> {
                 open.last_inbound = now;
                 open.ping_sent = None;
             }
+        }
+        self.write_some(now, host);
+    }
+
+    /// Queues one outbound message (flushed at the end of the call).
+    fn push(&mut self, msg: Message, now: Instant, host: &dyn Host) {
+        let Phase::Open { ws, open } = &mut self.phase else {
+            return;
+        };
+        open.last_app = now;
+        match ws.write(msg) {
+            Ok(()) => {}
+            Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(WsError::WriteBufferFull(_)) => {
+                tracing::info!(conn = self.id, "slow consumer: outbound buffer full");
+                self.begin_close(1008, "backpressure", now, host);
+            }
+            Err(e) => self.fail(e),
+        }
+    }
+
+    /// Delivers mail from a handler run. Mail for a run that already timed
+    /// out, or for a connection that is closing, is dropped.
+    pub fn deliver(&mut self, run: u64, kind: MailKind, now: Instant, host: &dyn Host) {
+        let Phase::Open { open, .. } = &mut self.phase else {
+            return;
+        };
+        let Some(i) = open.runs.iter().position(|r| r.run == run) else {
+            return;
+        };
+        match kind {
+            MailKind::Event { seq, text } => {
+                open.runs[i].last_seq = seq;
+                self.push(Message::text(text), now, host);
+            }
+            MailKind::Done => {
+                open.runs.swap_remove(i);
+            }
+            MailKind::Panicked(why) => {
+                open.runs.swap_remove(i);
+                host.metrics()
+                    .handler_panics_total
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(conn = self.id, run, "handler panicked: {why}; closing 1011");
+                self.begin_close(1011, "handler failure", now, host);
+            }
+        }
+        self.write_some(now, host);
+    }
+
+    /// Runs past the execution deadline: cancel, tell the client, count.
+    fn expire_runs(&mut self, now: Instant, host: &dyn Host) {
+        let Phase::Open { open, .. } = &mut self.phase else {
+            return;
+        };
+        if !open.runs.iter().any(|r| now >= r.deadline) {
+            return;
+        }
+        let mut expired = Vec::new();
+        open.runs.retain(|r| {
+            let due = now >= r.deadline;
+            if due {
+                r.cancel.store(true, Ordering::Release);
+                expired.push((r.run, r.last_seq));
+            }
+            !due
+        });
+        let limit = host.config().timeouts.execution;
+        for (run, last_seq) in expired {
+            host.metrics().timeout(TimeoutPhase::Execution);
+            tracing::info!(
+                conn = self.id,
+                run,
+                "execution deadline passed; run cancelled"
+            );
+            let fields = serde_json::json!({
+                "code": "execution_timeout",
+                "message": format!("the handler did not finish within {}", crate::settings::secs(limit)),
+            });
+            let text = event_json(
+                "error",
+                &run_id(self.id, run),
+                last_seq + 1,
+                host.unix_ms(now),
+                fields,
+            );
+            self.push(Message::text(text), now, host);
         }
         self.write_some(now, host);
     }
@@ -692,10 +882,13 @@ impl<S: Read + Write> Conn<S> {
 
     fn enter_closing(&mut self, deadline: Instant, linger: bool) {
         if let Phase::Open { .. } = self.phase {
-            let Phase::Open { ws, .. } = std::mem::replace(&mut self.phase, Phase::Done(None))
+            let Phase::Open { ws, mut open } =
+                std::mem::replace(&mut self.phase, Phase::Done(None))
             else {
                 unreachable!()
             };
+            // No more events will be delivered: let running handlers stop.
+            open.cancel_runs();
             self.phase = Phase::Closing {
                 ws,
                 deadline,
@@ -722,7 +915,11 @@ impl<S: Read + Write> Conn<S> {
     fn finish(&mut self) {
         let stream = match std::mem::replace(&mut self.phase, Phase::Done(None)) {
             Phase::Http { io, .. } | Phase::Respond { io, .. } => Some(io.inner),
-            Phase::Open { ws, .. } | Phase::Closing { ws, .. } => Some(ws.into_inner().inner),
+            Phase::Open { ws, mut open } => {
+                open.cancel_runs();
+                Some(ws.into_inner().inner)
+            }
+            Phase::Closing { ws, .. } => Some(ws.into_inner().inner),
             Phase::Done(s) => s,
         };
         self.phase = Phase::Done(stream);

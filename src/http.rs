@@ -18,6 +18,8 @@ pub struct HeadLimits {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct UpgradeRequest {
     pub key: String,
+    /// The `Authorization` header, if any.
+    pub authorization: Option<String>,
     /// Every offered subprotocol, in the client's order.
     pub protocols: Vec<String>,
 }
@@ -167,7 +169,12 @@ fn upgrade(headers: &[httparse::Header]) -> Request {
         .map(|p| p.trim().to_string())
         .filter(|p| !p.is_empty())
         .collect();
-    Request::Upgrade(UpgradeRequest { key, protocols })
+    let authorization = header(headers, "authorization").map(str::to_string);
+    Request::Upgrade(UpgradeRequest {
+        key,
+        authorization,
+        protocols,
+    })
 }
 
 /// RFC 6455 §4.1: the key is 16 random bytes, base64-encoded (24 chars).

@@ -3,7 +3,10 @@
 //! Every OS wait is capped ([`reactor`]), and every connection phase has an
 //! explicit deadline. See README.md for the tour.
 
+pub mod agent;
 pub mod app;
+pub mod auth;
+pub mod breaker;
 pub mod conn;
 pub mod histogram;
 pub mod http;

@@ -4,6 +4,10 @@
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use std::sync::Arc;
+
+use pollcap::agent::{AgentChat, FlakyOpen};
+use pollcap::app::App;
 use pollcap::settings::{FIELDS, Overrides, Settings, secs};
 
 #[derive(Parser)]
@@ -40,6 +44,15 @@ enum Command {
         /// Print JSON instead of text.
         #[arg(long, global = true)]
         json: bool,
+    },
+    /// Mint an HS256 JWT with POLLCAP_JWT_SECRET.
+    Token {
+        /// Subject (who the token names).
+        #[arg(long)]
+        sub: String,
+        /// Lifetime: 90, 90s, 15m, 1h, 7d.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
     },
     /// Run the WebSocket server (defaults: 127.0.0.1:8765, local profile).
     Serve {
@@ -83,9 +96,27 @@ struct ServeArgs {
     /// Reactor threads (default: available cores).
     #[arg(long)]
     threads: Option<usize>,
-    /// Application: echo.
-    #[arg(long, default_value = "echo")]
+    /// Application: agent_chat, echo, or flaky-open (diagnostic).
+    #[arg(long, default_value = "agent_chat")]
     app: String,
+    /// Pause between agent_chat events in milliseconds (0 = none).
+    #[arg(long, default_value_t = 5)]
+    pacing_ms: u64,
+    /// flaky-open: how many session opens fail before it behaves.
+    #[arg(long, default_value_t = 3)]
+    fail_opens: u32,
+    /// Handler worker threads.
+    #[arg(long, default_value_t = 16)]
+    pool_threads: usize,
+    /// Handler queue capacity (full: `overloaded` error events).
+    #[arg(long, default_value_t = 1024)]
+    pool_queue: usize,
+    /// Circuit breaker: server-fault failures before it opens (default: profile's).
+    #[arg(long)]
+    breaker_threshold: Option<u32>,
+    /// Circuit breaker: seconds open before a trial (default: profile's).
+    #[arg(long, value_name = "SECS")]
+    breaker_recovery: Option<String>,
     /// Path of the WebSocket endpoint.
     #[arg(long, default_value = "/ws")]
     ws_path: String,
@@ -230,21 +261,48 @@ fn serve(settings: Settings, args: ServeArgs) -> ExitCode {
         eprintln!("pollcap: {msg}");
         ExitCode::from(2)
     };
-    if !settings.listen.ip().is_loopback() && !args.insecure_no_auth {
+    let auth = match pollcap::auth::Auth::from_env(&|k| std::env::var(k).ok()) {
+        Ok(a) => a,
+        Err(e) => return fail(e.to_string()),
+    };
+    if auth.is_none() && !settings.listen.ip().is_loopback() && !args.insecure_no_auth {
         return fail(format!(
             "refusing to listen on non-loopback address {} without authentication \
-             (rule: auth may be off only on loopback); pass --insecure-no-auth to accept the risk",
+             (rule: auth may be off only on loopback); set POLLCAP_JWT_SECRET or \
+             POLLCAP_TOKENS_FILE, or pass --insecure-no-auth to accept the risk",
             settings.listen
         ));
     }
-    let Some(app) = pollcap::app::App::parse(&args.app) else {
-        return fail(format!(
-            "invalid setting --app={:?}: must be echo",
-            args.app
-        ));
+    let pacing = std::time::Duration::from_millis(args.pacing_ms);
+    let app = match args.app.as_str() {
+        "agent_chat" => App::Handler(Arc::new(AgentChat { pacing })),
+        "echo" => App::Echo,
+        "flaky-open" => App::Handler(Arc::new(FlakyOpen {
+            remaining: args.fail_opens.into(),
+            inner: AgentChat { pacing },
+        })),
+        other => {
+            return fail(format!(
+                "invalid setting --app={other:?}: must be agent_chat, echo or flaky-open"
+            ));
+        }
     };
+    let mut breaker = settings.profile.breaker();
+    if let Some(t) = args.breaker_threshold {
+        breaker.0 = t;
+    }
+    if let Some(r) = &args.breaker_recovery {
+        match pollcap::settings::parse_seconds("--breaker-recovery", r) {
+            Ok(d) => breaker.1 = d,
+            Err(e) => return fail(e.to_string()),
+        }
+    }
     let mut cfg = ServerConfig::new(settings);
     cfg.app = app;
+    cfg.auth = auth;
+    cfg.breaker = breaker;
+    cfg.pool_threads = args.pool_threads;
+    cfg.pool_queue = args.pool_queue;
     cfg.ws_path = args.ws_path;
     if let Some(t) = args.threads {
         cfg.threads = t;
@@ -269,12 +327,15 @@ fn serve(settings: Settings, args: ServeArgs) -> ExitCode {
         return fail(format!("cannot install the shutdown signal handler: {e}"));
     }
     tracing::info!(
-        "pollcap {} listening on {} ws_path={} app={} threads={} {}",
+        "pollcap {} listening on {} ws_path={} app={} threads={} auth={} breaker={}/{}s {}",
         env!("CARGO_PKG_VERSION"),
         server.local_addr(),
         cfg.ws_path,
         cfg.app.name(),
         cfg.threads,
+        if cfg.auth.is_some() { "on" } else { "off" },
+        cfg.breaker.0,
+        cfg.breaker.1.as_secs_f64(),
         cfg.settings.summary()
     );
     match server.join() {
@@ -359,6 +420,33 @@ fn load(mode: LoadMode, url: &str, pid: Option<u32>, json: bool) -> ExitCode {
     }
 }
 
+fn token(sub: &str, ttl: &str) -> ExitCode {
+    let Ok(secret) = std::env::var("POLLCAP_JWT_SECRET") else {
+        eprintln!(
+            "pollcap: POLLCAP_JWT_SECRET is not set (rule: tokens are signed with the server's secret)"
+        );
+        return ExitCode::from(2);
+    };
+    if secret.len() < 16 {
+        eprintln!(
+            "pollcap: invalid setting POLLCAP_JWT_SECRET=<hidden>: must be at least 16 bytes long"
+        );
+        return ExitCode::from(2);
+    }
+    let Some(ttl_secs) = pollcap::auth::parse_ttl(ttl) else {
+        eprintln!(
+            "pollcap: invalid setting --ttl={ttl:?}: must be a positive duration like 90, 90s, 15m, 1h or 7d"
+        );
+        return ExitCode::from(2);
+    };
+    let now = pollcap::app::unix_ms() / 1000;
+    println!(
+        "{}",
+        pollcap::auth::mint(secret.as_bytes(), sub, now, ttl_secs)
+    );
+    ExitCode::SUCCESS
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
@@ -385,6 +473,7 @@ fn main() -> ExitCode {
             server_pid,
             json,
         } => load(mode, &url, server_pid, json),
+        Command::Token { sub, ttl } => token(&sub, &ttl),
         Command::Serve { settings, server } => match settings.resolve() {
             Ok(s) => serve(s, server),
             Err(code) => code,

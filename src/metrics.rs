@@ -21,10 +21,11 @@ pub enum TimeoutPhase {
     Stale,
     Lifetime,
     Close,
+    Execution,
 }
 
 impl TimeoutPhase {
-    pub const ALL: [TimeoutPhase; 7] = [
+    pub const ALL: [TimeoutPhase; 8] = [
         TimeoutPhase::Connect,
         TimeoutPhase::Handshake,
         TimeoutPhase::Ping,
@@ -32,6 +33,7 @@ impl TimeoutPhase {
         TimeoutPhase::Stale,
         TimeoutPhase::Lifetime,
         TimeoutPhase::Close,
+        TimeoutPhase::Execution,
     ];
 
     pub fn name(self) -> &'static str {
@@ -43,6 +45,7 @@ impl TimeoutPhase {
             TimeoutPhase::Stale => "stale",
             TimeoutPhase::Lifetime => "lifetime",
             TimeoutPhase::Close => "close",
+            TimeoutPhase::Execution => "execution",
         }
     }
 }
@@ -59,12 +62,19 @@ pub struct ServerMetrics {
     pub rejected_at_accept_total: AtomicU64,
     pub upgrades_total: AtomicU64,
     pub open: AtomicU64,
-    pub timeouts: [AtomicU64; 7],
+    pub timeouts: [AtomicU64; 8],
     pub close_sent: [AtomicU64; CLOSE_CODES.len() + 1],
     pub http_status: [AtomicU64; HTTP_STATUSES.len() + 1],
     /// TCP accepted → 101 fully written.
     pub handshake_latency: Histogram,
     pub missed_deadlines_total: AtomicU64,
+    /// Handler runs queued on the pool.
+    pub runs_total: AtomicU64,
+    /// Messages answered `overloaded` (pool or per-connection limit full).
+    pub overloaded_total: AtomicU64,
+    pub handler_panics_total: AtomicU64,
+    /// Upgrades refused with 401.
+    pub auth_failures_total: AtomicU64,
 }
 
 impl ServerMetrics {
@@ -93,10 +103,27 @@ impl ServerMetrics {
     }
 }
 
+/// The circuit breaker as reported.
+#[derive(Clone, Debug)]
+pub struct BreakerView {
+    pub state: &'static str,
+    pub consecutive_failures: u32,
+    pub threshold: u32,
+    pub recovery_s: f64,
+    pub failures_total: u64,
+    pub rejections_total: u64,
+    pub opened_total: u64,
+}
+
 /// Everything `/health` and `/metrics` report, gathered at one `now`.
 pub struct Report<'a> {
     pub settings: &'a Settings,
     pub metrics: &'a ServerMetrics,
+    pub breaker: BreakerView,
+    pub app: &'static str,
+    /// (threads, queued jobs) of the handler pool, if the app uses one.
+    pub pool: Option<(usize, usize)>,
+    pub auth: bool,
     pub reactors: StatsSnapshot,
     pub reactor_threads: usize,
     pub draining: bool,
@@ -112,6 +139,7 @@ impl Report<'_> {
             "draining"
         } else if self.metrics.open.load(Relaxed) as usize >= self.max_connections
             || self.metrics.missed_deadlines_total.load(Relaxed) > 0
+            || self.breaker.state != "closed"
         {
             "degraded"
         } else {
@@ -143,6 +171,25 @@ impl Report<'_> {
             "backend": self.settings.backend.name(),
             "poll_cap": self.settings.poll_cap.to_string(),
             "reactor_threads": self.reactor_threads,
+            "app": self.app,
+            "auth": self.auth,
+            "breaker": {
+                "state": self.breaker.state,
+                "consecutive_failures": self.breaker.consecutive_failures,
+                "threshold": self.breaker.threshold,
+                "recovery_s": self.breaker.recovery_s,
+                "failures_total": self.breaker.failures_total,
+                "rejections_total": self.breaker.rejections_total,
+                "opened_total": self.breaker.opened_total,
+            },
+            "handlers": {
+                "pool_threads": self.pool.map(|p| p.0),
+                "pool_queued": self.pool.map(|p| p.1),
+                "runs": m.runs_total.load(Relaxed),
+                "overloaded": m.overloaded_total.load(Relaxed),
+                "panics": m.handler_panics_total.load(Relaxed),
+            },
+            "auth_failures": m.auth_failures_total.load(Relaxed),
             "timeouts_s": configured,
             "connections": {
                 "open": m.open.load(Relaxed),
@@ -198,6 +245,54 @@ impl Report<'_> {
             "WebSocket upgrades completed (101 written).",
             m.upgrades_total.load(Relaxed),
         );
+        let counters = [
+            (
+                "pollcap_handler_runs_total",
+                "Handler runs queued on the worker pool.",
+                m.runs_total.load(Relaxed),
+            ),
+            (
+                "pollcap_handler_overloaded_total",
+                "Messages answered overloaded (pool or per-connection limit full).",
+                m.overloaded_total.load(Relaxed),
+            ),
+            (
+                "pollcap_handler_panics_total",
+                "Handler panics (connection closed 1011).",
+                m.handler_panics_total.load(Relaxed),
+            ),
+            (
+                "pollcap_auth_failures_total",
+                "Upgrades refused with 401.",
+                m.auth_failures_total.load(Relaxed),
+            ),
+            (
+                "pollcap_breaker_failures_total",
+                "Server-fault upgrade failures counted by the circuit breaker.",
+                self.breaker.failures_total,
+            ),
+            (
+                "pollcap_breaker_rejections_total",
+                "Upgrades refused with 503 while the breaker was open.",
+                self.breaker.rejections_total,
+            ),
+            (
+                "pollcap_breaker_opened_total",
+                "Times the breaker opened.",
+                self.breaker.opened_total,
+            ),
+        ];
+        for (name, help, v) in counters {
+            counter(&mut o, name, help, v);
+        }
+        o.push_str("# HELP pollcap_breaker_state Circuit breaker state (1 = current).\n# TYPE pollcap_breaker_state gauge\n");
+        for st in ["closed", "open", "half_open"] {
+            let _ = writeln!(
+                o,
+                "pollcap_breaker_state{{state=\"{st}\"}} {}",
+                u8::from(self.breaker.state == st)
+            );
+        }
         counter(
             &mut o,
             "pollcap_missed_deadlines_total",

@@ -22,10 +22,14 @@ use std::time::{Duration, Instant};
 use mio::net::{TcpListener, TcpStream};
 use slab::Slab;
 
-use crate::app::App;
+use std::sync::atomic::AtomicBool as Flag;
+
+use crate::app::{self, App, Inbound, Mailbox, Pool, Session};
+use crate::auth::Auth;
+use crate::breaker::Breaker;
 use crate::conn::{Conn, ConnConfig, Host, Limits};
 use crate::http::{self, Response, Route};
-use crate::metrics::{Report, ServerMetrics};
+use crate::metrics::{BreakerView, Report, ServerMetrics};
 use crate::reactor::{Interest, Reactor, ReactorStats, StatsSnapshot, TimerId, Waker};
 use crate::settings::{ConfigError, Settings};
 
@@ -38,17 +42,32 @@ pub struct ServerConfig {
     pub threads: usize,
     pub ws_path: String,
     pub app: App,
+    /// Token checks; `None` = authentication off (loopback only, enforced
+    /// by the binary).
+    pub auth: Option<Auth>,
+    /// Failure threshold and recovery time (profile defaults).
+    pub breaker: (u32, Duration),
+    /// Handler pool threads and queue capacity (for handler applications).
+    pub pool_threads: usize,
+    pub pool_queue: usize,
 }
 
 impl ServerConfig {
     /// Defaults for everything but the settings.
     pub fn new(settings: Settings) -> ServerConfig {
+        let breaker = settings.profile.breaker();
         ServerConfig {
             settings,
             limits: Limits::default(),
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             ws_path: "/ws".into(),
             app: App::Echo,
+            auth: None,
+            breaker,
+            // Handlers mostly wait (pacing, I/O); threads are cheap next to
+            // an unbounded queue.
+            pool_threads: 16,
+            pool_queue: 1024,
         }
     }
 
@@ -61,6 +80,9 @@ impl ServerConfig {
             ("--max-connections", l.max_connections),
             ("--read-buffer", l.read_buffer),
             ("--threads", self.threads),
+            ("--pool-threads", self.pool_threads),
+            ("--pool-queue", self.pool_queue),
+            ("--breaker-threshold", self.breaker.0 as usize),
         ];
         for (name, v) in positive {
             if v == 0 {
@@ -105,8 +127,14 @@ struct Shared {
     stats: Vec<Arc<ReactorStats>>,
     wakers: Vec<Arc<Waker>>,
     inboxes: Vec<Mutex<Vec<TcpStream>>>,
+    mailboxes: Vec<Arc<Mailbox>>,
+    auth: Option<Auth>,
+    breaker: Mutex<Breaker>,
+    pool: Option<Pool>,
     draining: AtomicBool,
     started: Instant,
+    /// Wall clock at `started`, so event timestamps need no second clock read.
+    started_unix_ms: u64,
     /// Live TCP sockets (any phase); bounded by `max_sockets`.
     sockets: AtomicUsize,
     max_sockets: usize,
@@ -118,9 +146,25 @@ impl Shared {
         for s in &self.stats {
             reactors.merge(&s.snapshot());
         }
+        let breaker = {
+            let mut b = self.breaker.lock().unwrap_or_else(|p| p.into_inner());
+            BreakerView {
+                state: b.state(now).name(),
+                consecutive_failures: b.consecutive_failures(),
+                threshold: b.threshold(),
+                recovery_s: b.recovery().as_secs_f64(),
+                failures_total: b.total_failures,
+                rejections_total: b.total_rejections,
+                opened_total: b.times_opened,
+            }
+        };
         Report {
             settings: &self.settings,
             metrics: &self.metrics,
+            breaker,
+            app: self.conn.app.name(),
+            pool: self.pool.as_ref().map(|p| (p.threads(), p.queued())),
+            auth: self.auth.is_some(),
             reactors,
             reactor_threads: self.stats.len(),
             draining: self.draining.load(Relaxed),
@@ -128,25 +172,27 @@ impl Shared {
             max_connections: self.conn.limits.max_connections,
         }
     }
-
-    fn retry_after(&self) -> String {
-        // Clients should come back after a drain or once load falls; one
-        // close deadline is a fair hint in both cases.
-        self.settings.timeouts.close.as_secs().max(1).to_string()
-    }
 }
 
-impl Host for Shared {
+/// The view of the server one reactor thread gives its connections.
+#[derive(Clone, Copy)]
+struct ReactorHost<'a> {
+    shared: &'a Shared,
+    index: usize,
+}
+
+impl Host for ReactorHost<'_> {
     fn config(&self) -> &ConnConfig {
-        &self.conn
+        &self.shared.conn
     }
 
     fn metrics(&self) -> &ServerMetrics {
-        &self.metrics
+        &self.shared.metrics
     }
 
     fn route(&self, route: Route, now: Instant) -> Response {
-        let report = self.report(now);
+        let sh = self.shared;
+        let report = sh.report(now);
         match route {
             Route::Health => {
                 let (code, reason) = if report.draining {
@@ -175,28 +221,124 @@ impl Host for Shared {
                     "<!doctype html><title>pollcap</title><h1>pollcap</h1>\
                      <p>WebSocket endpoint: <code>{}</code> · <a href=\"/health\">health</a> · \
                      <a href=\"/metrics\">metrics</a></p>\n",
-                    self.conn.ws_path
+                    sh.conn.ws_path
                 )
                 .as_bytes(),
             ),
         }
     }
 
-    fn admit(&self) -> Result<(), Response> {
-        if self.draining.load(Relaxed) {
-            let r = http::text(503, "Service Unavailable", "server draining\n");
-            return Err(http::with_header(r, "Retry-After", &self.retry_after()));
+    fn authenticate(&self, token: Option<&str>, now: Instant) -> Result<Option<String>, Response> {
+        let Some(auth) = &self.shared.auth else {
+            return Ok(None);
+        };
+        let unix_s = self.unix_ms(now) / 1000;
+        match auth.check(token, unix_s) {
+            Ok(id) => Ok(Some(id.subject)),
+            Err(e) => {
+                self.shared
+                    .metrics
+                    .auth_failures_total
+                    .fetch_add(1, Relaxed);
+                let r = http::text(401, "Unauthorized", &format!("{e}\n"));
+                Err(http::with_header(r, "WWW-Authenticate", "Bearer"))
+            }
         }
-        let max = self.conn.limits.max_connections as u64;
-        let took = self
+    }
+
+    fn admit(&self, session: &Session, now: Instant) -> Result<(), Response> {
+        let sh = self.shared;
+        let busy = |body: &str, retry: Duration| {
+            let r = http::text(503, "Service Unavailable", body);
+            http::with_header(r, "Retry-After", &retry.as_secs().max(1).to_string())
+        };
+        if sh.draining.load(Relaxed) {
+            return Err(busy("server draining\n", sh.settings.timeouts.close));
+        }
+        let permit = sh
+            .breaker
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .allow(now)
+            .map_err(|r| {
+                busy(
+                    "circuit breaker open: server failing; retry later\n",
+                    r.retry_after,
+                )
+            })?;
+        let fail = |r: Response| {
+            sh.breaker
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .failure(permit, now);
+            Err(r)
+        };
+        // The connection limit is capacity, not a fault: it answers 503
+        // without tripping the breaker (which would turn load into an outage).
+        let max = sh.conn.limits.max_connections as u64;
+        if sh
             .metrics
             .open
-            .fetch_update(Relaxed, Relaxed, |o| (o < max).then_some(o + 1));
-        if took.is_err() {
-            let r = http::text(503, "Service Unavailable", "too many connections\n");
-            return Err(http::with_header(r, "Retry-After", &self.retry_after()));
+            .fetch_update(Relaxed, Relaxed, |o| (o < max).then_some(o + 1))
+            .is_err()
+        {
+            sh.breaker
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .success(permit);
+            return Err(busy("too many connections\n", sh.settings.timeouts.close));
         }
+        if let App::Handler(h) = &sh.conn.app {
+            if sh.pool.as_ref().is_some_and(|p| p.saturated()) {
+                sh.metrics.open.fetch_sub(1, Relaxed);
+                tracing::warn!(conn = session.conn_id, "handler pool saturated at open");
+                return fail(busy("server overloaded\n", sh.settings.timeouts.close));
+            }
+            if let Err(e) = h.open(session) {
+                sh.metrics.open.fetch_sub(1, Relaxed);
+                tracing::warn!(conn = session.conn_id, "application refused to open: {e}");
+                return fail(http::text(
+                    500,
+                    "Internal Server Error",
+                    &format!("application failed to open the session: {e}\n"),
+                ));
+            }
+        }
+        sh.breaker
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .success(permit);
         Ok(())
+    }
+
+    fn dispatch(
+        &self,
+        key: usize,
+        session: &Arc<Session>,
+        run: u64,
+        input: Inbound,
+        cancel: Arc<Flag>,
+    ) -> bool {
+        let sh = self.shared;
+        let (App::Handler(h), Some(pool)) = (&sh.conn.app, &sh.pool) else {
+            return false;
+        };
+        let out = app::Outbox::new(
+            key,
+            session.conn_id,
+            run,
+            cancel,
+            sh.mailboxes[self.index].clone(),
+        );
+        pool.try_submit(app::job(h.clone(), session.clone(), input, out))
+            .is_ok()
+    }
+
+    fn unix_ms(&self, now: Instant) -> u64 {
+        self.shared.started_unix_ms
+            + now
+                .saturating_duration_since(self.shared.started)
+                .as_millis() as u64
     }
 }
 
@@ -245,6 +387,11 @@ impl Server {
             reactors.push(Reactor::new(cfg.settings.backend, cfg.settings.poll_cap)?);
         }
         let max_sockets = cfg.limits.max_connections + 1024;
+        let pool = match cfg.app {
+            App::Handler(_) => Some(Pool::new(cfg.pool_threads, cfg.pool_queue)?),
+            App::Echo => None,
+        };
+        let started = reactors[0].now();
         let shared = Arc::new(Shared {
             conn: ConnConfig {
                 timeouts: cfg.settings.timeouts,
@@ -257,8 +404,16 @@ impl Server {
             stats: reactors.iter().map(|r| r.stats()).collect(),
             wakers: reactors.iter().map(|r| r.waker()).collect(),
             inboxes: (0..cfg.threads).map(|_| Mutex::new(Vec::new())).collect(),
+            mailboxes: reactors
+                .iter()
+                .map(|r| Arc::new(Mailbox::new(r.waker())))
+                .collect(),
+            auth: cfg.auth.clone(),
+            breaker: Mutex::new(Breaker::new(cfg.breaker.0, cfg.breaker.1)),
+            pool,
             draining: AtomicBool::new(false),
-            started: reactors[0].now(),
+            started,
+            started_unix_ms: app::unix_ms(),
             sockets: AtomicUsize::new(0),
             max_sockets,
         });
@@ -357,6 +512,7 @@ impl Worker {
             let now = turn.now;
             if turn.woken {
                 self.take_inbox(now);
+                self.take_mail(now);
                 if self.drain.is_none() && self.shared.draining.load(Relaxed) {
                     self.start_drain(now);
                 }
@@ -366,8 +522,15 @@ impl Worker {
                 if ev.token == LISTENER {
                     self.accept(now);
                 } else if let Some(e) = self.conns.get_mut(ev.token) {
-                    e.conn
-                        .on_ready(ev.readable, ev.writable, now, &*self.shared);
+                    e.conn.on_ready(
+                        ev.readable,
+                        ev.writable,
+                        now,
+                        &ReactorHost {
+                            shared: &self.shared,
+                            index: self.index,
+                        },
+                    );
                     self.sync(ev.token);
                 }
             }
@@ -387,7 +550,13 @@ impl Worker {
                     }
                     key => {
                         if let Some(e) = self.conns.get_mut(key) {
-                            e.conn.on_timeout(now, &*self.shared);
+                            e.conn.on_timeout(
+                                now,
+                                &ReactorHost {
+                                    shared: &self.shared,
+                                    index: self.index,
+                                },
+                            );
                             self.sync(key);
                         }
                     }
@@ -453,6 +622,24 @@ impl Worker {
         }
     }
 
+    /// Delivers handler output to its connections (if still the same one).
+    fn take_mail(&mut self, now: Instant) {
+        for mail in self.shared.mailboxes[self.index].take() {
+            let Some(e) = self.conns.get_mut(mail.key) else {
+                continue;
+            };
+            if e.conn.id() != mail.conn_id {
+                continue; // the slot was reused: that connection is gone
+            }
+            let host = ReactorHost {
+                shared: &self.shared,
+                index: self.index,
+            };
+            e.conn.deliver(mail.run, mail.kind, now, &host);
+            self.sync(mail.key);
+        }
+    }
+
     fn add(&mut self, mut stream: TcpStream, now: Instant) {
         let key = self.conns.vacant_key();
         if let Err(e) = self.reactor.register(&mut stream, key, Interest::READABLE) {
@@ -466,7 +653,7 @@ impl Worker {
         self.rng ^= self.rng >> 7;
         self.rng ^= self.rng << 17;
         let jitter = 0.9 + 0.2 * (self.rng >> 11) as f64 / (1u64 << 53) as f64;
-        let conn = Conn::new(self.next_id, stream, now, jitter);
+        let conn = Conn::new(key, self.next_id, stream, now, jitter);
         let timer = self.reactor.timers().insert(key);
         self.conns.insert(Entry {
             conn,
@@ -507,6 +694,9 @@ impl Worker {
         self.reactor.timers().remove(e.timer);
         if e.conn.holds_slot() {
             self.shared.metrics.open.fetch_sub(1, Relaxed);
+            if let (Some(session), App::Handler(h)) = (e.conn.session(), &self.shared.conn.app) {
+                h.close(session);
+            }
         }
         self.shared.sockets.fetch_sub(1, Relaxed);
     }
@@ -532,7 +722,13 @@ impl Worker {
                 conn = self.conns[key].conn.id(),
                 "audit: deadline missed by the queue; handling now"
             );
-            self.conns[key].conn.on_timeout(now, &*self.shared);
+            self.conns[key].conn.on_timeout(
+                now,
+                &ReactorHost {
+                    shared: &self.shared,
+                    index: self.index,
+                },
+            );
             self.sync(key);
         }
         let next = now + t.cleanup_interval;
@@ -549,7 +745,13 @@ impl Worker {
         );
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         for key in keys {
-            self.conns[key].conn.shutdown(now, &*self.shared);
+            self.conns[key].conn.shutdown(
+                now,
+                &ReactorHost {
+                    shared: &self.shared,
+                    index: self.index,
+                },
+            );
             self.sync(key);
         }
         let id = self.reactor.timers().insert(DRAIN);

@@ -7,12 +7,24 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
 use tungstenite::Message;
 use tungstenite::protocol::frame::coding::CloseCode;
+
+/// Kills the server if the test fails before it exits on its own.
+struct Reap(Option<Child>);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
 
 #[test]
 fn sigterm_drains_fifty_clients_and_exits_zero() {
@@ -20,6 +32,8 @@ fn sigterm_drains_fifty_clients_and_exits_zero() {
         let mut child = Command::new(env!("CARGO_BIN_EXE_pollcap"))
             .args([
                 "serve",
+                "--app",
+                "echo",
                 "--listen",
                 "127.0.0.1:0",
                 "--backend",
@@ -32,8 +46,11 @@ fn sigterm_drains_fifty_clients_and_exits_zero() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
+        let mut reap = Reap(None);
         // The start-up line names the bound address.
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let pid = child.id();
+        reap.0 = Some(child);
         let addr = loop {
             let line = lines.next().expect("start-up line").unwrap();
             if let Some(rest) = line.split("listening on ").nth(1) {
@@ -50,7 +67,7 @@ fn sigterm_drains_fifty_clients_and_exits_zero() {
         }
         let t0 = Instant::now();
         let ok = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
+            .args(["-TERM", &pid.to_string()])
             .status()
             .unwrap();
         assert!(ok.success());
@@ -66,11 +83,21 @@ fn sigterm_drains_fifty_clients_and_exits_zero() {
         }
         // Bound: close (1 s) + one cap (1 s), plus slack for a loaded machine.
         let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || tx.send(child.wait()));
-        let status = rx
-            .recv_timeout(Duration::from_secs(2) + SLACK)
-            .unwrap_or_else(|_| panic!("{backend}: did not exit within close + cap"))
-            .unwrap();
+        let mut child = reap.0.take().unwrap();
+        let waiter = std::thread::spawn(move || {
+            let status = child.wait();
+            let _ = tx.send(());
+            (child, status)
+        });
+        let exited = rx.recv_timeout(Duration::from_secs(2) + SLACK).is_ok();
+        if !exited {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+        let (_, status) = waiter.join().unwrap();
+        assert!(exited, "{backend}: did not exit within close + cap");
+        let status = status.unwrap();
         assert!(t0.elapsed() < Duration::from_secs(2) + SLACK);
         assert_eq!(status.code(), Some(0), "{backend}");
     }

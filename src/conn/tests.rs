@@ -69,8 +69,17 @@ impl Host for TestHost {
     fn route(&self, _: Route, _: Instant) -> Response {
         http::text(200, "OK", "ok\n")
     }
-    fn admit(&self) -> Result<(), Response> {
+    fn authenticate(&self, _: Option<&str>, _: Instant) -> Result<Option<String>, Response> {
+        Ok(None)
+    }
+    fn admit(&self, _: &Session, _: Instant) -> Result<(), Response> {
         Ok(())
+    }
+    fn dispatch(&self, _: usize, _: &Arc<Session>, _: u64, _: Inbound, _: Arc<AtomicBool>) -> bool {
+        false
+    }
+    fn unix_ms(&self, _: Instant) -> u64 {
+        0
     }
 }
 
@@ -96,7 +105,7 @@ fn secs(s: f64) -> Duration {
 /// An upgraded connection at `t0` and the client's WebSocket.
 fn open(h: &TestHost, t0: Instant) -> (Conn<End>, WebSocket<End>) {
     let (server, mut client) = duplex();
-    let mut c = Conn::new(1, server, t0, 1.0);
+    let mut c = Conn::new(0, 1, server, t0, 1.0);
     client.write_all(REQ.as_bytes()).unwrap();
     c.on_ready(true, false, t0, h);
     assert_eq!(c.phase(), PhaseName::Open);
@@ -142,7 +151,7 @@ fn connect_deadline_drops_a_silent_client() {
     let h = host();
     let t0 = Instant::now();
     let (server, _client) = duplex();
-    let mut c = Conn::new(1, server, t0, 1.0);
+    let mut c = Conn::new(0, 1, server, t0, 1.0);
     assert_eq!(c.next_deadline(&h.cfg.timeouts), Some(t0 + secs(2.0)));
     c.on_timeout(t0 + secs(1.9), &h);
     assert_eq!(c.phase(), PhaseName::Http);
@@ -156,7 +165,7 @@ fn handshake_deadline_answers_408() {
     let h = host();
     let t0 = Instant::now();
     let (server, mut client) = duplex();
-    let mut c = Conn::new(1, server, t0, 1.0);
+    let mut c = Conn::new(0, 1, server, t0, 1.0);
     client.write_all(b"GET /ws HT").unwrap();
     c.on_ready(true, false, t0 + secs(0.1), &h);
     // A byte arrived: only the handshake deadline remains.
@@ -211,7 +220,7 @@ fn jitter_spreads_the_heartbeat() {
     let h = host();
     let t0 = Instant::now();
     let (server, _client) = duplex();
-    let c = Conn::new(1, server, t0, 1.05);
+    let c = Conn::new(0, 1, server, t0, 1.05);
     let (mut c2, _) = open(&h, t0);
     drop(c);
     c2.jitter = 1.05;
@@ -220,7 +229,7 @@ fn jitter_spreads_the_heartbeat() {
         c2.next_deadline(&t),
         Some(t0 + t.heartbeat_interval.mul_f64(1.05))
     );
-    assert_eq!(Conn::new(2, duplex().0, t0, 7.0).jitter, 1.1, "clamped");
+    assert_eq!(Conn::new(0, 2, duplex().0, t0, 7.0).jitter, 1.1, "clamped");
 }
 
 #[test]
@@ -315,7 +324,7 @@ fn frames_sent_with_the_request_head_are_not_lost() {
     let mut bytes = REQ.as_bytes().to_vec();
     bytes.extend(frame);
     client_end.write_all(&bytes).unwrap();
-    let mut c = Conn::new(1, server, t0, 1.0);
+    let mut c = Conn::new(0, 1, server, t0, 1.0);
     c.on_ready(true, false, t0, &h);
     let mut head = vec![0u8; 129];
     let n = client_end.read(&mut head).unwrap();

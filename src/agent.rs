@@ -1,0 +1,239 @@
+//! The built-in `agent_chat` application (SPEC §5): for each `user_message` a
+//! small deterministic agent streams `agent_started`, `agent_thinking`
+//! deltas, `tool_executing`, `tool_completed` (a real tool: text statistics
+//! of the message) and `agent_completed` whose `final` is the concatenated
+//! deltas. Anything else gets a `bad_request` error event; the connection
+//! stays open.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::app::{Handler, Inbound, Outbox, Session};
+
+/// Default pause between events: streaming is visible, runs stay short.
+pub const DEFAULT_PACING: Duration = Duration::from_millis(5);
+
+pub struct AgentChat {
+    pub pacing: Duration,
+}
+
+impl Handler for AgentChat {
+    fn name(&self) -> &'static str {
+        "agent_chat"
+    }
+
+    fn subprotocols(&self) -> &'static [&'static str] {
+        &["agent_chat"]
+    }
+
+    fn message(&self, _session: &Session, input: Inbound, out: &Outbox) {
+        let text = match input {
+            Inbound::Text(t) => t,
+            Inbound::Binary(_) => {
+                return bad_request(out, "binary frames are not supported; send JSON text");
+            }
+        };
+        let v: serde_json::Value = match serde_json::from_str(&text) {
+            Ok(v) => v,
+            Err(e) => return bad_request(out, &format!("malformed JSON: {e}")),
+        };
+        match v.get("type").and_then(|t| t.as_str()) {
+            Some("user_message") => {}
+            Some(other) => {
+                return bad_request(
+                    out,
+                    &format!("unknown type {other:?}; expected \"user_message\""),
+                );
+            }
+            None => return bad_request(out, "missing \"type\""),
+        }
+        let Some(message) = v.get("text").and_then(|t| t.as_str()) else {
+            return bad_request(out, "\"text\" must be a string");
+        };
+        let thread_id = v.get("thread_id").and_then(|t| t.as_str()).unwrap_or("");
+
+        out.emit("agent_started", json!({ "thread_id": thread_id }));
+        let stats = text_stats(message);
+        let deltas = reply_deltas(message, &stats);
+        for d in &deltas {
+            if !out.pause(self.pacing) {
+                return;
+            }
+            out.emit("agent_thinking", json!({ "delta": d }));
+        }
+        if !out.pause(self.pacing) {
+            return;
+        }
+        out.emit("tool_executing", json!({ "tool": "text_stats" }));
+        if !out.pause(self.pacing) {
+            return;
+        }
+        out.emit(
+            "tool_completed",
+            json!({ "tool": "text_stats", "result": stats }),
+        );
+        if !out.pause(self.pacing) {
+            return;
+        }
+        out.emit(
+            "agent_completed",
+            json!({ "thread_id": thread_id, "final": deltas.concat() }),
+        );
+    }
+}
+
+fn bad_request(out: &Outbox, message: &str) {
+    out.emit(
+        "error",
+        json!({ "code": "bad_request", "message": message }),
+    );
+}
+
+/// The tool: statistics of a message.
+pub fn text_stats(s: &str) -> serde_json::Value {
+    let words: Vec<&str> = s.split_whitespace().collect();
+    let mut unique: Vec<String> = words.iter().map(|w| w.to_lowercase()).collect();
+    unique.sort();
+    unique.dedup();
+    let longest = words
+        .iter()
+        .max_by_key(|w| w.chars().count())
+        .copied()
+        .unwrap_or("");
+    json!({
+        "words": words.len(),
+        "unique_words": unique.len(),
+        "characters": s.chars().count(),
+        "bytes": s.len(),
+        "lines": s.lines().count(),
+        "longest_word": longest,
+    })
+}
+
+/// The reply, in word-group deltas (always at least two).
+pub fn reply_deltas(message: &str, stats: &serde_json::Value) -> Vec<String> {
+    let reply = format!(
+        "You wrote {} words and {} characters. The longest word is \"{}\". Echo: {}",
+        stats["words"],
+        stats["characters"],
+        stats["longest_word"].as_str().unwrap_or(""),
+        message
+    );
+    let words: Vec<&str> = reply.split(' ').collect();
+    words
+        .chunks(3)
+        .enumerate()
+        .map(|(i, c)| {
+            let chunk = c.join(" ");
+            if i == 0 { chunk } else { format!(" {chunk}") }
+        })
+        .collect()
+}
+
+/// A diagnostic application: its first `failures` session opens fail (a
+/// server fault: HTTP 500, counted by the circuit breaker), then it behaves
+/// exactly as `agent_chat`. For exercising the breaker and alerting end to
+/// end (`pollcap serve --app flaky-open --fail-opens N`).
+pub struct FlakyOpen {
+    pub remaining: std::sync::atomic::AtomicU32,
+    pub inner: AgentChat,
+}
+
+impl Handler for FlakyOpen {
+    fn name(&self) -> &'static str {
+        "flaky-open"
+    }
+
+    fn subprotocols(&self) -> &'static [&'static str] {
+        self.inner.subprotocols()
+    }
+
+    fn open(&self, _session: &Session) -> Result<(), String> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let failing = self
+            .remaining
+            .fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1))
+            .is_ok();
+        if failing {
+            Err("flaky-open: simulated start-up failure".into())
+        } else {
+            Ok(())
+        }
+    }
+
+    fn message(&self, session: &Session, input: Inbound, out: &Outbox) {
+        self.inner.message(session, input, out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::app::{Mail, MailKind, Mailbox};
+    use crate::reactor::{BackendKind, CapStrategy, Reactor};
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+
+    fn run(input: Inbound) -> Vec<serde_json::Value> {
+        let r = Reactor::new(BackendKind::Mio, CapStrategy::Spin).unwrap();
+        let mb = Arc::new(Mailbox::new(r.waker()));
+        let out = Outbox::new(0, 1, 1, Arc::new(AtomicBool::new(false)), mb.clone());
+        AgentChat {
+            pacing: Duration::ZERO,
+        }
+        .message(&Session::default(), input, &out);
+        mb.take()
+            .into_iter()
+            .map(|Mail { kind, .. }| match kind {
+                MailKind::Event { text, .. } => serde_json::from_str(&text).unwrap(),
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn events_in_order_with_final_as_concatenated_deltas() {
+        let ev = run(Inbound::Text(
+            r#"{"type":"user_message","text":"hello streaming world","thread_id":"t1"}"#.into(),
+        ));
+        let types: Vec<&str> = ev.iter().map(|e| e["type"].as_str().unwrap()).collect();
+        let thinking = types.iter().filter(|t| **t == "agent_thinking").count();
+        assert!(thinking >= 2);
+        let mut want = vec!["agent_started"];
+        want.extend(std::iter::repeat_n("agent_thinking", thinking));
+        want.extend(["tool_executing", "tool_completed", "agent_completed"]);
+        assert_eq!(types, want);
+        let seqs: Vec<u64> = ev.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+        assert!(seqs.windows(2).all(|w| w[1] > w[0]));
+        let deltas: String = ev
+            .iter()
+            .filter(|e| e["type"] == "agent_thinking")
+            .map(|e| e["delta"].as_str().unwrap())
+            .collect();
+        let last = ev.last().unwrap();
+        assert_eq!(last["final"], deltas);
+        assert!(deltas.ends_with("Echo: hello streaming world"));
+        assert_eq!(last["thread_id"], "t1");
+        let tool = &ev[ev.len() - 2];
+        assert_eq!(tool["result"]["words"], 3);
+        assert_eq!(tool["result"]["longest_word"], "streaming");
+    }
+
+    #[test]
+    fn malformed_and_unknown_inputs_get_bad_request() {
+        for input in [
+            Inbound::Text("{not json".into()),
+            Inbound::Text(r#"{"type":"nope"}"#.into()),
+            Inbound::Text(r#"{"text":"no type"}"#.into()),
+            Inbound::Text(r#"{"type":"user_message","text":5}"#.into()),
+            Inbound::Binary(vec![1, 2]),
+        ] {
+            let ev = run(input.clone());
+            assert_eq!(ev.len(), 1, "{input:?}");
+            assert_eq!(ev[0]["type"], "error");
+            assert_eq!(ev[0]["code"], "bad_request");
+            assert!(ev[0]["message"].as_str().unwrap().len() > 5);
+        }
+    }
+}

@@ -1,0 +1,333 @@
+//! Authentication of upgrade requests (SPEC §4): a bearer token from the
+//! `Authorization` header or, for browsers, a `bearer.<token>` subprotocol
+//! entry; checked as an HS256 JWT (`POLLCAP_JWT_SECRET`: signature, `exp`,
+//! `nbf`) or against static tokens (`POLLCAP_TOKENS_FILE`). No fallback:
+//! anything else is a 401. Wall-clock time is an input.
+
+use std::collections::HashSet;
+use std::fmt;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+
+use crate::settings::ConfigError;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// Prefix of the browser form of a token inside `Sec-WebSocket-Protocol`.
+pub const SUBPROTOCOL_PREFIX: &str = "bearer.";
+
+/// Why a token was refused (the 401 body says which, never the token).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AuthError {
+    Missing,
+    Malformed,
+    Algorithm,
+    Signature,
+    Expired,
+    NotYetValid,
+    Unknown,
+}
+
+impl fmt::Display for AuthError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AuthError::Missing => {
+                "missing bearer token (Authorization: Bearer <token> or subprotocol bearer.<token>)"
+            }
+            AuthError::Malformed => "malformed token",
+            AuthError::Algorithm => "unsupported token algorithm (HS256 only)",
+            AuthError::Signature => "invalid token signature",
+            AuthError::Expired => "token expired",
+            AuthError::NotYetValid => "token not yet valid",
+            AuthError::Unknown => "unknown token",
+        })
+    }
+}
+
+/// Who a valid token names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    pub subject: String,
+}
+
+/// The configured verifiers; at least one is present.
+#[derive(Clone, Default)]
+pub struct Auth {
+    jwt_secret: Option<Vec<u8>>,
+    tokens: HashSet<String>,
+}
+
+impl fmt::Debug for Auth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print secrets.
+        f.debug_struct("Auth")
+            .field("jwt", &self.jwt_secret.is_some())
+            .field("static_tokens", &self.tokens.len())
+            .finish()
+    }
+}
+
+impl Auth {
+    pub fn new(jwt_secret: Option<Vec<u8>>, tokens: HashSet<String>) -> Auth {
+        Auth { jwt_secret, tokens }
+    }
+
+    /// Reads `POLLCAP_JWT_SECRET` and `POLLCAP_TOKENS_FILE`; `None` when
+    /// neither is set (authentication off).
+    pub fn from_env(get: &dyn Fn(&str) -> Option<String>) -> Result<Option<Auth>, ConfigError> {
+        let secret = match get("POLLCAP_JWT_SECRET") {
+            Some(s) if s.len() < 16 => {
+                return Err(ConfigError::new(
+                    "POLLCAP_JWT_SECRET",
+                    "<hidden>",
+                    "must be at least 16 bytes long",
+                ));
+            }
+            Some(s) => Some(s.into_bytes()),
+            None => None,
+        };
+        let mut tokens = HashSet::new();
+        if let Some(path) = get("POLLCAP_TOKENS_FILE") {
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                ConfigError::new(
+                    "POLLCAP_TOKENS_FILE",
+                    &path,
+                    &format!("cannot be read: {e}"),
+                )
+            })?;
+            for line in text.lines().map(str::trim) {
+                if !line.is_empty() && !line.starts_with('#') {
+                    tokens.insert(line.to_string());
+                }
+            }
+            if tokens.is_empty() {
+                return Err(ConfigError::new(
+                    "POLLCAP_TOKENS_FILE",
+                    &path,
+                    "must list at least one token (one per line, # comments)",
+                ));
+            }
+        }
+        if secret.is_none() && tokens.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Auth {
+            jwt_secret: secret,
+            tokens,
+        }))
+    }
+
+    pub fn jwt_secret(&self) -> Option<&[u8]> {
+        self.jwt_secret.as_deref()
+    }
+
+    /// Checks `token` at wall-clock `now_unix` (seconds).
+    pub fn check(&self, token: Option<&str>, now_unix: u64) -> Result<Identity, AuthError> {
+        let token = token.ok_or(AuthError::Missing)?;
+        if self.tokens.contains(token) {
+            return Ok(Identity {
+                subject: "static-token".into(),
+            });
+        }
+        match &self.jwt_secret {
+            Some(secret) if token.matches('.').count() == 2 => verify(secret, token, now_unix),
+            _ => Err(AuthError::Unknown),
+        }
+    }
+}
+
+/// The bearer token of a request: the `Authorization` header wins over a
+/// `bearer.` subprotocol entry.
+pub fn token_from<'a>(authorization: Option<&'a str>, protocols: &'a [String]) -> Option<&'a str> {
+    if let Some(h) = authorization {
+        let (scheme, rest) = h.trim().split_once(' ')?;
+        return scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim());
+    }
+    protocols
+        .iter()
+        .find_map(|p| p.strip_prefix(SUBPROTOCOL_PREFIX))
+}
+
+/// Verifies an HS256 JWT.
+pub fn verify(secret: &[u8], token: &str, now_unix: u64) -> Result<Identity, AuthError> {
+    let mut parts = token.split('.');
+    let (Some(h), Some(p), Some(sig), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(AuthError::Malformed);
+    };
+    let header: serde_json::Value = decode_json(h)?;
+    if header.get("alg").and_then(|a| a.as_str()) != Some("HS256") {
+        return Err(AuthError::Algorithm);
+    }
+    let sig = B64.decode(sig).map_err(|_| AuthError::Malformed)?;
+    let mut mac = HmacSha256::new_from_slice(secret).map_err(|_| AuthError::Signature)?;
+    mac.update(h.as_bytes());
+    mac.update(b".");
+    mac.update(p.as_bytes());
+    // Constant-time comparison.
+    mac.verify_slice(&sig).map_err(|_| AuthError::Signature)?;
+    let claims: serde_json::Value = decode_json(p)?;
+    let exp = claims
+        .get("exp")
+        .and_then(|v| v.as_u64())
+        .ok_or(AuthError::Malformed)?;
+    if now_unix >= exp {
+        return Err(AuthError::Expired);
+    }
+    if let Some(nbf) = claims.get("nbf") {
+        let nbf = nbf.as_u64().ok_or(AuthError::Malformed)?;
+        if now_unix < nbf {
+            return Err(AuthError::NotYetValid);
+        }
+    }
+    let subject = claims
+        .get("sub")
+        .and_then(|s| s.as_str())
+        .unwrap_or("")
+        .to_string();
+    Ok(Identity { subject })
+}
+
+fn decode_json(part: &str) -> Result<serde_json::Value, AuthError> {
+    let bytes = B64.decode(part).map_err(|_| AuthError::Malformed)?;
+    serde_json::from_slice(&bytes).map_err(|_| AuthError::Malformed)
+}
+
+/// Mints an HS256 JWT for `sub`, valid from `now_unix` for `ttl_secs`.
+pub fn mint(secret: &[u8], sub: &str, now_unix: u64, ttl_secs: u64) -> String {
+    let header = B64.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+    let claims = serde_json::json!({
+        "sub": sub,
+        "iat": now_unix,
+        "nbf": now_unix,
+        "exp": now_unix + ttl_secs,
+    });
+    let payload = B64.encode(claims.to_string());
+    let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC takes any key length");
+    mac.update(header.as_bytes());
+    mac.update(b".");
+    mac.update(payload.as_bytes());
+    let sig = B64.encode(mac.finalize().into_bytes());
+    format!("{header}.{payload}.{sig}")
+}
+
+/// Parses a TTL such as `90`, `90s`, `15m`, `1h`, `7d` into seconds.
+pub fn parse_ttl(v: &str) -> Option<u64> {
+    let v = v.trim();
+    let (num, mult) = match v.char_indices().last()? {
+        (i, 's') => (&v[..i], 1),
+        (i, 'm') => (&v[..i], 60),
+        (i, 'h') => (&v[..i], 3600),
+        (i, 'd') => (&v[..i], 86_400),
+        _ => (v, 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .filter(|n| *n > 0)?
+        .checked_mul(mult)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &[u8] = b"0123456789abcdef-test-secret";
+    const NOW: u64 = 1_800_000_000;
+
+    #[test]
+    fn minted_tokens_verify() {
+        let t = mint(SECRET, "alice", NOW, 3600);
+        assert_eq!(verify(SECRET, &t, NOW).unwrap().subject, "alice");
+        assert_eq!(verify(SECRET, &t, NOW + 3599).unwrap().subject, "alice");
+    }
+
+    #[test]
+    fn bad_signature_expired_and_not_yet_valid() {
+        let t = mint(SECRET, "alice", NOW, 3600);
+        assert_eq!(
+            verify(b"another-secret-of-16+", &t, NOW),
+            Err(AuthError::Signature)
+        );
+        assert_eq!(verify(SECRET, &t, NOW + 3600), Err(AuthError::Expired));
+        assert_eq!(verify(SECRET, &t, NOW - 1), Err(AuthError::NotYetValid));
+        let mut tampered = t.clone();
+        tampered.insert(t.find('.').unwrap() + 3, 'x');
+        assert!(verify(SECRET, &tampered, NOW).is_err());
+    }
+
+    #[test]
+    fn alg_none_and_other_algorithms_are_refused() {
+        let body = B64.encode(format!(r#"{{"sub":"mallory","exp":{}}}"#, NOW + 60));
+        for alg in ["none", "HS512", "RS256"] {
+            let h = B64.encode(format!(r#"{{"alg":"{alg}","typ":"JWT"}}"#));
+            for sig in ["", "AAAA"] {
+                let t = format!("{h}.{body}.{sig}");
+                assert_eq!(verify(SECRET, &t, NOW), Err(AuthError::Algorithm), "{alg}");
+            }
+        }
+    }
+
+    #[test]
+    fn exp_is_required() {
+        let h = B64.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+        let p = B64.encode(br#"{"sub":"x"}"#);
+        let mut mac = HmacSha256::new_from_slice(SECRET).unwrap();
+        mac.update(format!("{h}.{p}").as_bytes());
+        let sig = B64.encode(mac.finalize().into_bytes());
+        assert_eq!(
+            verify(SECRET, &format!("{h}.{p}.{sig}"), NOW),
+            Err(AuthError::Malformed)
+        );
+    }
+
+    #[test]
+    fn static_tokens_and_missing_tokens() {
+        let auth = Auth::new(None, ["tok-1".to_string()].into_iter().collect());
+        assert!(auth.check(Some("tok-1"), NOW).is_ok());
+        assert_eq!(auth.check(Some("tok-2"), NOW), Err(AuthError::Unknown));
+        assert_eq!(auth.check(None, NOW), Err(AuthError::Missing));
+    }
+
+    #[test]
+    fn token_sources() {
+        let protos = vec!["agent_chat".to_string(), "bearer.abc.def.ghi".to_string()];
+        assert_eq!(token_from(Some("Bearer xyz"), &protos), Some("xyz"));
+        assert_eq!(token_from(Some("bearer  xyz "), &protos), Some("xyz"));
+        assert_eq!(token_from(Some("Basic xyz"), &protos), None);
+        assert_eq!(token_from(None, &protos), Some("abc.def.ghi"));
+        assert_eq!(token_from(None, &[]), None);
+    }
+
+    #[test]
+    fn ttl_forms() {
+        assert_eq!(parse_ttl("1h"), Some(3600));
+        assert_eq!(parse_ttl("15m"), Some(900));
+        assert_eq!(parse_ttl("90"), Some(90));
+        assert_eq!(parse_ttl("2d"), Some(172_800));
+        assert_eq!(parse_ttl("0"), None);
+        assert_eq!(parse_ttl("soon"), None);
+    }
+
+    #[test]
+    fn env_config() {
+        let get = |k: &str| (k == "POLLCAP_JWT_SECRET").then(|| "short".to_string());
+        assert!(
+            Auth::from_env(&get)
+                .unwrap_err()
+                .to_string()
+                .contains("POLLCAP_JWT_SECRET")
+        );
+        assert!(Auth::from_env(&|_| None).unwrap().is_none());
+        let get = |k: &str| (k == "POLLCAP_TOKENS_FILE").then(|| "/nonexistent/tokens".to_string());
+        assert!(
+            Auth::from_env(&get)
+                .unwrap_err()
+                .to_string()
+                .contains("POLLCAP_TOKENS_FILE")
+        );
+    }
+}
