@@ -13,6 +13,8 @@ use crate::app::{Handler, Inbound, Outbox, Session};
 
 /// Default pause between events: streaming is visible, runs stay short.
 pub const DEFAULT_PACING: Duration = Duration::from_millis(5);
+/// Largest `pacing_ms` a message may ask for.
+pub const MAX_PACING_MS: u64 = 1000;
 
 pub struct AgentChat {
     pub pacing: Duration,
@@ -52,28 +54,39 @@ impl Handler for AgentChat {
             return bad_request(out, "\"text\" must be a string");
         };
         let thread_id = v.get("thread_id").and_then(|t| t.as_str()).unwrap_or("");
+        // Optional per-message pacing ("simulate a slow agent"), capped; the
+        // execution deadline bounds it like any other run.
+        let pacing = match v.get("pacing_ms") {
+            None => self.pacing,
+            Some(p) => match p.as_u64() {
+                Some(ms) if ms <= MAX_PACING_MS => Duration::from_millis(ms),
+                _ => {
+                    return bad_request(out, &format!("\"pacing_ms\" must be 0..={MAX_PACING_MS}"));
+                }
+            },
+        };
 
         out.emit("agent_started", json!({ "thread_id": thread_id }));
         let stats = text_stats(message);
         let deltas = reply_deltas(message, &stats);
         for d in &deltas {
-            if !out.pause(self.pacing) {
+            if !out.pause(pacing) {
                 return;
             }
             out.emit("agent_thinking", json!({ "delta": d }));
         }
-        if !out.pause(self.pacing) {
+        if !out.pause(pacing) {
             return;
         }
         out.emit("tool_executing", json!({ "tool": "text_stats" }));
-        if !out.pause(self.pacing) {
+        if !out.pause(pacing) {
             return;
         }
         out.emit(
             "tool_completed",
             json!({ "tool": "text_stats", "result": stats }),
         );
-        if !out.pause(self.pacing) {
+        if !out.pause(pacing) {
             return;
         }
         out.emit(
@@ -227,6 +240,7 @@ mod tests {
             Inbound::Text(r#"{"type":"nope"}"#.into()),
             Inbound::Text(r#"{"text":"no type"}"#.into()),
             Inbound::Text(r#"{"type":"user_message","text":5}"#.into()),
+            Inbound::Text(r#"{"type":"user_message","text":"x","pacing_ms":5000}"#.into()),
             Inbound::Binary(vec![1, 2]),
         ] {
             let ev = run(input.clone());

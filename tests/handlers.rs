@@ -1,0 +1,157 @@
+//! Handler failures over real sockets: a panicking handler closes only its
+//! own connection with 1011 and the server carries on; a full worker pool
+//! answers `overloaded` instead of queueing without bound.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use pollcap::app::{App, Handler, Inbound, Outbox, Session};
+use tungstenite::Message;
+use tungstenite::protocol::frame::coding::CloseCode;
+
+/// "boom" panics; "hold" blocks until released; anything else is echoed
+/// as one `echo` event.
+struct TestApp {
+    started: Mutex<Sender<()>>,
+    release: Mutex<Receiver<()>>,
+}
+
+impl Handler for TestApp {
+    fn name(&self) -> &'static str {
+        "test"
+    }
+    fn subprotocols(&self) -> &'static [&'static str] {
+        &["test"]
+    }
+    fn message(&self, _: &Session, input: Inbound, out: &Outbox) {
+        let Inbound::Text(t) = input else { return };
+        match t.as_str() {
+            "boom" => panic!("handler bug"),
+            "hold" => {
+                self.started.lock().unwrap().send(()).unwrap();
+                let _ = self
+                    .release
+                    .lock()
+                    .unwrap()
+                    .recv_timeout(Duration::from_secs(10));
+            }
+            _ => out.emit("echo", serde_json::json!({ "text": t })),
+        }
+    }
+}
+
+fn test_app() -> (Arc<TestApp>, Receiver<()>, Sender<()>) {
+    let (started_tx, started_rx) = channel();
+    let (release_tx, release_rx) = channel();
+    let app = Arc::new(TestApp {
+        started: Mutex::new(started_tx),
+        release: Mutex::new(release_rx),
+    });
+    (app, started_rx, release_tx)
+}
+
+fn next_event(ws: &mut Client) -> serde_json::Value {
+    loop {
+        match ws.read().expect("event") {
+            Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_panicking_handler_closes_its_connection_1011_and_the_server_survives() {
+    each_backend(|kind| {
+        let (app, _started, _release) = test_app();
+        let srv = start(kind, &[], |c| c.app = App::Handler(app.clone()));
+        let a = srv.local_addr();
+        let (mut victim, _) = ws_connect(a, None).unwrap();
+        let (mut bystander, _) = ws_connect(a, None).unwrap();
+        victim.send(Message::text("boom")).unwrap();
+        match victim.read() {
+            Ok(Message::Close(Some(f))) => {
+                assert_eq!(f.code, CloseCode::Error);
+                assert_eq!(f.reason.as_str(), "handler failure");
+            }
+            other => panic!("{other:?}"),
+        }
+        bystander.send(Message::text("still fine")).unwrap();
+        assert_eq!(next_event(&mut bystander)["text"], "still fine");
+        let (mut fresh, _) = ws_connect(a, None).unwrap();
+        fresh.send(Message::text("new")).unwrap();
+        assert_eq!(next_event(&mut fresh)["type"], "echo");
+        let m = metrics(a);
+        assert_eq!(m["pollcap_handler_panics_total"], 1.0);
+        assert_eq!(m["pollcap_close_frames_sent_total{code=\"1011\"}"], 1.0);
+    });
+}
+
+#[test]
+fn a_full_pool_answers_overloaded_and_recovers() {
+    each_backend(|kind| {
+        let (app, started, release) = test_app();
+        let srv = start(kind, &[], |c| {
+            c.app = App::Handler(app.clone());
+            c.pool_threads = 1;
+            c.pool_queue = 1;
+        });
+        let a = srv.local_addr();
+        let (mut ws, _) = ws_connect(a, None).unwrap();
+        ws.send(Message::text("hold")).unwrap();
+        started
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the only worker is busy");
+        ws.send(Message::text("queued")).unwrap(); // fills the one queue slot
+        ws.send(Message::text("refused")).unwrap();
+        let e = next_event(&mut ws);
+        assert_eq!(
+            (e["type"].as_str(), e["code"].as_str()),
+            (Some("error"), Some("overloaded"))
+        );
+        assert_eq!(e["seq"], 1);
+        release.send(()).unwrap();
+        assert_eq!(next_event(&mut ws)["text"], "queued");
+        ws.send(Message::text("after")).unwrap();
+        assert_eq!(next_event(&mut ws)["text"], "after");
+        assert_eq!(metrics(a)["pollcap_handler_overloaded_total"], 1.0);
+    });
+}
+
+#[test]
+fn closing_a_connection_cancels_its_runs() {
+    // A run still holding a worker when its client leaves sees its cancel flag.
+    struct Watch(Arc<AtomicBool>, Mutex<Sender<()>>);
+    impl Handler for Watch {
+        fn name(&self) -> &'static str {
+            "watch"
+        }
+        fn subprotocols(&self) -> &'static [&'static str] {
+            &[]
+        }
+        fn message(&self, _: &Session, _: Inbound, out: &Outbox) {
+            self.1.lock().unwrap().send(()).unwrap();
+            let cancelled = !out.pause(Duration::from_secs(5));
+            self.0.store(cancelled, Ordering::SeqCst);
+            self.1.lock().unwrap().send(()).unwrap();
+        }
+    }
+    each_backend(|kind| {
+        let flag = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = channel();
+        let app = Arc::new(Watch(flag.clone(), Mutex::new(tx)));
+        let srv = start(kind, &[], |c| c.app = App::Handler(app.clone()));
+        let (mut ws, _) = ws_connect(srv.local_addr(), None).unwrap();
+        ws.send(Message::text("work")).unwrap();
+        rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        drop(ws); // TCP closed without a close handshake
+        rx.recv_timeout(Duration::from_secs(3))
+            .expect("run ended early");
+        assert!(flag.load(Ordering::SeqCst), "the run saw its cancel flag");
+    });
+}
