@@ -23,6 +23,17 @@ pub fn sample(pid: Option<u32>) -> Option<ServerSample> {
 
 /// A blocking client connected to `url` (ws://host:port/path).
 pub fn connect(url: &str, timeout: Duration) -> io::Result<WebSocket<TcpStream>> {
+    connect_as(url, timeout, None, &[])
+}
+
+/// Like [`connect`], with a bearer token and subprotocols.
+pub fn connect_as(
+    url: &str,
+    timeout: Duration,
+    token: Option<&str>,
+    protocols: &[&str],
+) -> io::Result<WebSocket<TcpStream>> {
+    use tungstenite::client::IntoClientRequest;
     let rest = url
         .strip_prefix("ws://")
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "url must start with ws://"))?;
@@ -34,8 +45,57 @@ pub fn connect(url: &str, timeout: Duration) -> io::Result<WebSocket<TcpStream>>
     s.set_nodelay(true)?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
-    let (ws, _) = tungstenite::client(url, s).map_err(|e| io::Error::other(e.to_string()))?;
+    let mut req = url
+        .into_client_request()
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+    let bad = |e: tungstenite::http::header::InvalidHeaderValue| {
+        io::Error::new(io::ErrorKind::InvalidInput, e.to_string())
+    };
+    if let Some(t) = token {
+        req.headers_mut()
+            .insert("Authorization", format!("Bearer {t}").parse().map_err(bad)?);
+    }
+    if !protocols.is_empty() {
+        req.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            protocols.join(", ").parse().map_err(bad)?,
+        );
+    }
+    let (ws, _) = tungstenite::client(req, s).map_err(|e| io::Error::other(e.to_string()))?;
     Ok(ws)
+}
+
+type ClientConn = WebSocket<mio::net::TcpStream>;
+
+/// C connected clients registered with a client-side reactor (token = index).
+fn open_clients(
+    url: &str,
+    connections: usize,
+    token: Option<&str>,
+    protocols: &[&str],
+) -> io::Result<(crate::reactor::Reactor, Vec<ClientConn>)> {
+    use crate::reactor::{BackendKind, CapStrategy, Interest, Reactor};
+    let reactor = Reactor::new(
+        BackendKind::Mio,
+        CapStrategy::Fixed(Duration::from_millis(100)),
+    )?;
+    let mut conns = Vec::with_capacity(connections);
+    for t in 0..connections {
+        let std_stream = connect_as(url, Duration::from_secs(5), token, protocols)?.into_inner();
+        std_stream.set_nonblocking(true)?;
+        let mut stream = mio::net::TcpStream::from_std(std_stream);
+        reactor.register(&mut stream, t, Interest::READABLE)?;
+        conns.push(WebSocket::from_raw_socket(
+            stream,
+            tungstenite::protocol::Role::Client,
+            None,
+        ));
+    }
+    Ok((reactor, conns))
+}
+
+fn would_block(e: &tungstenite::Error) -> bool {
+    matches!(e, tungstenite::Error::Io(e) if e.kind() == io::ErrorKind::WouldBlock)
 }
 
 /// Latency percentiles in µs from unsorted samples.
@@ -75,21 +135,12 @@ pub fn echo(
     duration: Duration,
     pid: Option<u32>,
 ) -> io::Result<EchoResult> {
-    use crate::reactor::{BackendKind, CapStrategy, Interest, Reactor};
-    let mut reactor = Reactor::new(
-        BackendKind::Mio,
-        CapStrategy::Fixed(Duration::from_millis(100)),
-    )?;
-    let mut conns = Vec::with_capacity(connections);
-    for token in 0..connections {
-        let ws = connect(url, Duration::from_secs(5))?;
-        let std_stream = ws.into_inner();
-        std_stream.set_nonblocking(true)?;
-        let mut stream = mio::net::TcpStream::from_std(std_stream);
-        reactor.register(&mut stream, token, Interest::READABLE)?;
-        let ws = WebSocket::from_raw_socket(stream, tungstenite::protocol::Role::Client, None);
-        conns.push((ws, Instant::now(), Interest::READABLE, false));
-    }
+    use crate::reactor::Interest;
+    let (mut reactor, clients) = open_clients(url, connections, None, &[])?;
+    let mut conns: Vec<_> = clients
+        .into_iter()
+        .map(|ws| (ws, Instant::now(), Interest::READABLE, false))
+        .collect();
     let payload = tungstenite::Bytes::from(vec![b'x'; size]);
     let mut rtts: Vec<u64> = Vec::with_capacity(1 << 20);
     let mut errors = 0u64;
@@ -183,6 +234,124 @@ pub fn echo(
         p99_us: p[1],
         p999_us: p[2],
         errors,
+        server_cpu: before.zip(after).map(|(b, a)| a.cpu.saturating_sub(b.cpu)),
+    })
+}
+
+#[derive(Debug)]
+pub struct AgentResult {
+    pub runs: u64,
+    pub events: u64,
+    pub elapsed: Duration,
+    /// Latency from sending a user_message to each of its events.
+    pub event_p50_us: u64,
+    pub event_p99_us: u64,
+    /// Latency from sending a user_message to its agent_completed.
+    pub run_p50_us: u64,
+    pub run_p99_us: u64,
+    pub incomplete: u64,
+    pub server_cpu: Option<Duration>,
+}
+
+/// C agent_chat connections, each with one user_message in flight, for D:
+/// complete runs per second and event latency. Messages ask for pacing 0.
+pub fn agent(
+    url: &str,
+    token: Option<&str>,
+    connections: usize,
+    duration: Duration,
+    pid: Option<u32>,
+) -> io::Result<AgentResult> {
+    let (mut reactor, mut conns) = open_clients(url, connections, token, &["agent_chat"])?;
+    let msg = |i: u64| {
+        Message::text(format!(
+            r#"{{"type":"user_message","text":"load test message {i}","pacing_ms":0}}"#
+        ))
+    };
+    let mut sent_at = vec![Instant::now(); connections];
+    let mut closed = vec![false; connections];
+    let mut events = Vec::with_capacity(1 << 20);
+    let mut runs = Vec::with_capacity(1 << 18);
+    let mut incomplete = 0u64;
+    let before = sample(pid);
+    let t0 = Instant::now();
+    let end = t0 + duration;
+    let mut live = 0usize;
+    for (i, ws) in conns.iter_mut().enumerate() {
+        sent_at[i] = Instant::now();
+        match ws.send(msg(i as u64)) {
+            Err(e) if !would_block(&e) => incomplete += 1,
+            _ => live += 1,
+        }
+    }
+    let mut n = connections as u64;
+    // Bounded by time (plus 10 s for stragglers) and by count.
+    while live > 0 && runs.len() < 10_000_000 {
+        let turn = reactor.turn()?;
+        if turn.now > end + Duration::from_secs(10) {
+            break;
+        }
+        for k in 0..reactor.events().len() {
+            let i = reactor.events()[k].token;
+            if closed[i] {
+                continue;
+            }
+            let ws = &mut conns[i];
+            loop {
+                match ws.read() {
+                    Ok(Message::Text(t)) => {
+                        let lat = sent_at[i].elapsed().as_micros() as u64;
+                        events.push(lat);
+                        if t.as_str().contains(r#""type":"error""#) {
+                            incomplete += 1;
+                        }
+                        if !t.as_str().contains(r#""type":"agent_completed""#) {
+                            continue;
+                        }
+                        runs.push(lat);
+                        if turn.now >= end {
+                            let _ = ws.close(None);
+                            closed[i] = true;
+                            live -= 1;
+                            break;
+                        }
+                        n += 1;
+                        sent_at[i] = Instant::now();
+                        if let Err(e) = ws.send(msg(n)) {
+                            if !would_block(&e) {
+                                incomplete += 1;
+                                closed[i] = true;
+                                live -= 1;
+                                break;
+                            }
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) if would_block(&e) => break,
+                    Err(_) => {
+                        incomplete += 1;
+                        closed[i] = true;
+                        live -= 1;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    let elapsed = t0.elapsed();
+    let after = sample(pid);
+    incomplete += live as u64;
+    let pe = percentiles(&mut events, &[0.5, 0.99]);
+    let pr = percentiles(&mut runs, &[0.5, 0.99]);
+    Ok(AgentResult {
+        runs: runs.len() as u64,
+        events: events.len() as u64,
+        elapsed,
+        event_p50_us: pe[0],
+        event_p99_us: pe[1],
+        run_p50_us: pr[0],
+        run_p99_us: pr[1],
+        incomplete,
         server_cpu: before.zip(after).map(|(b, a)| a.cpu.saturating_sub(b.cpu)),
     })
 }

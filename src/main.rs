@@ -74,6 +74,16 @@ enum LoadMode {
         #[arg(long, default_value_t = 10.0)]
         duration: f64,
     },
+    /// C agent_chat connections, one message in flight each, for D seconds:
+    /// complete runs/s and event latency. Token from --token or POLLCAP_TOKEN.
+    Agent {
+        #[arg(long, default_value_t = 100)]
+        connections: usize,
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        #[arg(long, env = "POLLCAP_TOKEN")]
+        token: Option<String>,
+    },
     /// K handshakes from P parallel clients: handshakes/s, p99.
     Storm {
         #[arg(long, default_value_t = 5000)]
@@ -374,6 +384,28 @@ fn load(mode: LoadMode, url: &str, pid: Option<u32>, json: bool) -> ExitCode {
                 "p50_us": r.p50_us, "p99_us": r.p99_us, "p999_us": r.p999_us,
                 "errors": r.errors,
                 "server_cpu_us_per_message": us(r.server_cpu, r.messages),
+            })
+        }),
+        LoadMode::Agent {
+            connections,
+            duration,
+            token,
+        } => load::agent(
+            url,
+            token.as_deref(),
+            connections,
+            std::time::Duration::from_secs_f64(duration),
+            pid,
+        )
+        .map(|r| {
+            serde_json::json!({
+                "mode": "agent", "connections": connections,
+                "runs": r.runs, "events": r.events, "seconds": r.elapsed.as_secs_f64(),
+                "runs_per_sec": r.runs as f64 / r.elapsed.as_secs_f64(),
+                "event_p50_us": r.event_p50_us, "event_p99_us": r.event_p99_us,
+                "run_p50_us": r.run_p50_us, "run_p99_us": r.run_p99_us,
+                "incomplete": r.incomplete,
+                "server_cpu_us_per_run": us(r.server_cpu, r.runs),
             })
         }),
         LoadMode::Storm { count, parallel } => load::storm(url, count, parallel, pid).map(|r| {
