@@ -1,8 +1,8 @@
 //! Drain of the real binary: 50 clients, SIGTERM, every client gets 1001
 //! "server shutting down", and the process exits 0 within close + one cap.
-//! (POSIX signals: the Windows counterpart drives the same drain through
-//! the library's ShutdownHandle in tests/server.rs.)
-#![cfg(unix)]
+//! POSIX signals only: on Windows the same drain is started by Ctrl-C via
+//! `ctrlc`, and is tested through the library's ShutdownHandle in
+//! tests/server.rs (`drain_closes_1001_and_finishes_even_when_wakeups_are_lost`).
 
 mod common;
 
@@ -27,6 +27,10 @@ impl Drop for Reap {
 }
 
 #[test]
+#[cfg_attr(
+    windows,
+    ignore = "POSIX SIGTERM; on Windows the drain is covered through ShutdownHandle in tests/server.rs"
+)]
 fn sigterm_drains_fifty_clients_and_exits_zero() {
     for backend in ["mio", "polling"] {
         let mut child = Command::new(env!("CARGO_BIN_EXE_pollcap"))

@@ -1,0 +1,109 @@
+"""Deployment manifests in platform/ agree with the profile they select:
+every figure is compared with the real binary's `pollcap config --json`
+under the manifest's environment, and probe paths are asked of a running
+server."""
+import json
+import os
+import re
+import subprocess
+import urllib.error
+import urllib.request
+
+import yaml
+
+from conftest import BIN, ROOT
+
+PLATFORM = os.path.join(ROOT, "platform")
+
+
+def config(env):
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("WEBSOCKET_", "POLLCAP_", "ENVIRONMENT", "PORT"))}
+    out = subprocess.run([BIN, "config", "--json"], env={**clean, **env}, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+def close_plus_cap(cfg):
+    return cfg["timeouts_s"]["close"] + (cfg["poll_cap_ms"] or 0) / 1000
+
+
+def probe_status(server, path):
+    try:
+        return urllib.request.urlopen(f"http://{server.addr}{path}", timeout=5).status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def env_list(container):
+    return {e["name"]: e.get("value") for e in container.get("env", [])}
+
+
+def test_every_target_has_a_readme():
+    for target in ["container", "cloudrun", "kubernetes", "systemd", "windows"]:
+        assert os.path.isfile(os.path.join(PLATFORM, target, "README.md")), target
+
+
+def test_cloudrun_request_timeout_exceeds_connection_lifetime(server):
+    svc = yaml.safe_load(open(os.path.join(PLATFORM, "cloudrun", "service.yaml")))
+    spec = svc["spec"]["template"]["spec"]
+    notes = svc["spec"]["template"]["metadata"]["annotations"]
+    c = spec["containers"][0]
+    env = env_list(c)
+    assert env["ENVIRONMENT"] == "staging"
+    cfg = config({"ENVIRONMENT": env["ENVIRONMENT"], "K_SERVICE": "pollcap"})
+    assert cfg["environment"]["cloud"] == "gcp-cloud-run"
+    assert spec["timeoutSeconds"] > cfg["timeouts_s"]["connection"]
+    assert notes["run.googleapis.com/sessionAffinity"] == "false"
+    assert "POLLCAP_JWT_SECRET" in env, "non-loopback listen needs auth"
+    for probe in ("startupProbe", "livenessProbe"):
+        assert probe_status(server, c[probe]["httpGet"]["path"]) == 200
+
+
+def test_kubernetes_grace_period_and_probes(server):
+    docs = list(yaml.safe_load_all(open(os.path.join(PLATFORM, "kubernetes", "deployment.yaml"))))
+    dep = next(d for d in docs if d["kind"] == "Deployment")
+    assert any(d["kind"] == "Service" for d in docs)
+    pod = dep["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    env = env_list(c)
+    cfg = config({"ENVIRONMENT": env["ENVIRONMENT"], "KUBERNETES_SERVICE_HOST": "10.0.0.1"})
+    assert cfg["profile"] == "production"
+    assert pod["terminationGracePeriodSeconds"] > close_plus_cap(cfg)
+    assert probe_status(server, c["readinessProbe"]["httpGet"]["path"]) == 200
+    assert "tcpSocket" in c["livenessProbe"], "a draining pod (503) must not fail liveness"
+    assert c["resources"]["requests"]["cpu"] and c["resources"]["requests"]["memory"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+
+
+def unit_section(path, name):
+    """A systemd unit section as key -> [values] (keys may repeat)."""
+    section, out = None, {}
+    for line in open(path):
+        line = line.strip()
+        if line.startswith("["):
+            section = line.strip("[]")
+        elif section == name and "=" in line and not line.startswith("#"):
+            k, v = line.split("=", 1)
+            out.setdefault(k, []).append(v)
+    return out
+
+
+def test_systemd_unit_is_hardened_and_waits_for_the_drain():
+    svc = unit_section(os.path.join(PLATFORM, "systemd", "pollcap.service"), "Service")
+    env = dict(v.split("=", 1) for v in svc["Environment"])
+    cfg = config({"ENVIRONMENT": env["ENVIRONMENT"]})
+    assert float(svc["TimeoutStopSec"][-1]) > close_plus_cap(cfg)
+    assert svc["DynamicUser"] == ["yes"] and svc["ProtectSystem"] == ["strict"]
+    assert svc["Restart"] == ["on-failure"] and svc["KillSignal"] == ["SIGTERM"]
+
+
+def test_dockerfile_is_multistage_nonroot_production_with_healthcheck(server):
+    text = open(os.path.join(PLATFORM, "container", "Dockerfile")).read()
+    assert len(re.findall(r"^FROM ", text, re.M)) >= 2, "multi-stage"
+    user = re.search(r"^USER (\S+)", text, re.M).group(1)
+    assert user not in ("root", "0")
+    assert re.search(r"ENVIRONMENT=production", text)
+    assert re.search(r"PORT=\d+", text)
+    path = re.search(r"HEALTHCHECK .*?http://127\.0\.0\.1:\$\{PORT\}(/\S*)\"", text, re.S).group(1)
+    assert probe_status(server, path) == 200
+    cfg = config({"ENVIRONMENT": "production", "PORT": "8080"})
+    assert cfg["listen"] == "0.0.0.0:8080"
