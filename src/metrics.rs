@@ -124,7 +124,8 @@ pub struct Report<'a> {
     /// (threads, queued jobs) of the handler pool, if the app uses one.
     pub pool: Option<(usize, usize)>,
     pub auth: bool,
-    pub reactors: StatsSnapshot,
+    /// One snapshot per reactor thread, in thread order.
+    pub reactors: Vec<StatsSnapshot>,
     pub reactor_threads: usize,
     pub draining: bool,
     pub uptime: Duration,
@@ -147,6 +148,15 @@ impl Report<'_> {
         }
     }
 
+    /// All reactors summed.
+    pub fn reactor_total(&self) -> StatsSnapshot {
+        let mut t = StatsSnapshot::default();
+        for r in &self.reactors {
+            t.merge(r);
+        }
+        t
+    }
+
     pub fn health_json(&self) -> String {
         let m = self.metrics;
         let h = m.handshake_latency.snapshot();
@@ -162,7 +172,7 @@ impl Report<'_> {
                 (f.get)(&self.settings.timeouts).as_secs_f64().into(),
             );
         }
-        let r = &self.reactors;
+        let r = &self.reactor_total();
         let j = serde_json::json!({
             "status": self.status(),
             "environment": self.settings.environment.label(),
@@ -348,29 +358,38 @@ impl Report<'_> {
             "",
         );
 
-        let r = &self.reactors;
-        o.push_str("# HELP pollcap_reactor_waits_total OS waits, by what ended them.\n# TYPE pollcap_reactor_waits_total counter\n");
-        for (reason, v) in [
-            ("io", r.by_io),
-            ("waker", r.by_waker),
-            ("deadline", r.by_deadline),
-            ("cap", r.by_cap),
-            ("interrupted", r.interrupted),
-        ] {
+        // Per reactor thread (SPEC §1), labelled `reactor="N"`.
+        o.push_str("# HELP pollcap_reactor_waits_total OS waits, by reactor and what ended them.\n# TYPE pollcap_reactor_waits_total counter\n");
+        for (i, r) in self.reactors.iter().enumerate() {
+            for (reason, v) in [
+                ("io", r.by_io),
+                ("waker", r.by_waker),
+                ("deadline", r.by_deadline),
+                ("cap", r.by_cap),
+                ("interrupted", r.interrupted),
+            ] {
+                let _ = writeln!(
+                    o,
+                    "pollcap_reactor_waits_total{{reactor=\"{i}\",ended_by=\"{reason}\"}} {v}"
+                );
+            }
+        }
+        o.push_str("# HELP pollcap_reactor_lost_wakeups_recovered_total Wake requests whose signal never arrived, recovered by the cap or a deadline.\n# TYPE pollcap_reactor_lost_wakeups_recovered_total counter\n");
+        for (i, r) in self.reactors.iter().enumerate() {
             let _ = writeln!(
                 o,
-                "pollcap_reactor_waits_total{{ended_by=\"{reason}\"}} {v}"
+                "pollcap_reactor_lost_wakeups_recovered_total{{reactor=\"{i}\"}} {}",
+                r.lost_wakeups_recovered
             );
         }
-        counter(
-            &mut o,
-            "pollcap_reactor_lost_wakeups_recovered_total",
-            "Wake requests whose signal never arrived, recovered by the cap or a deadline.",
-            r.lost_wakeups_recovered,
-        );
         o.push_str("# HELP pollcap_deadline_overshoot_seconds How late expired deadlines were handled.\n# TYPE pollcap_deadline_overshoot_seconds histogram\n");
-        r.overshoot
-            .write_prometheus(&mut o, "pollcap_deadline_overshoot_seconds", "");
+        for (i, r) in self.reactors.iter().enumerate() {
+            r.overshoot.write_prometheus(
+                &mut o,
+                "pollcap_deadline_overshoot_seconds",
+                &format!("reactor=\"{i}\""),
+            );
+        }
         let _ = writeln!(
             o,
             "# HELP pollcap_poll_cap_seconds The configured cap (-1 = unbounded).\n# TYPE pollcap_poll_cap_seconds gauge\npollcap_poll_cap_seconds {}",

@@ -22,15 +22,13 @@ use std::time::{Duration, Instant};
 use mio::net::{TcpListener, TcpStream};
 use slab::Slab;
 
-use std::sync::atomic::AtomicBool as Flag;
-
 use crate::app::{self, App, Inbound, Mailbox, Pool, Session};
 use crate::auth::Auth;
 use crate::breaker::Breaker;
 use crate::conn::{Conn, ConnConfig, Host, Limits};
 use crate::http::{self, Response, Route};
 use crate::metrics::{BreakerView, Report, ServerMetrics};
-use crate::reactor::{Interest, Reactor, ReactorStats, StatsSnapshot, TimerId, Waker};
+use crate::reactor::{Interest, Reactor, ReactorStats, TimerId, Waker};
 use crate::settings::{ConfigError, Settings};
 
 /// Everything needed to start a server.
@@ -142,10 +140,7 @@ struct Shared {
 
 impl Shared {
     fn report(&self, now: Instant) -> Report<'_> {
-        let mut reactors = StatsSnapshot::default();
-        for s in &self.stats {
-            reactors.merge(&s.snapshot());
-        }
+        let reactors = self.stats.iter().map(|s| s.snapshot()).collect();
         let breaker = {
             let mut b = self.breaker.lock().unwrap_or_else(|p| p.into_inner());
             BreakerView {
@@ -317,7 +312,7 @@ impl Host for ReactorHost<'_> {
         session: &Arc<Session>,
         run: u64,
         input: Inbound,
-        cancel: Arc<Flag>,
+        cancel: Arc<AtomicBool>,
     ) -> bool {
         let sh = self.shared;
         let (App::Handler(h), Some(pool)) = (&sh.conn.app, &sh.pool) else {

@@ -401,9 +401,10 @@ fn health_and_metrics_report_the_required_fields() {
             "pollcap_connections_open",
             "pollcap_upgrades_total",
             "pollcap_missed_deadlines_total",
-            "pollcap_reactor_waits_total{ended_by=\"cap\"}",
-            "pollcap_reactor_waits_total{ended_by=\"io\"}",
-            "pollcap_deadline_overshoot_seconds_count",
+            "pollcap_reactor_waits_total{reactor=\"0\",ended_by=\"cap\"}",
+            "pollcap_reactor_waits_total{reactor=\"1\",ended_by=\"io\"}",
+            "pollcap_reactor_lost_wakeups_recovered_total{reactor=\"1\"}",
+            "pollcap_deadline_overshoot_seconds_count{reactor=\"0\"}",
             "pollcap_handshake_duration_seconds_bucket{le=\"+Inf\"}",
             "pollcap_handshake_duration_seconds_count",
         ] {
