@@ -624,7 +624,11 @@ impl<S: Read + Write> Conn<S> {
             return;
         };
         let After::Upgrade { leftover } = after else {
-            return; // Connection: close → Done drops the socket.
+            // Connection: close. Keep the stream: the owner must deregister
+            // it before it closes (the `polling` backend on Windows keeps
+            // its own handle map, and a reused handle would fail to register).
+            self.phase = Phase::Done(Some(io.inner));
+            return;
         };
         let cfg = host.config();
         let m = host.metrics();

@@ -334,3 +334,40 @@ fn frames_sent_with_the_request_head_are_not_lost() {
     let mut client = WebSocket::from_raw_socket(client_end, Role::Client, None);
     assert_eq!(client.read().unwrap(), Message::text("early"));
 }
+
+#[test]
+fn every_finished_connection_hands_its_stream_back_for_deregistration() {
+    let h = host();
+    let t0 = Instant::now();
+    // After an HTTP response with Connection: close.
+    let (server, mut client) = duplex();
+    let mut c = Conn::new(0, 1, server, t0, 1.0);
+    client.write_all(b"GET /nope HTTP/1.1\r\n\r\n").unwrap();
+    c.on_ready(true, false, t0, &h);
+    assert!(c.is_done());
+    assert!(c.stream_mut().is_some(), "404 path");
+    // After a connect timeout.
+    let (server, _client) = duplex();
+    let mut c = Conn::new(0, 2, server, t0, 1.0);
+    c.on_timeout(t0 + secs(2.0), &h);
+    assert!(
+        c.is_done() && c.stream_mut().is_some(),
+        "connect timeout path"
+    );
+    // After a WebSocket close handshake.
+    let (mut c, mut client) = open(&h, t0);
+    client.close(None).unwrap();
+    c.on_ready(true, false, t0, &h);
+    assert!(
+        c.is_done() && c.stream_mut().is_some(),
+        "close handshake path"
+    );
+    // After a close deadline.
+    let (mut c, _client) = open(&h, t0);
+    c.shutdown(t0, &h);
+    c.on_timeout(t0 + secs(1.0), &h);
+    assert!(
+        c.is_done() && c.stream_mut().is_some(),
+        "close deadline path"
+    );
+}
