@@ -31,6 +31,9 @@ fn config_defaults() {
     assert_eq!(j["listen"], "127.0.0.1:8765");
     assert_eq!(j["timeouts_s"]["handshake"], 3.0);
     assert_eq!(j["environment"]["cloud_container"], false);
+    // Detected from the build target: true under Wine, false on Linux.
+    assert_eq!(j["environment"]["windows"], cfg!(windows));
+    assert_eq!(j["environment"]["label"] == "windows", cfg!(windows));
 }
 
 #[test]
