@@ -173,6 +173,9 @@ struct Open {
     ping_sent: Option<Instant>,
     bytes_seen: u64,
     runs: Vec<Run>,
+    /// Draining with runs in flight: send 1001 once they finish, or at this
+    /// instant at the latest.
+    drain_by: Option<Instant>,
 }
 
 /// One handler run in flight, under its execution deadline.
@@ -354,7 +357,12 @@ impl<S: Read + Write> Conn<S> {
                     Some(sent) => sent + t.ping,
                     None => open.last_inbound + t.heartbeat_interval.mul_f64(self.jitter),
                 };
-                let runs = open.runs.iter().map(|r| r.deadline).min();
+                let runs = open
+                    .runs
+                    .iter()
+                    .map(|r| r.deadline)
+                    .chain(open.drain_by)
+                    .min();
                 let d = beat
                     .min(open.last_inbound + t.heartbeat_timeout)
                     .min(open.last_app + t.stale)
@@ -378,6 +386,16 @@ impl<S: Read + Write> Conn<S> {
     /// Handles every deadline due at `now`.
     pub fn on_timeout(&mut self, now: Instant, host: &dyn Host) {
         self.expire_runs(now, host);
+        if let Phase::Open { open, .. } = &self.phase
+            && open.drain_by.is_some_and(|d| now >= d)
+        {
+            tracing::info!(
+                conn = self.id,
+                runs = open.runs.len(),
+                "drain: runs did not finish in time; closing"
+            );
+            return self.begin_close(1001, "server shutting down", now, host);
+        }
         let t = host.config().timeouts;
         let m = host.metrics();
         match &mut self.phase {
@@ -458,8 +476,15 @@ impl<S: Read + Write> Conn<S> {
     }
 
     /// Starts the graceful close of SPEC §7 (server shutting down).
+    /// In-flight handler runs may finish first (nothing may follow a Close
+    /// frame): the Close waits for them, for at most half the `close`
+    /// deadline, so that the closing handshake keeps the other half and the
+    /// whole drain stays within `close` + one cap.
     pub fn shutdown(&mut self, now: Instant, host: &dyn Host) {
-        match self.phase {
+        match &mut self.phase {
+            Phase::Open { open, .. } if !open.runs.is_empty() => {
+                open.drain_by = Some(now + host.config().timeouts.close / 2);
+            }
             Phase::Open { .. } => self.begin_close(1001, "server shutting down", now, host),
             // Mid-handshake connections are dropped: they hold no session.
             Phase::Http { .. } => self.finish(),
@@ -652,6 +677,7 @@ impl<S: Read + Write> Conn<S> {
                 ping_sent: None,
                 bytes_seen: 0,
                 runs: Vec::new(),
+                drain_by: None,
             },
         };
         // Frames may have arrived with the request head.
@@ -694,7 +720,9 @@ impl<S: Read + Write> Conn<S> {
                             let cancel = Arc::new(AtomicBool::new(false));
                             let session = self.session.clone().unwrap_or_default();
                             let m = host.metrics();
-                            if open.runs.len() < MAX_RUNS_PER_CONN
+                            let draining = open.drain_by.is_some();
+                            if !draining
+                                && open.runs.len() < MAX_RUNS_PER_CONN
                                 && host.dispatch(self.key, &session, run, input, cancel.clone())
                             {
                                 m.runs_total.fetch_add(1, Ordering::Relaxed);
@@ -706,15 +734,22 @@ impl<S: Read + Write> Conn<S> {
                                 });
                                 None
                             } else {
-                                m.overloaded_total.fetch_add(1, Ordering::Relaxed);
-                                tracing::info!(
-                                    conn = self.id,
-                                    "handler pool full: answering overloaded"
-                                );
-                                let fields = serde_json::json!({
-                                    "code": "overloaded",
-                                    "message": "server busy; retry later",
-                                });
+                                let fields = if draining {
+                                    serde_json::json!({
+                                        "code": "draining",
+                                        "message": "server shutting down; reconnect elsewhere",
+                                    })
+                                } else {
+                                    m.overloaded_total.fetch_add(1, Ordering::Relaxed);
+                                    tracing::info!(
+                                        conn = self.id,
+                                        "handler pool full: answering overloaded"
+                                    );
+                                    serde_json::json!({
+                                        "code": "overloaded",
+                                        "message": "server busy; retry later",
+                                    })
+                                };
                                 let id = run_id(self.id, run);
                                 let text = event_json("error", &id, 1, host.unix_ms(now), fields);
                                 Some(Message::text(text))
@@ -780,6 +815,9 @@ impl<S: Read + Write> Conn<S> {
             }
             MailKind::Done => {
                 open.runs.swap_remove(i);
+                if open.drain_by.is_some() && open.runs.is_empty() {
+                    self.begin_close(1001, "server shutting down", now, host);
+                }
             }
             MailKind::Panicked(why) => {
                 open.runs.swap_remove(i);

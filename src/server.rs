@@ -602,7 +602,7 @@ impl Worker {
             } else {
                 self.shared.inboxes[target]
                     .lock()
-                    .expect("inbox lock")
+                    .unwrap_or_else(|p| p.into_inner())
                     .push(stream);
                 let _ = self.shared.wakers[target].wake();
             }
@@ -610,8 +610,11 @@ impl Worker {
     }
 
     fn take_inbox(&mut self, now: Instant) {
-        let streams =
-            std::mem::take(&mut *self.shared.inboxes[self.index].lock().expect("inbox lock"));
+        let streams = std::mem::take(
+            &mut *self.shared.inboxes[self.index]
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
         for s in streams {
             self.add(s, now);
         }

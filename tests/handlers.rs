@@ -14,8 +14,8 @@ use pollcap::app::{App, Handler, Inbound, Outbox, Session};
 use tungstenite::Message;
 use tungstenite::protocol::frame::coding::CloseCode;
 
-/// "boom" panics; "hold" blocks until released; anything else is echoed
-/// as one `echo` event.
+/// "boom" panics; "hold" blocks until released, then sends `held`;
+/// anything else is echoed as one `echo` event.
 struct TestApp {
     started: Mutex<Sender<()>>,
     release: Mutex<Receiver<()>>,
@@ -39,6 +39,7 @@ impl Handler for TestApp {
                     .lock()
                     .unwrap()
                     .recv_timeout(Duration::from_secs(10));
+                out.emit("held", serde_json::json!({}));
             }
             _ => out.emit("echo", serde_json::json!({ "text": t })),
         }
@@ -116,6 +117,7 @@ fn a_full_pool_answers_overloaded_and_recovers() {
         );
         assert_eq!(e["seq"], 1);
         release.send(()).unwrap();
+        assert_eq!(next_event(&mut ws)["type"], "held");
         assert_eq!(next_event(&mut ws)["text"], "queued");
         ws.send(Message::text("after")).unwrap();
         assert_eq!(next_event(&mut ws)["text"], "after");
@@ -153,5 +155,44 @@ fn closing_a_connection_cancels_its_runs() {
         rx.recv_timeout(Duration::from_secs(3))
             .expect("run ended early");
         assert!(flag.load(Ordering::SeqCst), "the run saw its cancel flag");
+    });
+}
+
+#[test]
+fn a_drain_lets_running_handlers_finish_before_1001() {
+    each_backend(|kind| {
+        let (app, started, release) = test_app();
+        // close 2 s: runs may take up to 1 s of it, the close handshake the rest.
+        let srv = start(kind, &[("WEBSOCKET_CLOSE_TIMEOUT", "2")], |c| {
+            c.app = App::Handler(app.clone())
+        });
+        let (mut ws, _) = ws_connect(srv.local_addr(), None).unwrap();
+        ws.send(Message::text("hold")).unwrap();
+        started.recv_timeout(Duration::from_secs(5)).unwrap();
+        let handle = srv.shutdown_handle();
+        handle.shutdown();
+        // While the run finishes, new work is refused, not started.
+        ws.send(Message::text("late")).unwrap();
+        let e = next_event(&mut ws);
+        assert_eq!(
+            (e["type"].as_str(), e["code"].as_str()),
+            (Some("error"), Some("draining"))
+        );
+        release.send(()).unwrap();
+        assert_eq!(
+            next_event(&mut ws)["type"],
+            "held",
+            "the in-flight run completed"
+        );
+        match ws.read() {
+            Ok(Message::Close(Some(f))) => {
+                assert_eq!(f.code, CloseCode::Away);
+                assert_eq!(f.reason.as_str(), "server shutting down");
+            }
+            other => panic!("{other:?}"),
+        }
+        let _ = ws.flush();
+        drop(ws);
+        srv.join().unwrap();
     });
 }
