@@ -152,7 +152,7 @@ pub fn echo(
         *sent = Instant::now();
         match ws.send(Message::Binary(payload.clone())) {
             Ok(()) => live += 1,
-            Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => live += 1,
+            Err(e) if would_block(&e) => live += 1,
             Err(_) => errors += 1,
         }
     }
@@ -182,8 +182,7 @@ pub fn echo(
                         *sent = Instant::now();
                         match ws.send(Message::Binary(payload.clone())) {
                             Ok(()) => {}
-                            Err(tungstenite::Error::Io(e))
-                                if e.kind() == io::ErrorKind::WouldBlock => {}
+                            Err(e) if would_block(&e) => {}
                             Err(_) => {
                                 errors += 1;
                                 *closed = true;
@@ -193,7 +192,7 @@ pub fn echo(
                         }
                     }
                     Ok(_) => {}
-                    Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                    Err(e) if would_block(&e) => {
                         break;
                     }
                     Err(_) => {
@@ -209,9 +208,7 @@ pub fn echo(
             }
             // Ask for write readiness only while a flush is pending.
             let want = match ws.flush() {
-                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
-                    Interest::BOTH
-                }
+                Err(e) if would_block(&e) => Interest::BOTH,
                 _ => Interest::READABLE,
             };
             if want != *interest {

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use pollcap::agent::{AgentChat, FlakyOpen};
 use pollcap::app::App;
+use pollcap::conn::Limits;
 use pollcap::settings::{FIELDS, Overrides, Settings, secs};
 
 #[derive(Parser)]
@@ -110,16 +111,16 @@ struct ServeArgs {
     #[arg(long, default_value = "agent_chat")]
     app: String,
     /// Pause between agent_chat events in milliseconds (0 = none).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = pollcap::agent::DEFAULT_PACING.as_millis() as u64)]
     pacing_ms: u64,
     /// flaky-open: how many session opens fail before it behaves.
     #[arg(long, default_value_t = 3)]
     fail_opens: u32,
     /// Handler worker threads.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = pollcap::server::DEFAULT_POOL_THREADS)]
     pool_threads: usize,
     /// Handler queue capacity (full: `overloaded` error events).
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = pollcap::server::DEFAULT_POOL_QUEUE)]
     pool_queue: usize,
     /// Circuit breaker: server-fault failures before it opens (default: profile's).
     #[arg(long)]
@@ -131,19 +132,19 @@ struct ServeArgs {
     #[arg(long, default_value = "/ws")]
     ws_path: String,
     /// Largest inbound message in bytes (over it: close 1009).
-    #[arg(long, default_value_t = 1 << 20)]
+    #[arg(long, default_value_t = Limits::default().max_message)]
     max_message: usize,
     /// Largest inbound frame payload in bytes (over it: close 1009).
-    #[arg(long, default_value_t = 1 << 20)]
+    #[arg(long, default_value_t = Limits::default().max_frame)]
     max_frame: usize,
     /// Most open WebSocket connections (over it: HTTP 503 + Retry-After).
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = Limits::default().max_connections)]
     max_connections: usize,
     /// Bytes queued for a slow reader before close 1008 "backpressure".
-    #[arg(long, default_value_t = 4 << 20)]
+    #[arg(long, default_value_t = Limits::default().max_outbound)]
     max_outbound: usize,
     /// Per-connection read buffer in bytes (the main idle cost).
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = Limits::default().read_buffer)]
     read_buffer: usize,
     /// Allow a non-loopback listen address without authentication.
     #[arg(long)]

@@ -31,6 +31,12 @@ use crate::metrics::{BreakerView, Report, ServerMetrics};
 use crate::reactor::{Interest, Reactor, ReactorStats, TimerId, Waker};
 use crate::settings::{ConfigError, Settings};
 
+/// Handler pool threads by default: handlers mostly wait (pacing, I/O), and
+/// threads are cheap next to an unbounded queue.
+pub const DEFAULT_POOL_THREADS: usize = 16;
+/// Handler queue capacity by default (full: `overloaded` events).
+pub const DEFAULT_POOL_QUEUE: usize = 1024;
+
 /// Everything needed to start a server.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
@@ -62,10 +68,8 @@ impl ServerConfig {
             app: App::Echo,
             auth: None,
             breaker,
-            // Handlers mostly wait (pacing, I/O); threads are cheap next to
-            // an unbounded queue.
-            pool_threads: 16,
-            pool_queue: 1024,
+            pool_threads: DEFAULT_POOL_THREADS,
+            pool_queue: DEFAULT_POOL_QUEUE,
         }
     }
 
