@@ -533,6 +533,7 @@ impl<S: Read + Write> Conn<S> {
         let Phase::Http { io, buf, got_byte } = &mut self.phase else {
             return;
         };
+        let old_len = buf.len();
         let mut chunk = [0u8; 1024];
         loop {
             if buf.len() > limits.max_bytes {
@@ -556,6 +557,12 @@ impl<S: Read + Write> Conn<S> {
                     return;
                 }
             }
+        }
+        // httparse judges complete lines only: re-parse when a line ended
+        // (or the size limit is hit), not after every byte a slow client
+        // trickles in, which would make a slowloris cost quadratic work.
+        if buf.len() <= limits.max_bytes && !buf[old_len..].contains(&b'\n') {
+            return;
         }
         let (request, len) = match http::parse(buf, limits, &cfg.ws_path) {
             Parsed::Partial => return,

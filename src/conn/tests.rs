@@ -371,3 +371,27 @@ fn every_finished_connection_hands_its_stream_back_for_deregistration() {
         "close deadline path"
     );
 }
+
+#[test]
+fn a_head_trickled_byte_by_byte_still_upgrades_and_bad_lines_fail_early() {
+    let h = host();
+    let t0 = Instant::now();
+    let (server, mut client) = duplex();
+    let mut c = Conn::new(0, 1, server, t0, 1.0);
+    for b in REQ.as_bytes() {
+        client.write_all(&[*b]).unwrap();
+        c.on_ready(true, false, t0, &h);
+    }
+    assert_eq!(c.phase(), PhaseName::Open);
+
+    // A malformed request line is refused when that line ends, not at the
+    // end of the head or at the handshake deadline.
+    let (server, mut client) = duplex();
+    let mut c = Conn::new(0, 2, server, t0, 1.0);
+    client.write_all(b"\x01BAD / HTTP/1.1\r\n").unwrap();
+    c.on_ready(true, false, t0, &h);
+    assert!(c.is_done());
+    let mut out = String::new();
+    client.read_to_string(&mut out).ok();
+    assert!(out.starts_with("HTTP/1.1 400 "), "{out}");
+}
