@@ -341,12 +341,27 @@ fn a_slow_consumer_is_closed_1008_backpressure() {
         });
         let mut s = raw_ws(srv.local_addr());
         s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
-        // Send far more than socket buffers + 64 KiB without reading.
+        // Write without reading until the server reports the 1008, then
+        // read. Stopping on the metric, not on a byte count, matters: the
+        // server keeps reading (and discarding) while it waits for our
+        // Close, and if we were still writing at its `close` deadline it
+        // would reset the connection before we read its Close.
+        let a = srv.local_addr();
+        let sent_1008 = || {
+            metrics(a)
+                .get("pollcap_close_frames_sent_total{code=\"1008\"}")
+                .copied()
+                .unwrap_or(0.0)
+                >= 1.0
+        };
         let msg = frame(0x2, true, &[7u8; 16 * 1024]);
         let mut sent = 0usize;
-        while sent < 32 << 20 && s.write_all(&msg).is_ok() {
+        while sent < 32 << 20 && !(sent % (8 * msg.len()) == 0 && sent_1008()) {
+            s.write_all(&msg)
+                .expect("the server reads until it has closed");
             sent += msg.len();
         }
+        assert!(sent_1008(), "no 1008 after {sent} bytes");
         let (code, reason, _) = read_close(&mut s);
         assert_eq!((code, reason.as_str()), (1008, "backpressure"));
         assert_eq!(
