@@ -326,6 +326,14 @@ fn serve(settings: Settings, args: ServeArgs) -> ExitCode {
     if let Err(e) = cfg.validate() {
         return fail(e.to_string());
     }
+    let fds = pollcap::platform::raise_fd_limit();
+    if let Some(n) = fds.filter(|&n| n < cfg.limits.max_connections as u64 + 64) {
+        tracing::warn!(
+            "open-file limit {n} is below max_connections {} + 64: accepts will fail \
+             (and pause) before the connection limit is reached; raise LimitNOFILE / ulimit -n",
+            cfg.limits.max_connections
+        );
+    }
     let server = match Server::start(cfg.clone()) {
         Ok(s) => s,
         Err(e) => return fail(format!("cannot listen on {}: {e}", cfg.settings.listen)),
@@ -338,12 +346,13 @@ fn serve(settings: Settings, args: ServeArgs) -> ExitCode {
         return fail(format!("cannot install the shutdown signal handler: {e}"));
     }
     tracing::info!(
-        "pollcap {} listening on {} ws_path={} app={} threads={} auth={} breaker={}/{}s {}",
+        "pollcap {} listening on {} ws_path={} app={} threads={} fd_limit={} auth={} breaker={}/{}s {}",
         env!("CARGO_PKG_VERSION"),
         server.local_addr(),
         cfg.ws_path,
         cfg.app.name(),
         cfg.threads,
+        fds.map_or("none".to_string(), |n| n.to_string()),
         if cfg.auth.is_some() { "on" } else { "off" },
         cfg.breaker.0,
         cfg.breaker.1.as_secs_f64(),

@@ -60,6 +60,8 @@ pub struct ServerMetrics {
     pub accepted_total: AtomicU64,
     /// Dropped at accept because the socket limit was reached.
     pub rejected_at_accept_total: AtomicU64,
+    /// accept() failures (EMFILE, ENFILE, ENOBUFS...), each pausing accepts.
+    pub accept_errors_total: AtomicU64,
     pub upgrades_total: AtomicU64,
     pub open: AtomicU64,
     pub timeouts: [AtomicU64; 8],
@@ -248,6 +250,12 @@ impl Report<'_> {
             "pollcap_connections_rejected_at_accept_total",
             "TCP connections dropped at accept (socket limit).",
             m.rejected_at_accept_total.load(Relaxed),
+        );
+        counter(
+            &mut o,
+            "pollcap_accept_errors_total",
+            "accept() failures (e.g. out of file descriptors); each pauses accepting for 100 ms.",
+            m.accept_errors_total.load(Relaxed),
         );
         counter(
             &mut o,

@@ -123,6 +123,42 @@ pub fn process_usage(pid: u32) -> Option<(std::time::Duration, u64)> {
     }
 }
 
+/// Raises the soft limit on open file descriptors to the hard limit and
+/// returns the soft limit now in force. Every connection holds one
+/// descriptor, and distributions default the soft limit to 1024, far below
+/// `max_connections`; the hard limit is what the administrator allowed.
+/// `None` on Windows, which has no such per-process limit on sockets.
+pub fn raise_fd_limit() -> Option<u64> {
+    #[cfg(unix)]
+    {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit/setrlimit only read or write the struct passed.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+            return None;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            // May fail (macOS caps it below an infinite hard limit): keep
+            // what we have then.
+            if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+                lim = raised;
+            }
+        }
+        #[allow(clippy::unnecessary_cast)] // rlim_t is not u64 on every Unix
+        Some(lim.rlim_cur as u64)
+    }
+    #[cfg(not(unix))]
+    {
+        None
+    }
+}
+
 /// Whether a short read (fewer bytes than asked) proves the socket drained,
 /// so the extra read that would only return `WouldBlock` can be skipped.
 /// True on Unix: epoll/kqueue raise a new edge for every later arrival.

@@ -456,6 +456,14 @@ impl Server {
 const LISTENER: usize = usize::MAX - 1;
 const SWEEP: usize = usize::MAX - 2;
 const DRAIN: usize = usize::MAX - 3;
+const ACCEPT: usize = usize::MAX - 4;
+
+/// How long accepting pauses after accept() fails for lack of resources.
+/// The connection waits in the backlog meanwhile. Retrying at once would
+/// spin (a level-triggered backend reports the listener again every turn)
+/// and waiting for the next arrival could strand it (edge-triggered epoll
+/// reports nothing new), so the retry is on a timer, as nginx does.
+pub const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
 struct Entry {
     conn: Conn<TcpStream>,
@@ -475,6 +483,8 @@ struct Worker {
     rng: u64,
     sweep: TimerId,
     drain: Option<TimerId>,
+    /// Retries accepting after a resource error; armed only while paused.
+    accept_retry: TimerId,
 }
 
 impl Worker {
@@ -490,6 +500,7 @@ impl Worker {
         let sweep = reactor.timers().insert(SWEEP);
         let first_sweep = reactor.now() + shared.settings.timeouts.cleanup_interval;
         reactor.timers().set(sweep, Some(first_sweep));
+        let accept_retry = reactor.timers().insert(ACCEPT);
         Ok(Worker {
             index,
             reactor,
@@ -501,6 +512,7 @@ impl Worker {
             rng: 0x9E37_79B9_7F4A_7C15 ^ (index as u64 + 1),
             sweep,
             drain: None,
+            accept_retry,
         })
     }
 
@@ -536,6 +548,7 @@ impl Worker {
             while let Some(token) = self.reactor.pop_expired() {
                 match token {
                     SWEEP => self.audit(now),
+                    ACCEPT => self.resume_accept(now),
                     DRAIN => {
                         let left: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
                         tracing::info!(
@@ -576,11 +589,28 @@ impl Worker {
             let stream = match listener.accept() {
                 Ok((s, _peer)) => s,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // The peer gave up before we accepted: nothing to pause for.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::Interrupted
+                            | io::ErrorKind::ConnectionAborted
+                            | io::ErrorKind::ConnectionReset
+                    ) =>
+                {
+                    continue;
+                }
                 Err(e) => {
-                    // EMFILE and friends: the backlog keeps the rest; the next
-                    // readiness event (or cap) retries.
-                    tracing::warn!("accept failed: {e}");
+                    // EMFILE and friends: the backlog keeps the connection.
+                    self.shared
+                        .metrics
+                        .accept_errors_total
+                        .fetch_add(1, Relaxed);
+                    tracing::warn!(
+                        "accept failed: {e}; pausing accepts for {} ms",
+                        ACCEPT_PAUSE.as_millis()
+                    );
+                    self.pause_accept(now);
                     return;
                 }
             };
@@ -611,6 +641,31 @@ impl Worker {
                 let _ = self.shared.wakers[target].wake();
             }
         }
+    }
+
+    /// Stops watching the listener until `accept_retry` fires.
+    fn pause_accept(&mut self, now: Instant) {
+        if let Some(l) = self.listener.as_mut() {
+            if let Err(e) = self.reactor.deregister(l) {
+                tracing::warn!("deregistering the listener failed: {e}");
+            }
+        }
+        let at = now + ACCEPT_PAUSE;
+        self.reactor.timers().set(self.accept_retry, Some(at));
+    }
+
+    /// Watches the listener again and accepts what waited in the backlog
+    /// (registration alone need not report it with an edge-triggered backend).
+    fn resume_accept(&mut self, now: Instant) {
+        let Some(l) = self.listener.as_mut() else {
+            return;
+        };
+        if let Err(e) = self.reactor.register(l, LISTENER, Interest::READABLE) {
+            tracing::warn!("re-registering the listener failed: {e}");
+            self.pause_accept(now);
+            return;
+        }
+        self.accept(now);
     }
 
     fn take_inbox(&mut self, now: Instant) {

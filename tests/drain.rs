@@ -6,25 +6,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
 use tungstenite::Message;
 use tungstenite::protocol::frame::coding::CloseCode;
-
-/// Kills the server if the test fails before it exits on its own.
-struct Reap(Option<Child>);
-
-impl Drop for Reap {
-    fn drop(&mut self) {
-        if let Some(c) = self.0.as_mut() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
 
 #[test]
 #[cfg_attr(
@@ -33,8 +20,9 @@ impl Drop for Reap {
 )]
 fn sigterm_drains_fifty_clients_and_exits_zero() {
     for backend in ["mio", "polling"] {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_pollcap"))
-            .args([
+        let mut srv = spawn_server(
+            env!("CARGO_BIN_EXE_pollcap"),
+            &[
                 "serve",
                 "--app",
                 "echo",
@@ -44,25 +32,11 @@ fn sigterm_drains_fifty_clients_and_exits_zero() {
                 backend,
                 "--threads",
                 "2",
-            ])
-            .env("RUST_LOG", "info")
-            .env("WEBSOCKET_CLOSE_TIMEOUT", "1")
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut reap = Reap(None);
-        // The start-up line names the bound address.
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let pid = child.id();
-        reap.0 = Some(child);
-        let addr = loop {
-            let line = lines.next().expect("start-up line").unwrap();
-            if let Some(rest) = line.split("listening on ").nth(1) {
-                break rest.split_whitespace().next().unwrap().parse().unwrap();
-            }
-        };
-        // Keep draining stderr so the child never blocks on a full pipe.
-        std::thread::spawn(move || lines.for_each(drop));
+            ],
+            &[("WEBSOCKET_CLOSE_TIMEOUT", "1")],
+        );
+        let addr = srv.addr;
+        let pid = srv.child.as_ref().unwrap().id();
 
         let mut clients: Vec<_> = (0..50).map(|_| ws_connect(addr, None).unwrap().0).collect();
         for ws in &mut clients {
@@ -87,7 +61,7 @@ fn sigterm_drains_fifty_clients_and_exits_zero() {
         }
         // Bound: close (1 s) + one cap (1 s), plus slack for a loaded machine.
         let (tx, rx) = std::sync::mpsc::channel();
-        let mut child = reap.0.take().unwrap();
+        let mut child = srv.child.take().unwrap();
         let waiter = std::thread::spawn(move || {
             let status = child.wait();
             let _ = tx.send(());

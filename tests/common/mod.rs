@@ -249,3 +249,51 @@ pub fn assert_near(took: Duration, want: Duration, what: &str) {
         "{what}: took {took:?}, expected about {want:?}"
     );
 }
+
+/// The real binary, started through `program args` (the binary itself, or
+/// a shell that execs it), killed on drop if a test ends before it exits.
+pub struct Spawned {
+    pub child: Option<std::process::Child>,
+    pub addr: SocketAddr,
+    /// The start-up line (it names the bound address and the settings).
+    pub startup: String,
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Starts the server with `RUST_LOG=info` and waits for its start-up line.
+pub fn spawn_server(program: &str, args: &[&str], env: &[(&str, &str)]) -> Spawned {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(program)
+        .args(args)
+        .envs(env.iter().copied())
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut spawned = Spawned {
+        child: Some(child),
+        addr: "0.0.0.0:0".parse().unwrap(),
+        startup: String::new(),
+    };
+    loop {
+        let line = lines.next().expect("start-up line").unwrap();
+        if let Some(rest) = line.split("listening on ").nth(1) {
+            spawned.addr = rest.split_whitespace().next().unwrap().parse().unwrap();
+            spawned.startup = line;
+            break;
+        }
+    }
+    // Keep draining stderr so the child never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    spawned
+}
