@@ -1,6 +1,7 @@
-//! The server-side circuit breaker (SPEC §4): counts upgrade failures that
-//! are the server's fault, refuses upgrades with 503 while open, and lets one
-//! trial through when half-open. Time is an input; nothing here reads a clock.
+//! The circuit breaker (SPEC §4): counts failures that are the server's
+//! fault, refuses while open, and lets one trial through when half-open.
+//! The server guards upgrades with it (503 while open); the client guards
+//! connect attempts (SPEC §6). Time is an input; nothing here reads a clock.
 
 use std::time::{Duration, Instant};
 

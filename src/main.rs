@@ -46,6 +46,9 @@ enum Command {
         #[arg(long, global = true)]
         json: bool,
     },
+    /// Check a live endpoint: one agent_chat exchange, timed phase by phase,
+    /// with a verdict; exit 0 only if everything arrived in time.
+    Probe(ProbeArgs),
     /// Mint an HS256 JWT with POLLCAP_JWT_SECRET.
     Token {
         /// Subject (who the token names).
@@ -370,6 +373,98 @@ fn serve(settings: Settings, args: ServeArgs) -> ExitCode {
     }
 }
 
+#[derive(Args)]
+struct ProbeArgs {
+    /// Endpoint, ws://HOST:PORT/PATH.
+    #[arg(default_value = "ws://127.0.0.1:8765/ws")]
+    url: String,
+    /// Bearer token (sent as `Authorization: Bearer`).
+    #[arg(long, env = "POLLCAP_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Text of the user_message.
+    #[arg(long, default_value = "pollcap probe: is this endpoint healthy?")]
+    text: String,
+    /// Connect attempts (retries back off with full jitter). One by default:
+    /// the probe reports what a single attempt sees.
+    #[arg(long, default_value_t = 1)]
+    attempts: u32,
+    /// Connect timeout per attempt, seconds (comma-separated: progressive).
+    #[arg(long, default_value = "3,2,1.5,1,0.8")]
+    connect_timeout: String,
+    /// Seconds for the upgrade response.
+    #[arg(long, default_value = "5")]
+    handshake_timeout: String,
+    /// Seconds to wait for each event.
+    #[arg(long, default_value = "15")]
+    receive_timeout: String,
+    /// Seconds for the closing handshake.
+    #[arg(long, default_value = "2")]
+    close_timeout: String,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+fn probe(args: ProbeArgs) -> ExitCode {
+    use pollcap::client::{ClientConfig, parse_url};
+    use pollcap::settings::parse_seconds;
+    let fail = |msg: String| {
+        eprintln!("pollcap: {msg}");
+        ExitCode::from(2)
+    };
+    if let Err(e) = parse_url(&args.url) {
+        return fail(e.to_string());
+    }
+    let mut cfg = ClientConfig {
+        max_attempts: args.attempts.max(1),
+        ..ClientConfig::default()
+    };
+    let mut connect = Vec::new();
+    for part in args.connect_timeout.split(',') {
+        match parse_seconds("--connect-timeout", part.trim()) {
+            Ok(d) => connect.push(d),
+            Err(e) => return fail(e.to_string()),
+        }
+    }
+    cfg.connect_timeouts = connect;
+    for (name, value, slot) in [
+        (
+            "--handshake-timeout",
+            &args.handshake_timeout,
+            &mut cfg.handshake_timeout,
+        ),
+        (
+            "--receive-timeout",
+            &args.receive_timeout,
+            &mut cfg.receive_timeout,
+        ),
+        (
+            "--close-timeout",
+            &args.close_timeout,
+            &mut cfg.close_timeout,
+        ),
+    ] {
+        match parse_seconds(name, value) {
+            Ok(d) => *slot = d,
+            Err(e) => return fail(e.to_string()),
+        }
+    }
+    if let Some(t) = &args.token {
+        cfg = cfg.bearer(t);
+    }
+    let report = pollcap::probe::probe(&args.url, cfg, &args.text);
+    if args.json {
+        println!("{}", report.to_json());
+    } else {
+        print!("{}", report.to_text());
+    }
+    if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
 fn load(mode: LoadMode, url: &str, pid: Option<u32>, json: bool) -> ExitCode {
     use pollcap::load;
     let us =
@@ -516,6 +611,7 @@ fn main() -> ExitCode {
             json,
         } => load(mode, &url, server_pid, json),
         Command::Token { sub, ttl } => token(&sub, &ttl),
+        Command::Probe(args) => probe(args),
         Command::Serve { settings, server } => match settings.resolve() {
             Ok(s) => serve(s, server),
             Err(code) => code,

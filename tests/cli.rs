@@ -1,5 +1,8 @@
 //! Runs the built binary: `pollcap config --json` under a few environments,
-//! and start-up errors (exit 2, one line naming the setting).
+//! start-up errors (exit 2, one line naming the setting), and `pollcap
+//! probe` against a real `pollcap serve` with authentication.
+
+mod common;
 
 use std::process::{Command, Output};
 
@@ -119,4 +122,77 @@ fn help_and_version() {
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("pollcap "));
     let out = pollcap(&["--help"], &[]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("config"));
+}
+
+#[test]
+fn probe_exit_status_follows_the_verdict() {
+    let secret = [("POLLCAP_JWT_SECRET", "probe-test-secret")];
+    let srv = common::spawn_server(
+        env!("CARGO_BIN_EXE_pollcap"),
+        &["serve", "--listen", "127.0.0.1:0", "--pacing-ms", "1"],
+        &secret,
+    );
+    let bin = env!("CARGO_BIN_EXE_pollcap");
+    let token = Command::new(bin)
+        .args(["token", "--sub", "probe", "--ttl", "5m"])
+        .envs(secret)
+        .output()
+        .unwrap();
+    assert!(token.status.success());
+    let token = String::from_utf8(token.stdout).unwrap();
+    let url = format!("ws://{}/ws", srv.addr);
+    let probe = |extra: &[&str]| {
+        Command::new(bin)
+            .args(["probe", &url, "--json"])
+            .args(extra)
+            .env_remove("POLLCAP_TOKEN")
+            .output()
+            .unwrap()
+    };
+
+    let ok = probe(&["--token", token.trim()]);
+    let j: serde_json::Value = serde_json::from_slice(&ok.stdout).expect("JSON report");
+    assert_eq!(ok.status.code(), Some(0), "{j}");
+    assert_eq!(j["ok"], true);
+    let phases: Vec<&str> = j["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["phase"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        phases,
+        [
+            "dns",
+            "tcp",
+            "handshake",
+            "first_event",
+            "all_events",
+            "close"
+        ]
+    );
+    assert!(
+        j["phases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["ms"].is_number())
+    );
+
+    let denied = probe(&[]);
+    let j: serde_json::Value = serde_json::from_slice(&denied.stdout).expect("JSON report");
+    assert_eq!(denied.status.code(), Some(1), "{j}");
+    let verdict = j["verdict"].as_str().unwrap();
+    assert!(
+        verdict.starts_with("FAIL at handshake") && verdict.contains("401"),
+        "{verdict}"
+    );
+
+    let bad = Command::new(bin)
+        .args(["probe", "wss://example.invalid/ws"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("only ws:// is supported"), "{err}");
 }

@@ -1,0 +1,683 @@
+//! Blocking WebSocket client with the server's phase model (SPEC §6): DNS,
+//! TCP connect, handshake, per-message receive and close each have a
+//! deadline; failed attempts are retried with exponential backoff and full
+//! jitter and progressive connect timeouts, guarded by a client-side
+//! circuit breaker.
+//!
+//! The policy ([`backoff`], [`connect_timeout`], the breaker) is pure and
+//! time-injected. The driver is blocking and reads the clock itself: a
+//! client owns one socket at a time, so a reactor would add nothing. Every
+//! wait is still bounded: socket timeouts are re-armed before each read and
+//! write from one absolute deadline ([`DeadlineStream`]), so a peer
+//! dribbling a byte at a time cannot stretch a phase, and name resolution
+//! runs on a helper thread that is abandoned when its deadline passes
+//! (the system resolver cannot be cancelled).
+
+use std::fmt;
+use std::hash::{BuildHasher, Hasher};
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+use tungstenite::client::IntoClientRequest;
+use tungstenite::handshake::HandshakeError;
+use tungstenite::http::HeaderValue;
+use tungstenite::protocol::{CloseFrame, WebSocket, WebSocketConfig};
+use tungstenite::{Error as WsError, Message};
+
+use crate::breaker::{Breaker, BreakerState};
+
+/// Per-attempt connect timeouts of SPEC §6; the last repeats.
+pub const DEFAULT_CONNECT_TIMEOUTS: [Duration; 5] = [
+    Duration::from_millis(3000),
+    Duration::from_millis(2000),
+    Duration::from_millis(1500),
+    Duration::from_millis(1000),
+    Duration::from_millis(800),
+];
+
+/// Client settings; [`ClientConfig::default`] follows SPEC §6 where it
+/// gives values (retries, backoff, connect timeouts). The handshake,
+/// receive and close deadlines and the breaker's figures are ours: a
+/// handshake has 5 s, a reply 15 s to start (the server's default
+/// execution deadline), a close 2 s; 5 failed attempts in a row open the
+/// breaker for 30 s (the backoff ceiling).
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// Connect timeout of attempt 1, 2, …; the last one repeats.
+    pub connect_timeouts: Vec<Duration>,
+    pub max_attempts: u32,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    pub handshake_timeout: Duration,
+    /// Longest wait for the next message (and for a send to complete).
+    pub receive_timeout: Duration,
+    pub close_timeout: Duration,
+    /// Offered in `Sec-WebSocket-Protocol`, in order of preference.
+    pub subprotocols: Vec<String>,
+    /// Extra request headers, e.g. `Authorization: Bearer …`.
+    pub headers: Vec<(String, String)>,
+    pub breaker_threshold: u32,
+    pub breaker_recovery: Duration,
+}
+
+impl Default for ClientConfig {
+    fn default() -> ClientConfig {
+        ClientConfig {
+            connect_timeouts: DEFAULT_CONNECT_TIMEOUTS.to_vec(),
+            max_attempts: 5,
+            backoff_base: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(30),
+            handshake_timeout: Duration::from_secs(5),
+            receive_timeout: Duration::from_secs(15),
+            close_timeout: Duration::from_secs(2),
+            subprotocols: Vec::new(),
+            headers: Vec::new(),
+            breaker_threshold: 5,
+            breaker_recovery: Duration::from_secs(30),
+        }
+    }
+}
+
+impl ClientConfig {
+    /// Adds `Authorization: Bearer <token>`.
+    pub fn bearer(mut self, token: &str) -> ClientConfig {
+        self.headers
+            .push(("Authorization".into(), format!("Bearer {token}")));
+        self
+    }
+}
+
+/// The wait before retry `n` (1 = after the first failed attempt): full
+/// jitter, uniform in [0, min(max, base · 2ⁿ⁻¹)]; `unit` is a sample in
+/// [0, 1].
+pub fn backoff(base: Duration, max: Duration, n: u32, unit: f64) -> Duration {
+    let doublings = n.saturating_sub(1).min(31);
+    let ceiling = base.saturating_mul(1u32 << doublings).min(max);
+    ceiling.mul_f64(unit.clamp(0.0, 1.0))
+}
+
+/// The connect timeout of attempt `n` (0-based): progressive, the last
+/// entry repeating; 3 s if the list is empty.
+pub fn connect_timeout(timeouts: &[Duration], n: u32) -> Duration {
+    timeouts
+        .get(n as usize)
+        .or(timeouts.last())
+        .copied()
+        .unwrap_or(DEFAULT_CONNECT_TIMEOUTS[0])
+}
+
+/// A sample in [0, 1) for jitter. std's hasher keys are random per
+/// process; jitter needs spread, not cryptographic quality.
+fn jitter_unit() -> f64 {
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// What went wrong, in which phase.
+#[derive(Debug)]
+pub enum ClientError {
+    InvalidUrl(String),
+    Dns(String),
+    DnsTimeout(Duration),
+    Connect(SocketAddr, io::Error),
+    ConnectTimeout(Duration),
+    HandshakeTimeout(Duration),
+    /// The server answered the upgrade with another status.
+    Rejected {
+        status: u16,
+        retry_after: Option<String>,
+        body: String,
+    },
+    Handshake(String),
+    SendTimeout(Duration),
+    ReceiveTimeout(Duration),
+    CloseTimeout(Duration),
+    /// The server closed the connection (its Close frame, if any).
+    Closed(Option<CloseFrame>),
+    Protocol(String),
+    /// The client-side breaker is open: no attempt was made.
+    BreakerOpen {
+        retry_after: Duration,
+    },
+    /// Every attempt failed; the last error says how.
+    GaveUp {
+        attempts: u32,
+        last: Box<ClientError>,
+    },
+}
+
+impl ClientError {
+    /// Worth another attempt: the network or the server failed, not the
+    /// request (a 4xx other than 408/429 will fail the same way again).
+    pub fn retryable(&self) -> bool {
+        match self {
+            ClientError::Dns(_)
+            | ClientError::DnsTimeout(_)
+            | ClientError::Connect(..)
+            | ClientError::ConnectTimeout(_)
+            | ClientError::HandshakeTimeout(_)
+            | ClientError::Handshake(_) => true,
+            ClientError::Rejected { status, .. } => {
+                *status >= 500 || *status == 408 || *status == 429
+            }
+            _ => false,
+        }
+    }
+
+    /// The phase this error belongs to (for the probe's report).
+    pub fn phase(&self) -> &'static str {
+        match self {
+            ClientError::InvalidUrl(_) => "url",
+            ClientError::Dns(_) | ClientError::DnsTimeout(_) => "dns",
+            ClientError::Connect(..) | ClientError::ConnectTimeout(_) => "tcp",
+            ClientError::HandshakeTimeout(_)
+            | ClientError::Rejected { .. }
+            | ClientError::Handshake(_) => "handshake",
+            ClientError::SendTimeout(_)
+            | ClientError::ReceiveTimeout(_)
+            | ClientError::Closed(_)
+            | ClientError::Protocol(_) => "message",
+            ClientError::CloseTimeout(_) => "close",
+            ClientError::BreakerOpen { .. } => "breaker",
+            ClientError::GaveUp { last, .. } => last.phase(),
+        }
+    }
+}
+
+impl fmt::Display for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = crate::settings::secs;
+        match self {
+            ClientError::InvalidUrl(m) => write!(f, "invalid URL: {m}"),
+            ClientError::Dns(m) => write!(f, "name resolution failed: {m}"),
+            ClientError::DnsTimeout(d) => write!(f, "name resolution took longer than {}", s(*d)),
+            ClientError::Connect(a, e) => write!(f, "TCP connect to {a} failed: {e}"),
+            ClientError::ConnectTimeout(d) => write!(f, "TCP connect took longer than {}", s(*d)),
+            ClientError::HandshakeTimeout(d) => {
+                write!(f, "no complete upgrade response within {}", s(*d))
+            }
+            ClientError::Rejected {
+                status,
+                retry_after,
+                body,
+            } => {
+                write!(f, "server answered {status} instead of 101")?;
+                if let Some(r) = retry_after {
+                    write!(f, " (Retry-After: {r})")?;
+                }
+                if !body.is_empty() {
+                    write!(f, ": {}", body.trim())?;
+                }
+                Ok(())
+            }
+            ClientError::Handshake(m) => write!(f, "handshake failed: {m}"),
+            ClientError::SendTimeout(d) => write!(f, "send not completed within {}", s(*d)),
+            ClientError::ReceiveTimeout(d) => write!(f, "no message within {}", s(*d)),
+            ClientError::CloseTimeout(d) => {
+                write!(f, "closing handshake not completed within {}", s(*d))
+            }
+            ClientError::Closed(Some(c)) => {
+                write!(
+                    f,
+                    "server closed the connection: {} {}",
+                    u16::from(c.code),
+                    c.reason
+                )
+            }
+            ClientError::Closed(None) => write!(f, "server closed the connection"),
+            ClientError::Protocol(m) => write!(f, "protocol error: {m}"),
+            ClientError::BreakerOpen { retry_after } => write!(
+                f,
+                "client circuit breaker open after repeated failures; next attempt in {}",
+                s(*retry_after)
+            ),
+            ClientError::GaveUp { attempts, last } => {
+                write!(f, "gave up after {attempts} attempts; last: {last}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ClientError {}
+
+/// A TCP stream whose reads and writes all end by one absolute deadline.
+/// Expiry is reported as `TimedOut` (never `WouldBlock`, which tungstenite
+/// would take for a non-blocking stream).
+#[derive(Debug)]
+pub struct DeadlineStream {
+    inner: TcpStream,
+    deadline: Instant,
+}
+
+impl DeadlineStream {
+    fn arm(&self, set: impl Fn(&TcpStream, Option<Duration>) -> io::Result<()>) -> io::Result<()> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        set(&self.inner, Some(left))
+    }
+
+    fn expired(e: io::Error) -> io::Error {
+        if matches!(
+            e.kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+        ) {
+            io::ErrorKind::TimedOut.into()
+        } else {
+            e
+        }
+    }
+}
+
+impl Read for DeadlineStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.arm(TcpStream::set_read_timeout)?;
+        self.inner.read(buf).map_err(Self::expired)
+    }
+}
+
+impl Write for DeadlineStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.arm(TcpStream::set_write_timeout)?;
+        self.inner.write(buf).map_err(Self::expired)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+fn timed_out(e: &WsError) -> bool {
+    matches!(e, WsError::Io(io) if io.kind() == io::ErrorKind::TimedOut)
+}
+
+/// Phase durations of a successful connect.
+#[derive(Clone, Debug)]
+pub struct ConnectReport {
+    /// Attempts made, this one included.
+    pub attempts: u32,
+    pub addr: SocketAddr,
+    pub dns: Duration,
+    pub tcp: Duration,
+    pub handshake: Duration,
+    /// The subprotocol the server selected.
+    pub subprotocol: Option<String>,
+}
+
+/// An open connection; every call has its deadline.
+#[derive(Debug)]
+pub struct Connection {
+    ws: WebSocket<DeadlineStream>,
+    receive_timeout: Duration,
+    close_timeout: Duration,
+}
+
+impl Connection {
+    fn set_deadline(&mut self, d: Duration) {
+        self.ws.get_mut().deadline = Instant::now() + d;
+    }
+
+    /// Sends one message, completing within the receive timeout.
+    pub fn send(&mut self, msg: Message) -> Result<(), ClientError> {
+        self.set_deadline(self.receive_timeout);
+        match self.ws.send(msg) {
+            Ok(()) => Ok(()),
+            Err(e) if timed_out(&e) => Err(ClientError::SendTimeout(self.receive_timeout)),
+            Err(e) => Err(self.failed(e)),
+        }
+    }
+
+    /// The next text or binary message (Pings are answered on the way),
+    /// within the receive timeout.
+    pub fn recv(&mut self) -> Result<Message, ClientError> {
+        self.set_deadline(self.receive_timeout);
+        loop {
+            match self.ws.read() {
+                Ok(m @ (Message::Text(_) | Message::Binary(_))) => return Ok(m),
+                Ok(Message::Close(frame)) => return Err(ClientError::Closed(frame)),
+                Ok(_) => {} // Ping (answered by tungstenite), Pong, raw frame
+                Err(e) if timed_out(&e) => {
+                    return Err(ClientError::ReceiveTimeout(self.receive_timeout));
+                }
+                Err(e) => return Err(self.failed(e)),
+            }
+        }
+    }
+
+    /// Sends a normal Close and waits for the server's, within the close
+    /// timeout; returns how long the closing handshake took.
+    pub fn close(mut self) -> Result<Duration, ClientError> {
+        let t0 = Instant::now();
+        self.set_deadline(self.close_timeout);
+        let mut r = self.ws.close(None);
+        loop {
+            match r {
+                Ok(()) => {}
+                Err(WsError::ConnectionClosed) => return Ok(t0.elapsed()),
+                Err(e) if timed_out(&e) => {
+                    return Err(ClientError::CloseTimeout(self.close_timeout));
+                }
+                // The server dropped TCP right after its Close (allowed).
+                Err(WsError::Io(_)) | Err(WsError::AlreadyClosed) => return Ok(t0.elapsed()),
+                Err(WsError::Protocol(
+                    tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+                )) => return Ok(t0.elapsed()),
+                Err(e) => return Err(self.failed(e)),
+            }
+            r = self.ws.read().map(drop);
+        }
+    }
+
+    fn failed(&self, e: WsError) -> ClientError {
+        match e {
+            WsError::ConnectionClosed | WsError::AlreadyClosed => ClientError::Closed(None),
+            other => ClientError::Protocol(other.to_string()),
+        }
+    }
+}
+
+/// Connects with retries, backoff and the breaker; reusable across
+/// connects so the breaker remembers.
+#[derive(Debug)]
+pub struct Client {
+    cfg: ClientConfig,
+    breaker: Breaker,
+}
+
+impl Client {
+    pub fn new(cfg: ClientConfig) -> Client {
+        let breaker = Breaker::new(cfg.breaker_threshold, cfg.breaker_recovery);
+        Client { cfg, breaker }
+    }
+
+    pub fn breaker_state(&mut self) -> BreakerState {
+        self.breaker.state(Instant::now())
+    }
+
+    /// Opens `url` (`ws://host[:port]/path`). Retries what
+    /// [`ClientError::retryable`] allows, up to `max_attempts`; attempts
+    /// that fail through the network or the server count against the
+    /// breaker, and an open breaker fails at once without touching the
+    /// network.
+    pub fn connect(&mut self, url: &str) -> Result<(Connection, ConnectReport), ClientError> {
+        let attempts = self.cfg.max_attempts.max(1);
+        let mut last = None;
+        for n in 0..attempts {
+            if n > 0 {
+                let wait = backoff(
+                    self.cfg.backoff_base,
+                    self.cfg.backoff_max,
+                    n,
+                    jitter_unit(),
+                );
+                std::thread::sleep(wait);
+            }
+            let permit =
+                self.breaker
+                    .allow(Instant::now())
+                    .map_err(|r| ClientError::BreakerOpen {
+                        retry_after: r.retry_after,
+                    })?;
+            match self.attempt(url, connect_timeout(&self.cfg.connect_timeouts, n)) {
+                Ok((conn, mut report)) => {
+                    self.breaker.success(permit);
+                    report.attempts = n + 1;
+                    return Ok((conn, report));
+                }
+                Err(e) if e.retryable() => {
+                    self.breaker.failure(permit, Instant::now());
+                    last = Some(e);
+                }
+                Err(e) => {
+                    // The server answered: it is up, whatever it said.
+                    self.breaker.success(permit);
+                    return Err(e);
+                }
+            }
+        }
+        let last = last.expect("at least one attempt");
+        if attempts == 1 {
+            return Err(last);
+        }
+        Err(ClientError::GaveUp {
+            attempts,
+            last: Box::new(last),
+        })
+    }
+
+    /// One attempt: resolve, connect, upgrade.
+    fn attempt(
+        &self,
+        url: &str,
+        connect_in: Duration,
+    ) -> Result<(Connection, ConnectReport), ClientError> {
+        let (mut request, host, port) = parse_url(url)?;
+        let headers = request.headers_mut();
+        for (k, v) in &self.cfg.headers {
+            let name = tungstenite::http::HeaderName::from_bytes(k.as_bytes())
+                .map_err(|e| ClientError::InvalidUrl(format!("header {k:?}: {e}")))?;
+            let value = HeaderValue::from_str(v)
+                .map_err(|e| ClientError::InvalidUrl(format!("header {k:?}: {e}")))?;
+            headers.append(name, value);
+        }
+        if !self.cfg.subprotocols.is_empty() {
+            let list = self.cfg.subprotocols.join(", ");
+            let value = HeaderValue::from_str(&list)
+                .map_err(|e| ClientError::InvalidUrl(format!("subprotocols {list:?}: {e}")))?;
+            headers.insert("Sec-WebSocket-Protocol", value);
+        }
+
+        let t0 = Instant::now();
+        let addrs = resolve(&host, port, connect_in)?;
+        let dns = t0.elapsed();
+
+        let t1 = Instant::now();
+        let deadline = t0 + connect_in;
+        let mut stream = None;
+        let mut last_err = None;
+        for addr in addrs {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            match TcpStream::connect_timeout(&addr, left) {
+                Ok(s) => {
+                    stream = Some((s, addr));
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::TimedOut => {}
+                Err(e) => last_err = Some(ClientError::Connect(addr, e)),
+            }
+        }
+        let (tcp, addr) = match stream {
+            Some(s) => s,
+            None => return Err(last_err.unwrap_or(ClientError::ConnectTimeout(connect_in))),
+        };
+        let _ = tcp.set_nodelay(true);
+        let tcp_time = t1.elapsed();
+
+        let t2 = Instant::now();
+        let stream = DeadlineStream {
+            inner: tcp,
+            deadline: t2 + self.cfg.handshake_timeout,
+        };
+        let config = WebSocketConfig::default().read_buffer_size(16 * 1024);
+        let (ws, response) =
+            match tungstenite::client::client_with_config(request, stream, Some(config)) {
+                Ok(ok) => ok,
+                Err(HandshakeError::Failure(WsError::Http(resp))) => {
+                    let retry_after = resp
+                        .headers()
+                        .get("Retry-After")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string);
+                    let body = resp
+                        .body()
+                        .as_ref()
+                        .map(|b| String::from_utf8_lossy(b).into_owned())
+                        .unwrap_or_default();
+                    return Err(ClientError::Rejected {
+                        status: resp.status().as_u16(),
+                        retry_after,
+                        body,
+                    });
+                }
+                Err(HandshakeError::Failure(e)) if timed_out(&e) => {
+                    return Err(ClientError::HandshakeTimeout(self.cfg.handshake_timeout));
+                }
+                Err(HandshakeError::Failure(e)) => {
+                    return Err(ClientError::Handshake(e.to_string()));
+                }
+                // Only a non-blocking stream interrupts; ours times out instead.
+                Err(HandshakeError::Interrupted(_)) => {
+                    return Err(ClientError::HandshakeTimeout(self.cfg.handshake_timeout));
+                }
+            };
+        let subprotocol = response
+            .headers()
+            .get("Sec-WebSocket-Protocol")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let report = ConnectReport {
+            attempts: 1,
+            addr,
+            dns,
+            tcp: tcp_time,
+            handshake: t2.elapsed(),
+            subprotocol,
+        };
+        let conn = Connection {
+            ws,
+            receive_timeout: self.cfg.receive_timeout,
+            close_timeout: self.cfg.close_timeout,
+        };
+        Ok((conn, report))
+    }
+}
+
+/// Checks a `ws://host[:port]/path` URL; returns the upgrade request
+/// (without our headers), the host and the port.
+pub fn parse_url(
+    url: &str,
+) -> Result<(tungstenite::handshake::client::Request, String, u16), ClientError> {
+    let request = url
+        .into_client_request()
+        .map_err(|e| ClientError::InvalidUrl(format!("{url}: {e}")))?;
+    let uri = request.uri();
+    if uri.scheme_str() != Some("ws") {
+        return Err(ClientError::InvalidUrl(format!(
+            "{url}: only ws:// is supported (this build has no TLS; \
+             probe behind the TLS terminator or the service address)"
+        )));
+    }
+    let host = uri
+        .host()
+        .ok_or_else(|| ClientError::InvalidUrl(format!("{url}: no host")))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let port = uri.port_u16().unwrap_or(80);
+    Ok((request, host, port))
+}
+
+/// Resolves `host` within `limit`. IP literals need no lookup; names go to
+/// the system resolver on a helper thread, abandoned if it overruns.
+fn resolve(host: &str, port: u16, limit: Duration) -> Result<Vec<SocketAddr>, ClientError> {
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(vec![SocketAddr::new(ip, port)]);
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let name = host.to_string();
+    std::thread::spawn(move || {
+        let _ = tx.send((name.as_str(), port).to_socket_addrs().map(Vec::from_iter));
+    });
+    match rx.recv_timeout(limit) {
+        Ok(Ok(addrs)) if !addrs.is_empty() => Ok(addrs),
+        Ok(Ok(_)) => Err(ClientError::Dns(format!("{host}: no addresses"))),
+        Ok(Err(e)) => Err(ClientError::Dns(format!("{host}: {e}"))),
+        Err(_) => Err(ClientError::DnsTimeout(limit)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn backoff_is_full_jitter_under_a_doubling_ceiling() {
+        let (base, max) = (ms(500), Duration::from_secs(30));
+        // The ceiling doubles per retry: 0.5, 1, 2, 4, 8, 16, then 30 s.
+        let ceilings: Vec<_> = (1..=8).map(|n| backoff(base, max, n, 1.0)).collect();
+        assert_eq!(
+            ceilings,
+            [500, 1000, 2000, 4000, 8000, 16000, 30000, 30000].map(ms)
+        );
+        // Full jitter: anywhere from zero to the ceiling.
+        assert_eq!(backoff(base, max, 3, 0.0), Duration::ZERO);
+        assert_eq!(backoff(base, max, 3, 0.25), ms(500));
+        // Out-of-range samples and huge retry counts stay bounded.
+        assert_eq!(backoff(base, max, 3, 7.0), ms(2000));
+        assert_eq!(backoff(base, max, u32::MAX, 1.0), max);
+    }
+
+    #[test]
+    fn jitter_samples_are_spread_over_the_unit_interval() {
+        let v: Vec<f64> = (0..200).map(|_| jitter_unit()).collect();
+        assert!(v.iter().all(|x| (0.0..1.0).contains(x)));
+        assert!(v.iter().any(|&x| x < 0.25) && v.iter().any(|&x| x > 0.75));
+    }
+
+    #[test]
+    fn connect_timeouts_are_progressive_and_the_last_repeats() {
+        let t = DEFAULT_CONNECT_TIMEOUTS;
+        let got: Vec<_> = (0..7).map(|n| connect_timeout(&t, n)).collect();
+        assert_eq!(got, [3000, 2000, 1500, 1000, 800, 800, 800].map(ms));
+        assert_eq!(connect_timeout(&[], 3), ms(3000));
+    }
+
+    #[test]
+    fn retry_and_phase_classification() {
+        let rejected = |status| ClientError::Rejected {
+            status,
+            retry_after: None,
+            body: String::new(),
+        };
+        assert!(rejected(503).retryable());
+        assert!(rejected(429).retryable());
+        assert!(!rejected(401).retryable());
+        assert!(!rejected(400).retryable());
+        assert!(ClientError::ConnectTimeout(ms(1)).retryable());
+        assert!(!ClientError::ReceiveTimeout(ms(1)).retryable());
+        assert!(!ClientError::InvalidUrl("x".into()).retryable());
+        assert_eq!(rejected(401).phase(), "handshake");
+        let gave_up = ClientError::GaveUp {
+            attempts: 3,
+            last: Box::new(ClientError::ConnectTimeout(ms(800))),
+        };
+        assert_eq!(gave_up.phase(), "tcp");
+        assert_eq!(
+            gave_up.to_string(),
+            "gave up after 3 attempts; last: TCP connect took longer than 0.8s"
+        );
+    }
+
+    #[test]
+    fn only_ws_urls_are_accepted() {
+        let c = Client::new(ClientConfig::default());
+        for url in ["wss://example.com/ws", "http://example.com/", "not a url"] {
+            let e = c.attempt(url, ms(100)).unwrap_err();
+            assert!(matches!(e, ClientError::InvalidUrl(_)), "{url}: {e}");
+        }
+    }
+}

@@ -1,0 +1,390 @@
+//! `pollcap probe` (SPEC §6): one `agent_chat` exchange against a live
+//! endpoint, timed phase by phase (DNS, TCP, handshake, first event, all
+//! events, close), every event checked, and one verdict. The tool a person
+//! runs against a staging endpoint; exit status 0 only if all of it
+//! arrived within its deadline.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tungstenite::Message;
+
+use crate::client::{Client, ClientConfig, ClientError};
+
+/// The phases, in order, as named in the report.
+pub const PHASES: [&str; 6] = [
+    "dns",
+    "tcp",
+    "handshake",
+    "first_event",
+    "all_events",
+    "close",
+];
+
+/// One phase of the report; `ok: None` means it was not reached.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PhaseResult {
+    pub name: &'static str,
+    pub duration: Option<Duration>,
+    pub ok: Option<bool>,
+    pub detail: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct ProbeReport {
+    pub url: String,
+    pub attempts: u32,
+    pub phases: Vec<PhaseResult>,
+    pub events: usize,
+    pub ok: bool,
+    pub verdict: String,
+}
+
+impl ProbeReport {
+    fn new(url: &str) -> ProbeReport {
+        ProbeReport {
+            url: url.to_string(),
+            attempts: 0,
+            phases: PHASES
+                .iter()
+                .map(|&name| PhaseResult {
+                    name,
+                    duration: None,
+                    ok: None,
+                    detail: String::new(),
+                })
+                .collect(),
+            events: 0,
+            ok: false,
+            verdict: String::new(),
+        }
+    }
+
+    fn pass(&mut self, name: &str, d: Duration, detail: String) {
+        let p = self.phase(name);
+        p.duration = Some(d);
+        p.ok = Some(true);
+        p.detail = detail;
+    }
+
+    /// Marks `name` failed and ends the probe with a FAIL verdict.
+    fn fail(mut self, name: &str, d: Option<Duration>, why: String) -> ProbeReport {
+        // Reaching this phase means the earlier ones passed, timed or not.
+        let at = PHASES.iter().position(|p| *p == name).unwrap_or(0);
+        for p in &mut self.phases[..at] {
+            p.ok.get_or_insert(true);
+        }
+        let p = self.phase(name);
+        p.duration = d;
+        p.ok = Some(false);
+        p.detail = why.clone();
+        self.ok = false;
+        self.verdict = format!("FAIL at {name}: {why}");
+        self
+    }
+
+    fn phase(&mut self, name: &str) -> &mut PhaseResult {
+        let i = PHASES.iter().position(|p| *p == name).unwrap_or(0);
+        &mut self.phases[i]
+    }
+
+    pub fn to_json(&self) -> Value {
+        let phases: Vec<Value> = self
+            .phases
+            .iter()
+            .map(|p| {
+                json!({
+                    "phase": p.name,
+                    "ms": p.duration.map(|d| (d.as_secs_f64() * 1e6).round() / 1e3),
+                    "ok": p.ok,
+                    "detail": p.detail,
+                })
+            })
+            .collect();
+        json!({
+            "url": self.url,
+            "ok": self.ok,
+            "verdict": self.verdict,
+            "attempts": self.attempts,
+            "events": self.events,
+            "phases": phases,
+        })
+    }
+
+    pub fn to_text(&self) -> String {
+        let mut out = format!("probe {}\n", self.url);
+        for p in &self.phases {
+            let ms = p.duration.map_or("-".to_string(), |d| {
+                format!("{:.1} ms", d.as_secs_f64() * 1e3)
+            });
+            let status = match p.ok {
+                Some(true) => "ok",
+                Some(false) => "FAIL",
+                None => "not reached",
+            };
+            out.push_str(&format!("  {:<12} {:>10}  {status}", p.name, ms));
+            if !p.detail.is_empty() {
+                out.push_str(&format!("  {}", p.detail));
+            }
+            out.push('\n');
+        }
+        out.push_str(&format!("verdict: {}\n", self.verdict));
+        out
+    }
+}
+
+/// Where an event type sits in the order of SPEC §5.
+fn rank(kind: &str) -> Option<u8> {
+    match kind {
+        "agent_started" => Some(0),
+        "agent_thinking" => Some(1),
+        "tool_executing" => Some(2),
+        "tool_completed" => Some(3),
+        "agent_completed" => Some(4),
+        _ => None,
+    }
+}
+
+/// Checks one run's events as they arrive: order, `seq`, `run_id`, deltas
+/// and the final text. Pure, so it is unit-tested on its own.
+#[derive(Debug, Default)]
+pub struct RunCheck {
+    last_rank: Option<u8>,
+    last_seq: Option<u64>,
+    run_id: Option<String>,
+    deltas: String,
+    pub thinking: usize,
+}
+
+impl RunCheck {
+    /// Accepts one event; `Ok(true)` once the run is complete.
+    pub fn event(&mut self, v: &Value) -> Result<bool, String> {
+        let kind = v["type"].as_str().ok_or("event without \"type\"")?;
+        if kind == "error" {
+            return Err(format!(
+                "server sent an error event: {} ({})",
+                v["code"].as_str().unwrap_or("?"),
+                v["message"].as_str().unwrap_or("")
+            ));
+        }
+        let r = rank(kind).ok_or_else(|| format!("unexpected event type {kind:?}"))?;
+        let expected = match self.last_rank {
+            None => r == 0,
+            Some(1) => r == 1 || r == 2,
+            Some(prev) => r == prev + 1,
+        };
+        if !expected {
+            return Err(format!("{kind} out of order"));
+        }
+        let seq = v["seq"]
+            .as_u64()
+            .ok_or_else(|| format!("{kind} without seq"))?;
+        if self.last_seq.is_some_and(|s| seq <= s) {
+            return Err(format!(
+                "seq {seq} after {} is not increasing",
+                self.last_seq.unwrap_or(0)
+            ));
+        }
+        let run = v["run_id"]
+            .as_str()
+            .ok_or_else(|| format!("{kind} without run_id"))?;
+        match &self.run_id {
+            None => self.run_id = Some(run.to_string()),
+            Some(id) if id != run => return Err(format!("run_id changed from {id} to {run}")),
+            Some(_) => {}
+        }
+        if v["ts"].as_u64().is_none() && v["ts"].as_f64().is_none() {
+            return Err(format!("{kind} without ts"));
+        }
+        if r == 1 {
+            self.deltas
+                .push_str(v["delta"].as_str().ok_or("agent_thinking without delta")?);
+            self.thinking += 1;
+        }
+        self.last_rank = Some(r);
+        self.last_seq = Some(seq);
+        if r == 4 {
+            let fin = v["final"].as_str().ok_or("agent_completed without final")?;
+            if fin != self.deltas {
+                return Err("final is not the concatenation of the deltas".into());
+            }
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    pub fn run_id(&self) -> &str {
+        self.run_id.as_deref().unwrap_or("")
+    }
+}
+
+/// Runs the probe. `cfg` should carry the token (if any); the `agent_chat`
+/// subprotocol is offered here.
+pub fn probe(url: &str, mut cfg: ClientConfig, text: &str) -> ProbeReport {
+    let mut report = ProbeReport::new(url);
+    cfg.subprotocols = vec!["agent_chat".into()];
+    let mut client = Client::new(cfg);
+    let (mut conn, rep) = match client.connect(url) {
+        Ok(ok) => ok,
+        Err(e) => {
+            if let ClientError::GaveUp { attempts, .. } = &e {
+                report.attempts = *attempts;
+            } else {
+                report.attempts = 1;
+            }
+            return report.fail(e.phase(), None, e.to_string());
+        }
+    };
+    report.attempts = rep.attempts;
+    report.pass("dns", rep.dns, String::new());
+    report.pass("tcp", rep.tcp, rep.addr.to_string());
+    if rep.subprotocol.as_deref() != Some("agent_chat") {
+        let why = format!(
+            "server did not select agent_chat (selected: {})",
+            rep.subprotocol.as_deref().unwrap_or("none")
+        );
+        return report.fail("handshake", Some(rep.handshake), why);
+    }
+    report.pass("handshake", rep.handshake, "agent_chat".into());
+
+    let msg = json!({"type": "user_message", "text": text, "thread_id": "probe"});
+    let sent = Instant::now();
+    if let Err(e) = conn.send(Message::text(msg.to_string())) {
+        return report.fail("first_event", None, e.to_string());
+    }
+    let mut check = RunCheck::default();
+    loop {
+        let phase = if report.events == 0 {
+            "first_event"
+        } else {
+            "all_events"
+        };
+        let m = match conn.recv() {
+            Ok(m) => m,
+            Err(e) => return report.fail(phase, Some(sent.elapsed()), e.to_string()),
+        };
+        if report.events == 0 {
+            report.pass("first_event", sent.elapsed(), String::new());
+        }
+        report.events += 1;
+        let v: Value = match m.to_text().ok().and_then(|t| serde_json::from_str(t).ok()) {
+            Some(v) => v,
+            None => {
+                let why = "event is not a JSON text message".to_string();
+                return report.fail("all_events", Some(sent.elapsed()), why);
+            }
+        };
+        match check.event(&v) {
+            Ok(false) => {}
+            Ok(true) => break,
+            Err(why) => return report.fail("all_events", Some(sent.elapsed()), why),
+        }
+    }
+    let all = sent.elapsed();
+    let detail = format!(
+        "{} events, {} deltas, run {}",
+        report.events,
+        check.thinking,
+        check.run_id()
+    );
+    report.pass("all_events", all, detail);
+    match conn.close() {
+        Ok(d) => report.pass("close", d, String::new()),
+        Err(e) => return report.fail("close", None, e.to_string()),
+    }
+    report.ok = true;
+    // first_event lies inside all_events: leave it out of the sum.
+    let total: Duration = ["dns", "tcp", "handshake", "all_events", "close"]
+        .iter()
+        .filter_map(|&n| report.phase(n).duration)
+        .sum();
+    report.verdict = format!(
+        "OK: all five event types in order, {} events in {:.1} ms (total {:.1} ms, {} attempt{})",
+        report.events,
+        all.as_secs_f64() * 1e3,
+        total.as_secs_f64() * 1e3,
+        report.attempts,
+        if report.attempts == 1 { "" } else { "s" }
+    );
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(kind: &str, seq: u64, extra: Value) -> Value {
+        let mut v = json!({"type": kind, "run_id": "r1", "seq": seq, "ts": 1});
+        if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
+            o.extend(e.clone());
+        }
+        v
+    }
+
+    fn good_run() -> Vec<Value> {
+        vec![
+            ev("agent_started", 1, json!({})),
+            ev("agent_thinking", 2, json!({"delta": "he"})),
+            ev("agent_thinking", 3, json!({"delta": "llo"})),
+            ev("tool_executing", 4, json!({"tool": "t"})),
+            ev("tool_completed", 5, json!({"tool": "t", "result": 1})),
+            ev("agent_completed", 6, json!({"final": "hello"})),
+        ]
+    }
+
+    fn run(events: &[Value]) -> Result<bool, String> {
+        let mut c = RunCheck::default();
+        let mut done = false;
+        for e in events {
+            done = c.event(e)?;
+        }
+        Ok(done)
+    }
+
+    #[test]
+    fn a_complete_run_passes() {
+        assert_eq!(run(&good_run()), Ok(true));
+        assert_eq!(run(&good_run()[..5]), Ok(false));
+    }
+
+    #[test]
+    fn every_defect_is_named() {
+        let mut r = good_run();
+        r.swap(3, 4);
+        assert_eq!(run(&r).unwrap_err(), "tool_completed out of order");
+        let mut r = good_run();
+        r.remove(1);
+        r.remove(1);
+        assert_eq!(run(&r).unwrap_err(), "tool_executing out of order");
+        let mut r = good_run();
+        r[2]["seq"] = json!(2);
+        assert!(run(&r).unwrap_err().contains("not increasing"));
+        let mut r = good_run();
+        r[5]["final"] = json!("hell");
+        assert!(run(&r).unwrap_err().contains("concatenation"));
+        let mut r = good_run();
+        r[4]["run_id"] = json!("r2");
+        assert!(run(&r).unwrap_err().contains("run_id changed"));
+        let err = ev(
+            "error",
+            3,
+            json!({"code": "execution_timeout", "message": "slow"}),
+        );
+        let e = run(&[good_run()[0].clone(), err]).unwrap_err();
+        assert!(e.contains("execution_timeout"), "{e}");
+    }
+
+    #[test]
+    fn a_failed_phase_makes_the_verdict_and_leaves_later_phases_unreached() {
+        let r = ProbeReport::new("ws://x/ws").fail("tcp", None, "refused".into());
+        assert!(!r.ok);
+        assert_eq!(r.verdict, "FAIL at tcp: refused");
+        assert_eq!(r.phases[0].ok, Some(true), "dns passed to reach tcp");
+        assert_eq!(r.phases[1].ok, Some(false));
+        assert!(r.phases[2..].iter().all(|p| p.ok.is_none()));
+        let j = r.to_json();
+        assert_eq!(j["phases"][1]["phase"], "tcp");
+        assert_eq!(j["phases"][1]["ok"], false);
+        assert!(r.to_text().contains("handshake"));
+    }
+}
