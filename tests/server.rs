@@ -16,9 +16,9 @@ use tungstenite::protocol::frame::coding::CloseCode;
 fn silent_tcp_client_is_dropped_at_the_connect_deadline() {
     each_backend(|kind| {
         let srv = start(kind, &[], |_| {});
+        let t0 = Instant::now(); // before connecting: the deadline starts at accept
         let mut s = TcpStream::connect(srv.local_addr()).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let t0 = Instant::now();
         let eof = wait_eof(&mut s);
         assert_near(eof - t0, 200 * MS, "connect deadline");
         assert_eq!(
@@ -35,8 +35,8 @@ fn silent_tcp_client_is_dropped_at_the_connect_deadline() {
 fn slowloris_is_cut_at_the_handshake_deadline_with_408() {
     each_backend(|kind| {
         let srv = start(kind, &[], |_| {});
+        let t0 = Instant::now(); // before connecting: the deadline starts at accept
         let mut s = TcpStream::connect(srv.local_addr()).unwrap();
-        let t0 = Instant::now();
         // One byte per 50 ms; the read timeout paces the loop and is also
         // where the server's answer shows up.
         s.set_read_timeout(Some(50 * MS)).unwrap();
@@ -66,8 +66,9 @@ fn slowloris_is_cut_at_the_handshake_deadline_with_408() {
 fn a_client_that_never_answers_pings_gets_1011() {
     each_backend(|kind| {
         let srv = start(kind, &[], |_| {});
-        let mut s = raw_ws(srv.local_addr());
+        // Before connecting: the server's clocks start after this.
         let t0 = Instant::now();
+        let mut s = raw_ws(srv.local_addr());
         let (op, _) = read_frame(&mut s).unwrap();
         let ping_at = t0.elapsed();
         assert_eq!(op, 0x9, "first frame is the heartbeat Ping");
@@ -104,8 +105,8 @@ fn an_idle_client_that_answers_pings_is_closed_1001_at_stale() {
             ],
             |_| {},
         );
+        let t0 = Instant::now(); // before connecting: the stale clock starts later
         let (mut ws, _) = ws_connect(srv.local_addr(), None).unwrap();
-        let t0 = Instant::now();
         // tungstenite answers every Ping while we read; no application data.
         let close = loop {
             match ws.read() {
@@ -136,9 +137,9 @@ fn lifetime_closes_1001_max_lifetime_even_when_busy() {
             ("WEBSOCKET_CONNECTION_TIMEOUT", "1"),
         ];
         let srv = start(kind, &env, |_| {});
+        let t0 = Instant::now(); // before connecting: the lifetime starts later
         let (mut ws, _) = ws_connect(srv.local_addr(), None).unwrap();
         ws.get_mut().set_read_timeout(Some(5 * MS)).unwrap();
-        let t0 = Instant::now();
         let close = loop {
             assert!(t0.elapsed() < Duration::from_secs(3), "no lifetime close");
             if ws.can_write() {
