@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::io::Write;
+use std::io::{ErrorKind, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
@@ -336,17 +336,27 @@ fn max_connections_answers_503_with_retry_after() {
 #[test]
 fn a_slow_consumer_is_closed_1008_backpressure() {
     each_backend(|kind| {
-        let srv = start(kind, &[("WEBSOCKET_CLOSE_TIMEOUT", "5")], |c| {
+        // Under Wine, loopback buffers hold megabytes of unread echoes
+        // before the outbound limit is reached, which takes seconds: the
+        // FAST stale (2 s) and lifetime (3 s) deadlines would close first.
+        let env = [
+            ("WEBSOCKET_CLOSE_TIMEOUT", "5"),
+            ("WEBSOCKET_STALE_TIMEOUT", "30"),
+            ("WEBSOCKET_CONNECTION_TIMEOUT", "60"),
+        ];
+        let srv = start(kind, &env, |c| {
             c.limits.max_message = 16 * 1024;
             c.limits.max_outbound = 64 * 1024;
         });
         let mut s = raw_ws(srv.local_addr());
-        s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
         // Write without reading until the server reports the 1008, then
-        // read. Stopping on the metric, not on a byte count, matters: the
-        // server keeps reading (and discarding) while it waits for our
-        // Close, and if we were still writing at its `close` deadline it
-        // would reset the connection before we read its Close.
+        // read. Once its Close is queued behind the echoes we never read,
+        // the server stops reading too, so our writes stall; if we were
+        // still blocked in a write at its `close` deadline it would reset
+        // the connection before we read the Close. So a write may block
+        // for 50 ms at most, and a stall (or every 8th frame) checks the
+        // metric.
+        s.set_write_timeout(Some(50 * MS)).unwrap();
         let a = srv.local_addr();
         let sent_1008 = || {
             metrics(a)
@@ -356,11 +366,27 @@ fn a_slow_consumer_is_closed_1008_backpressure() {
                 >= 1.0
         };
         let msg = frame(0x2, true, &[7u8; 16 * 1024]);
-        let mut sent = 0usize;
-        while sent < 32 << 20 && !(sent % (8 * msg.len()) == 0 && sent_1008()) {
-            s.write_all(&msg)
-                .expect("the server reads until it has closed");
-            sent += msg.len();
+        let (mut sent, mut off) = (0usize, 0usize);
+        loop {
+            match s.write(&msg[off..]) {
+                Ok(n) => {
+                    off += n;
+                    sent += n;
+                    if off < msg.len() {
+                        continue;
+                    }
+                    off = 0;
+                    if sent % (8 * msg.len()) != 0 {
+                        continue;
+                    }
+                }
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(e) => panic!("write failed before the 1008: {e}"),
+            }
+            if sent_1008() {
+                break;
+            }
+            assert!(sent < 32 << 20, "no 1008 after {sent} bytes");
         }
         assert!(sent_1008(), "no 1008 after {sent} bytes");
         let (code, reason, _) = read_close(&mut s);
