@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod app;
 pub mod auth;
+pub mod bench;
 pub mod breaker;
 pub mod client;
 pub mod conn;

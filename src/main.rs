@@ -49,6 +49,9 @@ enum Command {
     /// Check a live endpoint: one agent_chat exchange, timed phase by phase,
     /// with a verdict; exit 0 only if everything arrived in time.
     Probe(ProbeArgs),
+    /// Compare cap strategies × backends on this machine (SPEC §9): writes
+    /// report.md, bench.json and SVG charts.
+    Bench(BenchArgs),
     /// Mint an HS256 JWT with POLLCAP_JWT_SECRET.
     Token {
         /// Subject (who the token names).
@@ -405,6 +408,109 @@ struct ProbeArgs {
     json: bool,
 }
 
+#[derive(Args)]
+struct BenchArgs {
+    /// Output directory.
+    #[arg(long, default_value = "reports/bench")]
+    out: std::path::PathBuf,
+    /// Tiny sizes and short holds: checks the harness in seconds.
+    #[arg(long)]
+    quick: bool,
+    /// Backends, comma-separated.
+    #[arg(long, default_value = "mio,polling")]
+    backends: String,
+    /// Cap strategies, comma-separated: off (unbounded), 0 (spin), or ms.
+    #[arg(long, default_value = "off,1000,100,0")]
+    strategies: String,
+    /// Idle connection counts, comma-separated (default 0,1000,10000).
+    #[arg(long)]
+    idle: Option<String>,
+    /// Seconds each idle measurement holds its connections (default 4).
+    #[arg(long)]
+    hold: Option<String>,
+}
+
+fn bench(args: BenchArgs) -> ExitCode {
+    use pollcap::bench::{BenchConfig, run};
+    use pollcap::reactor::{BackendKind, CapStrategy};
+    let fail = |msg: String| {
+        eprintln!("pollcap: {msg}");
+        ExitCode::from(2)
+    };
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => return fail(format!("cannot find the pollcap binary: {e}")),
+    };
+    let mut cfg = BenchConfig::new(exe, args.out);
+    if args.quick {
+        cfg = cfg.quick();
+    }
+    let mut backends = Vec::new();
+    for b in args.backends.split(',') {
+        match BackendKind::parse(b.trim()) {
+            Some(k) => backends.push(k),
+            None => {
+                return fail(format!(
+                    "invalid setting --backends={b:?}: each must be mio or polling"
+                ));
+            }
+        }
+    }
+    cfg.backends = backends;
+    let mut strategies = Vec::new();
+    for s in args.strategies.split(',') {
+        match CapStrategy::parse(s) {
+            Some(c) => strategies.push(c),
+            None => {
+                return fail(format!(
+                    "invalid setting --strategies={s:?}: each must be off, 0 or whole milliseconds"
+                ));
+            }
+        }
+    }
+    cfg.strategies = strategies;
+    if let Some(list) = &args.idle {
+        let mut counts = Vec::new();
+        for n in list.split(',') {
+            match n.trim().parse::<usize>() {
+                Ok(n) if n <= 20_000 => counts.push(n),
+                _ => {
+                    return fail(format!(
+                        "invalid setting --idle={n:?}: each must be a whole number of connections <= 20000"
+                    ));
+                }
+            }
+        }
+        cfg.idle_counts = counts;
+    }
+    if let Some(h) = &args.hold {
+        match pollcap::settings::parse_seconds("--hold", h) {
+            Ok(d) => cfg.hold = d,
+            Err(e) => return fail(e.to_string()),
+        }
+    }
+    // The idle runs hold up to 10 000 client sockets in this process.
+    let _ = pollcap::platform::raise_fd_limit();
+    let mut log = |line: &str| eprintln!("bench: {line}");
+    match run(&cfg, &mut log) {
+        Ok(_) => {
+            let report = cfg.out_dir.join("report.md");
+            match std::fs::read_to_string(&report) {
+                Ok(text) => {
+                    print!("{text}");
+                    eprintln!("bench: wrote {}", cfg.out_dir.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(format!("cannot read {}: {e}", report.display())),
+            }
+        }
+        Err(e) => {
+            eprintln!("pollcap: bench failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn probe(args: ProbeArgs) -> ExitCode {
     use pollcap::client::{ClientConfig, parse_url};
     use pollcap::settings::parse_seconds;
@@ -612,6 +718,7 @@ fn main() -> ExitCode {
         } => load(mode, &url, server_pid, json),
         Command::Token { sub, ttl } => token(&sub, &ttl),
         Command::Probe(args) => probe(args),
+        Command::Bench(args) => bench(args),
         Command::Serve { settings, server } => match settings.resolve() {
             Ok(s) => serve(s, server),
             Err(code) => code,

@@ -226,6 +226,8 @@ impl Report<'_> {
                 "by_cap": r.by_cap,
                 "interrupted": r.interrupted,
                 "lost_wakeups_recovered": r.lost_wakeups_recovered,
+                "deadline_overshoot_count": r.overshoot.count,
+                "deadline_overshoot_p50_ms": ms(r.overshoot.quantile_us(0.50)),
                 "deadline_overshoot_p99_ms": ms(r.overshoot.quantile_us(0.99)),
             },
             "uptime_s": self.uptime.as_secs_f64(),

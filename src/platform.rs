@@ -105,6 +105,20 @@ pub fn process_usage(pid: u32) -> Option<(std::time::Duration, u64)> {
         let rest = stat.rsplit_once(')')?.1;
         let f: Vec<&str> = rest.split_whitespace().collect();
         let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+        // Nanosecond CPU time from the scheduler, summed over the threads
+        // (pollcap's threads live as long as the process); the 10 ms ticks
+        // of /proc/PID/stat are too coarse for an idle server.
+        let precise = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .ok()
+            .and_then(|tasks| {
+                tasks
+                    .map(|t| {
+                        let path = t.ok()?.path().join("schedstat");
+                        let s = std::fs::read_to_string(path).ok()?;
+                        s.split_whitespace().next()?.parse::<u64>().ok()
+                    })
+                    .sum::<Option<u64>>()
+            });
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
         let rss_kib: u64 = status
             .lines()
@@ -114,7 +128,10 @@ pub fn process_usage(pid: u32) -> Option<(std::time::Duration, u64)> {
             .trim()
             .parse()
             .ok()?;
-        Some((std::time::Duration::from_millis(ticks * 10), rss_kib * 1024))
+        let cpu = precise.map_or(std::time::Duration::from_millis(ticks * 10), |ns| {
+            std::time::Duration::from_nanos(ns)
+        });
+        Some((cpu, rss_kib * 1024))
     }
     #[cfg(not(target_os = "linux"))]
     {
@@ -156,6 +173,27 @@ pub fn raise_fd_limit() -> Option<u64> {
     #[cfg(not(unix))]
     {
         None
+    }
+}
+
+/// Asks process `pid` to shut down the way an orchestrator does: SIGTERM on
+/// Unix. Windows has no equivalent to send to a console process from
+/// outside its console, so it reports `Unsupported` there.
+pub fn terminate(pid: u32) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        let pid = libc::pid_t::try_from(pid).map_err(|_| io::ErrorKind::InvalidInput)?;
+        // SAFETY: kill() takes plain integers and has no memory effects.
+        if unsafe { libc::kill(pid, libc::SIGTERM) } == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = pid;
+        Err(io::ErrorKind::Unsupported.into())
     }
 }
 
