@@ -20,6 +20,15 @@ use crate::metrics::{ServerMetrics, TimeoutPhase};
 use crate::reactor::Interest;
 use crate::settings::Timeouts;
 
+mod boundary;
+use boundary::FrameBoundary;
+
+/// A burst (one inbound frame, or outbound bytes queued between two moments
+/// of an empty write buffer) above this leaves tungstenite's buffers grown;
+/// the connection then swaps tungstenite for a fresh one at the next point
+/// where nothing is buffered either way. Below it, capacity is kept.
+const COMPACT_OVER: usize = 32 * 1024;
+
 /// Size and count limits (SPEC §4).
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
@@ -121,6 +130,7 @@ pub struct Io<S> {
     write_blocked: bool,
     drained: bool,
     bytes_in: u64,
+    frames: FrameBoundary,
 }
 
 impl<S> Io<S> {
@@ -130,6 +140,7 @@ impl<S> Io<S> {
             write_blocked: false,
             drained: false,
             bytes_in: 0,
+            frames: FrameBoundary::default(),
         }
     }
 }
@@ -141,6 +152,7 @@ impl<S: Read> Read for Io<S> {
         }
         let n = self.inner.read(buf)?;
         self.bytes_in += n as u64;
+        self.frames.feed(&buf[..n]);
         self.drained = crate::platform::SHORT_READ_MEANS_DRAINED && n > 0 && n < buf.len();
         Ok(n)
     }
@@ -176,6 +188,8 @@ struct Open {
     /// Draining with runs in flight: send 1001 once they finish, or at this
     /// instant at the latest.
     drain_by: Option<Instant>,
+    /// Outbound bytes queued since the write buffer was last empty.
+    pushed: usize,
 }
 
 /// One handler run in flight, under its execution deadline.
@@ -643,10 +657,52 @@ impl<S: Read + Write> Conn<S> {
             }
             Phase::Open { ws, .. } | Phase::Closing { ws, .. } => {
                 let r = ws.flush();
+                let flushed = r.is_ok();
                 self.after_flush(r);
+                if flushed {
+                    self.compact(host);
+                }
             }
             _ => {}
         }
+    }
+
+    /// Called with the write buffer empty. tungstenite keeps the capacity a
+    /// burst grew its buffers to until the connection closes (measured:
+    /// +1.96 MiB per connection after one 1 MB echo); when a burst passed
+    /// and nothing is buffered either way — no inbound bytes (every
+    /// complete frame was read: reads run until `WouldBlock`), no
+    /// unfinished message, nothing to write — a fresh tungstenite with the
+    /// same configuration loses nothing and gives the memory back.
+    fn compact(&mut self, host: &dyn Host) {
+        let Phase::Open { ws, open } = &mut self.phase else {
+            return;
+        };
+        let frames = &ws.get_ref().frames;
+        let burst = frames.largest() > COMPACT_OVER as u64 || open.pushed > COMPACT_OVER;
+        if !burst {
+            open.pushed = 0;
+            return;
+        }
+        if !frames.between_messages() {
+            return; // keep the counts: compact at the next quiet point
+        }
+        let Phase::Open { ws, mut open } = std::mem::replace(&mut self.phase, Phase::Done(None))
+        else {
+            unreachable!("matched Open above")
+        };
+        let config = *ws.get_config();
+        let mut io = ws.into_inner();
+        io.frames.reset_largest();
+        open.pushed = 0;
+        let ws = WebSocket::from_raw_socket(io, Role::Server, Some(config));
+        self.phase = Phase::Open {
+            ws: Box::new(ws),
+            open,
+        };
+        host.metrics()
+            .buffer_compactions_total
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     fn response_written(&mut self, now: Instant, host: &dyn Host) {
@@ -669,6 +725,10 @@ impl<S: Read + Write> Conn<S> {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let latency = now.saturating_duration_since(self.accepted);
         m.handshake_latency.record_us(latency.as_micros() as u64);
+        let mut io = io;
+        // The tracker saw the request head too: frames start after it.
+        io.frames = FrameBoundary::default();
+        io.frames.feed(&leftover);
         let ws = WebSocket::from_partially_read(
             io,
             leftover,
@@ -685,6 +745,7 @@ impl<S: Read + Write> Conn<S> {
                 bytes_seen: 0,
                 runs: Vec::new(),
                 drain_by: None,
+                pushed: 0,
             },
         };
         // Frames may have arrived with the request head.
@@ -795,6 +856,7 @@ impl<S: Read + Write> Conn<S> {
             return;
         };
         open.last_app = now;
+        open.pushed = open.pushed.saturating_add(msg.len());
         match ws.write(msg) {
             Ok(()) => {}
             Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}

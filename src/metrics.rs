@@ -72,6 +72,8 @@ pub struct ServerMetrics {
     pub missed_deadlines_total: AtomicU64,
     /// Handler runs queued on the pool.
     pub runs_total: AtomicU64,
+    /// tungstenite swapped for a fresh one to give back burst buffers.
+    pub buffer_compactions_total: AtomicU64,
     /// Messages answered `overloaded` (pool or per-connection limit full).
     pub overloaded_total: AtomicU64,
     pub handler_panics_total: AtomicU64,
@@ -258,6 +260,12 @@ impl Report<'_> {
             "pollcap_accept_errors_total",
             "accept() failures (e.g. out of file descriptors); each pauses accepting for 100 ms.",
             m.accept_errors_total.load(Relaxed),
+        );
+        counter(
+            &mut o,
+            "pollcap_buffer_compactions_total",
+            "Connections that gave back buffer memory grown by a burst.",
+            m.buffer_compactions_total.load(Relaxed),
         );
         counter(
             &mut o,

@@ -395,3 +395,79 @@ fn a_head_trickled_byte_by_byte_still_upgrades_and_bad_lines_fail_early() {
     client.read_to_string(&mut out).ok();
     assert!(out.starts_with("HTTP/1.1 400 "), "{out}");
 }
+
+fn compactions(h: &TestHost) -> u64 {
+    h.metrics
+        .buffer_compactions_total
+        .load(std::sync::atomic::Ordering::Relaxed)
+}
+
+#[test]
+fn a_burst_gives_its_buffers_back_and_the_connection_carries_on() {
+    let h = host();
+    let t0 = Instant::now();
+    let (mut c, mut client) = open(&h, t0);
+    // Small traffic never swaps tungstenite.
+    for i in 0..50 {
+        client.send(Message::text(format!("small {i}"))).unwrap();
+        c.on_ready(true, false, t0, &h);
+        assert_eq!(client.read().unwrap(), Message::text(format!("small {i}")));
+    }
+    assert_eq!(compactions(&h), 0);
+    let big = Message::binary(vec![7u8; 200_000]);
+    client.send(big.clone()).unwrap();
+    c.on_ready(true, false, t0, &h);
+    assert_eq!(client.read().unwrap(), big);
+    assert_eq!(compactions(&h), 1, "one burst, one swap");
+    // The fresh tungstenite continues the same stream.
+    client.send(Message::text("after")).unwrap();
+    c.on_ready(true, false, t0, &h);
+    assert_eq!(client.read().unwrap(), Message::text("after"));
+    assert_eq!(compactions(&h), 1);
+}
+
+#[test]
+fn no_swap_inside_a_fragmented_message_or_with_bytes_buffered() {
+    use tungstenite::protocol::frame::Frame;
+    use tungstenite::protocol::frame::coding::{Data, OpCode};
+    let h = host();
+    let t0 = Instant::now();
+    let (mut c, mut client) = open(&h, t0);
+    let part = |fin: bool, op: Data, n: usize| {
+        let mut f = Frame::message(vec![b'a'; n], OpCode::Data(op), fin);
+        f.header_mut().mask = Some([1, 2, 3, 4]);
+        f
+    };
+    // A big first fragment, then a Ping: the message is unfinished, so
+    // swapping now would lose it.
+    client
+        .write(Message::Frame(part(false, Data::Text, 100_000)))
+        .unwrap();
+    client.write(Message::Ping(b"p".to_vec().into())).unwrap();
+    client.flush().unwrap();
+    c.on_ready(true, false, t0, &h);
+    assert_eq!(client.read().unwrap(), Message::Pong(b"p".to_vec().into()));
+    assert_eq!(compactions(&h), 0, "message unfinished");
+    // The final fragment, followed by half of the next frame's bytes.
+    client
+        .write(Message::Frame(part(true, Data::Continue, 10)))
+        .unwrap();
+    client.flush().unwrap();
+    let next = {
+        let mut v = Vec::new();
+        part(true, Data::Text, 5).format(&mut v).unwrap();
+        v
+    };
+    client.get_mut().write_all(&next[..4]).unwrap();
+    c.on_ready(true, false, t0, &h);
+    assert_eq!(
+        client.read().unwrap(),
+        Message::text("a".repeat(100_010)),
+        "reassembled across the Ping"
+    );
+    assert_eq!(compactions(&h), 0, "half a frame buffered");
+    client.get_mut().write_all(&next[4..]).unwrap();
+    c.on_ready(true, false, t0, &h);
+    assert_eq!(client.read().unwrap(), Message::text("aaaaa"));
+    assert_eq!(compactions(&h), 1, "now nothing is buffered");
+}
