@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 
 use crate::reactor::{BackendKind, CapStrategy, Reactor, WakeReason};
 
-/// What to run; [`BenchConfig::default`] is the full benchmark (about five
+/// What to run; [`BenchConfig::new`] is the full benchmark (about five
 /// minutes here), [`BenchConfig::quick`] a seconds-long smoke run.
 #[derive(Clone, Debug)]
 pub struct BenchConfig {
@@ -90,9 +90,9 @@ pub struct Row {
     pub recovery: Option<Duration>,
     pub overshoot_p50_ms: Option<f64>,
     pub overshoot_p99_ms: Option<f64>,
-    pub echo_msgs_per_sec: Option<f64>,
-    pub echo_p50_us: Option<u64>,
-    pub echo_p99_us: Option<u64>,
+    pub echo_msgs_per_sec: f64,
+    pub echo_p50_us: u64,
+    pub echo_p99_us: u64,
     pub echo_cpu_us_per_msg: Option<f64>,
     /// SIGTERM to the last Close frame read by the clients (Unix only).
     pub shutdown_ms: Option<f64>,
@@ -105,27 +105,18 @@ const HEARTBEATS_OFF: &[(&str, &str)] = &[
     ("WEBSOCKET_STALE_TIMEOUT", "3000"),
     ("WEBSOCKET_CONNECTION_TIMEOUT", "7200"),
 ];
-/// Heartbeats every 2 s (±10 %), pong within 1 s: several per hold, and
-/// still valid for a 1 s cap (cap ≤ ping).
-const HEARTBEATS_ON: &[(&str, &str)] = &[
-    ("WEBSOCKET_PING_TIMEOUT", "1"),
-    ("WEBSOCKET_HEARTBEAT_INTERVAL", "2"),
-    ("WEBSOCKET_HEARTBEAT_TIMEOUT", "6"),
-    ("WEBSOCKET_STALE_TIMEOUT", "3000"),
-    ("WEBSOCKET_CONNECTION_TIMEOUT", "7200"),
-];
 
-/// The echo server: busy connections never ping (any inbound byte is a sign
-/// of life), so silent probe connections supply the deadlines whose
-/// overshoot is measured under load: a heartbeat at ~1.2 s, then the pong
-/// deadline 1 s later (1011), then the close deadline.
-const DEADLINES_UNDER_LOAD: &[(&str, &str)] = &[
-    ("WEBSOCKET_PING_TIMEOUT", "1"),
-    ("WEBSOCKET_HEARTBEAT_INTERVAL", "1.2"),
-    ("WEBSOCKET_HEARTBEAT_TIMEOUT", "6"),
-    ("WEBSOCKET_STALE_TIMEOUT", "3000"),
-    ("WEBSOCKET_CONNECTION_TIMEOUT", "7200"),
-];
+/// Heartbeats every `interval` seconds (±10 %), pong within 1 s (still
+/// valid for a 1 s cap: cap ≤ ping), no idle or lifetime close meanwhile.
+fn heartbeats_every(interval: &'static str) -> [(&'static str, &'static str); 5] {
+    [
+        ("WEBSOCKET_PING_TIMEOUT", "1"),
+        ("WEBSOCKET_HEARTBEAT_INTERVAL", interval),
+        ("WEBSOCKET_HEARTBEAT_TIMEOUT", "6"),
+        ("WEBSOCKET_STALE_TIMEOUT", "3000"),
+        ("WEBSOCKET_CONNECTION_TIMEOUT", "7200"),
+    ]
+}
 
 /// `--poll-cap` form of a strategy.
 fn cap_flag(s: CapStrategy) -> String {
@@ -197,14 +188,7 @@ impl ChildServer {
     }
 
     fn health(&self) -> Option<Value> {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(self.addr).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        s.write_all(b"GET /health HTTP/1.1\r\nHost: bench\r\n\r\n")
-            .ok()?;
-        let mut r = String::new();
-        s.read_to_string(&mut r).ok()?;
-        serde_json::from_str(r.split_once("\r\n\r\n")?.1).ok()
+        serde_json::from_str(&crate::load::http_get(&self.url(), "/health")?).ok()
     }
 }
 
@@ -247,11 +231,8 @@ fn idle_cost(
     cap: CapStrategy,
     heartbeats: bool,
 ) -> io::Result<Vec<IdleCost>> {
-    let env = if heartbeats {
-        HEARTBEATS_ON
-    } else {
-        HEARTBEATS_OFF
-    };
+    let on = heartbeats_every("2");
+    let env = if heartbeats { &on[..] } else { HEARTBEATS_OFF };
     let srv = ChildServer::start(cfg, kind, cap, env)?;
     let mut out = Vec::new();
     for &n in &cfg.idle_counts {
@@ -310,11 +291,15 @@ fn measure(
     log(&format!("{} × {}: idle, heartbeats on", kind.name(), cap));
     idle.extend(idle_cost(cfg, kind, cap, true)?);
     log(&format!(
-        "{} × {}: echo under heartbeats, then SIGTERM",
+        "{} × {}: echo beside silent connections, then SIGTERM",
         kind.name(),
         cap
     ));
-    let srv = ChildServer::start(cfg, kind, cap, DEADLINES_UNDER_LOAD)?;
+    // Busy connections never ping (any inbound byte is a sign of life), so
+    // silent ones supply the deadlines whose overshoot is measured under
+    // load: a heartbeat at ~1.2 s, the pong deadline 1 s later (1011), then
+    // the close deadline.
+    let srv = ChildServer::start(cfg, kind, cap, &heartbeats_every("1.2"))?;
     let mut silent = Vec::with_capacity(cfg.echo_connections);
     for _ in 0..cfg.echo_connections {
         silent.push(crate::load::connect(&srv.url(), Duration::from_secs(5))?);
@@ -342,9 +327,9 @@ fn measure(
         recovery,
         overshoot_p50_ms: reactor.and_then(|r| r["deadline_overshoot_p50_ms"].as_f64()),
         overshoot_p99_ms: reactor.and_then(|r| r["deadline_overshoot_p99_ms"].as_f64()),
-        echo_msgs_per_sec: Some(e.messages as f64 / e.elapsed.as_secs_f64().max(1e-9)),
-        echo_p50_us: Some(e.p50_us),
-        echo_p99_us: Some(e.p99_us),
+        echo_msgs_per_sec: e.messages as f64 / e.elapsed.as_secs_f64().max(1e-9),
+        echo_p50_us: e.p50_us,
+        echo_p99_us: e.p99_us,
         echo_cpu_us_per_msg: e
             .server_cpu
             .map(|c| c.as_secs_f64() * 1e6 / e.messages.max(1) as f64),
@@ -352,9 +337,10 @@ fn measure(
     })
 }
 
-/// Runs every backend × strategy, interleaved by strategy, and writes
-/// `report.md`, `bench.json` and the SVG charts into `out_dir`.
-pub fn run(cfg: &BenchConfig, log: &mut dyn FnMut(&str)) -> io::Result<Vec<Row>> {
+/// Runs every backend × strategy, interleaved by strategy, writes
+/// `report.md`, `bench.json` and the SVG charts into `out_dir`, and returns
+/// the report.
+pub fn run(cfg: &BenchConfig, log: &mut dyn FnMut(&str)) -> io::Result<String> {
     let mut rows = Vec::new();
     for &cap in &cfg.strategies {
         for &kind in &cfg.backends {
@@ -362,12 +348,15 @@ pub fn run(cfg: &BenchConfig, log: &mut dyn FnMut(&str)) -> io::Result<Vec<Row>>
         }
     }
     std::fs::create_dir_all(&cfg.out_dir)?;
-    std::fs::write(cfg.out_dir.join("report.md"), report_markdown(cfg, &rows))?;
+    let charts = charts(cfg, &rows);
+    let names: Vec<&str> = charts.iter().map(|(n, _)| n.as_str()).collect();
+    let report = report_markdown(cfg, &rows, &names);
+    std::fs::write(cfg.out_dir.join("report.md"), &report)?;
     std::fs::write(cfg.out_dir.join("bench.json"), to_json(&rows).to_string())?;
-    for (file, chart) in charts(cfg, &rows) {
+    for (file, chart) in &charts {
         std::fs::write(cfg.out_dir.join(file), chart)?;
     }
-    Ok(rows)
+    Ok(report)
 }
 
 fn label(r: &Row) -> String {
@@ -413,7 +402,7 @@ pub fn to_json(rows: &[Row]) -> Value {
     )
 }
 
-pub fn report_markdown(cfg: &BenchConfig, rows: &[Row]) -> String {
+pub fn report_markdown(cfg: &BenchConfig, rows: &[Row], chart_files: &[&str]) -> String {
     let mut o = String::new();
     let _ = writeln!(o, "# pollcap bench: cap strategies × backends\n");
     let _ = writeln!(
@@ -475,9 +464,9 @@ pub fn report_markdown(cfg: &BenchConfig, rows: &[Row]) -> String {
             recovery_text(r, cfg.recovery_limit),
             f(r.overshoot_p50_ms, 2),
             f(r.overshoot_p99_ms, 2),
-            f(r.echo_msgs_per_sec, 0),
-            r.echo_p50_us.map_or("n/a".into(), |v| v.to_string()),
-            r.echo_p99_us.map_or("n/a".into(), |v| v.to_string()),
+            f(Some(r.echo_msgs_per_sec), 0),
+            r.echo_p50_us,
+            r.echo_p99_us,
             f(r.echo_cpu_us_per_msg, 1),
             f(r.shutdown_ms, 1),
         );
@@ -485,9 +474,9 @@ pub fn report_markdown(cfg: &BenchConfig, rows: &[Row]) -> String {
     let _ = writeln!(
         o,
         "\nCharts: {}.",
-        charts(cfg, rows)
+        chart_files
             .iter()
-            .map(|(n, _)| format!("[{n}]({n})"))
+            .map(|n| format!("[{n}]({n})"))
             .collect::<Vec<_>>()
             .join(", ")
     );
@@ -561,15 +550,12 @@ pub fn charts(cfg: &BenchConfig, rows: &[Row]) -> Vec<(String, String)> {
             false,
         ),
     ));
-    let eps: Vec<Option<f64>> = rows.iter().map(|r| r.echo_msgs_per_sec).collect();
+    let eps: Vec<Option<f64>> = rows.iter().map(|r| Some(r.echo_msgs_per_sec)).collect();
     out.push((
         "echo-throughput.svg".into(),
         bar_chart("Echo messages/s", &labels, &eps, false),
     ));
-    let p99: Vec<Option<f64>> = rows
-        .iter()
-        .map(|r| r.echo_p99_us.map(|v| v as f64))
-        .collect();
+    let p99: Vec<Option<f64>> = rows.iter().map(|r| Some(r.echo_p99_us as f64)).collect();
     out.push((
         "echo-p99.svg".into(),
         bar_chart("Echo round trip p99, µs", &labels, &p99, false),

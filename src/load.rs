@@ -564,18 +564,25 @@ pub fn idle(url: &str, count: usize, hold: Duration, pid: Option<u32>) -> io::Re
     })
 }
 
-/// Sum of `pollcap_reactor_waits_total` from the server's `/metrics`.
-pub fn reactor_waits(url: &str) -> Option<u64> {
+/// The body of `GET path` on the server behind a `ws://host/...` URL
+/// (its plain HTTP routes answer with `Connection: close`).
+pub fn http_get(url: &str, path: &str) -> Option<String> {
     use std::io::{Read, Write};
     let host = url.strip_prefix("ws://")?.split('/').next()?;
     let mut s = TcpStream::connect(host).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    s.write_all(format!("GET /metrics HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
         .ok()?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).ok()?;
+    let mut response = String::new();
+    s.read_to_string(&mut response).ok()?;
+    Some(response.split_once("\r\n\r\n")?.1.to_string())
+}
+
+/// Sum of `pollcap_reactor_waits_total` from the server's `/metrics`.
+pub fn reactor_waits(url: &str) -> Option<u64> {
     Some(
-        body.lines()
+        http_get(url, "/metrics")?
+            .lines()
             .filter(|l| l.starts_with("pollcap_reactor_waits_total{"))
             .filter_map(|l| l.rsplit_once(' ')?.1.parse::<u64>().ok())
             .sum(),

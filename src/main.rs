@@ -272,12 +272,30 @@ fn print_table(s: &Settings) {
     }
 }
 
+/// A usage or configuration error: one line, exit status 2.
+fn fail(msg: String) -> ExitCode {
+    eprintln!("pollcap: {msg}");
+    ExitCode::from(2)
+}
+
+/// Parses a comma-separated flag value item by item; the error names the
+/// flag, the bad item and the rule.
+fn parse_list<T>(
+    flag: &str,
+    value: &str,
+    rule: &str,
+    parse: impl Fn(&str) -> Option<T>,
+) -> Result<Vec<T>, String> {
+    value
+        .split(',')
+        .map(|item| {
+            parse(item.trim()).ok_or_else(|| format!("invalid setting {flag}={item:?}: {rule}"))
+        })
+        .collect()
+}
+
 fn serve(settings: Settings, args: ServeArgs) -> ExitCode {
     use pollcap::server::{Server, ServerConfig};
-    let fail = |msg: String| {
-        eprintln!("pollcap: {msg}");
-        ExitCode::from(2)
-    };
     let auth = match pollcap::auth::Auth::from_env(&|k| std::env::var(k).ok()) {
         Ok(a) => a,
         Err(e) => return fail(e.to_string()),
@@ -430,79 +448,53 @@ struct BenchArgs {
     hold: Option<String>,
 }
 
-fn bench(args: BenchArgs) -> ExitCode {
-    use pollcap::bench::{BenchConfig, run};
+fn bench_config(args: BenchArgs) -> Result<pollcap::bench::BenchConfig, String> {
     use pollcap::reactor::{BackendKind, CapStrategy};
-    let fail = |msg: String| {
-        eprintln!("pollcap: {msg}");
-        ExitCode::from(2)
-    };
-    let exe = match std::env::current_exe() {
-        Ok(e) => e,
-        Err(e) => return fail(format!("cannot find the pollcap binary: {e}")),
-    };
-    let mut cfg = BenchConfig::new(exe, args.out);
+    let exe =
+        std::env::current_exe().map_err(|e| format!("cannot find the pollcap binary: {e}"))?;
+    let mut cfg = pollcap::bench::BenchConfig::new(exe, args.out);
     if args.quick {
         cfg = cfg.quick();
     }
-    let mut backends = Vec::new();
-    for b in args.backends.split(',') {
-        match BackendKind::parse(b.trim()) {
-            Some(k) => backends.push(k),
-            None => {
-                return fail(format!(
-                    "invalid setting --backends={b:?}: each must be mio or polling"
-                ));
-            }
-        }
-    }
-    cfg.backends = backends;
-    let mut strategies = Vec::new();
-    for s in args.strategies.split(',') {
-        match CapStrategy::parse(s) {
-            Some(c) => strategies.push(c),
-            None => {
-                return fail(format!(
-                    "invalid setting --strategies={s:?}: each must be off, 0 or whole milliseconds"
-                ));
-            }
-        }
-    }
-    cfg.strategies = strategies;
+    cfg.backends = parse_list(
+        "--backends",
+        &args.backends,
+        "each must be mio or polling",
+        BackendKind::parse,
+    )?;
+    cfg.strategies = parse_list(
+        "--strategies",
+        &args.strategies,
+        "each must be off, 0 or whole milliseconds",
+        CapStrategy::parse,
+    )?;
     if let Some(list) = &args.idle {
-        let mut counts = Vec::new();
-        for n in list.split(',') {
-            match n.trim().parse::<usize>() {
-                Ok(n) if n <= 20_000 => counts.push(n),
-                _ => {
-                    return fail(format!(
-                        "invalid setting --idle={n:?}: each must be a whole number of connections <= 20000"
-                    ));
-                }
-            }
-        }
-        cfg.idle_counts = counts;
+        cfg.idle_counts = parse_list(
+            "--idle",
+            list,
+            "each must be a whole number of connections <= 20000",
+            |n| n.parse::<usize>().ok().filter(|&n| n <= 20_000),
+        )?;
     }
     if let Some(h) = &args.hold {
-        match pollcap::settings::parse_seconds("--hold", h) {
-            Ok(d) => cfg.hold = d,
-            Err(e) => return fail(e.to_string()),
-        }
+        cfg.hold = pollcap::settings::parse_seconds("--hold", h).map_err(|e| e.to_string())?;
     }
+    Ok(cfg)
+}
+
+fn bench(args: BenchArgs) -> ExitCode {
+    let cfg = match bench_config(args) {
+        Ok(cfg) => cfg,
+        Err(e) => return fail(e),
+    };
     // The idle runs hold up to 10 000 client sockets in this process.
     let _ = pollcap::platform::raise_fd_limit();
     let mut log = |line: &str| eprintln!("bench: {line}");
-    match run(&cfg, &mut log) {
-        Ok(_) => {
-            let report = cfg.out_dir.join("report.md");
-            match std::fs::read_to_string(&report) {
-                Ok(text) => {
-                    print!("{text}");
-                    eprintln!("bench: wrote {}", cfg.out_dir.display());
-                    ExitCode::SUCCESS
-                }
-                Err(e) => fail(format!("cannot read {}: {e}", report.display())),
-            }
+    match pollcap::bench::run(&cfg, &mut log) {
+        Ok(report) => {
+            print!("{report}");
+            eprintln!("bench: wrote {}", cfg.out_dir.display());
+            ExitCode::SUCCESS
         }
         Err(e) => {
             eprintln!("pollcap: bench failed: {e}");
@@ -514,10 +506,6 @@ fn bench(args: BenchArgs) -> ExitCode {
 fn probe(args: ProbeArgs) -> ExitCode {
     use pollcap::client::{ClientConfig, parse_url};
     use pollcap::settings::parse_seconds;
-    let fail = |msg: String| {
-        eprintln!("pollcap: {msg}");
-        ExitCode::from(2)
-    };
     if let Err(e) = parse_url(&args.url) {
         return fail(e.to_string());
     }
@@ -525,14 +513,15 @@ fn probe(args: ProbeArgs) -> ExitCode {
         max_attempts: args.attempts.max(1),
         ..ClientConfig::default()
     };
-    let mut connect = Vec::new();
-    for part in args.connect_timeout.split(',') {
-        match parse_seconds("--connect-timeout", part.trim()) {
-            Ok(d) => connect.push(d),
-            Err(e) => return fail(e.to_string()),
-        }
+    let connect = args
+        .connect_timeout
+        .split(',')
+        .map(|part| parse_seconds("--connect-timeout", part.trim()))
+        .collect::<Result<Vec<_>, _>>();
+    match connect {
+        Ok(list) => cfg.connect_timeouts = list,
+        Err(e) => return fail(e.to_string()),
     }
-    cfg.connect_timeouts = connect;
     for (name, value, slot) in [
         (
             "--handshake-timeout",

@@ -67,24 +67,29 @@ impl ProbeReport {
         p.detail = detail;
     }
 
-    /// Marks `name` failed and ends the probe with a FAIL verdict.
+    /// Marks `name` failed and ends the probe with a FAIL verdict. A name
+    /// outside [`PHASES`] (the client's breaker) marks no phase.
     fn fail(mut self, name: &str, d: Option<Duration>, why: String) -> ProbeReport {
-        // Reaching this phase means the earlier ones passed, timed or not.
-        let at = PHASES.iter().position(|p| *p == name).unwrap_or(0);
-        for p in &mut self.phases[..at] {
-            p.ok.get_or_insert(true);
+        if let Some(at) = PHASES.iter().position(|p| *p == name) {
+            // Reaching this phase means the earlier ones passed, timed or not.
+            for p in &mut self.phases[..at] {
+                p.ok.get_or_insert(true);
+            }
+            let p = &mut self.phases[at];
+            p.duration = d;
+            p.ok = Some(false);
+            p.detail = why.clone();
         }
-        let p = self.phase(name);
-        p.duration = d;
-        p.ok = Some(false);
-        p.detail = why.clone();
         self.ok = false;
         self.verdict = format!("FAIL at {name}: {why}");
         self
     }
 
     fn phase(&mut self, name: &str) -> &mut PhaseResult {
-        let i = PHASES.iter().position(|p| *p == name).unwrap_or(0);
+        let i = PHASES
+            .iter()
+            .position(|p| *p == name)
+            .expect("a phase named in PHASES");
         &mut self.phases[i]
     }
 
@@ -386,5 +391,9 @@ mod tests {
         assert_eq!(j["phases"][1]["phase"], "tcp");
         assert_eq!(j["phases"][1]["ok"], false);
         assert!(r.to_text().contains("handshake"));
+        // The client's breaker is no phase: nothing is marked.
+        let r = ProbeReport::new("ws://x/ws").fail("breaker", None, "open".into());
+        assert_eq!(r.verdict, "FAIL at breaker: open");
+        assert!(r.phases.iter().all(|p| p.ok.is_none()));
     }
 }
