@@ -7,11 +7,13 @@
 /// Where the inbound stream stands relative to frame boundaries.
 #[derive(Debug, Default)]
 pub struct FrameBoundary {
+    // Field order and a u8 length keep this at 32 bytes: every connection
+    // carries one.
     head: [u8; 14],
-    head_len: usize,
-    payload_left: u64,
+    head_len: u8,
     /// A fragmented data message has started and its final frame not come.
     in_message: bool,
+    payload_left: u64,
     /// Largest frame payload seen since the last [`FrameBoundary::reset_largest`].
     largest: u64,
 }
@@ -37,17 +39,19 @@ impl FrameBoundary {
                 bytes = &bytes[k as usize..];
                 continue;
             }
-            self.head[self.head_len] = bytes[0];
+            self.head[usize::from(self.head_len)] = bytes[0];
             self.head_len += 1;
             bytes = &bytes[1..];
-            if self.head_len >= 2 && self.head_len == header_len([self.head[0], self.head[1]]) {
+            if self.head_len >= 2
+                && usize::from(self.head_len) == header_len([self.head[0], self.head[1]])
+            {
                 self.end_of_header();
             }
         }
     }
 
     fn end_of_header(&mut self) {
-        let h = &self.head[..self.head_len];
+        let h = &self.head[..usize::from(self.head_len)];
         let fin = h[0] & 0x80 != 0;
         let opcode = h[0] & 0x0f;
         let len = match h[1] & 0x7f {
@@ -100,6 +104,11 @@ mod tests {
         f.extend_from_slice(&[1, 2, 3, 4]);
         f.extend(std::iter::repeat_n(b'x', len));
         f
+    }
+
+    #[test]
+    fn the_tracker_stays_small() {
+        assert_eq!(std::mem::size_of::<FrameBoundary>(), 32);
     }
 
     #[test]
