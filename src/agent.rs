@@ -7,16 +7,78 @@
 
 use std::time::Duration;
 
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 
 use crate::app::{Handler, Inbound, Outbox, Session};
 
-/// Default pause between events: streaming is visible, runs stay short.
-pub const DEFAULT_PACING: Duration = Duration::from_millis(5);
 /// Largest `pacing_ms` a message may ask for.
 pub const MAX_PACING_MS: u64 = 1000;
 
+/// A client → server message of the `agent_chat` protocol.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClientMessage {
+    UserMessage {
+        text: String,
+        #[serde(default)]
+        thread_id: String,
+        /// Simulates a slow agent: the pause between events (0..=1000 ms).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pacing_ms: Option<u64>,
+    },
+}
+
+/// One server → client event as a client reads it: the fixed fields and
+/// those of every event type (absent ones are `None`).
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+pub struct EventView {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub run_id: Option<String>,
+    pub seq: Option<u64>,
+    pub ts: Option<u64>,
+    pub delta: Option<String>,
+    pub tool: Option<String>,
+    #[serde(rename = "final")]
+    pub final_text: Option<String>,
+    pub code: Option<String>,
+    pub message: Option<String>,
+}
+
+/// The fields of an `error` event.
+#[derive(Clone, Debug, Serialize)]
+pub struct ErrorFields<'a> {
+    pub code: &'a str,
+    pub message: &'a str,
+}
+
+#[derive(Serialize)]
+struct Started<'a> {
+    thread_id: &'a str,
+}
+
+#[derive(Serialize)]
+struct Thinking<'a> {
+    delta: &'a str,
+}
+
+#[derive(Serialize)]
+struct Tool<'a> {
+    tool: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    result: Option<&'a TextStats>,
+}
+
+#[derive(Serialize)]
+struct Completed<'a> {
+    thread_id: &'a str,
+    #[serde(rename = "final")]
+    final_text: String,
+}
+
 pub struct AgentChat {
+    /// Pause between events (setting `pacing_ms`, 5 ms by default:
+    /// streaming is visible, runs stay short).
     pub pacing: Duration,
 }
 
@@ -36,75 +98,76 @@ impl Handler for AgentChat {
                 return bad_request(out, "binary frames are not supported; send JSON text");
             }
         };
-        let v: serde_json::Value = match serde_json::from_str(&text) {
-            Ok(v) => v,
-            Err(e) => return bad_request(out, &format!("malformed JSON: {e}")),
+        let (message, thread_id, pacing) = match serde_json::from_str(&text) {
+            Ok(ClientMessage::UserMessage {
+                text,
+                thread_id,
+                pacing_ms,
+            }) => (text, thread_id, pacing_ms),
+            Err(e) => return bad_request(out, &format!("bad message: {e}")),
         };
-        match v.get("type").and_then(|t| t.as_str()) {
-            Some("user_message") => {}
-            Some(other) => {
-                return bad_request(
-                    out,
-                    &format!("unknown type {other:?}; expected \"user_message\""),
-                );
-            }
-            None => return bad_request(out, "missing \"type\""),
-        }
-        let Some(message) = v.get("text").and_then(|t| t.as_str()) else {
-            return bad_request(out, "\"text\" must be a string");
-        };
-        let thread_id = v.get("thread_id").and_then(|t| t.as_str()).unwrap_or("");
         // Optional per-message pacing ("simulate a slow agent"), capped; the
         // execution deadline bounds it like any other run.
-        let pacing = match v.get("pacing_ms") {
+        let pacing = match pacing {
             None => self.pacing,
-            Some(p) => match p.as_u64() {
-                Some(ms) if ms <= MAX_PACING_MS => Duration::from_millis(ms),
-                _ => {
-                    return bad_request(out, &format!("\"pacing_ms\" must be 0..={MAX_PACING_MS}"));
-                }
-            },
+            Some(ms) if ms <= MAX_PACING_MS => Duration::from_millis(ms),
+            Some(_) => {
+                return bad_request(out, &format!("\"pacing_ms\" must be 0..={MAX_PACING_MS}"));
+            }
         };
+        let thread_id = thread_id.as_str();
 
-        out.emit("agent_started", json!({ "thread_id": thread_id }));
-        let stats = text_stats(message);
-        let deltas = reply_deltas(message, &stats);
-        for d in &deltas {
+        out.emit("agent_started", Started { thread_id });
+        let stats = text_stats(&message);
+        let deltas = reply_deltas(&message, &stats);
+        for delta in &deltas {
             if !out.pause(pacing) {
                 return;
             }
-            out.emit("agent_thinking", json!({ "delta": d }));
+            out.emit("agent_thinking", Thinking { delta });
         }
         if !out.pause(pacing) {
             return;
         }
-        out.emit("tool_executing", json!({ "tool": "text_stats" }));
+        let tool = "text_stats";
+        out.emit("tool_executing", Tool { tool, result: None });
         if !out.pause(pacing) {
             return;
         }
-        out.emit(
-            "tool_completed",
-            json!({ "tool": "text_stats", "result": stats }),
-        );
+        let result = Some(&stats);
+        out.emit("tool_completed", Tool { tool, result });
         if !out.pause(pacing) {
             return;
         }
+        let final_text = deltas.concat();
         out.emit(
             "agent_completed",
-            json!({ "thread_id": thread_id, "final": deltas.concat() }),
+            Completed {
+                thread_id,
+                final_text,
+            },
         );
     }
 }
 
 fn bad_request(out: &Outbox, message: &str) {
-    out.emit(
-        "error",
-        json!({ "code": "bad_request", "message": message }),
-    );
+    let code = "bad_request";
+    out.emit("error", ErrorFields { code, message });
+}
+
+/// The tool's result: statistics of a message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TextStats {
+    pub words: usize,
+    pub unique_words: usize,
+    pub characters: usize,
+    pub bytes: usize,
+    pub lines: usize,
+    pub longest_word: String,
 }
 
 /// The tool: statistics of a message.
-pub fn text_stats(s: &str) -> serde_json::Value {
+pub fn text_stats(s: &str) -> TextStats {
     let words: Vec<&str> = s.split_whitespace().collect();
     let mut unique: Vec<String> = words.iter().map(|w| w.to_lowercase()).collect();
     unique.sort();
@@ -114,24 +177,21 @@ pub fn text_stats(s: &str) -> serde_json::Value {
         .max_by_key(|w| w.chars().count())
         .copied()
         .unwrap_or("");
-    json!({
-        "words": words.len(),
-        "unique_words": unique.len(),
-        "characters": s.chars().count(),
-        "bytes": s.len(),
-        "lines": s.lines().count(),
-        "longest_word": longest,
-    })
+    TextStats {
+        words: words.len(),
+        unique_words: unique.len(),
+        characters: s.chars().count(),
+        bytes: s.len(),
+        lines: s.lines().count(),
+        longest_word: longest.to_string(),
+    }
 }
 
 /// The reply, in word-group deltas (always at least two).
-pub fn reply_deltas(message: &str, stats: &serde_json::Value) -> Vec<String> {
+pub fn reply_deltas(message: &str, stats: &TextStats) -> Vec<String> {
     let reply = format!(
         "You wrote {} words and {} characters. The longest word is \"{}\". Echo: {}",
-        stats["words"],
-        stats["characters"],
-        stats["longest_word"].as_str().unwrap_or(""),
-        message
+        stats.words, stats.characters, stats.longest_word, message
     );
     let words: Vec<&str> = reply.split(' ').collect();
     words

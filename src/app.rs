@@ -6,12 +6,12 @@
 //! `echo` is the exception: it answers inline on the reactor thread because
 //! copying a frame back is cheaper than any hand-off (Autobahn's peer).
 
-use std::fmt;
+use std::fmt::{self, Write as _};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use crate::reactor::Waker;
 
@@ -79,7 +79,11 @@ impl App {
 /// What a run sends back to the connection's reactor.
 #[derive(Debug, PartialEq, Eq)]
 pub enum MailKind {
-    Event { seq: u64, text: String },
+    /// One event, as JSON text without its `ts` (see [`stamp`]).
+    Event {
+        seq: u64,
+        text: String,
+    },
     Done,
     Panicked(String),
 }
@@ -120,14 +124,6 @@ impl Mailbox {
     }
 }
 
-/// Wall-clock milliseconds for event timestamps (`ts`). Deadlines never use
-/// this: they run on the reactor's monotonic `now`.
-pub fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 /// A run's way back to its connection.
 pub struct Outbox {
     key: usize,
@@ -166,14 +162,16 @@ impl Outbox {
         self.cancel.load(Ordering::Acquire)
     }
 
-    /// Sends one event `{type, run_id, seq, ts, ..fields}`; `seq` strictly
-    /// increases per run. Dropped silently once cancelled.
-    pub fn emit(&self, kind: &str, fields: serde_json::Value) {
+    /// Sends one event `{type, run_id, seq, ts, ..fields}`; `seq` starts
+    /// at 1 and grows by 1 per event of the run. Dropped silently once
+    /// cancelled. `ts` is added on the reactor thread when the event goes
+    /// out, from the reactor's clock: one time base for every event.
+    pub fn emit(&self, kind: &str, fields: impl serde::Serialize) {
         if self.is_cancelled() {
             return;
         }
         let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
-        let text = event_json(kind, &self.run_id, seq, unix_ms(), fields);
+        let text = event_text(kind, &self.run_id, seq, &fields);
         self.post(MailKind::Event { seq, text });
     }
 
@@ -208,23 +206,47 @@ pub fn run_id(conn_id: u64, run: u64) -> String {
     format!("r{conn_id:x}-{run}")
 }
 
-/// The JSON text of one event.
-pub fn event_json(
-    kind: &str,
-    run_id: &str,
+/// The fixed fields of every event; the handler's own fields follow.
+#[derive(serde::Serialize)]
+struct EventHead<'a, T> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    run_id: &'a str,
     seq: u64,
-    ts: u64,
-    fields: serde_json::Value,
-) -> String {
-    let mut obj = match fields {
-        serde_json::Value::Object(m) => m,
-        _ => serde_json::Map::new(),
+    #[serde(flatten)]
+    fields: &'a T,
+}
+
+#[derive(serde::Serialize)]
+struct EventHeadOnly<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    run_id: &'a str,
+    seq: u64,
+}
+
+/// The JSON text of one event, without `ts`. `fields` must serialize as
+/// a map (a struct or a JSON object); anything else is left out. Handlers
+/// should not use the names `type`, `run_id`, `seq` or `ts` for fields.
+pub fn event_text(kind: &str, run_id: &str, seq: u64, fields: &impl serde::Serialize) -> String {
+    let head = EventHead {
+        kind,
+        run_id,
+        seq,
+        fields,
     };
-    obj.insert("type".into(), kind.into());
-    obj.insert("run_id".into(), run_id.into());
-    obj.insert("seq".into(), seq.into());
-    obj.insert("ts".into(), ts.into());
-    serde_json::Value::Object(obj).to_string()
+    serde_json::to_string(&head).unwrap_or_else(|_| {
+        serde_json::to_string(&EventHeadOnly { kind, run_id, seq }).unwrap_or_default()
+    })
+}
+
+/// Adds `"ts": unix_ms` to an event's JSON text (the last field).
+pub fn stamp(text: &mut String, unix_ms: u64) {
+    if text.ends_with('}') {
+        text.pop();
+        let sep = if text.ends_with('{') { "" } else { "," };
+        let _ = write!(text, "{sep}\"ts\":{unix_ms}}}");
+    }
 }
 
 type Job = Box<dyn FnOnce() + Send>;
@@ -370,7 +392,10 @@ mod tests {
             .iter()
             .filter_map(|m| match &m.kind {
                 MailKind::Event { seq, text } => {
-                    let v: serde_json::Value = serde_json::from_str(text).unwrap();
+                    let mut text = text.clone();
+                    stamp(&mut text, 1234);
+                    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+                    assert_eq!(v["ts"], 1234);
                     assert_eq!(v["seq"], *seq);
                     assert_eq!(v["run_id"], "r9-1");
                     Some(*seq)

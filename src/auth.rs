@@ -12,7 +12,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
-use crate::settings::ConfigError;
+use serde::{Deserialize, Serialize};
+
+use crate::settings::{ConfigError, Settings};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -75,29 +77,18 @@ impl Auth {
         Auth { jwt_secret, tokens }
     }
 
-    /// Reads `POLLCAP_JWT_SECRET` and `POLLCAP_TOKENS_FILE`; `None` when
-    /// neither is set (authentication off).
-    pub fn from_env(get: &dyn Fn(&str) -> Option<String>) -> Result<Option<Auth>, ConfigError> {
-        let secret = match get("POLLCAP_JWT_SECRET") {
-            Some(s) if s.len() < 16 => {
-                return Err(ConfigError::new(
-                    "POLLCAP_JWT_SECRET",
-                    "<hidden>",
-                    "must be at least 16 bytes long",
-                ));
-            }
-            Some(s) => Some(s.into_bytes()),
-            None => None,
-        };
+    /// The checks the settings ask for (`jwt_secret`, `tokens_file`, which
+    /// is read here); `None` when neither is set (authentication off).
+    pub fn from_settings(s: &Settings) -> Result<Option<Auth>, ConfigError> {
         let mut tokens = HashSet::new();
-        if let Some(path) = get("POLLCAP_TOKENS_FILE") {
-            let text = std::fs::read_to_string(&path).map_err(|e| {
-                ConfigError::new(
-                    "POLLCAP_TOKENS_FILE",
-                    &path,
-                    &format!("cannot be read: {e}"),
-                )
-            })?;
+        if let Some(path) = &s.tokens_file {
+            let shown = path.display().to_string();
+            // The file is read now, after resolution: name every source.
+            let setting = crate::settings::find("tokens_file")
+                .map_or_else(|| "tokens_file".to_string(), |d| d.sources());
+            let setting = setting.as_str();
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| ConfigError::new(setting, &shown, &format!("cannot be read: {e}")))?;
             for line in text.lines().map(str::trim) {
                 if !line.is_empty() && !line.starts_with('#') {
                     tokens.insert(line.to_string());
@@ -105,12 +96,13 @@ impl Auth {
             }
             if tokens.is_empty() {
                 return Err(ConfigError::new(
-                    "POLLCAP_TOKENS_FILE",
-                    &path,
+                    setting,
+                    &shown,
                     "must list at least one token (one per line, # comments)",
                 ));
             }
         }
+        let secret = s.jwt_secret.as_ref().map(|k| k.0.clone());
         if secret.is_none() && tokens.is_empty() {
             return Ok(None);
         }
@@ -159,8 +151,8 @@ pub fn verify(secret: &[u8], token: &str, now_unix: u64) -> Result<Identity, Aut
     else {
         return Err(AuthError::Malformed);
     };
-    let header: serde_json::Value = decode_json(h)?;
-    if header.get("alg").and_then(|a| a.as_str()) != Some("HS256") {
+    let header: Header = decode_json(h)?;
+    if header.alg.as_deref() != Some("HS256") {
         return Err(AuthError::Algorithm);
     }
     let sig = B64.decode(sig).map_err(|_| AuthError::Malformed)?;
@@ -170,29 +162,37 @@ pub fn verify(secret: &[u8], token: &str, now_unix: u64) -> Result<Identity, Aut
     mac.update(p.as_bytes());
     // Constant-time comparison.
     mac.verify_slice(&sig).map_err(|_| AuthError::Signature)?;
-    let claims: serde_json::Value = decode_json(p)?;
-    let exp = claims
-        .get("exp")
-        .and_then(|v| v.as_u64())
-        .ok_or(AuthError::Malformed)?;
-    if now_unix >= exp {
+    let claims: Claims = decode_json(p)?;
+    if now_unix >= claims.exp {
         return Err(AuthError::Expired);
     }
-    if let Some(nbf) = claims.get("nbf") {
-        let nbf = nbf.as_u64().ok_or(AuthError::Malformed)?;
-        if now_unix < nbf {
-            return Err(AuthError::NotYetValid);
-        }
+    if claims.nbf.is_some_and(|nbf| now_unix < nbf) {
+        return Err(AuthError::NotYetValid);
     }
-    let subject = claims
-        .get("sub")
-        .and_then(|s| s.as_str())
-        .unwrap_or("")
-        .to_string();
-    Ok(Identity { subject })
+    Ok(Identity {
+        subject: claims.sub.unwrap_or_default(),
+    })
 }
 
-fn decode_json(part: &str) -> Result<serde_json::Value, AuthError> {
+/// The JOSE header fields this server reads.
+#[derive(Deserialize)]
+struct Header {
+    alg: Option<String>,
+}
+
+/// The claims this server reads and mints: `exp` is required.
+#[derive(Deserialize, Serialize)]
+struct Claims {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sub: Option<String>,
+    exp: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    nbf: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    iat: Option<u64>,
+}
+
+fn decode_json<T: for<'de> Deserialize<'de>>(part: &str) -> Result<T, AuthError> {
     let bytes = B64.decode(part).map_err(|_| AuthError::Malformed)?;
     serde_json::from_slice(&bytes).map_err(|_| AuthError::Malformed)
 }
@@ -200,13 +200,13 @@ fn decode_json(part: &str) -> Result<serde_json::Value, AuthError> {
 /// Mints an HS256 JWT for `sub`, valid from `now_unix` for `ttl_secs`.
 pub fn mint(secret: &[u8], sub: &str, now_unix: u64, ttl_secs: u64) -> String {
     let header = B64.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
-    let claims = serde_json::json!({
-        "sub": sub,
-        "iat": now_unix,
-        "nbf": now_unix,
-        "exp": now_unix + ttl_secs,
-    });
-    let payload = B64.encode(claims.to_string());
+    let claims = Claims {
+        sub: Some(sub.to_string()),
+        iat: Some(now_unix),
+        nbf: Some(now_unix),
+        exp: now_unix + ttl_secs,
+    };
+    let payload = B64.encode(serde_json::to_string(&claims).expect("plain claims serialize"));
     let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC takes any key length");
     mac.update(header.as_bytes());
     mac.update(b".");
@@ -313,21 +313,19 @@ mod tests {
     }
 
     #[test]
-    fn env_config() {
-        let get = |k: &str| (k == "POLLCAP_JWT_SECRET").then(|| "short".to_string());
+    fn settings_config() {
+        use crate::settings::{Profile, Secret};
+        let mut s = Settings::defaults(Profile::Local);
+        assert!(Auth::from_settings(&s).unwrap().is_none(), "off by default");
+        s.jwt_secret = Some(Secret(SECRET.to_vec()));
+        let auth = Auth::from_settings(&s).unwrap().unwrap();
+        let t = mint(SECRET, "bob", NOW, 60);
+        assert_eq!(auth.check(Some(&t), NOW).unwrap().subject, "bob");
+        s.tokens_file = Some("/nonexistent/tokens".into());
+        let e = Auth::from_settings(&s).unwrap_err().to_string();
         assert!(
-            Auth::from_env(&get)
-                .unwrap_err()
-                .to_string()
-                .contains("POLLCAP_JWT_SECRET")
-        );
-        assert!(Auth::from_env(&|_| None).unwrap().is_none());
-        let get = |k: &str| (k == "POLLCAP_TOKENS_FILE").then(|| "/nonexistent/tokens".to_string());
-        assert!(
-            Auth::from_env(&get)
-                .unwrap_err()
-                .to_string()
-                .contains("POLLCAP_TOKENS_FILE")
+            e.contains("tokens_file") && e.contains("/nonexistent/tokens"),
+            "{e}"
         );
     }
 }

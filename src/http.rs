@@ -1,7 +1,8 @@
 //! The plain-HTTP front before the upgrade: parse one request head with
-//! `httparse` under size and header-count limits, decide what it asks for,
-//! and build complete responses (always `Content-Length`, `Connection: close`
-//! unless upgraded).
+//! `httparse` under size and header-count limits ([`parse`]), decide what
+//! it asks for ([`classify`]), and build complete responses (always
+//! `Content-Length`, `Connection: close` unless upgraded). Pure functions:
+//! the connection parses, the server classifies and answers.
 
 use std::fmt::Write;
 
@@ -12,6 +13,27 @@ pub struct HeadLimits {
     pub max_bytes: usize,
     /// Header lines; over it → 431.
     pub max_headers: usize,
+}
+
+/// The parts of a request head the server acts on.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Head {
+    pub method: String,
+    /// The path without its query string.
+    pub path: String,
+    /// `1` for HTTP/1.1, `0` for HTTP/1.0.
+    pub minor_version: u8,
+    pub host: Option<String>,
+    /// `Upgrade: websocket` and `Connection: upgrade` were both present.
+    pub wants_websocket: bool,
+    pub ws_version: Option<String>,
+    pub ws_key: Option<String>,
+    /// Every offered subprotocol, in the client's order.
+    pub protocols: Vec<String>,
+    /// The `Authorization` header, if any.
+    pub authorization: Option<String>,
+    /// A `Content-Length` other than 0, or any `Transfer-Encoding`.
+    pub has_body: bool,
 }
 
 /// The parts of an upgrade request the server acts on.
@@ -48,7 +70,9 @@ pub enum Parsed {
     /// Need more bytes.
     Partial,
     /// A complete head of `len` bytes.
-    Complete { request: Request, len: usize },
+    Complete { head: Box<Head>, len: usize },
+    /// Not a request this server can read (400, 431).
+    Invalid(Response),
 }
 
 /// A fully formed HTTP/1.1 response.
@@ -58,63 +82,83 @@ pub struct Response {
     pub bytes: Vec<u8>,
 }
 
-/// Parses `buf` as a request head for a server whose WebSocket path is `ws_path`.
-pub fn parse(buf: &[u8], limits: HeadLimits, ws_path: &str) -> Parsed {
+/// Parses `buf` as a request head.
+pub fn parse(buf: &[u8], limits: HeadLimits) -> Parsed {
     let mut headers = vec![httparse::EMPTY_HEADER; limits.max_headers];
     let mut req = httparse::Request::new(&mut headers);
     let len = match req.parse(buf) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) if buf.len() >= limits.max_bytes => {
-            return complete(too_large(), buf.len());
+            return Parsed::Invalid(too_large());
         }
         Ok(httparse::Status::Partial) => return Parsed::Partial,
-        Err(httparse::Error::TooManyHeaders) => return complete(too_large(), buf.len()),
+        Err(httparse::Error::TooManyHeaders) => return Parsed::Invalid(too_large()),
         Err(e) => {
-            return complete(
-                text(400, "Bad Request", &format!("malformed request: {e}\n")),
-                buf.len(),
-            );
+            return Parsed::Invalid(text(
+                400,
+                "Bad Request",
+                &format!("malformed request: {e}\n"),
+            ));
         }
     };
     if len > limits.max_bytes {
-        return complete(too_large(), len);
+        return Parsed::Invalid(too_large());
     }
     let path = req.path.unwrap_or("/");
-    let path = path.split('?').next().unwrap_or(path);
-    let method = req.method.unwrap_or("");
-    let route = match path {
+    let h = req.headers;
+    let has_token = |name: &str, token: &str| {
+        values(h, name)
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    let head = Head {
+        method: req.method.unwrap_or("").to_string(),
+        path: path.split('?').next().unwrap_or(path).to_string(),
+        minor_version: req.version.unwrap_or(1),
+        host: header(h, "host").map(|v| v.trim().to_string()),
+        wants_websocket: has_token("upgrade", "websocket") && has_token("connection", "upgrade"),
+        ws_version: header(h, "sec-websocket-version").map(|v| v.trim().to_string()),
+        ws_key: header(h, "sec-websocket-key").map(|v| v.trim().to_string()),
+        protocols: values(h, "sec-websocket-protocol")
+            .flat_map(|v| v.split(','))
+            .map(|p| p.trim().to_string())
+            .filter(|p| !p.is_empty())
+            .collect(),
+        authorization: header(h, "authorization").map(str::to_string),
+        has_body: header(h, "content-length").is_some_and(|v| v.trim() != "0")
+            || header(h, "transfer-encoding").is_some(),
+    };
+    Parsed::Complete {
+        head: Box::new(head),
+        len,
+    }
+}
+
+/// Decides what a head asks of a server whose WebSocket path is `ws_path`.
+pub fn classify(head: &Head, ws_path: &str) -> Request {
+    let route = match head.path.as_str() {
         "/health" => Some(Route::Health),
         "/metrics" => Some(Route::Metrics),
         "/" => Some(Route::Index),
         p if p == ws_path => None,
-        _ => return complete(text(404, "Not Found", "not found\n"), len),
+        _ => return Request::Reject(text(404, "Not Found", "not found\n")),
     };
-    if method != "GET" {
-        let mut r = text(405, "Method Not Allowed", "only GET is allowed here\n");
-        r = with_header(r, "Allow", "GET");
-        return complete(r, len);
+    if head.method != "GET" {
+        let r = text(405, "Method Not Allowed", "only GET is allowed here\n");
+        return Request::Reject(with_header(r, "Allow", "GET"));
     }
     // A body on a GET is not something this server reads: refuse it rather
     // than leave unread bytes that would turn into a reset.
-    if header(req.headers, "content-length").is_some_and(|v| v.trim() != "0")
-        || header(req.headers, "transfer-encoding").is_some()
-    {
-        return complete(
-            text(400, "Bad Request", "GET requests must not have a body\n"),
-            len,
-        );
+    if head.has_body {
+        return Request::Reject(text(
+            400,
+            "Bad Request",
+            "GET requests must not have a body\n",
+        ));
     }
-    let request = match route {
+    match route {
         Some(r) => Request::Route(r),
-        None => upgrade(req.headers),
-    };
-    Parsed::Complete { request, len }
-}
-
-fn complete(r: Response, len: usize) -> Parsed {
-    Parsed::Complete {
-        request: Request::Reject(r),
-        len,
+        None => upgrade(head),
     }
 }
 
@@ -126,16 +170,8 @@ fn too_large() -> Response {
     )
 }
 
-fn upgrade(headers: &[httparse::Header]) -> Request {
-    let has_token = |name: &str, token: &str| {
-        headers
-            .iter()
-            .filter(|h| h.name.eq_ignore_ascii_case(name))
-            .filter_map(|h| std::str::from_utf8(h.value).ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case(token))
-    };
-    if !has_token("upgrade", "websocket") || !has_token("connection", "upgrade") {
+fn upgrade(head: &Head) -> Request {
+    if !head.wants_websocket {
         let r = text(
             426,
             "Upgrade Required",
@@ -143,7 +179,7 @@ fn upgrade(headers: &[httparse::Header]) -> Request {
         );
         return Request::Reject(upgrade_required(r));
     }
-    if header(headers, "sec-websocket-version").map(str::trim) != Some("13") {
+    if head.ws_version.as_deref() != Some("13") {
         let r = text(
             426,
             "Upgrade Required",
@@ -151,7 +187,7 @@ fn upgrade(headers: &[httparse::Header]) -> Request {
         );
         return Request::Reject(upgrade_required(r));
     }
-    let key = match header(headers, "sec-websocket-key").map(str::trim) {
+    let key = match head.ws_key.as_deref() {
         Some(k) if valid_key(k) => k.to_string(),
         _ => {
             return Request::Reject(text(
@@ -161,19 +197,10 @@ fn upgrade(headers: &[httparse::Header]) -> Request {
             ));
         }
     };
-    let protocols = headers
-        .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case("sec-websocket-protocol"))
-        .filter_map(|h| std::str::from_utf8(h.value).ok())
-        .flat_map(|v| v.split(','))
-        .map(|p| p.trim().to_string())
-        .filter(|p| !p.is_empty())
-        .collect();
-    let authorization = header(headers, "authorization").map(str::to_string);
     Request::Upgrade(UpgradeRequest {
         key,
-        authorization,
-        protocols,
+        authorization: head.authorization.clone(),
+        protocols: head.protocols.clone(),
     })
 }
 
@@ -194,11 +221,18 @@ fn upgrade_required(r: Response) -> Response {
     )
 }
 
-fn header<'a>(headers: &'a [httparse::Header], name: &str) -> Option<&'a str> {
+fn values<'a>(
+    headers: &'a [httparse::Header<'a>],
+    name: &'a str,
+) -> impl Iterator<Item = &'a str> + 'a {
     headers
         .iter()
-        .find(|h| h.name.eq_ignore_ascii_case(name))
-        .and_then(|h| std::str::from_utf8(h.value).ok())
+        .filter(move |h| h.name.eq_ignore_ascii_case(name))
+        .filter_map(|h| std::str::from_utf8(h.value).ok())
+}
+
+fn header<'a>(headers: &'a [httparse::Header<'a>], name: &'a str) -> Option<&'a str> {
+    values(headers, name).next()
 }
 
 /// Chooses the first offered protocol the server supports (client order).
@@ -261,16 +295,17 @@ mod tests {
     };
     const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 
-    fn req(s: &str) -> Parsed {
-        parse(s.as_bytes(), LIMITS, "/ws")
+    /// Parses and classifies, as the connection and the server do.
+    fn req(s: &str) -> Result<Request, Parsed> {
+        match parse(s.as_bytes(), LIMITS) {
+            Parsed::Complete { head, .. } => Ok(classify(&head, "/ws")),
+            other => Err(other),
+        }
     }
 
-    fn status(p: Parsed) -> u16 {
+    fn status(p: Result<Request, Parsed>) -> u16 {
         match p {
-            Parsed::Complete {
-                request: Request::Reject(r),
-                ..
-            } => r.status,
+            Ok(Request::Reject(r)) | Err(Parsed::Invalid(r)) => r.status,
             other => panic!("expected a rejection, got {other:?}"),
         }
     }
@@ -284,14 +319,11 @@ mod tests {
 
     #[test]
     fn routes_and_statuses() {
-        assert_eq!(req("GET /health HTTP/1.1\r\n"), Parsed::Partial);
-        assert!(matches!(
+        assert_eq!(req("GET /health HTTP/1.1\r\n"), Err(Parsed::Partial));
+        assert_eq!(
             req("GET /health?x=1 HTTP/1.1\r\nHost: x\r\n\r\n"),
-            Parsed::Complete {
-                request: Request::Route(Route::Health),
-                ..
-            }
-        ));
+            Ok(Request::Route(Route::Health))
+        );
         assert_eq!(status(req("GET /nope HTTP/1.1\r\n\r\n")), 404);
         assert_eq!(status(req("POST /health HTTP/1.1\r\n\r\n")), 405);
         assert_eq!(status(req("GET /ws HTTP/1.1\r\nHost: x\r\n\r\n")), 426);
@@ -307,11 +339,7 @@ mod tests {
         let p = req(&upgrade_req(
             "Sec-WebSocket-Protocol: a, agent_chat\r\nSec-WebSocket-Protocol: b\r\n",
         ));
-        let Parsed::Complete {
-            request: Request::Upgrade(u),
-            ..
-        } = p
-        else {
+        let Ok(Request::Upgrade(u)) = p else {
             panic!("{p:?}")
         };
         assert_eq!(u.key, KEY);

@@ -1,21 +1,48 @@
 //! pollcap: a WebSocket server and runtime that never blocks indefinitely.
 //!
 //! Every OS wait is capped ([`reactor`]), and every connection phase has an
-//! explicit deadline. See README.md for the tour.
+//! explicit deadline ([`conn`]). The public API is what an embedder needs:
+//! [`server::Server`] with its [`server::ServerConfig`] built from
+//! [`settings::Settings`], the application API ([`app::Handler`]), the
+//! blocking [`client`], and the reactor itself. ARCHITECTURE.md has the
+//! map; the `pollcap` binary's tools (probe, load, bench) are not part of
+//! the library.
+//!
+//! A handler that streams two events for every message:
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use pollcap::app::{App, Handler, Inbound, Outbox, Session};
+//! use pollcap::server::{Server, ServerConfig};
+//! use pollcap::settings::Settings;
+//!
+//! struct Shout;
+//! impl Handler for Shout {
+//!     fn name(&self) -> &'static str { "shout" }
+//!     fn subprotocols(&self) -> &'static [&'static str] { &["shout"] }
+//!     fn message(&self, _: &Session, input: Inbound, out: &Outbox) {
+//!         let Inbound::Text(t) = input else { return };
+//!         out.emit("heard", serde_json::json!({ "text": t }));
+//!         out.emit("shouted", serde_json::json!({ "text": t.to_uppercase() }));
+//!     }
+//! }
+//!
+//! let mut cfg = ServerConfig::new(Settings::from_process(&[]).unwrap());
+//! cfg.app = App::Handler(Arc::new(Shout));
+//! let server = Server::start(cfg).unwrap();
+//! server.join().unwrap();
+//! ```
 
 pub mod agent;
 pub mod app;
 pub mod auth;
-pub mod bench;
 pub mod breaker;
 pub mod client;
 pub mod conn;
 pub mod histogram;
 pub mod http;
-pub mod load;
 pub mod metrics;
 pub mod platform;
-pub mod probe;
 pub mod reactor;
 pub mod server;
 pub mod settings;

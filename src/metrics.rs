@@ -7,48 +7,13 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+pub use crate::conn::TimeoutPhase;
 use crate::histogram::Histogram;
 use crate::reactor::StatsSnapshot;
-use crate::settings::{FIELDS, Settings};
-
-/// A connection phase whose deadline can expire (SPEC §2).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TimeoutPhase {
-    Connect,
-    Handshake,
-    Ping,
-    Heartbeat,
-    Stale,
-    Lifetime,
-    Close,
-    Execution,
-}
-
-impl TimeoutPhase {
-    pub const ALL: [TimeoutPhase; 8] = [
-        TimeoutPhase::Connect,
-        TimeoutPhase::Handshake,
-        TimeoutPhase::Ping,
-        TimeoutPhase::Heartbeat,
-        TimeoutPhase::Stale,
-        TimeoutPhase::Lifetime,
-        TimeoutPhase::Close,
-        TimeoutPhase::Execution,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            TimeoutPhase::Connect => "connect",
-            TimeoutPhase::Handshake => "handshake",
-            TimeoutPhase::Ping => "ping",
-            TimeoutPhase::Heartbeat => "heartbeat",
-            TimeoutPhase::Stale => "stale",
-            TimeoutPhase::Lifetime => "lifetime",
-            TimeoutPhase::Close => "close",
-            TimeoutPhase::Execution => "execution",
-        }
-    }
-}
+use crate::settings::{Group, Settings};
 
 /// Close codes the server sends, counted by code.
 pub const CLOSE_CODES: [u16; 8] = [1000, 1001, 1002, 1007, 1008, 1009, 1011, 1013];
@@ -108,7 +73,7 @@ impl ServerMetrics {
 }
 
 /// The circuit breaker as reported.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize)]
 pub struct BreakerView {
     pub state: &'static str,
     pub consecutive_failures: u32,
@@ -117,6 +82,72 @@ pub struct BreakerView {
     pub failures_total: u64,
     pub rejections_total: u64,
     pub opened_total: u64,
+}
+
+/// The `/health` document (SPEC §8).
+#[derive(Serialize)]
+struct Health<'a> {
+    status: &'static str,
+    environment: String,
+    cloud_container: bool,
+    profile: &'static str,
+    backend: &'static str,
+    poll_cap: String,
+    reactor_threads: usize,
+    app: &'static str,
+    auth: bool,
+    breaker: &'a BreakerView,
+    handlers: Handlers,
+    auth_failures: u64,
+    /// The configured phase deadlines, from the settings' declarations.
+    timeouts_s: Map<String, Value>,
+    connections: Connections,
+    handshake_latency_ms: Latency,
+    /// Deadlines that expired, by phase.
+    timeouts: Map<String, Value>,
+    missed_deadlines: u64,
+    reactor: ReactorView,
+    uptime_s: f64,
+}
+
+#[derive(Serialize)]
+struct Handlers {
+    pool_threads: Option<usize>,
+    pool_queued: Option<usize>,
+    runs: u64,
+    overloaded: u64,
+    panics: u64,
+}
+
+#[derive(Serialize)]
+struct Connections {
+    open: u64,
+    total: u64,
+    upgrades: u64,
+    max: usize,
+}
+
+#[derive(Serialize)]
+struct Latency {
+    count: u64,
+    avg: f64,
+    p50: f64,
+    p95: f64,
+    p99: f64,
+}
+
+#[derive(Serialize)]
+struct ReactorView {
+    waits: u64,
+    by_io: u64,
+    by_waker: u64,
+    by_deadline: u64,
+    by_cap: u64,
+    interrupted: u64,
+    lost_wakeups_recovered: u64,
+    deadline_overshoot_count: u64,
+    deadline_overshoot_p50_ms: f64,
+    deadline_overshoot_p99_ms: f64,
 }
 
 /// Everything `/health` and `/metrics` report, gathered at one `now`.
@@ -165,76 +196,60 @@ impl Report<'_> {
         let m = self.metrics;
         let h = m.handshake_latency.snapshot();
         let ms = |us: u64| us as f64 / 1000.0;
-        let mut timeouts = serde_json::Map::new();
-        for p in TimeoutPhase::ALL {
-            timeouts.insert(p.name().into(), m.timeouts_of(p).into());
-        }
-        let mut configured = serde_json::Map::new();
-        for f in FIELDS {
-            configured.insert(
-                f.name.into(),
-                (f.get)(&self.settings.timeouts).as_secs_f64().into(),
-            );
-        }
-        let r = &self.reactor_total();
-        let j = serde_json::json!({
-            "status": self.status(),
-            "environment": self.settings.environment.label(),
-            "cloud_container": self.settings.environment.is_cloud_container(),
-            "profile": self.settings.profile.name(),
-            "backend": self.settings.backend.name(),
-            "poll_cap": self.settings.poll_cap.to_string(),
-            "reactor_threads": self.reactor_threads,
-            "app": self.app,
-            "auth": self.auth,
-            "breaker": {
-                "state": self.breaker.state,
-                "consecutive_failures": self.breaker.consecutive_failures,
-                "threshold": self.breaker.threshold,
-                "recovery_s": self.breaker.recovery_s,
-                "failures_total": self.breaker.failures_total,
-                "rejections_total": self.breaker.rejections_total,
-                "opened_total": self.breaker.opened_total,
+        let r = self.reactor_total();
+        let health = Health {
+            status: self.status(),
+            environment: self.settings.environment.label(),
+            cloud_container: self.settings.environment.is_cloud_container(),
+            profile: self.settings.profile.name(),
+            backend: self.settings.backend.name(),
+            poll_cap: self.settings.poll_cap.to_string(),
+            reactor_threads: self.reactor_threads,
+            app: self.app,
+            auth: self.auth,
+            breaker: &self.breaker,
+            handlers: Handlers {
+                pool_threads: self.pool.map(|p| p.0),
+                pool_queued: self.pool.map(|p| p.1),
+                runs: m.runs_total.load(Relaxed),
+                overloaded: m.overloaded_total.load(Relaxed),
+                panics: m.handler_panics_total.load(Relaxed),
             },
-            "handlers": {
-                "pool_threads": self.pool.map(|p| p.0),
-                "pool_queued": self.pool.map(|p| p.1),
-                "runs": m.runs_total.load(Relaxed),
-                "overloaded": m.overloaded_total.load(Relaxed),
-                "panics": m.handler_panics_total.load(Relaxed),
+            auth_failures: m.auth_failures_total.load(Relaxed),
+            timeouts_s: self.settings.group(Group::Timeouts),
+            connections: Connections {
+                open: m.open.load(Relaxed),
+                total: m.accepted_total.load(Relaxed),
+                upgrades: m.upgrades_total.load(Relaxed),
+                max: self.max_connections,
             },
-            "auth_failures": m.auth_failures_total.load(Relaxed),
-            "timeouts_s": configured,
-            "connections": {
-                "open": m.open.load(Relaxed),
-                "total": m.accepted_total.load(Relaxed),
-                "upgrades": m.upgrades_total.load(Relaxed),
-                "max": self.max_connections,
+            handshake_latency_ms: Latency {
+                count: h.count,
+                avg: h.mean_us() / 1000.0,
+                p50: ms(h.quantile_us(0.50)),
+                p95: ms(h.quantile_us(0.95)),
+                p99: ms(h.quantile_us(0.99)),
             },
-            "handshake_latency_ms": {
-                "count": h.count,
-                "avg": h.mean_us() / 1000.0,
-                "p50": ms(h.quantile_us(0.50)),
-                "p95": ms(h.quantile_us(0.95)),
-                "p99": ms(h.quantile_us(0.99)),
+            timeouts: TimeoutPhase::ALL
+                .iter()
+                .map(|p| (p.name().to_string(), m.timeouts_of(*p).into()))
+                .collect(),
+            missed_deadlines: m.missed_deadlines_total.load(Relaxed),
+            reactor: ReactorView {
+                waits: r.waits,
+                by_io: r.by_io,
+                by_waker: r.by_waker,
+                by_deadline: r.by_deadline,
+                by_cap: r.by_cap,
+                interrupted: r.interrupted,
+                lost_wakeups_recovered: r.lost_wakeups_recovered,
+                deadline_overshoot_count: r.overshoot.count,
+                deadline_overshoot_p50_ms: ms(r.overshoot.quantile_us(0.50)),
+                deadline_overshoot_p99_ms: ms(r.overshoot.quantile_us(0.99)),
             },
-            "timeouts": timeouts,
-            "missed_deadlines": m.missed_deadlines_total.load(Relaxed),
-            "reactor": {
-                "waits": r.waits,
-                "by_io": r.by_io,
-                "by_waker": r.by_waker,
-                "by_deadline": r.by_deadline,
-                "by_cap": r.by_cap,
-                "interrupted": r.interrupted,
-                "lost_wakeups_recovered": r.lost_wakeups_recovered,
-                "deadline_overshoot_count": r.overshoot.count,
-                "deadline_overshoot_p50_ms": ms(r.overshoot.quantile_us(0.50)),
-                "deadline_overshoot_p99_ms": ms(r.overshoot.quantile_us(0.99)),
-            },
-            "uptime_s": self.uptime.as_secs_f64(),
-        });
-        j.to_string()
+            uptime_s: self.uptime.as_secs_f64(),
+        };
+        serde_json::to_string(&health).unwrap_or_else(|_| "{}".into())
     }
 
     pub fn prometheus(&self) -> String {

@@ -1,8 +1,8 @@
 //! The blocking client and the probe over real loopback sockets: each
 //! phase deadline is total (a dribbling peer cannot stretch it), retries
 //! back off and feed the client-side breaker, 4xx answers are not retried,
-//! and the probe passes a healthy agent_chat server and names the failing
-//! phase of an unhealthy one.
+//! and the probe (the binary's `pollcap probe --json`) passes a healthy
+//! agent_chat server and names the failing phase of an unhealthy one.
 
 mod common;
 
@@ -163,16 +163,39 @@ fn agent_server(env: &[(&str, &str)], pacing: Duration) -> pollcap::server::Serv
     })
 }
 
+/// `pollcap probe URL --json` with the deadlines of [`quick`] (receive
+/// deadline `receive` seconds): its report and exit code.
+fn probe(url: &str, receive: &str, text: &str) -> (serde_json::Value, Option<i32>) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pollcap"))
+        .args(["probe", url, "--json", "--text", text])
+        .args(["--connect-timeout", "2", "--handshake-timeout", "0.3"])
+        .args(["--receive-timeout", receive, "--close-timeout", "0.3"])
+        .env_remove("POLLCAP_TOKEN")
+        .output()
+        .unwrap();
+    let report = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("{e}: {}", String::from_utf8_lossy(&out.stderr));
+    });
+    (report, out.status.code())
+}
+
+fn verdict(r: &serde_json::Value) -> &str {
+    r["verdict"].as_str().unwrap()
+}
+
 #[test]
 fn the_probe_passes_a_healthy_agent_chat_server() {
     let srv = agent_server(&[], 2 * MS);
-    let r = pollcap::probe::probe(&url(srv.local_addr()), quick(1), "hello probe");
-    assert!(r.ok, "{}", r.to_text());
-    assert!(r.verdict.starts_with("OK"), "{}", r.verdict);
-    assert!(r.events >= 5);
-    for p in &r.phases {
-        assert_eq!(p.ok, Some(true), "{}", p.name);
-        assert!(p.duration.is_some(), "{}", p.name);
+    let (r, code) = probe(&url(srv.local_addr()), "0.3", "hello probe");
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(code, Some(0));
+    assert!(verdict(&r).starts_with("OK"), "{}", verdict(&r));
+    assert!(r["events"].as_u64().unwrap() >= 5);
+    let phases = r["phases"].as_array().unwrap();
+    assert_eq!(phases.len(), 6);
+    for p in phases {
+        assert_eq!(p["ok"], true, "{}", p["phase"]);
+        assert!(p["ms"].is_number(), "{}", p["phase"]);
     }
 }
 
@@ -180,29 +203,29 @@ fn the_probe_passes_a_healthy_agent_chat_server() {
 fn the_probe_names_the_failing_phase() {
     // Execution deadline shorter than the run: an execution_timeout event.
     let srv = agent_server(&[("AGENT_EXECUTION_TIMEOUT", "0.2")], 100 * MS);
-    let mut cfg = quick(1);
-    cfg.receive_timeout = Duration::from_secs(2);
-    let r = pollcap::probe::probe(&url(srv.local_addr()), cfg, "slow");
-    assert!(!r.ok);
+    let (r, code) = probe(&url(srv.local_addr()), "2", "slow");
+    assert_eq!(r["ok"], false);
+    assert_eq!(code, Some(1));
+    let v = verdict(&r);
     assert!(
-        r.verdict.starts_with("FAIL at all_events") && r.verdict.contains("execution_timeout"),
-        "{}",
-        r.verdict
+        v.starts_with("FAIL at all_events") && v.contains("execution_timeout"),
+        "{v}"
     );
     // The echo app does not speak agent_chat: refused with 400.
     let echo = start(BackendKind::Mio, &[], |_| {});
-    let r = pollcap::probe::probe(&url(echo.local_addr()), quick(1), "x");
+    let (r, _) = probe(&url(echo.local_addr()), "0.3", "x");
+    let v = verdict(&r);
     assert!(
-        r.verdict.starts_with("FAIL at handshake") && r.verdict.contains("400"),
-        "{}",
-        r.verdict
+        v.starts_with("FAIL at handshake") && v.contains("400"),
+        "{v}"
     );
     // Nothing listening.
     let closed = TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap();
-    let r = pollcap::probe::probe(&url(closed), quick(1), "x");
-    assert!(r.verdict.starts_with("FAIL at tcp"), "{}", r.verdict);
-    assert_eq!(r.phases[0].ok, Some(true));
+    let (r, code) = probe(&url(closed), "0.3", "x");
+    assert!(verdict(&r).starts_with("FAIL at tcp"), "{}", verdict(&r));
+    assert_eq!(r["phases"][0]["ok"], true);
+    assert_eq!(code, Some(1));
 }

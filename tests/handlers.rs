@@ -99,8 +99,8 @@ fn a_full_pool_answers_overloaded_and_recovers() {
         let (app, started, release) = test_app();
         let srv = start(kind, &[], |c| {
             c.app = App::Handler(app.clone());
-            c.pool_threads = 1;
-            c.pool_queue = 1;
+            c.settings.pool_threads = 1;
+            c.settings.pool_queue = 1;
         });
         let a = srv.local_addr();
         let (mut ws, _) = ws_connect(a, None).unwrap();

@@ -189,7 +189,7 @@ fn a_peer_that_never_answers_our_close_is_dropped_at_the_close_deadline() {
 #[test]
 fn a_protocol_violation_fails_the_connection_at_once() {
     each_backend(|kind| {
-        let srv = start(kind, &[], |c| c.limits.max_message = 16);
+        let srv = start(kind, &[], |c| c.settings.limits.max_message = 16);
         let mut s = raw_ws(srv.local_addr());
         s.write_all(&frame(0x1, true, b"far more than sixteen bytes"))
             .unwrap();
@@ -273,7 +273,7 @@ fn subprotocol_negotiation() {
 #[test]
 fn oversize_message_invalid_utf8_and_fragments() {
     each_backend(|kind| {
-        let srv = start(kind, &[], |c| c.limits.max_message = 1024);
+        let srv = start(kind, &[], |c| c.settings.limits.max_message = 1024);
         let a = srv.local_addr();
 
         let (mut ws, _) = ws_connect(a, None).unwrap();
@@ -320,7 +320,7 @@ fn oversize_message_invalid_utf8_and_fragments() {
 #[test]
 fn max_connections_answers_503_with_retry_after() {
     each_backend(|kind| {
-        let srv = start(kind, &[], |c| c.limits.max_connections = 2);
+        let srv = start(kind, &[], |c| c.settings.limits.max_connections = 2);
         let a = srv.local_addr();
         let _c1 = ws_connect(a, None).unwrap();
         let _c2 = ws_connect(a, None).unwrap();
@@ -345,8 +345,8 @@ fn a_slow_consumer_is_closed_1008_backpressure() {
             ("WEBSOCKET_CONNECTION_TIMEOUT", "60"),
         ];
         let srv = start(kind, &env, |c| {
-            c.limits.max_message = 16 * 1024;
-            c.limits.max_outbound = 64 * 1024;
+            c.settings.limits.max_message = 16 * 1024;
+            c.settings.limits.max_outbound = 64 * 1024;
         });
         let mut s = raw_ws(srv.local_addr());
         // Write without reading until the server reports the 1008, then

@@ -2,12 +2,15 @@
 //! phase deadline of SPEC §2 in microseconds of real time.
 
 use super::*;
-use crate::metrics::ServerMetrics;
+use crate::http;
 use crate::settings::Profile;
 use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::io::{self, Read, Write};
 use std::rc::Rc;
 use std::time::Duration;
+use tungstenite::Message;
+use tungstenite::protocol::Role;
 use tungstenite::protocol::frame::coding::CloseCode;
 
 type Buf = Rc<RefCell<VecDeque<u8>>>;
@@ -54,44 +57,86 @@ fn duplex() -> (End, End) {
     )
 }
 
-struct TestHost {
-    cfg: ConnConfig,
-    metrics: ServerMetrics,
+/// The owner's side of the API, acting as a server would: configuration,
+/// the event list, and the decisions. No mock of anything: the decisions
+/// are plain calls.
+struct Owner {
+    timeouts: Timeouts,
+    limits: Limits,
+    events: Vec<Event>,
+    /// Every event ever reported, for assertions.
+    log: Vec<Event>,
 }
 
-impl Host for TestHost {
-    fn config(&self) -> &ConnConfig {
-        &self.cfg
+impl Owner {
+    fn cx(&mut self, now: Instant) -> Cx<'_> {
+        Cx {
+            now,
+            timeouts: &self.timeouts,
+            limits: &self.limits,
+            events: &mut self.events,
+        }
     }
-    fn metrics(&self) -> &ServerMetrics {
-        &self.metrics
+
+    /// Runs `f`, then answers requests the way `pollcap serve --app echo`
+    /// does (upgrade `/ws`, 404 elsewhere) and echoes messages.
+    fn drive<S: Read + Write>(
+        &mut self,
+        c: &mut Conn<S>,
+        now: Instant,
+        f: impl FnOnce(&mut Conn<S>, &mut Cx),
+    ) {
+        f(c, &mut self.cx(now));
+        loop {
+            let batch = std::mem::take(&mut self.events);
+            if batch.is_empty() {
+                if c.has_more_input() {
+                    c.handle_io(true, false, &mut self.cx(now));
+                    continue;
+                }
+                c.flush(&mut self.cx(now));
+                if self.events.is_empty() {
+                    break;
+                }
+                continue;
+            }
+            for ev in batch {
+                match &ev {
+                    Event::Request(head) => match head.path.as_str() {
+                        "/ws" => c.accept(None, &mut self.cx(now)),
+                        _ => c.respond(http::text(404, "Not Found", "no\n"), &mut self.cx(now)),
+                    },
+                    Event::Message(m) => c.send(m.clone(), &mut self.cx(now)),
+                    _ => {}
+                }
+                self.log.push(ev);
+            }
+        }
     }
-    fn route(&self, _: Route, _: Instant) -> Response {
-        http::text(200, "OK", "ok\n")
+
+    fn io<S: Read + Write>(&mut self, c: &mut Conn<S>, now: Instant) {
+        self.drive(c, now, |c, cx| c.handle_io(true, false, cx));
     }
-    fn authenticate(&self, _: Option<&str>, _: Instant) -> Result<Option<String>, Response> {
-        Ok(None)
+
+    fn timeout<S: Read + Write>(&mut self, c: &mut Conn<S>, now: Instant) {
+        self.drive(c, now, |c, cx| c.handle_timeout(cx));
     }
-    fn admit(&self, _: &Session, _: Instant) -> Result<(), Response> {
-        Ok(())
+
+    fn count(&self, want: &Event) -> usize {
+        self.log.iter().filter(|e| *e == want).count()
     }
-    fn dispatch(&self, _: usize, _: &Arc<Session>, _: u64, _: Inbound, _: Arc<AtomicBool>) -> bool {
-        false
-    }
-    fn unix_ms(&self, _: Instant) -> u64 {
-        0
+
+    fn timeouts_of(&self, phase: TimeoutPhase) -> usize {
+        self.count(&Event::Timeout(phase))
     }
 }
 
-fn host() -> TestHost {
-    TestHost {
-        cfg: ConnConfig {
-            timeouts: Profile::Local.timeouts(),
-            limits: Limits::default(),
-            ws_path: "/ws".into(),
-            app: App::Echo,
-        },
-        metrics: ServerMetrics::default(),
+fn owner() -> Owner {
+    Owner {
+        timeouts: Profile::Local.timeouts(),
+        limits: Limits::default(),
+        events: Vec::new(),
+        log: Vec::new(),
     }
 }
 
@@ -103,11 +148,11 @@ fn secs(s: f64) -> Duration {
 }
 
 /// An upgraded connection at `t0` and the client's WebSocket.
-fn open(h: &TestHost, t0: Instant) -> (Conn<End>, WebSocket<End>) {
+fn open(h: &mut Owner, t0: Instant) -> (Conn<End>, WebSocket<End>) {
     let (server, mut client) = duplex();
-    let mut c = Conn::new(0, 1, server, t0, 1.0);
+    let mut c = Conn::new(1, server, t0, 1.0);
     client.write_all(REQ.as_bytes()).unwrap();
-    c.on_ready(true, false, t0, h);
+    h.io(&mut c, t0);
     assert_eq!(c.phase(), PhaseName::Open);
     let mut head = vec![0u8; 4096];
     let n = client.read(&mut head).unwrap();
@@ -131,188 +176,187 @@ fn expect_close(client: &mut WebSocket<End>, code: u16, reason: &str) {
 
 #[test]
 fn upgrade_then_echo() {
-    let h = host();
+    let mut h = owner();
     let t0 = Instant::now();
-    let (mut c, mut client) = open(&h, t0);
+    let (mut c, mut client) = open(&mut h, t0);
     client.send(Message::text("hello")).unwrap();
-    c.on_ready(true, false, t0, &h);
+    h.io(&mut c, t0);
     assert_eq!(client.read().unwrap(), Message::text("hello"));
-    assert_eq!(
-        h.metrics
-            .upgrades_total
-            .load(std::sync::atomic::Ordering::Relaxed),
-        1
-    );
-    assert!(c.holds_slot());
+    let opened = h
+        .log
+        .iter()
+        .filter(|e| matches!(e, Event::Opened { .. }))
+        .count();
+    assert_eq!(opened, 1);
 }
 
 #[test]
 fn connect_deadline_drops_a_silent_client() {
-    let h = host();
+    let mut h = owner();
     let t0 = Instant::now();
     let (server, _client) = duplex();
-    let mut c = Conn::new(0, 1, server, t0, 1.0);
-    assert_eq!(c.next_deadline(&h.cfg.timeouts), Some(t0 + secs(2.0)));
-    c.on_timeout(t0 + secs(1.9), &h);
-    assert_eq!(c.phase(), PhaseName::Http);
-    c.on_timeout(t0 + secs(2.0), &h);
+    let mut c = Conn::new(1, server, t0, 1.0);
+    assert_eq!(c.poll_timeout(&h.timeouts), Some(t0 + secs(2.0)));
+    h.timeout(&mut c, t0 + secs(1.9));
+    assert_eq!(c.phase(), PhaseName::Head);
+    h.timeout(&mut c, t0 + secs(2.0));
     assert!(c.is_done());
-    assert_eq!(h.metrics.timeouts_of(TimeoutPhase::Connect), 1);
+    assert_eq!(h.timeouts_of(TimeoutPhase::Connect), 1);
 }
 
 #[test]
 fn handshake_deadline_answers_408() {
-    let h = host();
+    let mut h = owner();
     let t0 = Instant::now();
     let (server, mut client) = duplex();
-    let mut c = Conn::new(0, 1, server, t0, 1.0);
+    let mut c = Conn::new(1, server, t0, 1.0);
     client.write_all(b"GET /ws HT").unwrap();
-    c.on_ready(true, false, t0 + secs(0.1), &h);
+    h.io(&mut c, t0 + secs(0.1));
     // A byte arrived: only the handshake deadline remains.
-    assert_eq!(c.next_deadline(&h.cfg.timeouts), Some(t0 + secs(3.0)));
-    c.on_timeout(t0 + secs(3.0), &h);
+    assert_eq!(c.poll_timeout(&h.timeouts), Some(t0 + secs(3.0)));
+    h.timeout(&mut c, t0 + secs(3.0));
     assert!(c.is_done(), "408 written, then closed");
     let mut out = String::new();
     client.read_to_string(&mut out).ok();
     assert!(out.starts_with("HTTP/1.1 408 "), "{out}");
-    assert_eq!(h.metrics.timeouts_of(TimeoutPhase::Handshake), 1);
+    assert_eq!(h.timeouts_of(TimeoutPhase::Handshake), 1);
 }
 
 #[test]
 fn heartbeat_ping_then_pong_deadline_closes_1011() {
-    let h = host();
+    let mut h = owner();
     let t0 = Instant::now();
-    let (mut c, mut client) = open(&h, t0);
-    let t = h.cfg.timeouts;
-    assert_eq!(c.next_deadline(&t), Some(t0 + t.heartbeat_interval));
+    let (mut c, mut client) = open(&mut h, t0);
+    let t = h.timeouts;
+    assert_eq!(c.poll_timeout(&t), Some(t0 + t.heartbeat_interval));
     let t1 = t0 + t.heartbeat_interval;
-    c.on_timeout(t1, &h);
+    h.timeout(&mut c, t1);
     // The client sees the Ping; it does not answer (its pong is never flushed).
     let mut raw: Vec<u8> = Vec::new();
     raw.extend(client.get_mut().rx.borrow().iter());
     assert_eq!(raw[0], 0x89, "a Ping frame was sent");
-    assert_eq!(c.next_deadline(&t), Some(t1 + t.ping));
-    c.on_timeout(t1 + t.ping, &h);
+    assert_eq!(c.poll_timeout(&t), Some(t1 + t.ping));
+    h.timeout(&mut c, t1 + t.ping);
     assert_eq!(c.phase(), PhaseName::Closing);
     expect_close(&mut client, 1011, "keepalive ping timeout");
-    assert_eq!(h.metrics.timeouts_of(TimeoutPhase::Ping), 1);
+    assert_eq!(h.timeouts_of(TimeoutPhase::Ping), 1);
 }
 
 #[test]
 fn any_inbound_frame_answers_the_ping_and_resets_heartbeat() {
-    let h = host();
+    let mut h = owner();
     let t0 = Instant::now();
-    let (mut c, mut client) = open(&h, t0);
-    let t = h.cfg.timeouts;
+    let (mut c, mut client) = open(&mut h, t0);
+    let t = h.timeouts;
     let t1 = t0 + t.heartbeat_interval;
-    c.on_timeout(t1, &h);
+    h.timeout(&mut c, t1);
     // The client reads the ping; tungstenite queues the pong; flush sends it.
     assert!(matches!(client.read(), Ok(Message::Ping(_))));
     client.flush().unwrap();
     let t2 = t1 + secs(0.5);
-    c.on_ready(true, false, t2, &h);
-    assert_eq!(c.next_deadline(&t), Some(t2 + t.heartbeat_interval));
-    assert_eq!(h.metrics.timeouts_of(TimeoutPhase::Ping), 0);
+    h.io(&mut c, t2);
+    assert_eq!(c.poll_timeout(&t), Some(t2 + t.heartbeat_interval));
+    assert_eq!(h.timeouts_of(TimeoutPhase::Ping), 0);
 }
 
 #[test]
 fn jitter_spreads_the_heartbeat() {
-    let h = host();
+    let mut h = owner();
     let t0 = Instant::now();
     let (server, _client) = duplex();
-    let c = Conn::new(0, 1, server, t0, 1.05);
-    let (mut c2, _) = open(&h, t0);
+    let c = Conn::new(1, server, t0, 1.05);
+    let (mut c2, _) = open(&mut h, t0);
     drop(c);
     c2.jitter = 1.05;
-    let t = h.cfg.timeouts;
+    let t = h.timeouts;
     assert_eq!(
-        c2.next_deadline(&t),
+        c2.poll_timeout(&t),
         Some(t0 + t.heartbeat_interval.mul_f64(1.05))
     );
-    assert_eq!(Conn::new(0, 2, duplex().0, t0, 7.0).jitter, 1.1, "clamped");
+    assert_eq!(Conn::new(2, duplex().0, t0, 7.0).jitter, 1.1, "clamped");
 }
 
 #[test]
 fn stale_connection_closes_1001_idle() {
-    let mut h = host();
+    let mut h = owner();
     // Keep the peer alive with pings but send no application message.
-    h.cfg.timeouts.stale = secs(20.0);
+    h.timeouts.stale = secs(20.0);
     let t0 = Instant::now();
-    let (mut c, mut client) = open(&h, t0);
+    let (mut c, mut client) = open(&mut h, t0);
     let mut now = t0;
     for _ in 0..4 {
         now += secs(4.0);
         client.send(Message::Ping(vec![].into())).unwrap();
-        c.on_ready(true, false, now, &h);
-        c.on_timeout(now, &h);
+        h.io(&mut c, now);
+        h.timeout(&mut c, now);
         assert_eq!(c.phase(), PhaseName::Open);
     }
-    assert_eq!(c.next_deadline(&h.cfg.timeouts), Some(t0 + secs(20.0)));
-    c.on_timeout(t0 + secs(20.0), &h);
+    assert_eq!(c.poll_timeout(&h.timeouts), Some(t0 + secs(20.0)));
+    h.timeout(&mut c, t0 + secs(20.0));
     expect_close(&mut client, 1001, "idle");
-    assert_eq!(h.metrics.timeouts_of(TimeoutPhase::Stale), 1);
+    assert_eq!(h.timeouts_of(TimeoutPhase::Stale), 1);
 }
 
 #[test]
 fn lifetime_closes_1001_max_lifetime() {
-    let mut h = host();
-    h.cfg.timeouts.connection = secs(10.0);
-    h.cfg.timeouts.stale = secs(10.0);
+    let mut h = owner();
+    h.timeouts.connection = secs(10.0);
+    h.timeouts.stale = secs(10.0);
     let t0 = Instant::now();
-    let (mut c, mut client) = open(&h, t0);
+    let (mut c, mut client) = open(&mut h, t0);
     let mut now = t0;
     for _ in 0..4 {
         now += secs(2.4);
         client.send(Message::text("busy")).unwrap();
-        c.on_ready(true, false, now, &h);
+        h.io(&mut c, now);
     }
-    c.on_timeout(t0 + secs(10.0), &h);
+    h.timeout(&mut c, t0 + secs(10.0));
     expect_close(&mut client, 1001, "max lifetime");
-    assert_eq!(h.metrics.timeouts_of(TimeoutPhase::Lifetime), 1);
+    assert_eq!(h.timeouts_of(TimeoutPhase::Lifetime), 1);
 }
 
 #[test]
 fn silent_peer_closes_at_heartbeat_timeout_when_ping_is_long() {
-    let mut h = host();
+    let mut h = owner();
     // ping long enough that liveness (15 s) comes first.
-    h.cfg.timeouts.ping = secs(4.9);
-    h.cfg.timeouts.heartbeat_interval = secs(12.0);
+    h.timeouts.ping = secs(4.9);
+    h.timeouts.heartbeat_interval = secs(12.0);
     let t0 = Instant::now();
-    let (mut c, mut client) = open(&h, t0);
-    c.on_timeout(t0 + secs(12.0), &h); // ping sent
-    assert_eq!(c.next_deadline(&h.cfg.timeouts), Some(t0 + secs(15.0)));
-    c.on_timeout(t0 + secs(15.0), &h);
+    let (mut c, mut client) = open(&mut h, t0);
+    h.timeout(&mut c, t0 + secs(12.0)); // ping sent
+    assert_eq!(c.poll_timeout(&h.timeouts), Some(t0 + secs(15.0)));
+    h.timeout(&mut c, t0 + secs(15.0));
     expect_close(&mut client, 1001, "heartbeat timeout");
-    assert_eq!(h.metrics.timeouts_of(TimeoutPhase::Heartbeat), 1);
+    assert_eq!(h.timeouts_of(TimeoutPhase::Heartbeat), 1);
 }
 
 #[test]
 fn closing_deadline_drops_a_peer_that_never_answers() {
-    let h = host();
+    let mut h = owner();
     let t0 = Instant::now();
-    let (mut c, _client) = open(&h, t0);
-    c.shutdown(t0, &h);
+    let (mut c, _client) = open(&mut h, t0);
+    h.drive(&mut c, t0, |c, cx| c.shutdown(cx));
     assert_eq!(c.phase(), PhaseName::Closing);
-    assert_eq!(c.next_deadline(&h.cfg.timeouts), Some(t0 + secs(1.0)));
-    c.on_timeout(t0 + secs(1.0), &h);
+    assert_eq!(c.poll_timeout(&h.timeouts), Some(t0 + secs(1.0)));
+    h.timeout(&mut c, t0 + secs(1.0));
     assert!(c.is_done());
-    assert_eq!(h.metrics.timeouts_of(TimeoutPhase::Close), 1);
+    assert_eq!(h.timeouts_of(TimeoutPhase::Close), 1);
 }
 
 #[test]
 fn peer_close_completes_the_handshake() {
-    let h = host();
+    let mut h = owner();
     let t0 = Instant::now();
-    let (mut c, mut client) = open(&h, t0);
+    let (mut c, mut client) = open(&mut h, t0);
     client.close(None).unwrap();
-    c.on_ready(true, false, t0, &h);
+    h.io(&mut c, t0);
     assert!(c.is_done(), "server echoes the close and drops TCP");
     assert!(matches!(client.read(), Ok(Message::Close(_))));
 }
 
 #[test]
 fn frames_sent_with_the_request_head_are_not_lost() {
-    let h = host();
+    let mut h = owner();
     let t0 = Instant::now();
     let (server, client_end) = duplex();
     // Build the masked frame with a client-role WebSocket writing to a scratch duplex.
@@ -324,8 +368,8 @@ fn frames_sent_with_the_request_head_are_not_lost() {
     let mut bytes = REQ.as_bytes().to_vec();
     bytes.extend(frame);
     client_end.write_all(&bytes).unwrap();
-    let mut c = Conn::new(0, 1, server, t0, 1.0);
-    c.on_ready(true, false, t0, &h);
+    let mut c = Conn::new(1, server, t0, 1.0);
+    h.io(&mut c, t0);
     let mut head = vec![0u8; 129];
     let n = client_end.read(&mut head).unwrap();
     let end = head[..n].windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
@@ -337,35 +381,35 @@ fn frames_sent_with_the_request_head_are_not_lost() {
 
 #[test]
 fn every_finished_connection_hands_its_stream_back_for_deregistration() {
-    let h = host();
+    let mut h = owner();
     let t0 = Instant::now();
     // After an HTTP response with Connection: close.
     let (server, mut client) = duplex();
-    let mut c = Conn::new(0, 1, server, t0, 1.0);
+    let mut c = Conn::new(1, server, t0, 1.0);
     client.write_all(b"GET /nope HTTP/1.1\r\n\r\n").unwrap();
-    c.on_ready(true, false, t0, &h);
+    h.io(&mut c, t0);
     assert!(c.is_done());
     assert!(c.stream_mut().is_some(), "404 path");
     // After a connect timeout.
     let (server, _client) = duplex();
-    let mut c = Conn::new(0, 2, server, t0, 1.0);
-    c.on_timeout(t0 + secs(2.0), &h);
+    let mut c = Conn::new(2, server, t0, 1.0);
+    h.timeout(&mut c, t0 + secs(2.0));
     assert!(
         c.is_done() && c.stream_mut().is_some(),
         "connect timeout path"
     );
     // After a WebSocket close handshake.
-    let (mut c, mut client) = open(&h, t0);
+    let (mut c, mut client) = open(&mut h, t0);
     client.close(None).unwrap();
-    c.on_ready(true, false, t0, &h);
+    h.io(&mut c, t0);
     assert!(
         c.is_done() && c.stream_mut().is_some(),
         "close handshake path"
     );
     // After a close deadline.
-    let (mut c, _client) = open(&h, t0);
-    c.shutdown(t0, &h);
-    c.on_timeout(t0 + secs(1.0), &h);
+    let (mut c, _client) = open(&mut h, t0);
+    h.drive(&mut c, t0, |c, cx| c.shutdown(cx));
+    h.timeout(&mut c, t0 + secs(1.0));
     assert!(
         c.is_done() && c.stream_mut().is_some(),
         "close deadline path"
@@ -374,65 +418,59 @@ fn every_finished_connection_hands_its_stream_back_for_deregistration() {
 
 #[test]
 fn a_head_trickled_byte_by_byte_still_upgrades_and_bad_lines_fail_early() {
-    let h = host();
+    let mut h = owner();
     let t0 = Instant::now();
     let (server, mut client) = duplex();
-    let mut c = Conn::new(0, 1, server, t0, 1.0);
+    let mut c = Conn::new(1, server, t0, 1.0);
     for b in REQ.as_bytes() {
         client.write_all(&[*b]).unwrap();
-        c.on_ready(true, false, t0, &h);
+        h.io(&mut c, t0);
     }
     assert_eq!(c.phase(), PhaseName::Open);
 
     // A malformed request line is refused when that line ends, not at the
     // end of the head or at the handshake deadline.
     let (server, mut client) = duplex();
-    let mut c = Conn::new(0, 2, server, t0, 1.0);
+    let mut c = Conn::new(2, server, t0, 1.0);
     client.write_all(b"\x01BAD / HTTP/1.1\r\n").unwrap();
-    c.on_ready(true, false, t0, &h);
+    h.io(&mut c, t0);
     assert!(c.is_done());
     let mut out = String::new();
     client.read_to_string(&mut out).ok();
     assert!(out.starts_with("HTTP/1.1 400 "), "{out}");
 }
 
-fn compactions(h: &TestHost) -> u64 {
-    h.metrics
-        .buffer_compactions_total
-        .load(std::sync::atomic::Ordering::Relaxed)
-}
-
 #[test]
 fn a_burst_gives_its_buffers_back_and_the_connection_carries_on() {
-    let h = host();
+    let mut h = owner();
     let t0 = Instant::now();
-    let (mut c, mut client) = open(&h, t0);
+    let (mut c, mut client) = open(&mut h, t0);
     // Small traffic never swaps tungstenite.
     for i in 0..50 {
         client.send(Message::text(format!("small {i}"))).unwrap();
-        c.on_ready(true, false, t0, &h);
+        h.io(&mut c, t0);
         assert_eq!(client.read().unwrap(), Message::text(format!("small {i}")));
     }
-    assert_eq!(compactions(&h), 0);
+    assert_eq!(h.count(&Event::Compacted), 0);
     let big = Message::binary(vec![7u8; 200_000]);
     client.send(big.clone()).unwrap();
-    c.on_ready(true, false, t0, &h);
+    h.io(&mut c, t0);
     assert_eq!(client.read().unwrap(), big);
-    assert_eq!(compactions(&h), 1, "one burst, one swap");
+    assert_eq!(h.count(&Event::Compacted), 1, "one burst, one swap");
     // The fresh tungstenite continues the same stream.
     client.send(Message::text("after")).unwrap();
-    c.on_ready(true, false, t0, &h);
+    h.io(&mut c, t0);
     assert_eq!(client.read().unwrap(), Message::text("after"));
-    assert_eq!(compactions(&h), 1);
+    assert_eq!(h.count(&Event::Compacted), 1);
 }
 
 #[test]
 fn no_swap_inside_a_fragmented_message_or_with_bytes_buffered() {
     use tungstenite::protocol::frame::Frame;
     use tungstenite::protocol::frame::coding::{Data, OpCode};
-    let h = host();
+    let mut h = owner();
     let t0 = Instant::now();
-    let (mut c, mut client) = open(&h, t0);
+    let (mut c, mut client) = open(&mut h, t0);
     let part = |fin: bool, op: Data, n: usize| {
         let mut f = Frame::message(vec![b'a'; n], OpCode::Data(op), fin);
         f.header_mut().mask = Some([1, 2, 3, 4]);
@@ -445,9 +483,9 @@ fn no_swap_inside_a_fragmented_message_or_with_bytes_buffered() {
         .unwrap();
     client.write(Message::Ping(b"p".to_vec().into())).unwrap();
     client.flush().unwrap();
-    c.on_ready(true, false, t0, &h);
+    h.io(&mut c, t0);
     assert_eq!(client.read().unwrap(), Message::Pong(b"p".to_vec().into()));
-    assert_eq!(compactions(&h), 0, "message unfinished");
+    assert_eq!(h.count(&Event::Compacted), 0, "message unfinished");
     // The final fragment, followed by half of the next frame's bytes.
     client
         .write(Message::Frame(part(true, Data::Continue, 10)))
@@ -459,15 +497,236 @@ fn no_swap_inside_a_fragmented_message_or_with_bytes_buffered() {
         v
     };
     client.get_mut().write_all(&next[..4]).unwrap();
-    c.on_ready(true, false, t0, &h);
+    h.io(&mut c, t0);
     assert_eq!(
         client.read().unwrap(),
         Message::text("a".repeat(100_010)),
         "reassembled across the Ping"
     );
-    assert_eq!(compactions(&h), 0, "half a frame buffered");
+    assert_eq!(h.count(&Event::Compacted), 0, "half a frame buffered");
     client.get_mut().write_all(&next[4..]).unwrap();
-    c.on_ready(true, false, t0, &h);
+    h.io(&mut c, t0);
     assert_eq!(client.read().unwrap(), Message::text("aaaaa"));
-    assert_eq!(compactions(&h), 1, "now nothing is buffered");
+    assert_eq!(h.count(&Event::Compacted), 1, "now nothing is buffered");
+}
+
+/// Runs the real `agent_chat` handler for one message on this thread and
+/// returns its mail (events without `ts`, then Done).
+fn agent_run(input: &str, run: u64) -> Vec<crate::app::MailKind> {
+    use crate::agent::AgentChat;
+    use crate::app::{Handler, Inbound, Mailbox, Outbox, Session};
+    use crate::reactor::{BackendKind, CapStrategy, Reactor};
+    let r = Reactor::new(BackendKind::Mio, CapStrategy::Spin).unwrap();
+    let mailbox = Arc::new(Mailbox::new(r.waker()));
+    let out = Outbox::new(0, 1, run, Arc::new(AtomicBool::new(false)), mailbox.clone());
+    let agent = AgentChat {
+        pacing: Duration::ZERO,
+    };
+    agent.message(&Session::default(), Inbound::Text(input.into()), &out);
+    let mut mail: Vec<_> = mailbox.take().into_iter().map(|m| m.kind).collect();
+    mail.push(crate::app::MailKind::Done);
+    mail
+}
+
+/// Reads every text message the client has, as JSON.
+fn read_events(client: &mut WebSocket<End>) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    loop {
+        match client.read() {
+            Ok(Message::Text(t)) => out.push(serde_json::from_str(t.as_str()).unwrap()),
+            Ok(_) => {}
+            Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                return out;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+#[test]
+fn a_full_agent_chat_run_streams_every_event_in_order() {
+    use crate::app::{MailKind, stamp};
+    let mut h = owner();
+    // Execution (2 s) comes before the first heartbeat (5 s).
+    h.timeouts.execution = secs(2.0);
+    let t0 = Instant::now();
+    let (mut c, mut client) = open(&mut h, t0);
+    let msg = r#"{"type":"user_message","text":"hello deadline world","thread_id":"t"}"#;
+    client.send(Message::text(msg)).unwrap();
+    // The owner starts run 1 for the message instead of echoing it.
+    c.handle_io(true, false, &mut h.cx(t0));
+    let events = std::mem::take(&mut h.events);
+    assert!(matches!(&events[..], [Event::Message(Message::Text(t))] if t.as_str() == msg));
+    let cancel = Arc::new(AtomicBool::new(false));
+    c.run_started(1, cancel.clone(), &mut h.cx(t0));
+    assert_eq!(c.runs_in_flight(), 1);
+    // The run's execution deadline is now the earliest.
+    assert_eq!(c.poll_timeout(&h.timeouts), Some(t0 + h.timeouts.execution));
+    // Its events arrive over about 1 s of injected time, each stamped by
+    // the owner.
+    let mut now = t0;
+    for mail in agent_run(msg, 1) {
+        now += Duration::from_millis(100);
+        match mail {
+            MailKind::Event { seq, mut text } => {
+                stamp(&mut text, 1_000 + seq);
+                c.run_event(1, seq, text, &mut h.cx(now));
+                c.flush(&mut h.cx(now));
+            }
+            MailKind::Done => assert!(c.run_finished(1, &mut h.cx(now))),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(c.runs_in_flight(), 0);
+    assert!(!cancel.load(std::sync::atomic::Ordering::Acquire));
+    let got = read_events(&mut client);
+    let types: Vec<&str> = got.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(types.first(), Some(&"agent_started"));
+    assert_eq!(
+        &types[types.len() - 3..],
+        ["tool_executing", "tool_completed", "agent_completed"]
+    );
+    assert!(
+        types[1..types.len() - 3]
+            .iter()
+            .all(|t| *t == "agent_thinking")
+    );
+    let seqs: Vec<u64> = got.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (1..=got.len() as u64).collect::<Vec<_>>());
+    assert!(
+        got.iter()
+            .all(|e| e["ts"].as_u64() == Some(1_000 + e["seq"].as_u64().unwrap()))
+    );
+    // Nothing expired: the run finished within its deadline.
+    assert_eq!(h.timeouts_of(TimeoutPhase::Execution), 0);
+    assert_eq!(c.phase(), PhaseName::Open);
+}
+
+#[test]
+fn a_run_past_its_execution_deadline_is_cancelled_and_reported() {
+    let mut h = owner();
+    let t0 = Instant::now();
+    let (mut c, mut client) = open(&mut h, t0);
+    let cancel = Arc::new(AtomicBool::new(false));
+    c.run_started(7, cancel.clone(), &mut h.cx(t0));
+    c.run_event(
+        7,
+        1,
+        r#"{"type":"agent_started","run_id":"r1-7","seq":1}"#.into(),
+        &mut h.cx(t0),
+    );
+    c.flush(&mut h.cx(t0));
+    assert_eq!(read_events(&mut client).len(), 1);
+    // Keep the connection alive meanwhile (pings answered), so only the
+    // execution deadline can fire.
+    let deadline = t0 + h.timeouts.execution;
+    assert_eq!(
+        c.poll_timeout(&h.timeouts),
+        Some(t0 + h.timeouts.heartbeat_interval)
+    );
+    let mut now = t0;
+    while now + Duration::from_secs(4) < deadline {
+        now += Duration::from_secs(4);
+        client.send(Message::Ping(vec![].into())).unwrap();
+        h.io(&mut c, now);
+        h.timeout(&mut c, now);
+    }
+    assert_eq!(c.poll_timeout(&h.timeouts), Some(deadline));
+    h.timeout(&mut c, deadline - Duration::from_millis(1));
+    assert!(
+        !cancel.load(std::sync::atomic::Ordering::Acquire),
+        "not yet"
+    );
+    h.timeout(&mut c, deadline);
+    assert!(
+        cancel.load(std::sync::atomic::Ordering::Acquire),
+        "the handler is told to stop"
+    );
+    assert_eq!(
+        h.count(&Event::RunExpired {
+            run: 7,
+            last_seq: 1
+        }),
+        1
+    );
+    assert_eq!(c.runs_in_flight(), 0);
+    // Later output of the run is dropped, and its end changes nothing.
+    c.run_event(7, 2, r#"{"late":true}"#.into(), &mut h.cx(deadline));
+    assert!(!c.run_finished(7, &mut h.cx(deadline)));
+    c.flush(&mut h.cx(deadline));
+    assert!(read_events(&mut client).is_empty());
+    assert_eq!(c.phase(), PhaseName::Open, "the connection stays open");
+}
+
+#[test]
+fn a_drain_waits_for_runs_in_flight_then_closes_1001() {
+    let mut h = owner();
+    let t0 = Instant::now();
+    // Two connections with a run each, and one without.
+    let (mut a, mut client_a) = open(&mut h, t0);
+    let (mut b, mut client_b) = open(&mut h, t0);
+    let (mut idle, mut client_idle) = open(&mut h, t0);
+    let cancel_a = Arc::new(AtomicBool::new(false));
+    let cancel_b = Arc::new(AtomicBool::new(false));
+    a.run_started(1, cancel_a.clone(), &mut h.cx(t0));
+    b.run_started(1, cancel_b.clone(), &mut h.cx(t0));
+    for c in [&mut a, &mut b, &mut idle] {
+        h.drive(c, t0, |c, cx| c.shutdown(cx));
+    }
+    // No runs: closed at once.
+    assert_eq!(idle.phase(), PhaseName::Closing);
+    expect_close(&mut client_idle, 1001, "server shutting down");
+    // Runs in flight: the Close waits, for at most half the close deadline.
+    assert_eq!(a.phase(), PhaseName::Open);
+    let half = t0 + h.timeouts.close / 2;
+    assert_eq!(a.poll_timeout(&h.timeouts), Some(half));
+    // A finishes its run in time: its last event, then the Close.
+    let t1 = t0 + Duration::from_millis(100);
+    a.run_event(
+        1,
+        1,
+        r#"{"type":"agent_completed","seq":1}"#.into(),
+        &mut h.cx(t1),
+    );
+    h.drive(&mut a, t1, |c, cx| {
+        c.run_finished(1, cx);
+    });
+    assert!(
+        matches!(client_a.read(), Ok(Message::Text(_))),
+        "the run's last event went out before the Close"
+    );
+    expect_close(&mut client_a, 1001, "server shutting down");
+    assert!(!cancel_a.load(std::sync::atomic::Ordering::Acquire));
+    // B does not: at half the close deadline it is closed and its run cancelled.
+    h.timeout(&mut b, half);
+    assert!(cancel_b.load(std::sync::atomic::Ordering::Acquire));
+    expect_close(&mut client_b, 1001, "server shutting down");
+    assert_eq!(b.phase(), PhaseName::Closing);
+    // The closing handshake then has the rest of the close deadline.
+    assert_eq!(b.poll_timeout(&h.timeouts), Some(half + h.timeouts.close));
+}
+
+#[test]
+fn answers_go_out_before_the_close_that_a_later_frame_brings() {
+    let mut h = owner();
+    let t0 = Instant::now();
+    // A message, then a frame with a reserved bit set, in one read.
+    let (mut c, mut client) = open(&mut h, t0);
+    client.write(Message::text("first")).unwrap();
+    client.flush().unwrap();
+    client
+        .get_mut()
+        .tx
+        .borrow_mut()
+        .extend([0xC1, 0x80, 0, 0, 0, 0]);
+    h.io(&mut c, t0);
+    assert_eq!(client.read().unwrap(), Message::text("first"), "echo first");
+    expect_close(&mut client, 1002, "protocol error");
+    // A message, then the peer's Close, in one read.
+    let (mut c, mut client) = open(&mut h, t0);
+    client.write(Message::text("last words")).unwrap();
+    client.close(None).unwrap();
+    h.io(&mut c, t0);
+    assert_eq!(client.read().unwrap(), Message::text("last words"));
+    assert!(matches!(client.read(), Ok(Message::Close(_))));
 }

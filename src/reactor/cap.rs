@@ -4,8 +4,6 @@
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use crate::settings::Environment;
-
 /// How long one OS wait may last at most.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CapStrategy {
@@ -16,12 +14,6 @@ pub enum CapStrategy {
     /// Zero timeout: a busy loop, for the benchmark only.
     Spin,
 }
-
-/// The default cap (SPEC §1): 1 s everywhere unless configured. On Windows
-/// and in cloud containers it is the documented safety net (IOCP ignores
-/// Ctrl-C while waiting; gVisor has lost epoll events); elsewhere it costs one
-/// wakeup per second per reactor and bounds the damage of any lost wakeup.
-pub const DEFAULT_CAP: Duration = Duration::from_secs(1);
 
 impl CapStrategy {
     /// Parses the `POLLCAP_POLL_CAP_MS` / `--poll-cap` forms:
@@ -35,12 +27,6 @@ impl CapStrategy {
                 .ok()
                 .map(|ms| CapStrategy::Fixed(Duration::from_millis(ms))),
         }
-    }
-
-    pub fn default_for(_env: &Environment) -> CapStrategy {
-        // Same value on every platform by design (see DEFAULT_CAP); the
-        // environment is taken so the choice stays in one place if that changes.
-        CapStrategy::Fixed(DEFAULT_CAP)
     }
 
     /// The longest a wait may last, or `None` for unbounded.

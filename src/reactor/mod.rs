@@ -8,6 +8,7 @@
 
 mod backend;
 mod cap;
+mod clock;
 mod stats;
 mod timers;
 mod waker;
@@ -17,7 +18,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 pub use backend::{BackendKind, Event, Interest};
-pub use cap::{CapStrategy, DEFAULT_CAP, WaitLimit, wait_timeout};
+pub use cap::{CapStrategy, WaitLimit, wait_timeout};
+pub use clock::WallClock;
 pub use stats::{ReactorStats, StatsSnapshot, WakeReason};
 pub use timers::{DeadlineQueue, TimerId};
 pub use waker::Waker;
@@ -45,11 +47,13 @@ pub struct Reactor {
     events: Vec<Event>,
     stats: Arc<ReactorStats>,
     now: Instant,
+    wall: WallClock,
 }
 
 impl Reactor {
     pub fn new(kind: BackendKind, cap: CapStrategy) -> io::Result<Reactor> {
         let (backend, signal) = Backend::new(kind, 1024)?;
+        let now = Instant::now();
         Ok(Reactor {
             backend,
             waker: Arc::new(Waker::new(signal)),
@@ -57,7 +61,8 @@ impl Reactor {
             timers: DeadlineQueue::new(),
             events: Vec::with_capacity(1024),
             stats: Arc::new(ReactorStats::default()),
-            now: Instant::now(),
+            now,
+            wall: WallClock::read(now),
         })
     }
 
@@ -76,6 +81,11 @@ impl Reactor {
     /// The clock reading of the last turn (or of construction).
     pub fn now(&self) -> Instant {
         self.now
+    }
+
+    /// Wall-clock time on this reactor's time base: `wall().unix_ms(now)`.
+    pub fn wall(&self) -> WallClock {
+        self.wall
     }
 
     pub fn timers(&mut self) -> &mut DeadlineQueue<usize> {
@@ -117,6 +127,9 @@ impl Reactor {
         self.events.clear();
         let waited = self.backend.wait(&mut self.events, timeout);
         self.now = Instant::now();
+        if self.wall.age(self.now) >= clock::REANCHOR {
+            self.wall = WallClock::read(self.now);
+        }
         let woken = self.waker.take_pending();
         let reason = match waited {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => WakeReason::Interrupted,

@@ -63,6 +63,26 @@ impl Environment {
     }
 }
 
+/// The environment as reported in `pollcap config --json`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct EnvironmentView {
+    pub label: String,
+    pub windows: bool,
+    pub cloud: Option<&'static str>,
+    pub cloud_container: bool,
+}
+
+impl Environment {
+    pub fn view(&self) -> EnvironmentView {
+        EnvironmentView {
+            label: self.label(),
+            windows: self.windows,
+            cloud: self.cloud.map(|c| c.name()),
+            cloud_container: self.is_cloud_container(),
+        }
+    }
+}
+
 impl fmt::Display for Environment {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.label())

@@ -1,17 +1,33 @@
 //! Resolved settings: profile < environment variables < command-line flags,
-//! validated once at start-up (SPEC §3). Nothing here reads the process
-//! environment directly; callers pass a lookup so tests stay hermetic.
+//! validated once at start-up (SPEC §3). Every setting is declared once in
+//! [`DECLS`]; this module resolves and validates them. Nothing here reads
+//! the process environment directly: callers pass a lookup, so tests stay
+//! hermetic.
 
+mod decl;
 mod detect;
 mod timeouts;
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
 
+use serde_json::{Map, Value};
+
+pub use decl::{DECLS, Decl, Default, Group, Kind, find, seconds};
 pub use detect::{CloudPlatform, Environment};
-pub use timeouts::{FIELDS, Profile, TimeoutField, Timeouts, parse_seconds, secs};
+pub use timeouts::{Profile, Timeouts, secs};
 
 use crate::reactor::{BackendKind, CapStrategy};
+
+/// The default cap (SPEC §1): 1 s everywhere unless configured. On Windows
+/// and in cloud containers it is the documented safety net (IOCP ignores
+/// Ctrl-C while waiting; gVisor has lost epoll events); elsewhere it costs one
+/// wakeup per second per reactor and bounds the damage of any lost wakeup.
+/// The same value on every platform by design, so the detected environment
+/// does not enter into it.
+pub const DEFAULT_CAP: Duration = Duration::from_secs(1);
 
 /// Default listen address when neither `--listen`, `POLLCAP_LISTEN` nor `PORT` is set.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8765";
@@ -44,73 +60,217 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// Values given on the command line (strings, so errors can quote them).
-#[derive(Clone, Debug, Default)]
-pub struct Overrides {
-    pub profile: Option<String>,
-    pub backend: Option<String>,
-    pub poll_cap: Option<String>,
-    pub listen: Option<String>,
-    /// In [`FIELDS`] order.
-    pub timeouts: [Option<String>; 10],
+/// Size and count limits (SPEC §4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest inbound message (bytes); over it → close 1009.
+    pub max_message: usize,
+    /// Largest inbound frame payload (bytes); over it → close 1009.
+    pub max_frame: usize,
+    /// Most open WebSocket connections; over it → HTTP 503 + Retry-After.
+    pub max_connections: usize,
+    /// Bytes queued for a peer that does not read; over it → close 1008.
+    pub max_outbound: usize,
+    /// tungstenite's eagerly allocated read buffer per connection.
+    pub read_buffer: usize,
+    /// Bytes of request line + headers; over it → 431.
+    pub max_head_bytes: usize,
+    /// Header lines; over it → 431.
+    pub max_headers: usize,
 }
 
-/// Everything the reactor and server need to start, validated.
+impl std::default::Default for Limits {
+    /// The declared defaults.
+    fn default() -> Limits {
+        Settings::defaults(Profile::Local).limits
+    }
+}
+
+/// The application `pollcap serve` runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AppKind {
+    AgentChat,
+    Echo,
+    /// Diagnostic: the first `fail_opens` session opens fail.
+    FlakyOpen,
+}
+
+impl AppKind {
+    pub fn parse(v: &str) -> Option<AppKind> {
+        match v.trim() {
+            "agent_chat" => Some(AppKind::AgentChat),
+            "echo" => Some(AppKind::Echo),
+            "flaky-open" => Some(AppKind::FlakyOpen),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            AppKind::AgentChat => "agent_chat",
+            AppKind::Echo => "echo",
+            AppKind::FlakyOpen => "flaky-open",
+        }
+    }
+}
+
+/// A secret value; its `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub Vec<u8>);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<hidden>)")
+    }
+}
+
+/// Every resolved setting, validated. Fields are public so that embedders
+/// and tests can adjust a value after resolution; [`Settings::validate`]
+/// checks the result again.
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub profile: Profile,
     pub environment: Environment,
     pub backend: BackendKind,
     pub poll_cap: CapStrategy,
-    pub timeouts: Timeouts,
     pub listen: SocketAddr,
+    pub timeouts: Timeouts,
+    pub limits: Limits,
+    /// Reactor threads (1..=256).
+    pub threads: usize,
+    pub ws_path: String,
+    pub app: AppKind,
+    /// Pause between `agent_chat` events.
+    pub pacing: Duration,
+    pub fail_opens: u32,
+    pub pool_threads: usize,
+    pub pool_queue: usize,
+    pub breaker_threshold: u32,
+    pub breaker_recovery: Duration,
+    pub insecure_no_auth: bool,
+    pub tokens_file: Option<PathBuf>,
+    pub jwt_secret: Option<Secret>,
 }
 
 impl Settings {
-    /// Resolves from the real process environment.
-    pub fn from_process(flags: &Overrides) -> Result<Settings, ConfigError> {
+    /// Placeholders, every one replaced by a declared default.
+    fn blank(profile: Profile, environment: Environment) -> Settings {
+        let zero = Duration::ZERO;
+        Settings {
+            profile,
+            environment,
+            backend: BackendKind::Mio,
+            poll_cap: CapStrategy::Fixed(DEFAULT_CAP),
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            timeouts: Timeouts {
+                connect: zero,
+                handshake: zero,
+                ping: zero,
+                heartbeat_interval: zero,
+                heartbeat_timeout: zero,
+                stale: zero,
+                connection: zero,
+                close: zero,
+                cleanup_interval: zero,
+                execution: zero,
+            },
+            limits: Limits {
+                max_message: 0,
+                max_frame: 0,
+                max_connections: 0,
+                max_outbound: 0,
+                read_buffer: 0,
+                max_head_bytes: 0,
+                max_headers: 0,
+            },
+            threads: 1,
+            ws_path: String::new(),
+            app: AppKind::AgentChat,
+            pacing: zero,
+            fail_opens: 0,
+            pool_threads: 0,
+            pool_queue: 0,
+            breaker_threshold: 0,
+            breaker_recovery: zero,
+            insecure_no_auth: false,
+            tokens_file: None,
+            jwt_secret: None,
+        }
+    }
+
+    /// The declared defaults of `profile`, with no environment and no flags.
+    pub fn defaults(profile: Profile) -> Settings {
+        let mut s = Settings::blank(profile, Environment::detect(&|_| None));
+        for d in DECLS {
+            if let Some(v) = d.default_for(profile) {
+                (d.set)(&mut s, &v).unwrap_or_else(|rule| {
+                    panic!("default of {} ({v:?}) {rule}", d.name);
+                });
+            }
+        }
+        s.poll_cap = default_cap(&s.timeouts);
+        s
+    }
+
+    /// Resolves from the real process environment and `flags`
+    /// (`(setting name, value)` pairs, as the binary's parser collects them).
+    pub fn from_process(flags: &[(&str, String)]) -> Result<Settings, ConfigError> {
         Settings::resolve(&|k| std::env::var(k).ok(), flags)
     }
 
-    /// Resolves from an environment lookup `get` and command-line `flags`.
+    /// Resolves from an environment lookup `get` and command-line `flags`:
+    /// every declared default (for the profile), then every environment
+    /// variable, then every flag, then the cross-setting rules.
     pub fn resolve(
         get: &dyn Fn(&str) -> Option<String>,
-        flags: &Overrides,
+        flags: &[(&str, String)],
     ) -> Result<Settings, ConfigError> {
-        let profile = resolve_profile(get, flags)?;
-        let environment = Environment::detect(get);
-
-        let mut timeouts = profile.timeouts();
-        for (i, field) in FIELDS.iter().enumerate() {
-            if let Some(v) = get(field.env) {
-                (field.set)(&mut timeouts, parse_seconds(field.env, &v)?);
-            }
-            if let Some(v) = &flags.timeouts[i] {
-                (field.set)(&mut timeouts, parse_seconds(field.flag, v)?);
+        let flag = |name: &str| {
+            flags
+                .iter()
+                .rev()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| v.as_str())
+        };
+        let profile = resolve_profile(get, flag("profile"))?;
+        let mut s = Settings::defaults(profile);
+        s.environment = Environment::detect(get);
+        let mut explicit_cap = false;
+        let apply = |s: &mut Settings, d: &Decl, source: &str, v: &str| {
+            (d.set)(s, v).map_err(|rule| {
+                let shown = if d.is_secret() { "<hidden>" } else { v };
+                ConfigError::new(source, shown, &rule)
+            })
+        };
+        for d in DECLS.iter().filter(|d| d.name != "profile") {
+            if let Some(env) = d.env
+                && let Some(v) = get(env)
+            {
+                apply(&mut s, d, env, &v)?;
+                explicit_cap |= d.name == "poll_cap";
             }
         }
-        timeouts.validate()?;
+        for d in DECLS.iter().filter(|d| d.name != "profile") {
+            if let (Some(f), Some(v)) = (d.flag_text(), flag(d.name)) {
+                apply(&mut s, d, &f, v)?;
+                explicit_cap |= d.name == "poll_cap";
+            }
+        }
+        // The default cap shrinks to fit short deadlines instead of
+        // failing: the user never chose it. An explicit cap is checked.
+        if !explicit_cap {
+            s.poll_cap = default_cap(&s.timeouts);
+        }
+        s.validate()?;
+        Ok(s)
+    }
 
-        let backend = match (&flags.backend, get("POLLCAP_BACKEND")) {
-            (Some(v), _) => parse_backend("--backend", v)?,
-            (None, Some(v)) => parse_backend("POLLCAP_BACKEND", &v)?,
-            (None, None) => BackendKind::Mio,
-        };
-
-        let poll_cap = match (&flags.poll_cap, get("POLLCAP_POLL_CAP_MS")) {
-            (Some(v), _) => parse_cap("--poll-cap", v)?,
-            (None, Some(v)) => parse_cap("POLLCAP_POLL_CAP_MS", &v)?,
-            // The default shrinks to fit short deadlines instead of failing:
-            // the user never chose it. An explicit cap is checked below.
-            (None, None) => match CapStrategy::default_for(&environment) {
-                CapStrategy::Fixed(d) => {
-                    CapStrategy::Fixed(d.min(timeouts.ping).min(timeouts.close))
-                }
-                other => other,
-            },
-        };
-        if let Some(cap) = poll_cap.limit() {
-            let bound = timeouts.ping.min(timeouts.close);
+    /// The rules between settings; each error names the settings, the
+    /// values and the rule.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.timeouts.validate()?;
+        if let Some(cap) = self.poll_cap.limit() {
+            let bound = self.timeouts.ping.min(self.timeouts.close);
             if cap > bound {
                 return Err(ConfigError::rule(format!(
                     "poll cap ({}) must be <= min(ping, close) ({}): a longer cap would let \
@@ -120,74 +280,92 @@ impl Settings {
                 )));
             }
         }
-
-        let listen = match (&flags.listen, get("POLLCAP_LISTEN"), get("PORT")) {
-            (Some(v), _, _) => parse_listen("--listen", v)?,
-            (None, Some(v), _) => parse_listen("POLLCAP_LISTEN", &v)?,
-            (None, None, Some(port)) => {
-                let p: u16 = port.trim().parse().map_err(|_| {
-                    ConfigError::new("PORT", &port, "must be a TCP port number 0-65535")
-                })?;
-                SocketAddr::from(([0, 0, 0, 0], p))
-            }
-            (None, None, None) => DEFAULT_LISTEN.parse().expect("valid default"),
-        };
-
-        Ok(Settings {
-            profile,
-            environment,
-            backend,
-            poll_cap,
-            timeouts,
-            listen,
-        })
-    }
-
-    /// Settings as JSON (for `pollcap config --json` and `/health`).
-    pub fn to_json(&self) -> serde_json::Value {
-        let mut t = serde_json::Map::new();
-        for f in FIELDS {
-            t.insert(f.name.into(), (f.get)(&self.timeouts).as_secs_f64().into());
+        let l = &self.limits;
+        if l.max_outbound <= l.max_message + 14 {
+            return Err(ConfigError::new(
+                "--max-outbound",
+                &l.max_outbound.to_string(),
+                &format!(
+                    "must exceed --max-message ({}) + 14 bytes of frame header, or one reply \
+                     could never be queued",
+                    l.max_message
+                ),
+            ));
         }
-        serde_json::json!({
-            "profile": self.profile.name(),
-            "environment": {
-                "label": self.environment.label(),
-                "windows": self.environment.windows,
-                "cloud": self.environment.cloud.map(|c| c.name()),
-                "cloud_container": self.environment.is_cloud_container(),
-            },
-            "backend": self.backend.name(),
-            "poll_cap": self.poll_cap.to_string(),
-            "poll_cap_ms": self.poll_cap.limit().map(|d| d.as_secs_f64() * 1000.0),
-            "listen": self.listen.to_string(),
-            "timeouts_s": t,
-        })
+        Ok(())
     }
 
-    /// One human-readable line with every resolved value (the start-up log line).
-    pub fn summary(&self) -> String {
-        let mut s = format!(
-            "environment={} profile={} backend={} poll_cap={} listen={}",
-            self.environment,
-            self.profile,
-            self.backend.name(),
-            self.poll_cap,
-            self.listen
+    /// The value of every shown setting of `group`, by name, in declaration order.
+    pub fn group(&self, group: Group) -> Map<String, Value> {
+        DECLS
+            .iter()
+            .filter(|d| d.group == group)
+            .filter_map(|d| Some((d.name.to_string(), (d.show)(self)?)))
+            .collect()
+    }
+
+    /// Settings as JSON (`pollcap config --json`; `/health` uses the
+    /// same groups): top-level settings, the detected environment, then
+    /// one object per group.
+    pub fn to_json(&self) -> Value {
+        let mut o = self.group(Group::Top);
+        o.insert(
+            "environment".into(),
+            serde_json::to_value(self.environment.view()).unwrap_or(Value::Null),
         );
-        for f in FIELDS {
-            s.push_str(&format!(" {}={}", f.name, secs((f.get)(&self.timeouts))));
+        o.insert(
+            "poll_cap_ms".into(),
+            self.poll_cap
+                .limit()
+                .map(|d| d.as_secs_f64() * 1000.0)
+                .into(),
+        );
+        for g in [Group::Timeouts, Group::Limits, Group::Server, Group::Auth] {
+            if let Some(key) = g.key() {
+                o.insert(key.into(), Value::Object(self.group(g)));
+            }
+        }
+        Value::Object(o)
+    }
+
+    /// One human-readable line with every resolved value (the start-up log
+    /// line): `name=value` for each shown setting.
+    pub fn summary(&self) -> String {
+        let mut s = format!("environment={}", self.environment);
+        for d in DECLS {
+            if let Some(v) = (d.show)(self) {
+                s.push(' ');
+                s.push_str(d.name);
+                s.push('=');
+                s.push_str(&display(d, &v));
+            }
         }
         s
     }
 }
 
+/// A shown value as text: seconds get their unit, strings lose quotes.
+pub fn display(d: &Decl, v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "none".into(),
+        Value::Number(n) if d.value_name == "SECS" => {
+            secs(Duration::from_secs_f64(n.as_f64().unwrap_or(0.0)))
+        }
+        other => other.to_string(),
+    }
+}
+
+fn default_cap(t: &Timeouts) -> CapStrategy {
+    CapStrategy::Fixed(DEFAULT_CAP.min(t.ping).min(t.close))
+}
+
 fn resolve_profile(
     get: &dyn Fn(&str) -> Option<String>,
-    flags: &Overrides,
+    flag: Option<&str>,
 ) -> Result<Profile, ConfigError> {
     let rule = "must be one of local, development, testing, staging, production";
-    if let Some(v) = &flags.profile {
+    if let Some(v) = flag {
         return Profile::parse(v).ok_or_else(|| ConfigError::new("--profile", v, rule));
     }
     if let Some(v) = get("LOCAL_DEVELOPMENT") {
@@ -207,26 +385,6 @@ fn resolve_profile(
         Some(v) => Profile::parse(&v).ok_or_else(|| ConfigError::new("ENVIRONMENT", &v, rule)),
         None => Ok(Profile::Local),
     }
-}
-
-fn parse_backend(source: &str, v: &str) -> Result<BackendKind, ConfigError> {
-    BackendKind::parse(v).ok_or_else(|| ConfigError::new(source, v, "must be mio or polling"))
-}
-
-fn parse_cap(source: &str, v: &str) -> Result<CapStrategy, ConfigError> {
-    CapStrategy::parse(v).ok_or_else(|| {
-        ConfigError::new(
-            source,
-            v,
-            "must be a whole number of milliseconds (0 = spin) or 'off' (unbounded)",
-        )
-    })
-}
-
-fn parse_listen(source: &str, v: &str) -> Result<SocketAddr, ConfigError> {
-    v.trim()
-        .parse()
-        .map_err(|_| ConfigError::new(source, v, "must be IP:PORT, e.g. 127.0.0.1:8765"))
 }
 
 #[cfg(test)]

@@ -4,22 +4,33 @@ use super::*;
 use std::collections::HashMap;
 use std::time::Duration;
 
-fn resolve(vars: &[(&str, &str)], flags: &Overrides) -> Result<Settings, ConfigError> {
+fn resolve(vars: &[(&str, &str)], flags: &[(&str, &str)]) -> Result<Settings, ConfigError> {
     let map: HashMap<String, String> = vars
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    Settings::resolve(&|k| map.get(k).cloned(), flags)
+    let flags: Vec<(&str, String)> = flags.iter().map(|(k, v)| (*k, v.to_string())).collect();
+    Settings::resolve(&|k| map.get(k).cloned(), &flags)
 }
 
 fn ok(vars: &[(&str, &str)]) -> Settings {
-    resolve(vars, &Overrides::default()).unwrap()
+    resolve(vars, &[]).unwrap()
 }
 
 fn err(vars: &[(&str, &str)]) -> String {
-    resolve(vars, &Overrides::default())
-        .unwrap_err()
-        .to_string()
+    resolve(vars, &[]).unwrap_err().to_string()
+}
+
+/// The timeout declarations, in SPEC table order.
+fn timeout_decls() -> Vec<&'static Decl> {
+    DECLS
+        .iter()
+        .filter(|d| d.group == Group::Timeouts)
+        .collect()
+}
+
+fn secs_of(st: &Settings, d: &Decl) -> f64 {
+    (d.show)(st).and_then(|v| v.as_f64()).unwrap()
 }
 
 fn s(n: u64) -> Duration {
@@ -38,8 +49,10 @@ fn profile_table_rows_match_spec() {
     for (name, row) in table {
         let st = ok(&[("ENVIRONMENT", name)]);
         assert_eq!(st.profile.name(), name);
-        for (f, want) in FIELDS.iter().zip(row) {
-            assert_eq!((f.get)(&st.timeouts), s(want), "{name}.{}", f.name);
+        let decls = timeout_decls();
+        assert_eq!(decls.len(), 10);
+        for (d, want) in decls.iter().zip(row) {
+            assert_eq!(secs_of(&st, d), want as f64, "{name}.{}", d.name);
         }
     }
 }
@@ -97,16 +110,13 @@ fn env_overrides_profile_and_accepts_decimals() {
 
 #[test]
 fn every_env_var_is_read() {
-    for f in FIELDS {
+    let local = Settings::defaults(Profile::Local);
+    for d in timeout_decls() {
         // Pick a value that keeps the hierarchy valid for the local profile.
-        let v = ((f.get)(&Profile::Local.timeouts()).as_secs_f64() * 1.0).to_string();
-        let st = ok(&[(f.env, &v)]);
-        assert_eq!(
-            (f.get)(&st.timeouts).as_secs_f64().to_string(),
-            v,
-            "{}",
-            f.env
-        );
+        let v = secs_of(&local, d).to_string();
+        let env = d.env.unwrap();
+        let st = ok(&[(env, &v)]);
+        assert_eq!(secs_of(&st, d).to_string(), v, "{env}");
     }
     // and a changed value actually lands, for each variable
     let st = ok(&[
@@ -121,21 +131,19 @@ fn every_env_var_is_read() {
         ("WEBSOCKET_CLEANUP_INTERVAL", "7"),
         ("AGENT_EXECUTION_TIMEOUT", "9"),
     ]);
-    let got: Vec<f64> = FIELDS
-        .iter()
-        .map(|f| (f.get)(&st.timeouts).as_secs_f64())
-        .collect();
+    let got: Vec<f64> = timeout_decls().iter().map(|d| secs_of(&st, d)).collect();
     assert_eq!(got, [1.5, 2.5, 1.5, 4.0, 14.0, 50.0, 300.0, 3.0, 7.0, 9.0]);
 }
 
 #[test]
 fn flags_override_env() {
-    let mut flags = Overrides::default();
-    flags.timeouts[2] = Some("0.75".into()); // ping
-    flags.profile = Some("staging".into());
-    flags.backend = Some("polling".into());
-    flags.poll_cap = Some("250".into());
-    flags.listen = Some("127.0.0.1:9000".into());
+    let flags = [
+        ("ping", "0.75"),
+        ("profile", "staging"),
+        ("backend", "polling"),
+        ("poll_cap", "250"),
+        ("listen", "127.0.0.1:9000"),
+    ];
     let st = resolve(
         &[
             ("ENVIRONMENT", "production"),
@@ -156,9 +164,9 @@ fn flags_override_env() {
 
 #[test]
 fn bad_flag_value_names_the_flag() {
-    let mut flags = Overrides::default();
-    flags.timeouts[0] = Some("soon".into());
-    let e = resolve(&[], &flags).unwrap_err().to_string();
+    let e = resolve(&[], &[("connect", "soon")])
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("--connect-timeout") && e.contains("soon"), "{e}");
 }
 
@@ -247,9 +255,92 @@ fn zero_and_negative_timeouts_are_rejected() {
 #[test]
 fn json_lists_every_timeout() {
     let j = ok(&[]).to_json();
-    for f in FIELDS {
-        assert!(j["timeouts_s"][f.name].is_number(), "{}", f.name);
+    for d in timeout_decls() {
+        assert!(j["timeouts_s"][d.name].is_number(), "{}", d.name);
     }
     assert_eq!(j["poll_cap"], "fixed(1000ms)");
     assert_eq!(j["profile"], "local");
+    assert_eq!(j["limits"]["max_message"], 1 << 20);
+    assert_eq!(j["server"]["ws_path"], "/ws");
+    assert_eq!(j["auth"]["jwt_secret"], false, "only whether it is set");
+}
+
+#[test]
+fn every_declaration_is_complete_and_unique() {
+    let mut names = std::collections::HashSet::new();
+    let mut flags = std::collections::HashSet::new();
+    let mut envs = std::collections::HashSet::new();
+    for d in DECLS {
+        assert!(names.insert(d.name), "duplicate name {}", d.name);
+        if let Some(f) = d.flag {
+            assert!(flags.insert(f), "duplicate flag {f}");
+        }
+        if let Some(e) = d.env {
+            assert!(envs.insert(e), "duplicate env {e}");
+        }
+        assert!(
+            d.flag.is_some() || d.env.is_some(),
+            "{} cannot be set",
+            d.name
+        );
+        assert!(!d.help.is_empty(), "{} has no help", d.name);
+        // Every default parses under every profile (a bad one panics).
+        for p in Profile::ALL {
+            Settings::defaults(p);
+        }
+    }
+}
+
+#[test]
+fn every_setting_is_read_from_its_env_var_and_its_flag() {
+    // One valid, non-default value per setting.
+    let values: &[(&str, &str)] = &[
+        ("backend", "polling"),
+        ("poll_cap", "250"),
+        ("listen", "127.0.0.1:9"),
+        ("max_message", "1000"),
+        ("max_frame", "999"),
+        ("max_connections", "7"),
+        ("max_outbound", "5000000"),
+        ("read_buffer", "4096"),
+        ("max_head_bytes", "2048"),
+        ("max_headers", "9"),
+        ("threads", "3"),
+        ("ws_path", "/chat"),
+        ("app", "echo"),
+        ("pacing_ms", "9"),
+        ("pool_threads", "2"),
+        ("pool_queue", "5"),
+        ("breaker_threshold", "4"),
+        ("breaker_recovery", "2.5"),
+        ("tokens_file", "/tmp/t"),
+    ];
+    let base = ok(&[]).to_json();
+    for (name, v) in values {
+        let d = find(name).unwrap();
+        let through_flag = resolve(&[], &[(d.name, v)]).unwrap().to_json();
+        let through_env = d
+            .env
+            .map(|e| resolve(&[(e, v)], &[]).unwrap().to_json())
+            .unwrap_or_else(|| through_flag.clone());
+        let key = |j: &serde_json::Value| match d.group.key() {
+            Some(g) => j[g][d.name].clone(),
+            None => j[d.name].clone(),
+        };
+        assert_ne!(key(&through_flag), key(&base), "{name} via flag");
+        assert_eq!(key(&through_flag), key(&through_env), "{name} via env");
+    }
+}
+
+#[test]
+fn a_secret_is_never_echoed() {
+    let e = err(&[("POLLCAP_JWT_SECRET", "short-secret")]);
+    assert!(
+        e.contains("POLLCAP_JWT_SECRET") && e.contains("<hidden>"),
+        "{e}"
+    );
+    assert!(!e.contains("short-secret"), "{e}");
+    let st = ok(&[("POLLCAP_JWT_SECRET", "a-secret-of-32-bytes-long-enough!")]);
+    assert!(!format!("{st:?}").contains("a-secret"));
+    assert!(!st.summary().contains("a-secret"));
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use pollcap::reactor::BackendKind;
 use pollcap::server::{Server, ServerConfig};
-use pollcap::settings::{Overrides, Settings};
+use pollcap::settings::Settings;
 use tungstenite::client::IntoClientRequest;
 use tungstenite::protocol::WebSocket;
 
@@ -43,7 +43,7 @@ pub fn settings(kind: BackendKind, env: &[(&str, &str)]) -> Settings {
     }
     map.insert("POLLCAP_BACKEND".into(), kind.name().into());
     map.insert("POLLCAP_LISTEN".into(), "127.0.0.1:0".into());
-    Settings::resolve(&|k| map.get(k).cloned(), &Overrides::default()).expect("valid test settings")
+    Settings::resolve(&|k| map.get(k).cloned(), &[]).expect("valid test settings")
 }
 
 pub fn start(
@@ -52,7 +52,7 @@ pub fn start(
     tweak: impl FnOnce(&mut ServerConfig),
 ) -> Server {
     let mut cfg = ServerConfig::new(settings(kind, env));
-    cfg.threads = 2;
+    cfg.settings.threads = 2;
     tweak(&mut cfg);
     Server::start(cfg).expect("server starts")
 }

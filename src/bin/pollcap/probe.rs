@@ -6,10 +6,16 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use std::process::ExitCode;
+
+use serde::Serialize;
 use tungstenite::Message;
 
-use crate::client::{Client, ClientConfig, ClientError};
+use pollcap::agent::{ClientMessage, EventView};
+use pollcap::client::{Client, ClientConfig, ClientError};
+use pollcap::settings::seconds;
+
+use super::fail;
 
 /// The phases, in order, as named in the report.
 pub const PHASES: [&str; 6] = [
@@ -28,6 +34,25 @@ pub struct PhaseResult {
     pub duration: Option<Duration>,
     pub ok: Option<bool>,
     pub detail: String,
+}
+
+/// `--json` output.
+#[derive(Serialize)]
+pub struct ReportJson<'a> {
+    url: &'a str,
+    ok: bool,
+    verdict: &'a str,
+    attempts: u32,
+    events: usize,
+    phases: Vec<PhaseJson<'a>>,
+}
+
+#[derive(Serialize)]
+struct PhaseJson<'a> {
+    phase: &'static str,
+    ms: Option<f64>,
+    ok: Option<bool>,
+    detail: &'a str,
 }
 
 #[derive(Clone, Debug)]
@@ -93,27 +118,24 @@ impl ProbeReport {
         &mut self.phases[i]
     }
 
-    pub fn to_json(&self) -> Value {
-        let phases: Vec<Value> = self
-            .phases
-            .iter()
-            .map(|p| {
-                json!({
-                    "phase": p.name,
-                    "ms": p.duration.map(|d| (d.as_secs_f64() * 1e6).round() / 1e3),
-                    "ok": p.ok,
-                    "detail": p.detail,
+    pub fn to_json(&self) -> ReportJson<'_> {
+        ReportJson {
+            url: &self.url,
+            ok: self.ok,
+            verdict: &self.verdict,
+            attempts: self.attempts,
+            events: self.events,
+            phases: self
+                .phases
+                .iter()
+                .map(|p| PhaseJson {
+                    phase: p.name,
+                    ms: p.duration.map(|d| (d.as_secs_f64() * 1e6).round() / 1e3),
+                    ok: p.ok,
+                    detail: &p.detail,
                 })
-            })
-            .collect();
-        json!({
-            "url": self.url,
-            "ok": self.ok,
-            "verdict": self.verdict,
-            "attempts": self.attempts,
-            "events": self.events,
-            "phases": phases,
-        })
+                .collect(),
+        }
     }
 
     pub fn to_text(&self) -> String {
@@ -136,6 +158,103 @@ impl ProbeReport {
         out.push_str(&format!("verdict: {}\n", self.verdict));
         out
     }
+}
+
+#[derive(clap::Args)]
+pub struct ProbeArgs {
+    /// Endpoint, ws://HOST:PORT/PATH.
+    #[arg(default_value = "ws://127.0.0.1:8765/ws")]
+    url: String,
+    /// Bearer token (sent as `Authorization: Bearer`).
+    #[arg(long, env = "POLLCAP_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Text of the user_message.
+    #[arg(long, default_value = "pollcap probe: is this endpoint healthy?")]
+    text: String,
+    /// Connect attempts (retries back off with full jitter). One by default:
+    /// the probe reports what a single attempt sees.
+    #[arg(long, default_value_t = 1)]
+    attempts: u32,
+    /// Connect timeout per attempt, seconds (comma-separated: progressive).
+    #[arg(long, default_value = "3,2,1.5,1,0.8")]
+    connect_timeout: String,
+    /// Seconds for the upgrade response.
+    #[arg(long, default_value = "5")]
+    handshake_timeout: String,
+    /// Seconds to wait for each event.
+    #[arg(long, default_value = "15")]
+    receive_timeout: String,
+    /// Seconds for the closing handshake.
+    #[arg(long, default_value = "2")]
+    close_timeout: String,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `pollcap probe`: exit 0 only when every phase passed, 1 when one
+/// failed, 2 for a bad URL or option.
+pub fn command(args: ProbeArgs) -> ExitCode {
+    if let Err(e) = pollcap::client::parse_url(&args.url) {
+        return fail(e.to_string());
+    }
+    let mut cfg = ClientConfig {
+        max_attempts: args.attempts.max(1),
+        ..ClientConfig::default()
+    };
+    let connect = args
+        .connect_timeout
+        .split(',')
+        .map(|part| flag_seconds("--connect-timeout", part.trim()))
+        .collect::<Result<Vec<_>, _>>();
+    match connect {
+        Ok(list) => cfg.connect_timeouts = list,
+        Err(e) => return fail(e),
+    }
+    for (name, value, slot) in [
+        (
+            "--handshake-timeout",
+            &args.handshake_timeout,
+            &mut cfg.handshake_timeout,
+        ),
+        (
+            "--receive-timeout",
+            &args.receive_timeout,
+            &mut cfg.receive_timeout,
+        ),
+        (
+            "--close-timeout",
+            &args.close_timeout,
+            &mut cfg.close_timeout,
+        ),
+    ] {
+        match flag_seconds(name, value) {
+            Ok(d) => *slot = d,
+            Err(e) => return fail(e),
+        }
+    }
+    if let Some(t) = &args.token {
+        cfg = cfg.bearer(t);
+    }
+    let report = probe(&args.url, cfg, &args.text);
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string(&report.to_json()).expect("json")
+        );
+    } else {
+        print!("{}", report.to_text());
+    }
+    if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// A seconds flag, or the one-line error naming it.
+fn flag_seconds(flag: &str, value: &str) -> Result<Duration, String> {
+    seconds(value).map_err(|rule| format!("invalid setting {flag}={value:?}: {rule}"))
 }
 
 /// Where an event type sits in the order of SPEC §5.
@@ -163,13 +282,13 @@ pub struct RunCheck {
 
 impl RunCheck {
     /// Accepts one event; `Ok(true)` once the run is complete.
-    pub fn event(&mut self, v: &Value) -> Result<bool, String> {
-        let kind = v["type"].as_str().ok_or("event without \"type\"")?;
+    pub fn event(&mut self, v: &EventView) -> Result<bool, String> {
+        let kind = v.kind.as_str();
         if kind == "error" {
             return Err(format!(
                 "server sent an error event: {} ({})",
-                v["code"].as_str().unwrap_or("?"),
-                v["message"].as_str().unwrap_or("")
+                v.code.as_deref().unwrap_or("?"),
+                v.message.as_deref().unwrap_or("")
             ));
         }
         let r = rank(kind).ok_or_else(|| format!("unexpected event type {kind:?}"))?;
@@ -181,35 +300,37 @@ impl RunCheck {
         if !expected {
             return Err(format!("{kind} out of order"));
         }
-        let seq = v["seq"]
-            .as_u64()
-            .ok_or_else(|| format!("{kind} without seq"))?;
+        let seq = v.seq.ok_or_else(|| format!("{kind} without seq"))?;
         if self.last_seq.is_some_and(|s| seq <= s) {
             return Err(format!(
                 "seq {seq} after {} is not increasing",
                 self.last_seq.unwrap_or(0)
             ));
         }
-        let run = v["run_id"]
-            .as_str()
+        let run = v
+            .run_id
+            .as_deref()
             .ok_or_else(|| format!("{kind} without run_id"))?;
         match &self.run_id {
             None => self.run_id = Some(run.to_string()),
             Some(id) if id != run => return Err(format!("run_id changed from {id} to {run}")),
             Some(_) => {}
         }
-        if v["ts"].as_u64().is_none() && v["ts"].as_f64().is_none() {
+        if v.ts.is_none() {
             return Err(format!("{kind} without ts"));
         }
         if r == 1 {
-            self.deltas
-                .push_str(v["delta"].as_str().ok_or("agent_thinking without delta")?);
+            let delta = v.delta.as_deref().ok_or("agent_thinking without delta")?;
+            self.deltas.push_str(delta);
             self.thinking += 1;
         }
         self.last_rank = Some(r);
         self.last_seq = Some(seq);
         if r == 4 {
-            let fin = v["final"].as_str().ok_or("agent_completed without final")?;
+            let fin = v
+                .final_text
+                .as_deref()
+                .ok_or("agent_completed without final")?;
             if fin != self.deltas {
                 return Err("final is not the concatenation of the deltas".into());
             }
@@ -252,9 +373,14 @@ pub fn probe(url: &str, mut cfg: ClientConfig, text: &str) -> ProbeReport {
     }
     report.pass("handshake", rep.handshake, "agent_chat".into());
 
-    let msg = json!({"type": "user_message", "text": text, "thread_id": "probe"});
+    let msg = ClientMessage::UserMessage {
+        text: text.to_string(),
+        thread_id: "probe".into(),
+        pacing_ms: None,
+    };
+    let msg = serde_json::to_string(&msg).expect("plain message serializes");
     let sent = Instant::now();
-    if let Err(e) = conn.send(Message::text(msg.to_string())) {
+    if let Err(e) = conn.send(Message::text(msg)) {
         return report.fail("first_event", None, e.to_string());
     }
     let mut check = RunCheck::default();
@@ -272,7 +398,7 @@ pub fn probe(url: &str, mut cfg: ClientConfig, text: &str) -> ProbeReport {
             report.pass("first_event", sent.elapsed(), String::new());
         }
         report.events += 1;
-        let v: Value = match m.to_text().ok().and_then(|t| serde_json::from_str(t).ok()) {
+        let v: EventView = match m.to_text().ok().and_then(|t| serde_json::from_str(t).ok()) {
             Some(v) => v,
             None => {
                 let why = "event is not a JSON text message".to_string();
@@ -317,6 +443,7 @@ pub fn probe(url: &str, mut cfg: ClientConfig, text: &str) -> ProbeReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::{Value, json};
 
     fn ev(kind: &str, seq: u64, extra: Value) -> Value {
         let mut v = json!({"type": kind, "run_id": "r1", "seq": seq, "ts": 1});
@@ -341,7 +468,8 @@ mod tests {
         let mut c = RunCheck::default();
         let mut done = false;
         for e in events {
-            done = c.event(e)?;
+            let view: EventView = serde_json::from_value(e.clone()).map_err(|e| e.to_string())?;
+            done = c.event(&view)?;
         }
         Ok(done)
     }
@@ -387,7 +515,7 @@ mod tests {
         assert_eq!(r.phases[0].ok, Some(true), "dns passed to reach tcp");
         assert_eq!(r.phases[1].ok, Some(false));
         assert!(r.phases[2..].iter().all(|p| p.ok.is_none()));
-        let j = r.to_json();
+        let j = serde_json::to_value(r.to_json()).unwrap();
         assert_eq!(j["phases"][1]["phase"], "tcp");
         assert_eq!(j["phases"][1]["ok"], false);
         assert!(r.to_text().contains("handshake"));

@@ -9,16 +9,24 @@
 //! waker suppressed, and an unrelated watchdog deadline stands in for "the
 //! next thing that happens" to show what `unbounded` does without a cap.
 
-use std::fmt::Write as _;
 use std::io::{self, BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+mod report;
+mod svg;
 
-use crate::reactor::{BackendKind, CapStrategy, Reactor, WakeReason};
+use std::process::ExitCode;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use pollcap::reactor::{BackendKind, CapStrategy, Reactor, WakeReason};
+
+use super::{fail, parse_list};
+use report::{charts, report_markdown, to_json};
 
 /// What to run; [`BenchConfig::new`] is the full benchmark (about five
 /// minutes here), [`BenchConfig::quick`] a seconds-long smoke run.
@@ -72,7 +80,7 @@ impl BenchConfig {
 }
 
 /// One idle measurement.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct IdleCost {
     pub connections: usize,
     pub heartbeats: bool,
@@ -188,7 +196,7 @@ impl ChildServer {
     }
 
     fn health(&self) -> Option<Value> {
-        serde_json::from_str(&crate::load::http_get(&self.url(), "/health")?).ok()
+        serde_json::from_str(&super::load::http_get(&self.url(), "/health")?).ok()
     }
 }
 
@@ -236,7 +244,7 @@ fn idle_cost(
     let srv = ChildServer::start(cfg, kind, cap, env)?;
     let mut out = Vec::new();
     for &n in &cfg.idle_counts {
-        let r = crate::load::idle(&srv.url(), n, cfg.hold, Some(srv.pid()))?;
+        let r = super::load::idle(&srv.url(), n, cfg.hold, Some(srv.pid()))?;
         out.push(IdleCost {
             connections: n,
             heartbeats,
@@ -253,13 +261,13 @@ fn idle_cost(
 fn shutdown_reaction(srv: &ChildServer, n: usize) -> io::Result<Option<f64>> {
     let mut clients = Vec::with_capacity(n);
     for _ in 0..n {
-        let ws = crate::load::connect(&srv.url(), Duration::from_secs(5))?;
+        let ws = super::load::connect(&srv.url(), Duration::from_secs(5))?;
         ws.get_ref()
             .set_read_timeout(Some(Duration::from_secs(10)))?;
         clients.push(ws);
     }
     let t0 = Instant::now();
-    if crate::platform::terminate(srv.pid()).is_err() {
+    if super::sys::terminate(srv.pid()).is_err() {
         return Ok(None);
     }
     let mut last = Duration::ZERO;
@@ -302,9 +310,9 @@ fn measure(
     let srv = ChildServer::start(cfg, kind, cap, &heartbeats_every("1.2"))?;
     let mut silent = Vec::with_capacity(cfg.echo_connections);
     for _ in 0..cfg.echo_connections {
-        silent.push(crate::load::connect(&srv.url(), Duration::from_secs(5))?);
+        silent.push(super::load::connect(&srv.url(), Duration::from_secs(5))?);
     }
-    let e = crate::load::echo(
+    let e = super::load::echo(
         &srv.url(),
         cfg.echo_connections,
         32,
@@ -352,330 +360,94 @@ pub fn run(cfg: &BenchConfig, log: &mut dyn FnMut(&str)) -> io::Result<String> {
     let names: Vec<&str> = charts.iter().map(|(n, _)| n.as_str()).collect();
     let report = report_markdown(cfg, &rows, &names);
     std::fs::write(cfg.out_dir.join("report.md"), &report)?;
-    std::fs::write(cfg.out_dir.join("bench.json"), to_json(&rows).to_string())?;
+    std::fs::write(cfg.out_dir.join("bench.json"), to_json(&rows))?;
     for (file, chart) in &charts {
         std::fs::write(cfg.out_dir.join(file), chart)?;
     }
     Ok(report)
 }
 
-fn label(r: &Row) -> String {
-    format!("{} · {}", r.backend.name(), r.strategy)
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// Output directory.
+    #[arg(long, default_value = "reports/bench")]
+    out: std::path::PathBuf,
+    /// Tiny sizes and short holds: checks the harness in seconds.
+    #[arg(long)]
+    quick: bool,
+    /// Backends, comma-separated.
+    #[arg(long, default_value = "mio,polling")]
+    backends: String,
+    /// Cap strategies, comma-separated: off (unbounded), 0 (spin), or ms.
+    #[arg(long, default_value = "off,1000,100,0")]
+    strategies: String,
+    /// Idle connection counts, comma-separated (default 0,1000,10000).
+    #[arg(long)]
+    idle: Option<String>,
+    /// Seconds each idle measurement holds its connections (default 4).
+    #[arg(long)]
+    hold: Option<String>,
 }
 
-fn f(v: Option<f64>, digits: usize) -> String {
-    v.map_or("n/a".into(), |v| format!("{v:.digits$}"))
-}
-
-fn recovery_text(r: &Row, limit: Duration) -> String {
-    match r.recovery {
-        Some(d) if d < Duration::from_millis(1) => format!("{:.0} µs", d.as_secs_f64() * 1e6),
-        Some(d) => format!("{:.0} ms", d.as_secs_f64() * 1e3),
-        None => format!("never (> {} s)", limit.as_secs_f64()),
+fn bench_config(args: BenchArgs) -> Result<BenchConfig, String> {
+    let exe =
+        std::env::current_exe().map_err(|e| format!("cannot find the pollcap binary: {e}"))?;
+    let mut cfg = BenchConfig::new(exe, args.out);
+    if args.quick {
+        cfg = cfg.quick();
     }
-}
-
-pub fn to_json(rows: &[Row]) -> Value {
-    Value::Array(
-        rows.iter()
-            .map(|r| {
-                json!({
-                    "backend": r.backend.name(),
-                    "strategy": r.strategy.to_string(),
-                    "recovery_ms": r.recovery.map(|d| d.as_secs_f64() * 1e3),
-                    "idle": r.idle.iter().map(|i| json!({
-                        "connections": i.connections,
-                        "heartbeats": i.heartbeats,
-                        "wakeups_per_sec": i.wakeups_per_sec,
-                        "cpu_ms_per_hour": i.cpu_ms_per_hour,
-                    })).collect::<Vec<_>>(),
-                    "overshoot_p50_ms": r.overshoot_p50_ms,
-                    "overshoot_p99_ms": r.overshoot_p99_ms,
-                    "echo_msgs_per_sec": r.echo_msgs_per_sec,
-                    "echo_p50_us": r.echo_p50_us,
-                    "echo_p99_us": r.echo_p99_us,
-                    "echo_cpu_us_per_msg": r.echo_cpu_us_per_msg,
-                    "shutdown_ms": r.shutdown_ms,
-                })
-            })
-            .collect(),
-    )
-}
-
-pub fn report_markdown(cfg: &BenchConfig, rows: &[Row], chart_files: &[&str]) -> String {
-    let mut o = String::new();
-    let _ = writeln!(o, "# pollcap bench: cap strategies × backends\n");
-    let _ = writeln!(
-        o,
-        "One run on this machine ({} {}, {} CPUs). Idle hold {} s, heartbeats (when on) every 2 s. \
-         Echo: {} connections × 32 B for {} s beside as many silent connections, whose heartbeat, \
-         pong and close deadlines are the ones measured for overshoot. Shutdown: {} connections. \
-         n/a: not measurable here (CPU needs Linux /proc, SIGTERM needs Unix) or no samples.\n",
-        std::env::consts::OS,
-        std::env::consts::ARCH,
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        cfg.hold.as_secs_f64(),
-        cfg.echo_connections,
-        cfg.echo_duration.as_secs_f64(),
-        cfg.shutdown_connections,
-    );
-    let _ = writeln!(o, "## Idle cost\n");
-    let _ = write!(o, "| backend · strategy |");
-    let columns: Vec<(usize, bool)> = rows
-        .first()
-        .map(|r| {
-            r.idle
-                .iter()
-                .map(|i| (i.connections, i.heartbeats))
-                .collect()
-        })
-        .unwrap_or_default();
-    for (n, hb) in &columns {
-        let _ = write!(
-            o,
-            " {n} idle, heartbeats {}: wakeups/s · CPU ms/h |",
-            if *hb { "on" } else { "off" }
-        );
+    cfg.backends = parse_list(
+        "--backends",
+        &args.backends,
+        "each must be mio or polling",
+        BackendKind::parse,
+    )?;
+    cfg.strategies = parse_list(
+        "--strategies",
+        &args.strategies,
+        "each must be off, 0 or whole milliseconds",
+        CapStrategy::parse,
+    )?;
+    if let Some(list) = &args.idle {
+        cfg.idle_counts = parse_list(
+            "--idle",
+            list,
+            "each must be a whole number of connections <= 20000",
+            |n| n.parse::<usize>().ok().filter(|&n| n <= 20_000),
+        )?;
     }
-    let _ = writeln!(o, "\n|---|{}", "---|".repeat(columns.len()));
-    for r in rows {
-        let _ = write!(o, "| {} |", label(r));
-        for i in &r.idle {
-            let _ = write!(
-                o,
-                " {} · {} |",
-                f(i.wakeups_per_sec, 1),
-                f(i.cpu_ms_per_hour, 0)
-            );
-        }
-        let _ = writeln!(o);
+    if let Some(h) = &args.hold {
+        cfg.hold = pollcap::settings::seconds(h)
+            .map_err(|rule| format!("invalid setting --hold={h:?}: {rule}"))?;
     }
-    let _ = writeln!(o, "\n## Lost wakeups, deadlines, load, shutdown\n");
-    let _ = writeln!(
-        o,
-        "| backend · strategy | lost-wakeup recovery | deadline overshoot p50 / p99 (ms) | echo msg/s | echo p50 / p99 (µs) | server CPU µs/msg | SIGTERM → last Close (ms) |"
-    );
-    let _ = writeln!(o, "|---|---|---|---|---|---|---|");
-    for r in rows {
-        let _ = writeln!(
-            o,
-            "| {} | {} | {} / {} | {} | {} / {} | {} | {} |",
-            label(r),
-            recovery_text(r, cfg.recovery_limit),
-            f(r.overshoot_p50_ms, 2),
-            f(r.overshoot_p99_ms, 2),
-            f(Some(r.echo_msgs_per_sec), 0),
-            r.echo_p50_us,
-            r.echo_p99_us,
-            f(r.echo_cpu_us_per_msg, 1),
-            f(r.shutdown_ms, 1),
-        );
-    }
-    let _ = writeln!(
-        o,
-        "\nCharts: {}.",
-        chart_files
-            .iter()
-            .map(|n| format!("[{n}]({n})"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-    o
+    Ok(cfg)
 }
 
-/// The SVG charts: (file name, SVG text).
-pub fn charts(cfg: &BenchConfig, rows: &[Row]) -> Vec<(String, String)> {
-    let labels: Vec<String> = rows.iter().map(label).collect();
-    let mut out = Vec::new();
-    let biggest = cfg.idle_counts.iter().copied().max().unwrap_or(0);
-    for hb in [false, true] {
-        let pick = |r: &Row| {
-            r.idle
-                .iter()
-                .find(|i| i.connections == biggest && i.heartbeats == hb)
-                .cloned()
-        };
-        let name = if hb { "on" } else { "off" };
-        let wake: Vec<Option<f64>> = rows
-            .iter()
-            .map(|r| pick(r).and_then(|i| i.wakeups_per_sec))
-            .collect();
-        out.push((
-            format!("idle-wakeups-heartbeats-{name}.svg"),
-            bar_chart(
-                &format!("Wakeups/s, {biggest} idle connections, heartbeats {name} (log scale)"),
-                &labels,
-                &wake,
-                true,
-            ),
-        ));
-        let cpu: Vec<Option<f64>> = rows
-            .iter()
-            .map(|r| pick(r).and_then(|i| i.cpu_ms_per_hour))
-            .collect();
-        out.push((
-            format!("idle-cpu-heartbeats-{name}.svg"),
-            bar_chart(&format!("Server CPU ms per hour, {biggest} idle connections, heartbeats {name} (log scale)"), &labels, &cpu, true),
-        ));
-    }
-    let limit_ms = cfg.recovery_limit.as_secs_f64() * 1e3;
-    let rec: Vec<Option<f64>> = rows
-        .iter()
-        .map(|r| Some(r.recovery.map_or(limit_ms, |d| d.as_secs_f64() * 1e3)))
-        .collect();
-    let texts: Vec<String> = rows
-        .iter()
-        .map(|r| {
-            r.recovery
-                .map_or("never".into(), |d| fmt_value(d.as_secs_f64() * 1e3))
-        })
-        .collect();
-    out.push((
-        "lost-wakeup-recovery.svg".into(),
-        bar_chart_with(
-            &format!("Lost-wakeup recovery, ms (never = not noticed within {limit_ms:.0} ms)"),
-            &labels,
-            &rec,
-            false,
-            &texts,
-        ),
-    ));
-    let over: Vec<Option<f64>> = rows.iter().map(|r| r.overshoot_p99_ms).collect();
-    out.push((
-        "deadline-overshoot-p99.svg".into(),
-        bar_chart(
-            "Deadline overshoot p99 under echo load, ms",
-            &labels,
-            &over,
-            false,
-        ),
-    ));
-    let eps: Vec<Option<f64>> = rows.iter().map(|r| Some(r.echo_msgs_per_sec)).collect();
-    out.push((
-        "echo-throughput.svg".into(),
-        bar_chart("Echo messages/s", &labels, &eps, false),
-    ));
-    let p99: Vec<Option<f64>> = rows.iter().map(|r| Some(r.echo_p99_us as f64)).collect();
-    out.push((
-        "echo-p99.svg".into(),
-        bar_chart("Echo round trip p99, µs", &labels, &p99, false),
-    ));
-    let sd: Vec<Option<f64>> = rows.iter().map(|r| r.shutdown_ms).collect();
-    out.push((
-        "shutdown-reaction.svg".into(),
-        bar_chart("SIGTERM to last Close frame, ms", &labels, &sd, false),
-    ));
-    out
-}
-
-fn xml_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-}
-
-/// A horizontal bar chart, one bar per label; missing values say n/a.
-/// On a log scale, values are drawn as log10(1 + v).
-pub fn bar_chart(title: &str, labels: &[String], values: &[Option<f64>], log: bool) -> String {
-    let texts: Vec<String> = values
-        .iter()
-        .map(|v| v.map_or(String::new(), fmt_value))
-        .collect();
-    bar_chart_with(title, labels, values, log, &texts)
-}
-
-/// [`bar_chart`] with the text printed beside each bar given.
-pub fn bar_chart_with(
-    title: &str,
-    labels: &[String],
-    values: &[Option<f64>],
-    log: bool,
-    texts: &[String],
-) -> String {
-    let scale = |v: f64| {
-        if log {
-            (1.0 + v.max(0.0)).log10()
-        } else {
-            v.max(0.0)
-        }
+/// `pollcap bench`: runs everything, prints the report.
+pub fn command(args: BenchArgs) -> ExitCode {
+    let cfg = match bench_config(args) {
+        Ok(cfg) => cfg,
+        Err(e) => return fail(e),
     };
-    let max = values
-        .iter()
-        .flatten()
-        .map(|&v| scale(v))
-        .fold(0.0f64, f64::max)
-        .max(1e-9);
-    let (left, width, bar_h, gap) = (230.0, 420.0, 18.0, 8.0);
-    let height = 40.0 + labels.len() as f64 * (bar_h + gap) + 10.0;
-    let mut s = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{height}\" font-family=\"sans-serif\" font-size=\"12\">\n\
-         <text x=\"10\" y=\"20\" font-size=\"14\">{}</text>\n",
-        xml_escape(title),
-        w = left + width + 110.0,
-    );
-    for (i, ((l, v), text)) in labels.iter().zip(values).zip(texts).enumerate() {
-        let y = 36.0 + i as f64 * (bar_h + gap);
-        let _ = writeln!(
-            s,
-            "<text x=\"{x}\" y=\"{ty}\" text-anchor=\"end\">{}</text>",
-            xml_escape(l),
-            x = left - 8.0,
-            ty = y + bar_h - 5.0
-        );
-        match v {
-            Some(v) => {
-                let w = (scale(*v) / max * width).max(1.0);
-                let _ = writeln!(
-                    s,
-                    "<rect x=\"{left}\" y=\"{y}\" width=\"{w:.1}\" height=\"{bar_h}\" fill=\"#3b7dd8\"/>\n\
-                     <text x=\"{tx:.1}\" y=\"{ty}\">{}</text>",
-                    xml_escape(text),
-                    tx = left + w + 6.0,
-                    ty = y + bar_h - 5.0
-                );
-            }
-            None => {
-                let _ = writeln!(
-                    s,
-                    "<text x=\"{left}\" y=\"{ty}\" fill=\"#888\">n/a</text>",
-                    ty = y + bar_h - 5.0
-                );
-            }
+    // The idle runs hold up to 10 000 client sockets in this process.
+    let _ = super::sys::raise_fd_limit();
+    let mut log = |line: &str| eprintln!("bench: {line}");
+    match run(&cfg, &mut log) {
+        Ok(report) => {
+            print!("{report}");
+            eprintln!("bench: wrote {}", cfg.out_dir.display());
+            ExitCode::SUCCESS
         }
-    }
-    s.push_str("</svg>\n");
-    s
-}
-
-fn fmt_value(v: f64) -> String {
-    if v >= 100.0 {
-        format!("{v:.0}")
-    } else if v >= 1.0 {
-        format!("{v:.1}")
-    } else {
-        format!("{v:.3}")
+        Err(e) => {
+            eprintln!("pollcap: bench failed: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_bar_chart_is_valid_svg_with_every_label_and_value() {
-        let labels = vec![
-            "mio · spin".to_string(),
-            "a<b".to_string(),
-            "none".to_string(),
-        ];
-        let svg = bar_chart("T & t", &labels, &[Some(2000.0), Some(0.5), None], true);
-        assert!(svg.starts_with("<svg ") && svg.trim_end().ends_with("</svg>"));
-        assert!(svg.contains("T &amp; t") && svg.contains("a&lt;b"));
-        assert!(svg.contains(">2000<") && svg.contains(">0.500<") && svg.contains(">n/a<"));
-        assert_eq!(svg.matches("<rect").count(), 2);
-        // The largest value gets the full width on either scale.
-        assert!(svg.contains("width=\"420.0\""));
-    }
 
     #[test]
     fn cap_flags_round_trip_through_the_parser() {

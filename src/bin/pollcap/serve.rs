@@ -1,0 +1,63 @@
+//! `pollcap serve`: the auth rule, the process limits, the signal handler
+//! and the start-up line around the library's `Server`.
+
+use std::process::ExitCode;
+
+use pollcap::server::{Server, ServerConfig};
+use pollcap::settings::Settings;
+
+use super::{fail, sys};
+
+pub fn run(settings: Settings) -> ExitCode {
+    let cfg = match ServerConfig::from_settings(settings) {
+        Ok(cfg) => cfg,
+        Err(e) => return fail(e.to_string()),
+    };
+    let s = &cfg.settings;
+    if cfg.auth.is_none() && !s.listen.ip().is_loopback() && !s.insecure_no_auth {
+        return fail(format!(
+            "refusing to listen on non-loopback address {} without authentication \
+             (rule: auth may be off only on loopback); set POLLCAP_JWT_SECRET or \
+             POLLCAP_TOKENS_FILE, or pass --insecure-no-auth to accept the risk",
+            s.listen
+        ));
+    }
+    let fds = sys::raise_fd_limit();
+    if let Some(n) = fds.filter(|&n| n < s.limits.max_connections as u64 + 64) {
+        tracing::warn!(
+            "open-file limit {n} is below max_connections {} + 64: accepts will fail \
+             (and pause) before the connection limit is reached; raise LimitNOFILE / ulimit -n",
+            s.limits.max_connections
+        );
+    }
+    let listen = s.listen;
+    let summary = s.summary();
+    let auth = if cfg.auth.is_some() { "on" } else { "off" };
+    let server = match Server::start(cfg) {
+        Ok(s) => s,
+        Err(e) => return fail(format!("cannot listen on {listen}: {e}")),
+    };
+    let handle = server.shutdown_handle();
+    if let Err(e) = ctrlc::set_handler(move || {
+        tracing::info!("shutdown signal: draining");
+        handle.shutdown();
+    }) {
+        return fail(format!("cannot install the shutdown signal handler: {e}"));
+    }
+    tracing::info!(
+        "pollcap {} listening on {} fd_limit={} auth={auth} {summary}",
+        env!("CARGO_PKG_VERSION"),
+        server.local_addr(),
+        fds.map_or("none".to_string(), |n| n.to_string()),
+    );
+    match server.join() {
+        Ok(()) => {
+            tracing::info!("drained; exiting");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("pollcap: reactor failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

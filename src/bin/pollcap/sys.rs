@@ -1,0 +1,110 @@
+//! The tools' platform glue, Linux /proc and POSIX signals and limits:
+//! process CPU and memory for `load` and `bench`, SIGTERM for `bench`, and
+//! raising the descriptor limit for `serve` (the library leaves process
+//! limits alone). Everything here degrades to `None` / `Unsupported`
+//! elsewhere.
+
+use std::io;
+
+/// CPU time (user + system) and resident memory of process `pid`, for the
+/// load tool's server-side figures. Linux-only (`/proc`); elsewhere `None`.
+pub fn process_usage(pid: u32) -> Option<(std::time::Duration, u64)> {
+    #[cfg(target_os = "linux")]
+    {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Fields after the parenthesised command name; utime and stime are
+        // fields 14 and 15 overall, in USER_HZ (100 on Linux) ticks.
+        let rest = stat.rsplit_once(')')?.1;
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+        // Nanosecond CPU time from the scheduler, summed over the threads
+        // (pollcap's threads live as long as the process); the 10 ms ticks
+        // of /proc/PID/stat are too coarse for an idle server.
+        let precise = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .ok()
+            .and_then(|tasks| {
+                tasks
+                    .map(|t| {
+                        let path = t.ok()?.path().join("schedstat");
+                        let s = std::fs::read_to_string(path).ok()?;
+                        s.split_whitespace().next()?.parse::<u64>().ok()
+                    })
+                    .sum::<Option<u64>>()
+            });
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let rss_kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        let cpu = precise.map_or(std::time::Duration::from_millis(ticks * 10), |ns| {
+            std::time::Duration::from_nanos(ns)
+        });
+        Some((cpu, rss_kib * 1024))
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = pid;
+        None
+    }
+}
+
+/// Raises the soft limit on open file descriptors to the hard limit and
+/// returns the soft limit now in force. Every connection holds one
+/// descriptor, and distributions default the soft limit to 1024, far below
+/// `max_connections`; the hard limit is what the administrator allowed.
+/// `None` on Windows, which has no such per-process limit on sockets.
+pub fn raise_fd_limit() -> Option<u64> {
+    #[cfg(unix)]
+    {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit/setrlimit only read or write the struct passed.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+            return None;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            // May fail (macOS caps it below an infinite hard limit): keep
+            // what we have then.
+            if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+                lim = raised;
+            }
+        }
+        #[allow(clippy::unnecessary_cast)] // rlim_t is not u64 on every Unix
+        Some(lim.rlim_cur as u64)
+    }
+    #[cfg(not(unix))]
+    {
+        None
+    }
+}
+
+/// Asks process `pid` to shut down the way an orchestrator does: SIGTERM on
+/// Unix. Windows has no equivalent to send to a console process from
+/// outside its console, so it reports `Unsupported` there.
+pub fn terminate(pid: u32) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        let pid = libc::pid_t::try_from(pid).map_err(|_| io::ErrorKind::InvalidInput)?;
+        // SAFETY: kill() takes plain integers and has no memory effects.
+        if unsafe { libc::kill(pid, libc::SIGTERM) } == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = pid;
+        Err(io::ErrorKind::Unsupported.into())
+    }
+}

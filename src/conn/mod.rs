@@ -1,0 +1,355 @@
+//! The connection state machine (SPEC §2): one phase at a time, each with
+//! its deadline, over any non-blocking `Read + Write`.
+//!
+//! It reports and its owner decides. Every call takes the time as input
+//! ([`Cx::now`]) and appends what happened to the owner's event list
+//! ([`Event`]); requests wait for the owner's answer ([`Conn::respond`],
+//! [`Conn::accept`]), messages for the owner's reply ([`Conn::send`]) or
+//! run ([`Conn::run_started`]). It never reads the clock and never calls
+//! into the server, so tests drive a 45 s heartbeat in microseconds.
+//!
+//! The event list belongs to the caller rather than to each connection:
+//! a queue per connection would cost memory on every idle connection, or
+//! an allocation per message.
+//!
+//! Jobs, one file each: `head` (the request head and the HTTP response),
+//! `ws` (the open and closing phases over tungstenite), `runs` (handler
+//! runs and their execution deadlines), `io` (the transport wrapper and
+//! buffer sizing), `boundary` (frame boundaries, for giving buffers back).
+
+mod boundary;
+mod event;
+mod head;
+mod io;
+mod runs;
+mod ws;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use tungstenite::protocol::WebSocket;
+
+pub use event::{Event, TimeoutPhase};
+pub use io::{Io, ws_config};
+
+use crate::reactor::Interest;
+use crate::settings::{Limits, Timeouts};
+use head::After;
+use runs::Runs;
+
+/// What one call needs: the time, the configuration, and where to report.
+pub struct Cx<'a> {
+    /// The caller's clock reading for this call.
+    pub now: Instant,
+    pub timeouts: &'a Timeouts,
+    pub limits: &'a Limits,
+    /// Events of this call are appended here.
+    pub events: &'a mut Vec<Event>,
+}
+
+/// The open phase's clocks (SPEC §2 "open" rows) and handler runs.
+#[derive(Debug)]
+struct Open {
+    opened: Instant,
+    last_inbound: Instant,
+    last_app: Instant,
+    ping_sent: Option<Instant>,
+    bytes_seen: u64,
+    runs: Runs,
+    /// Draining with runs in flight: send 1001 once they finish, or at this
+    /// instant at the latest.
+    drain_by: Option<Instant>,
+    /// Outbound bytes queued since the write buffer was last empty.
+    pushed: usize,
+    /// A message was reported and reading stopped there.
+    more_input: bool,
+}
+
+enum Phase<S> {
+    /// Reading the request head (connect + handshake deadlines).
+    Head {
+        io: Io<S>,
+        buf: Vec<u8>,
+        got_byte: bool,
+    },
+    /// A complete head was reported; waiting for the owner's answer
+    /// (handshake deadline). `buf[len..]` arrived after the head.
+    Decide {
+        io: Io<S>,
+        buf: Vec<u8>,
+        len: usize,
+        key: Option<String>,
+    },
+    /// Writing a complete HTTP response, then closing or upgrading.
+    Respond {
+        io: Io<S>,
+        out: Vec<u8>,
+        written: usize,
+        after: After,
+        deadline: Instant,
+    },
+    Open {
+        ws: Box<WebSocket<Io<S>>>,
+        open: Open,
+    },
+    /// Close sent or received; waiting for the handshake to finish.
+    Closing {
+        ws: Box<WebSocket<Io<S>>>,
+        deadline: Instant,
+        /// Wait for the peer's Close (graceful) or drop TCP as soon as ours
+        /// is flushed (failing the connection, RFC 6455 §7.1.7).
+        linger: bool,
+    },
+    /// Finished; the stream is kept so the owner can deregister it from the
+    /// poller before it closes (required by the `polling` backend).
+    Done(Option<S>),
+}
+
+/// Which phase a connection is in (for logs, tests and the audit sweep).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PhaseName {
+    Head,
+    Decide,
+    Respond,
+    Open,
+    Closing,
+    Done,
+}
+
+pub struct Conn<S> {
+    id: u64,
+    accepted: Instant,
+    /// Heartbeat interval multiplier in [0.9, 1.1]: spreads pings.
+    jitter: f64,
+    phase: Phase<S>,
+}
+
+impl<S: std::io::Read + std::io::Write> Conn<S> {
+    /// A connection accepted at `now`; `jitter` is clamped to [0.9, 1.1].
+    pub fn new(id: u64, stream: S, now: Instant, jitter: f64) -> Conn<S> {
+        Conn {
+            id,
+            accepted: now,
+            jitter: jitter.clamp(0.9, 1.1),
+            phase: Phase::Head {
+                io: Io::new(stream),
+                buf: Vec::new(),
+                got_byte: false,
+            },
+        }
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub fn phase(&self) -> PhaseName {
+        match self.phase {
+            Phase::Head { .. } => PhaseName::Head,
+            Phase::Decide { .. } => PhaseName::Decide,
+            Phase::Respond { .. } => PhaseName::Respond,
+            Phase::Open { .. } => PhaseName::Open,
+            Phase::Closing { .. } => PhaseName::Closing,
+            Phase::Done(_) => PhaseName::Done,
+        }
+    }
+
+    pub fn is_done(&self) -> bool {
+        matches!(self.phase, Phase::Done(_))
+    }
+
+    /// The stream, for (de)registration with the reactor.
+    pub fn stream_mut(&mut self) -> Option<&mut S> {
+        match &mut self.phase {
+            Phase::Head { io, .. } | Phase::Decide { io, .. } | Phase::Respond { io, .. } => {
+                Some(&mut io.inner)
+            }
+            Phase::Open { ws, .. } | Phase::Closing { ws, .. } => Some(&mut ws.get_mut().inner),
+            Phase::Done(s) => s.as_mut(),
+        }
+    }
+
+    /// Readiness this phase needs: read while reading, write only while
+    /// output is blocked (no busy loop under level-triggered polling).
+    pub fn interest(&self) -> Interest {
+        let blocked = match &self.phase {
+            Phase::Head { .. } | Phase::Decide { .. } | Phase::Done(_) => false,
+            Phase::Respond { .. } => {
+                return Interest {
+                    readable: false,
+                    writable: true,
+                };
+            }
+            Phase::Open { ws, .. } | Phase::Closing { ws, .. } => ws.get_ref().write_blocked,
+        };
+        if blocked {
+            Interest::BOTH
+        } else {
+            Interest::READABLE
+        }
+    }
+
+    /// The earliest instant at which [`Conn::handle_timeout`] has work to do.
+    pub fn poll_timeout(&self, t: &Timeouts) -> Option<Instant> {
+        match &self.phase {
+            Phase::Head { got_byte, .. } => {
+                let hs = self.accepted + t.handshake;
+                Some(if *got_byte {
+                    hs
+                } else {
+                    hs.min(self.accepted + t.connect)
+                })
+            }
+            Phase::Decide { .. } => Some(self.accepted + t.handshake),
+            Phase::Respond { deadline, .. } | Phase::Closing { deadline, .. } => Some(*deadline),
+            Phase::Open { open, .. } => {
+                let beat = match open.ping_sent {
+                    Some(sent) => sent + t.ping,
+                    None => open.last_inbound + t.heartbeat_interval.mul_f64(self.jitter),
+                };
+                let d = beat
+                    .min(open.last_inbound + t.heartbeat_timeout)
+                    .min(open.last_app + t.stale)
+                    .min(open.opened + t.connection);
+                let runs = open.runs.next_deadline().into_iter().chain(open.drain_by);
+                Some(runs.fold(d, Instant::min))
+            }
+            Phase::Done(_) => None,
+        }
+    }
+
+    /// Handles readiness reported by the reactor.
+    pub fn handle_io(&mut self, readable: bool, writable: bool, cx: &mut Cx) {
+        if writable {
+            self.write_some(cx);
+        }
+        if !readable {
+            return;
+        }
+        match self.phase {
+            Phase::Head { .. } => self.read_head(cx),
+            Phase::Open { .. } | Phase::Closing { .. } => self.drive_ws(cx),
+            // Nothing is read while the owner decides or a response goes
+            // out; an edge-triggered poller is caught up by the next phase
+            // (it reads until WouldBlock on entry).
+            Phase::Decide { .. } | Phase::Respond { .. } | Phase::Done(_) => {}
+        }
+    }
+
+    /// True when reading stopped at a reported message: answer it, then
+    /// call `handle_io(true, false, ..)` again (an edge-triggered poller
+    /// will not report the rest). One message at a time keeps answers in
+    /// order with what follows in the stream — an echo goes out before
+    /// the Close that a protocol error or the peer's Close frame brings —
+    /// and costs no syscall where a short read proved the socket drained.
+    /// Flush once the input is drained: replies to a burst go out together.
+    pub fn has_more_input(&self) -> bool {
+        matches!(&self.phase, Phase::Open { open, .. } if open.more_input)
+    }
+
+    /// Handles every deadline due at `cx.now`.
+    pub fn handle_timeout(&mut self, cx: &mut Cx) {
+        match self.phase {
+            Phase::Head { .. } | Phase::Decide { .. } | Phase::Respond { .. } => {
+                self.head_timeout(cx)
+            }
+            Phase::Open { .. } | Phase::Closing { .. } => self.ws_timeout(cx),
+            Phase::Done(_) => {}
+        }
+    }
+
+    /// Starts the graceful close of SPEC §7 (server shutting down).
+    /// In-flight handler runs may finish first (nothing may follow a Close
+    /// frame): the Close waits for them, for at most half the `close`
+    /// deadline, so that the closing handshake keeps the other half and the
+    /// whole drain stays within `close` + one cap.
+    pub fn shutdown(&mut self, cx: &mut Cx) {
+        match &mut self.phase {
+            Phase::Open { open, .. } if !open.runs.is_empty() => {
+                open.drain_by = Some(cx.now + cx.timeouts.close / 2);
+            }
+            Phase::Open { .. } => self.begin_close(1001, "server shutting down", cx),
+            // Mid-handshake connections are dropped: they hold no session.
+            Phase::Head { .. } | Phase::Decide { .. } => self.finish(),
+            _ => {}
+        }
+    }
+
+    /// Handler runs in flight on this connection.
+    pub fn runs_in_flight(&self) -> usize {
+        match &self.phase {
+            Phase::Open { open, .. } => open.runs.len(),
+            _ => 0,
+        }
+    }
+
+    /// The owner queued run `run` for a message of this connection; it
+    /// must finish by `cx.now + execution`. `cancel` is set when the run
+    /// must stop (deadline, close). Ignored (and cancelled) unless open.
+    pub fn run_started(&mut self, run: u64, cancel: Arc<AtomicBool>, cx: &mut Cx) {
+        match &mut self.phase {
+            Phase::Open { open, .. } => {
+                open.runs.start(run, cx.now + cx.timeouts.execution, cancel)
+            }
+            _ => cancel.store(true, std::sync::atomic::Ordering::Release),
+        }
+    }
+
+    /// An event of `run` to forward as a text message; dropped when the
+    /// run timed out or the connection is closing.
+    pub fn run_event(&mut self, run: u64, seq: u64, text: String, cx: &mut Cx) {
+        if let Phase::Open { open, .. } = &mut self.phase
+            && open.runs.forward(run, seq)
+        {
+            self.send(tungstenite::Message::text(text), cx);
+        }
+    }
+
+    /// `run` is over (its handler returned); false when it was not live
+    /// here (timed out, or the connection is closing). A drain waiting for
+    /// the last run closes now.
+    pub fn run_finished(&mut self, run: u64, cx: &mut Cx) -> bool {
+        let Phase::Open { open, .. } = &mut self.phase else {
+            return false;
+        };
+        let live = open.runs.finish(run);
+        if live && open.drain_by.is_some() && open.runs.is_empty() {
+            self.begin_close(1001, "server shutting down", cx);
+        }
+        live
+    }
+
+    /// `run` failed (its handler panicked): close 1011, since the client
+    /// would otherwise wait for events that never come. False (and
+    /// nothing done) when the run was not live here.
+    pub fn run_failed(&mut self, run: u64, cx: &mut Cx) -> bool {
+        let Phase::Open { open, .. } = &mut self.phase else {
+            return false;
+        };
+        let live = open.runs.finish(run);
+        if live {
+            self.begin_close(1011, "handler failure", cx);
+        }
+        live
+    }
+
+    /// Ends the connection, keeping the stream for deregistration.
+    fn finish(&mut self) {
+        let stream = match std::mem::replace(&mut self.phase, Phase::Done(None)) {
+            Phase::Head { io, .. } | Phase::Decide { io, .. } | Phase::Respond { io, .. } => {
+                Some(io.inner)
+            }
+            Phase::Open { ws, mut open } => {
+                open.runs.cancel_all();
+                Some(ws.into_inner().inner)
+            }
+            Phase::Closing { ws, .. } => Some(ws.into_inner().inner),
+            Phase::Done(s) => s,
+        };
+        self.phase = Phase::Done(stream);
+    }
+}
+
+#[cfg(test)]
+mod tests;

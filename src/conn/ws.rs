@@ -1,0 +1,321 @@
+//! The open and closing phases over tungstenite: reading messages in
+//! batches, the heartbeat, liveness, stale and lifetime deadlines, queued
+//! output with backpressure, the closing handshake, and giving back the
+//! buffers a burst grew.
+
+use std::io::{self, Read, Write};
+
+use tungstenite::error::ProtocolError;
+use tungstenite::protocol::frame::CloseFrame;
+use tungstenite::protocol::{Role, WebSocket};
+use tungstenite::{Error as WsError, Message};
+
+use super::io::COMPACT_OVER;
+use super::{Conn, Cx, Event, Phase, TimeoutPhase};
+
+fn close_frame(code: u16, reason: &'static str) -> CloseFrame {
+    CloseFrame {
+        code: code.into(),
+        reason: reason.into(),
+    }
+}
+
+impl<S: Read + Write> Conn<S> {
+    /// Reads frames until one data message (reported; the owner answers
+    /// it before the next frame is parsed, see `Conn::has_more_input`) or
+    /// until the input is drained. Control frames are handled on the way;
+    /// pongs and a Close echo are written before returning. Buffers are
+    /// not compacted here: the owner's [`Conn::flush`] does that once its
+    /// answers went out.
+    pub(super) fn drive_ws(&mut self, cx: &mut Cx) {
+        loop {
+            let (ws, open) = match &mut self.phase {
+                Phase::Open { ws, open } => (ws, Some(open)),
+                Phase::Closing { ws, .. } => (ws, None),
+                _ => return,
+            };
+            let msg = match ws.read() {
+                Ok(msg) => msg,
+                Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if let Some(open) = open {
+                        open.more_input = false;
+                    }
+                    break;
+                }
+                Err(e) => {
+                    self.read_error(e, cx);
+                    continue;
+                }
+            };
+            let Some(open) = open else {
+                continue; // closing: data is discarded until the peer's Close
+            };
+            match msg {
+                Message::Text(_) | Message::Binary(_) => {
+                    open.last_app = cx.now;
+                    open.more_input = true;
+                    cx.events.push(Event::Message(msg));
+                    break;
+                }
+                Message::Close(_) => {
+                    // tungstenite queued the echo of the peer's Close.
+                    let deadline = cx.now + cx.timeouts.close;
+                    self.enter_closing(deadline, true);
+                }
+                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+            }
+        }
+        if let Phase::Open { ws, open } = &mut self.phase {
+            let seen = ws.get_ref().bytes_in;
+            if seen != open.bytes_seen {
+                // Any inbound byte is a sign of life: resets heartbeat,
+                // liveness and the outstanding ping.
+                open.bytes_seen = seen;
+                open.last_inbound = cx.now;
+                open.ping_sent = None;
+            }
+        }
+        self.write_out(cx);
+    }
+
+    /// Queues one outbound message. It goes out when the batch threshold
+    /// is reached or the owner calls [`Conn::flush`]; a peer that does
+    /// not read is closed 1008 once `max_outbound` is queued.
+    pub fn send(&mut self, msg: Message, cx: &mut Cx) {
+        let Phase::Open { ws, open } = &mut self.phase else {
+            return;
+        };
+        open.last_app = cx.now;
+        open.pushed = open.pushed.saturating_add(msg.len());
+        match ws.write(msg) {
+            Ok(()) => {}
+            Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(WsError::WriteBufferFull(_)) => {
+                tracing::info!(conn = self.id, "slow consumer: outbound buffer full");
+                self.begin_close(1008, "backpressure", cx);
+            }
+            Err(e) => self.fail(e),
+        }
+    }
+
+    /// Writes whatever is queued, as far as the socket takes it.
+    pub fn flush(&mut self, cx: &mut Cx) {
+        self.write_some(cx);
+    }
+
+    /// Writes what is queued and, once everything went out, gives back
+    /// the buffers a burst grew.
+    pub(super) fn write_some(&mut self, cx: &mut Cx) {
+        if self.write_out(cx) {
+            self.compact(cx);
+        }
+    }
+
+    /// Writes what is queued; true when nothing is left to write.
+    fn write_out(&mut self, cx: &mut Cx) -> bool {
+        match &mut self.phase {
+            Phase::Respond { .. } => {
+                self.write_response_bytes(cx);
+                false
+            }
+            Phase::Open { ws, .. } | Phase::Closing { ws, .. } => {
+                let r = ws.flush();
+                let flushed = r.is_ok();
+                self.after_flush(r);
+                flushed
+            }
+            _ => false,
+        }
+    }
+
+    /// Called with the write buffer empty. tungstenite keeps the capacity a
+    /// burst grew its buffers to until the connection closes (measured:
+    /// +1.96 MiB per connection after one 1 MB echo); when a burst passed
+    /// and nothing is buffered either way — no inbound bytes (every
+    /// complete frame was read: reads run until `WouldBlock`), no
+    /// unfinished message, nothing to write — a fresh tungstenite with the
+    /// same configuration loses nothing and gives the memory back.
+    fn compact(&mut self, cx: &mut Cx) {
+        let Phase::Open { ws, open } = &mut self.phase else {
+            return;
+        };
+        let frames = &ws.get_ref().frames;
+        let burst = frames.largest() > COMPACT_OVER as u64 || open.pushed > COMPACT_OVER;
+        if !burst {
+            open.pushed = 0;
+            return;
+        }
+        if open.more_input || !frames.between_messages() {
+            return; // keep the counts: compact at the next quiet point
+        }
+        let Phase::Open { ws, mut open } = std::mem::replace(&mut self.phase, Phase::Done(None))
+        else {
+            unreachable!("matched Open above")
+        };
+        let config = *ws.get_config();
+        let mut io = ws.into_inner();
+        io.frames.reset_largest();
+        open.pushed = 0;
+        let ws = WebSocket::from_raw_socket(io, Role::Server, Some(config));
+        self.phase = Phase::Open {
+            ws: Box::new(ws),
+            open,
+        };
+        cx.events.push(Event::Compacted);
+    }
+
+    pub(super) fn ws_timeout(&mut self, cx: &mut Cx) {
+        if let Phase::Open { open, .. } = &mut self.phase {
+            open.runs.expire(cx.now, self.id, cx.events);
+            if open.drain_by.is_some_and(|d| cx.now >= d) {
+                tracing::info!(
+                    conn = self.id,
+                    runs = open.runs.len(),
+                    "drain: runs did not finish in time; closing"
+                );
+                return self.begin_close(1001, "server shutting down", cx);
+            }
+        }
+        let (now, t) = (cx.now, cx.timeouts);
+        match &mut self.phase {
+            Phase::Closing { deadline, .. } if now >= *deadline => {
+                cx.events.push(Event::Timeout(TimeoutPhase::Close));
+                tracing::info!(
+                    conn = self.id,
+                    "close timeout: peer never finished closing; dropped"
+                );
+                self.finish();
+            }
+            Phase::Open { ws, open } => {
+                let expired = if now >= open.opened + t.connection {
+                    Some((TimeoutPhase::Lifetime, 1001, "max lifetime"))
+                } else if now >= open.last_app + t.stale {
+                    Some((TimeoutPhase::Stale, 1001, "idle"))
+                } else if now >= open.last_inbound + t.heartbeat_timeout {
+                    Some((TimeoutPhase::Heartbeat, 1001, "heartbeat timeout"))
+                } else if open.ping_sent.is_some_and(|s| now >= s + t.ping) {
+                    Some((TimeoutPhase::Ping, 1011, "keepalive ping timeout"))
+                } else {
+                    None
+                };
+                if let Some((phase, code, reason)) = expired {
+                    cx.events.push(Event::Timeout(phase));
+                    tracing::info!(
+                        conn = self.id,
+                        phase = phase.name(),
+                        code,
+                        reason,
+                        "deadline expired; closing"
+                    );
+                    return self.begin_close(code, reason, cx);
+                }
+                let beat_due = open.last_inbound + t.heartbeat_interval.mul_f64(self.jitter);
+                if open.ping_sent.is_none() && now >= beat_due {
+                    open.ping_sent = Some(now);
+                    let payload = self.id.to_be_bytes().to_vec();
+                    match ws.send(Message::Ping(payload.into())) {
+                        Ok(()) => {}
+                        Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(WsError::WriteBufferFull(_)) => {
+                            self.begin_close(1008, "backpressure", cx)
+                        }
+                        Err(e) => self.fail(e),
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Closes with `code` (e.g. 1011 after a handler failure): sends the
+    /// Close frame and enters the closing phase.
+    pub fn close(&mut self, code: u16, reason: &'static str, cx: &mut Cx) {
+        self.begin_close(code, reason, cx);
+    }
+
+    fn read_error(&mut self, e: WsError, cx: &mut Cx) {
+        if matches!(self.phase, Phase::Closing { .. }) {
+            // Closing: any error ends it (ConnectionClosed is the normal end).
+            self.finish();
+            return;
+        }
+        match e {
+            WsError::ConnectionClosed | WsError::AlreadyClosed => self.finish(),
+            WsError::Capacity(c) => {
+                tracing::info!(conn = self.id, "inbound too big: {c}");
+                self.begin_close(1009, "message too big", cx);
+            }
+            WsError::Utf8(_) => {
+                tracing::info!(conn = self.id, "invalid UTF-8 in a text message");
+                self.begin_close(1007, "invalid UTF-8", cx);
+            }
+            WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
+                tracing::debug!(conn = self.id, "peer left without a close handshake");
+                self.finish();
+            }
+            WsError::Protocol(p) => {
+                tracing::info!(conn = self.id, "protocol error: {p}");
+                self.begin_close(1002, "protocol error", cx);
+            }
+            WsError::WriteBufferFull(_) => {
+                tracing::info!(conn = self.id, "slow consumer: outbound buffer full");
+                self.begin_close(1008, "backpressure", cx);
+            }
+            other => self.fail(other),
+        }
+    }
+
+    /// Sends a Close and enters the closing phase (deadline `close`). Peer
+    /// faults (1002 protocol, 1007 bad data, 1009 too big) fail the
+    /// connection: TCP is dropped once the Close is flushed, since the peer
+    /// may never send a well-formed Close of its own.
+    pub(super) fn begin_close(&mut self, code: u16, reason: &'static str, cx: &mut Cx) {
+        let deadline = cx.now + cx.timeouts.close;
+        let linger = !matches!(code, 1002 | 1007 | 1009);
+        let Phase::Open { ws, .. } = &mut self.phase else {
+            return;
+        };
+        cx.events.push(Event::CloseSent(code));
+        // Room for the Close frame even when the buffer is full (backpressure).
+        ws.set_config(|c| c.max_write_buffer_size = c.max_write_buffer_size.saturating_add(256));
+        let r = ws.close(Some(close_frame(code, reason)));
+        self.enter_closing(deadline, linger);
+        self.after_flush(r);
+    }
+
+    fn enter_closing(&mut self, deadline: std::time::Instant, linger: bool) {
+        if let Phase::Open { .. } = self.phase {
+            let Phase::Open { ws, mut open } =
+                std::mem::replace(&mut self.phase, Phase::Done(None))
+            else {
+                unreachable!()
+            };
+            // No more events will be delivered: let running handlers stop.
+            open.runs.cancel_all();
+            self.phase = Phase::Closing {
+                ws,
+                deadline,
+                linger,
+            };
+        }
+    }
+
+    fn after_flush(&mut self, r: Result<(), WsError>) {
+        match r {
+            Ok(()) => {
+                if let Phase::Closing { linger: false, .. } = self.phase {
+                    self.finish();
+                }
+            }
+            Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
+            // The closing handshake finished, or the socket broke: drop it.
+            Err(WsError::ConnectionClosed) | Err(WsError::AlreadyClosed) => self.finish(),
+            Err(e) => self.fail(e),
+        }
+    }
+
+    fn fail(&mut self, e: WsError) {
+        tracing::debug!(conn = self.id, "connection failed: {e}");
+        self.finish();
+    }
+}

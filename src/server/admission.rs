@@ -1,0 +1,136 @@
+//! Admission of an upgrade request: the bearer token (401), the
+//! subprotocol (400), then one WebSocket slot — not draining, circuit
+//! breaker closed, under `max_connections`, handler pool not saturated, the
+//! application's `open` accepting (503/500). The answer is a session and
+//! the protocol to select, or the refusal to send.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use super::Shared;
+use crate::app::{App, Session};
+use crate::auth;
+use crate::http::{self, Response, UpgradeRequest};
+use crate::reactor::WallClock;
+
+/// An upgrade the server takes on.
+pub(super) struct Admitted {
+    pub session: Arc<Session>,
+    pub protocol: Option<&'static str>,
+}
+
+/// Decides an upgrade request of connection `conn_id` at `now`.
+pub(super) fn admit(
+    sh: &Shared,
+    u: &UpgradeRequest,
+    conn_id: u64,
+    now: Instant,
+    wall: WallClock,
+) -> Result<Admitted, Response> {
+    let subject = authenticate(sh, u, now, wall)?;
+    let protocol = subprotocol(sh, u)?;
+    let session = Session { conn_id, subject };
+    take_slot(sh, &session, now)?;
+    Ok(Admitted {
+        session: Arc::new(session),
+        protocol,
+    })
+}
+
+/// The token's subject (`None` when authentication is off), or the 401.
+fn authenticate(
+    sh: &Shared,
+    u: &UpgradeRequest,
+    now: Instant,
+    wall: WallClock,
+) -> Result<Option<String>, Response> {
+    let Some(auth) = &sh.cfg.auth else {
+        return Ok(None);
+    };
+    let token = auth::token_from(u.authorization.as_deref(), &u.protocols);
+    match auth.check(token, wall.unix_secs(now)) {
+        Ok(id) => Ok(Some(id.subject)),
+        Err(e) => {
+            sh.metrics.auth_failures_total.fetch_add(1, Relaxed);
+            let r = http::text(401, "Unauthorized", &format!("{e}\n"));
+            Err(http::with_header(r, "WWW-Authenticate", "Bearer"))
+        }
+    }
+}
+
+/// The subprotocol to select. A `bearer.<token>` entry carries a
+/// credential, not a protocol: it is never selected or echoed back. A
+/// client that offers only protocols the application does not speak is
+/// refused with 400 naming the supported ones (never a silent mismatch).
+fn subprotocol(sh: &Shared, u: &UpgradeRequest) -> Result<Option<&'static str>, Response> {
+    let offered: Vec<String> = u
+        .protocols
+        .iter()
+        .filter(|p| !p.starts_with(auth::SUBPROTOCOL_PREFIX))
+        .cloned()
+        .collect();
+    let supported = sh.cfg.app.subprotocols();
+    let protocol = http::select_protocol(&offered, supported);
+    if !offered.is_empty() && protocol.is_none() {
+        let body = format!(
+            "unsupported subprotocol; supported: {}\n",
+            supported.join(", ")
+        );
+        return Err(http::text(400, "Bad Request", &body));
+    }
+    Ok(protocol)
+}
+
+/// Takes one WebSocket slot, or answers why not.
+fn take_slot(sh: &Shared, session: &Session, now: Instant) -> Result<(), Response> {
+    let close = sh.cfg.settings.timeouts.close;
+    let busy = |body: &str, retry: Duration| {
+        let r = http::text(503, "Service Unavailable", body);
+        http::with_header(r, "Retry-After", &retry.as_secs().max(1).to_string())
+    };
+    if sh.draining.load(Relaxed) {
+        return Err(busy("server draining\n", close));
+    }
+    let breaker = || sh.breaker.lock().unwrap_or_else(|p| p.into_inner());
+    let permit = breaker().allow(now).map_err(|r| {
+        busy(
+            "circuit breaker open: server failing; retry later\n",
+            r.retry_after,
+        )
+    })?;
+    let fail = |r: Response| {
+        breaker().failure(permit, now);
+        Err(r)
+    };
+    // The connection limit is capacity, not a fault: it answers 503
+    // without tripping the breaker (which would turn load into an outage).
+    let max = sh.cfg.settings.limits.max_connections as u64;
+    if sh
+        .metrics
+        .open
+        .fetch_update(Relaxed, Relaxed, |o| (o < max).then_some(o + 1))
+        .is_err()
+    {
+        breaker().success(permit);
+        return Err(busy("too many connections\n", close));
+    }
+    if let App::Handler(h) = &sh.cfg.app {
+        if sh.pool.as_ref().is_some_and(|p| p.saturated()) {
+            sh.metrics.open.fetch_sub(1, Relaxed);
+            tracing::warn!(conn = session.conn_id, "handler pool saturated at open");
+            return fail(busy("server overloaded\n", close));
+        }
+        if let Err(e) = h.open(session) {
+            sh.metrics.open.fetch_sub(1, Relaxed);
+            tracing::warn!(conn = session.conn_id, "application refused to open: {e}");
+            return fail(http::text(
+                500,
+                "Internal Server Error",
+                &format!("application failed to open the session: {e}\n"),
+            ));
+        }
+    }
+    breaker().success(permit);
+    Ok(())
+}

@@ -1,0 +1,174 @@
+//! The server: one `socket2` listener, N reactor threads that each drive
+//! their own connections, and the lifecycle around them (start, join,
+//! shutdown handle).
+//!
+//! Reactor 0 owns the listener and accepts; other reactors receive sockets
+//! through an inbox plus their waker. This is portable (no `SO_REUSEPORT`,
+//! which Windows lacks) and keeps every socket on exactly one thread.
+//!
+//! Parts, one job each: `config` (what to start, validated once),
+//! `worker` (one reactor thread's turn loop: accept, drive connections,
+//! answer their events), `admission` (auth, subprotocol, breaker, limits,
+//! the app's `open`), `runs` (messages to handler runs and their events
+//! back), `routes` (health, metrics, the page) and `drain` (graceful
+//! shutdown).
+
+mod admission;
+mod config;
+mod drain;
+mod routes;
+mod runs;
+mod worker;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use mio::net::{TcpListener, TcpStream};
+
+pub use config::ServerConfig;
+pub use runs::MAX_RUNS_PER_CONN;
+pub use worker::ACCEPT_PAUSE;
+
+use crate::app::{App, Mailbox, Pool};
+use crate::breaker::Breaker;
+use crate::metrics::ServerMetrics;
+use crate::reactor::{Reactor, ReactorStats, Waker};
+use worker::Worker;
+
+/// State shared by every reactor thread.
+struct Shared {
+    cfg: ServerConfig,
+    metrics: ServerMetrics,
+    stats: Vec<Arc<ReactorStats>>,
+    wakers: Vec<Arc<Waker>>,
+    inboxes: Vec<Mutex<Vec<TcpStream>>>,
+    mailboxes: Vec<Arc<Mailbox>>,
+    breaker: Mutex<Breaker>,
+    pool: Option<Pool>,
+    draining: AtomicBool,
+    started: Instant,
+    /// Live TCP sockets (any phase); bounded by `max_sockets`.
+    sockets: AtomicUsize,
+    max_sockets: usize,
+}
+
+/// Starts a drain from any thread (signal handler, tests, embedding code).
+#[derive(Clone)]
+pub struct ShutdownHandle {
+    shared: Arc<Shared>,
+}
+
+impl ShutdownHandle {
+    pub fn shutdown(&self) {
+        self.shared.draining.store(true, Relaxed);
+        for w in &self.shared.wakers {
+            // A failed wake is covered by the cap: the flag is seen next turn.
+            let _ = w.wake();
+        }
+    }
+
+    /// Test hook: drop every wake signal from now on (lost wakeups), so the
+    /// drain must be noticed through the cap.
+    pub fn suppress_wakers(&self, on: bool) {
+        for w in &self.shared.wakers {
+            w.suppress(on);
+        }
+    }
+}
+
+/// A running server.
+///
+/// ```no_run
+/// use pollcap::server::{Server, ServerConfig};
+/// use pollcap::settings::Settings;
+///
+/// // Built-in defaults plus the process environment, as `pollcap serve`.
+/// let settings = Settings::from_process(&[]).expect("valid settings");
+/// let server = Server::start(ServerConfig::new(settings)).expect("listening");
+/// println!("echo server on ws://{}/ws", server.local_addr());
+/// let stop = server.shutdown_handle(); // e.g. from a signal handler
+/// stop.shutdown();
+/// server.join().expect("drained");
+/// ```
+pub struct Server {
+    shared: Arc<Shared>,
+    local_addr: SocketAddr,
+    threads: Vec<JoinHandle<io::Result<()>>>,
+}
+
+impl Server {
+    /// Binds and starts every reactor thread.
+    pub fn start(cfg: ServerConfig) -> io::Result<Server> {
+        let s = &cfg.settings;
+        s.validate()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        let std_listener = crate::platform::bind_listener(s.listen, 1024)?;
+        let local_addr = std_listener.local_addr()?;
+        let listener = TcpListener::from_std(std_listener);
+
+        let mut reactors = Vec::with_capacity(s.threads);
+        for _ in 0..s.threads {
+            reactors.push(Reactor::new(s.backend, s.poll_cap)?);
+        }
+        let max_sockets = s.limits.max_connections + 1024;
+        let pool = match cfg.app {
+            App::Handler(_) => Some(Pool::new(s.pool_threads, s.pool_queue)?),
+            App::Echo => None,
+        };
+        let shared = Arc::new(Shared {
+            metrics: ServerMetrics::default(),
+            stats: reactors.iter().map(|r| r.stats()).collect(),
+            wakers: reactors.iter().map(|r| r.waker()).collect(),
+            inboxes: (0..s.threads).map(|_| Mutex::new(Vec::new())).collect(),
+            mailboxes: reactors
+                .iter()
+                .map(|r| Arc::new(Mailbox::new(r.waker())))
+                .collect(),
+            breaker: Mutex::new(Breaker::new(s.breaker_threshold, s.breaker_recovery)),
+            pool,
+            draining: AtomicBool::new(false),
+            started: reactors[0].now(),
+            sockets: AtomicUsize::new(0),
+            max_sockets,
+            cfg,
+        });
+
+        let mut listener = Some(listener);
+        let mut threads = Vec::new();
+        for (index, reactor) in reactors.into_iter().enumerate() {
+            let worker = Worker::new(index, reactor, listener.take(), shared.clone())?;
+            let handle = std::thread::Builder::new()
+                .name(format!("pollcap-reactor-{index}"))
+                .spawn(move || worker.run())?;
+            threads.push(handle);
+        }
+        Ok(Server {
+            shared,
+            local_addr,
+            threads,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Waits for every reactor thread to finish (after a drain).
+    pub fn join(self) -> io::Result<()> {
+        for t in self.threads {
+            t.join()
+                .map_err(|_| io::Error::other("reactor thread panicked"))??;
+        }
+        Ok(())
+    }
+}

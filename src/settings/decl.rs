@@ -1,0 +1,625 @@
+//! The one declaration of every setting: name, command-line flag,
+//! environment variable, default (per profile where SPEC §3 has a table),
+//! and the rule its value must satisfy. Resolution, the binary's flags,
+//! `pollcap config`, the start-up line and `/health` are all derived from
+//! [`DECLS`]; nothing else names a setting's flag or variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::{AppKind, Profile, Settings};
+use crate::reactor::{BackendKind, CapStrategy};
+
+/// Where a setting is shown: the top level, or one named group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Group {
+    Top,
+    /// Every phase deadline: the JSON key is `timeouts_s` (values in seconds).
+    Timeouts,
+    Limits,
+    Server,
+    Auth,
+}
+
+impl Group {
+    /// The JSON key of the group (`None` for top-level settings).
+    pub fn key(self) -> Option<&'static str> {
+        match self {
+            Group::Top => None,
+            Group::Timeouts => Some("timeouts_s"),
+            Group::Limits => Some("limits"),
+            Group::Server => Some("server"),
+            Group::Auth => Some("auth"),
+        }
+    }
+}
+
+/// A setting's built-in value, parsed by the same `set` as user input.
+#[derive(Clone, Copy)]
+pub enum Default {
+    Fixed(&'static str),
+    /// One value per profile, in [`Profile::ALL`] order.
+    Profile([&'static str; 4]),
+    Computed(fn() -> String),
+    /// Absent (an optional setting) or derived from others after
+    /// resolution (the poll cap).
+    None,
+}
+
+/// Whether a flag takes a value or is a switch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Value,
+    Switch,
+}
+
+/// One setting.
+pub struct Decl {
+    /// The key in `pollcap config --json`, `/health` and the start-up line.
+    pub name: &'static str,
+    /// Long flag without the dashes.
+    pub flag: Option<&'static str>,
+    pub env: Option<&'static str>,
+    pub kind: Kind,
+    pub value_name: &'static str,
+    pub help: &'static str,
+    pub group: Group,
+    pub default: Default,
+    /// Parses and stores a value; `Err` is the rule it broke.
+    pub set: fn(&mut Settings, &str) -> Result<(), String>,
+    /// The resolved value; `None` hides the setting (secrets, aliases).
+    pub show: fn(&Settings) -> Option<Value>,
+}
+
+impl Decl {
+    /// The flag as typed: `--name`.
+    pub fn flag_text(&self) -> Option<String> {
+        self.flag.map(|f| format!("--{f}"))
+    }
+
+    /// The name with every way to set it: `tokens_file (--tokens-file,
+    /// POLLCAP_TOKENS_FILE)`.
+    pub fn sources(&self) -> String {
+        let ways: Vec<String> = self
+            .flag_text()
+            .into_iter()
+            .chain(self.env.map(str::to_string))
+            .collect();
+        format!("{} ({})", self.name, ways.join(", "))
+    }
+
+    /// A secret's value never appears in errors or output.
+    pub fn is_secret(&self) -> bool {
+        self.value_name == "SECRET"
+    }
+
+    /// The default for `profile`, if there is one now.
+    pub fn default_for(&self, profile: Profile) -> Option<String> {
+        match self.default {
+            Default::Fixed(v) => Some(v.to_string()),
+            Default::Profile(vs) => Some(vs[profile as usize].to_string()),
+            Default::Computed(f) => Some(f()),
+            Default::None => None,
+        }
+    }
+}
+
+const SECONDS_RULE: &str = "must be a number of seconds > 0 (decimals allowed, e.g. 0.5)";
+
+/// Parses a positive number of seconds (decimals allowed), at most a year
+/// (which keeps `Instant` arithmetic safe); `Err` is the rule.
+pub fn seconds(value: &str) -> Result<Duration, String> {
+    let secs: f64 = value.trim().parse().map_err(|_| SECONDS_RULE.to_string())?;
+    if !secs.is_finite() || secs <= 0.0 {
+        return Err(SECONDS_RULE.into());
+    }
+    if secs > 365.0 * 86_400.0 {
+        return Err("must be at most one year (31536000 s)".into());
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn positive(value: &str) -> Result<usize, String> {
+    match value.trim().parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err("must be a whole number > 0".into()),
+    }
+}
+
+fn switch(value: &str) -> Result<bool, String> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" | "" => Ok(false),
+        _ => Err("must be true or false".into()),
+    }
+}
+
+fn secs_value(d: Duration) -> Option<Value> {
+    Some(d.as_secs_f64().into())
+}
+
+fn cores() -> String {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .to_string()
+}
+
+macro_rules! timeout {
+    ($field:ident, $flag:literal, $env:literal, [$a:literal, $b:literal, $c:literal, $d:literal], $help:literal) => {
+        Decl {
+            name: stringify!($field),
+            flag: Some($flag),
+            env: Some($env),
+            kind: Kind::Value,
+            value_name: "SECS",
+            help: $help,
+            group: Group::Timeouts,
+            default: Default::Profile([$a, $b, $c, $d]),
+            set: |s, v| {
+                s.timeouts.$field = seconds(v)?;
+                Ok(())
+            },
+            show: |s| secs_value(s.timeouts.$field),
+        }
+    };
+}
+
+macro_rules! count {
+    ($group:ident, $path:ident . $field:ident, $flag:literal, $env:literal, $default:literal, $help:literal) => {
+        Decl {
+            name: stringify!($field),
+            flag: Some($flag),
+            env: Some($env),
+            kind: Kind::Value,
+            value_name: "N",
+            help: $help,
+            group: Group::$group,
+            default: Default::Fixed($default),
+            set: |s, v| {
+                s.$path.$field = positive(v)?;
+                Ok(())
+            },
+            show: |s| Some(s.$path.$field.into()),
+        }
+    };
+}
+
+/// Every setting, in resolution order: a later entry may override an
+/// earlier one (`POLLCAP_LISTEN` after `PORT`).
+pub static DECLS: &[Decl] = &[
+    Decl {
+        name: "profile",
+        flag: Some("profile"),
+        env: Some("ENVIRONMENT"),
+        kind: Kind::Value,
+        value_name: "NAME",
+        help: "Profile of defaults: local|development|testing|staging|production \
+               (LOCAL_DEVELOPMENT=true forces local)",
+        group: Group::Top,
+        // Resolved first, by `Settings::resolve`: every default depends on it.
+        default: Default::None,
+        set: |s, v| {
+            s.profile = Profile::parse(v)
+                .ok_or("must be one of local, development, testing, staging, production")?;
+            Ok(())
+        },
+        show: |s| Some(s.profile.name().into()),
+    },
+    Decl {
+        name: "backend",
+        flag: Some("backend"),
+        env: Some("POLLCAP_BACKEND"),
+        kind: Kind::Value,
+        value_name: "mio|polling",
+        help: "Poller backend",
+        group: Group::Top,
+        default: Default::Fixed("mio"),
+        set: |s, v| {
+            s.backend = BackendKind::parse(v).ok_or("must be mio or polling")?;
+            Ok(())
+        },
+        show: |s| Some(s.backend.name().into()),
+    },
+    Decl {
+        name: "poll_cap",
+        flag: Some("poll-cap"),
+        env: Some("POLLCAP_POLL_CAP_MS"),
+        kind: Kind::Value,
+        value_name: "MS|off",
+        help: "Longest OS wait in ms; 0 = spin, off = unbounded (default 1000, \
+               lowered to min(ping, close) when those are shorter)",
+        group: Group::Top,
+        default: Default::None,
+        set: |s, v| {
+            s.poll_cap = CapStrategy::parse(v)
+                .ok_or("must be a whole number of milliseconds (0 = spin) or 'off' (unbounded)")?;
+            Ok(())
+        },
+        show: |s| Some(s.poll_cap.to_string().into()),
+    },
+    // Platforms (Cloud Run and others) name the port; POLLCAP_LISTEN and
+    // --listen, declared after it, win.
+    Decl {
+        name: "port",
+        flag: None,
+        env: Some("PORT"),
+        kind: Kind::Value,
+        value_name: "PORT",
+        help: "Listen on 0.0.0.0:PORT",
+        group: Group::Top,
+        default: Default::None,
+        set: |s, v| {
+            let p: u16 = v
+                .trim()
+                .parse()
+                .map_err(|_| "must be a TCP port number 0-65535")?;
+            s.listen = SocketAddr::from(([0, 0, 0, 0], p));
+            Ok(())
+        },
+        show: |_| None,
+    },
+    Decl {
+        name: "listen",
+        flag: Some("listen"),
+        env: Some("POLLCAP_LISTEN"),
+        kind: Kind::Value,
+        value_name: "IP:PORT",
+        help: "Listen address (or 0.0.0.0:$PORT when PORT is set)",
+        group: Group::Top,
+        default: Default::Fixed(super::DEFAULT_LISTEN),
+        set: |s, v| {
+            s.listen = v
+                .trim()
+                .parse()
+                .map_err(|_| "must be IP:PORT, e.g. 127.0.0.1:8765")?;
+            Ok(())
+        },
+        show: |s| Some(s.listen.to_string().into()),
+    },
+    timeout!(
+        connect,
+        "connect-timeout",
+        "WEBSOCKET_CONNECT_TIMEOUT",
+        ["2", "5", "10", "10"],
+        "Seconds from TCP accept to the first request byte"
+    ),
+    timeout!(
+        handshake,
+        "handshake-timeout",
+        "WEBSOCKET_HANDSHAKE_TIMEOUT",
+        ["3", "5", "15", "15"],
+        "Seconds from TCP accept to the 101 response written"
+    ),
+    timeout!(
+        ping,
+        "ping-timeout",
+        "WEBSOCKET_PING_TIMEOUT",
+        ["2", "5", "5", "5"],
+        "Seconds to wait for any frame after a Ping"
+    ),
+    timeout!(
+        heartbeat_interval,
+        "heartbeat-interval",
+        "WEBSOCKET_HEARTBEAT_INTERVAL",
+        ["5", "10", "15", "15"],
+        "Seconds of inbound silence before a Ping is sent"
+    ),
+    timeout!(
+        heartbeat_timeout,
+        "heartbeat-timeout",
+        "WEBSOCKET_HEARTBEAT_TIMEOUT",
+        ["15", "30", "45", "45"],
+        "Seconds of inbound silence before close 1001"
+    ),
+    timeout!(
+        stale,
+        "stale-timeout",
+        "WEBSOCKET_STALE_TIMEOUT",
+        ["60", "120", "360", "360"],
+        "Seconds without an application message before close 1001 \"idle\""
+    ),
+    timeout!(
+        connection,
+        "connection-timeout",
+        "WEBSOCKET_CONNECTION_TIMEOUT",
+        ["360", "360", "360", "3300"],
+        "Maximum connection lifetime in seconds"
+    ),
+    timeout!(
+        close,
+        "close-timeout",
+        "WEBSOCKET_CLOSE_TIMEOUT",
+        ["1", "5", "10", "10"],
+        "Seconds to finish the closing handshake"
+    ),
+    timeout!(
+        cleanup_interval,
+        "cleanup-interval",
+        "WEBSOCKET_CLEANUP_INTERVAL",
+        ["30", "60", "120", "120"],
+        "Seconds between audit sweeps"
+    ),
+    timeout!(
+        execution,
+        "execution-timeout",
+        "AGENT_EXECUTION_TIMEOUT",
+        ["15", "15", "30", "300"],
+        "Seconds a handler may run for one message"
+    ),
+    count!(
+        Limits,
+        limits.max_message,
+        "max-message",
+        "POLLCAP_MAX_MESSAGE",
+        "1048576",
+        "Largest inbound message in bytes (over it: close 1009)"
+    ),
+    count!(
+        Limits,
+        limits.max_frame,
+        "max-frame",
+        "POLLCAP_MAX_FRAME",
+        "1048576",
+        "Largest inbound frame payload in bytes (over it: close 1009)"
+    ),
+    count!(
+        Limits,
+        limits.max_connections,
+        "max-connections",
+        "POLLCAP_MAX_CONNECTIONS",
+        "10000",
+        "Most open WebSocket connections (over it: HTTP 503 + Retry-After)"
+    ),
+    count!(
+        Limits,
+        limits.max_outbound,
+        "max-outbound",
+        "POLLCAP_MAX_OUTBOUND",
+        "4194304",
+        "Bytes queued for a slow reader before close 1008 \"backpressure\""
+    ),
+    // Small on purpose: an idle connection's main cost. Large messages
+    // still arrive whole (tungstenite reserves the frame's length once its
+    // header is read); only the size of one read is bounded.
+    count!(
+        Limits,
+        limits.read_buffer,
+        "read-buffer",
+        "POLLCAP_READ_BUFFER",
+        "512",
+        "Per-connection read buffer in bytes (the main idle cost)"
+    ),
+    count!(
+        Limits,
+        limits.max_head_bytes,
+        "max-head-bytes",
+        "POLLCAP_MAX_HEAD_BYTES",
+        "8192",
+        "Largest HTTP request head in bytes (over it: 431)"
+    ),
+    count!(
+        Limits,
+        limits.max_headers,
+        "max-headers",
+        "POLLCAP_MAX_HEADERS",
+        "32",
+        "Most HTTP request header lines (over it: 431)"
+    ),
+    Decl {
+        name: "threads",
+        flag: Some("threads"),
+        env: Some("POLLCAP_THREADS"),
+        kind: Kind::Value,
+        value_name: "N",
+        help: "Reactor threads (default: available cores)",
+        group: Group::Server,
+        default: Default::Computed(cores),
+        set: |s, v| {
+            let n = positive(v)?;
+            if n > 256 {
+                return Err("must be at most 256".into());
+            }
+            s.threads = n;
+            Ok(())
+        },
+        show: |s| Some(s.threads.into()),
+    },
+    Decl {
+        name: "ws_path",
+        flag: Some("ws-path"),
+        env: Some("POLLCAP_WS_PATH"),
+        kind: Kind::Value,
+        value_name: "PATH",
+        help: "Path of the WebSocket endpoint",
+        group: Group::Server,
+        default: Default::Fixed("/ws"),
+        set: |s, v| {
+            if !v.starts_with('/') || matches!(v, "/" | "/health" | "/metrics") {
+                return Err("must start with '/' and not be /, /health or /metrics".into());
+            }
+            s.ws_path = v.to_string();
+            Ok(())
+        },
+        show: |s| Some(s.ws_path.clone().into()),
+    },
+    Decl {
+        name: "app",
+        flag: Some("app"),
+        env: Some("POLLCAP_APP"),
+        kind: Kind::Value,
+        value_name: "NAME",
+        help: "Application: agent_chat, echo, or flaky-open (diagnostic)",
+        group: Group::Server,
+        default: Default::Fixed("agent_chat"),
+        set: |s, v| {
+            s.app = AppKind::parse(v).ok_or("must be agent_chat, echo or flaky-open")?;
+            Ok(())
+        },
+        show: |s| Some(s.app.name().into()),
+    },
+    Decl {
+        name: "pacing_ms",
+        flag: Some("pacing-ms"),
+        env: Some("POLLCAP_PACING_MS"),
+        kind: Kind::Value,
+        value_name: "MS",
+        help: "Pause between agent_chat events in milliseconds (0 = none)",
+        group: Group::Server,
+        default: Default::Fixed("5"),
+        set: |s, v| {
+            let ms: u64 = v
+                .trim()
+                .parse()
+                .map_err(|_| "must be a whole number of milliseconds")?;
+            s.pacing = Duration::from_millis(ms);
+            Ok(())
+        },
+        show: |s| Some((s.pacing.as_millis() as u64).into()),
+    },
+    Decl {
+        name: "fail_opens",
+        flag: Some("fail-opens"),
+        env: None,
+        kind: Kind::Value,
+        value_name: "N",
+        help: "flaky-open: how many session opens fail before it behaves",
+        group: Group::Server,
+        default: Default::Fixed("3"),
+        set: |s, v| {
+            s.fail_opens = v
+                .trim()
+                .parse()
+                .map_err(|_| "must be a whole number >= 0")?;
+            Ok(())
+        },
+        show: |s| Some(s.fail_opens.into()),
+    },
+    Decl {
+        name: "pool_threads",
+        flag: Some("pool-threads"),
+        env: Some("POLLCAP_POOL_THREADS"),
+        kind: Kind::Value,
+        value_name: "N",
+        help: "Handler worker threads (handlers mostly wait: threads are cheap next to an \
+               unbounded queue)",
+        group: Group::Server,
+        default: Default::Fixed("16"),
+        set: |s, v| {
+            s.pool_threads = positive(v)?;
+            Ok(())
+        },
+        show: |s| Some(s.pool_threads.into()),
+    },
+    Decl {
+        name: "pool_queue",
+        flag: Some("pool-queue"),
+        env: Some("POLLCAP_POOL_QUEUE"),
+        kind: Kind::Value,
+        value_name: "N",
+        help: "Handler queue capacity (full: `overloaded` error events)",
+        group: Group::Server,
+        default: Default::Fixed("1024"),
+        set: |s, v| {
+            s.pool_queue = positive(v)?;
+            Ok(())
+        },
+        show: |s| Some(s.pool_queue.into()),
+    },
+    Decl {
+        name: "breaker_threshold",
+        flag: Some("breaker-threshold"),
+        env: Some("POLLCAP_BREAKER_THRESHOLD"),
+        kind: Kind::Value,
+        value_name: "N",
+        help: "Circuit breaker: server-fault failures before it opens",
+        group: Group::Server,
+        default: Default::Profile(["10", "5", "3", "5"]),
+        set: |s, v| {
+            s.breaker_threshold = u32::try_from(positive(v)?).map_err(|_| "is too large")?;
+            Ok(())
+        },
+        show: |s| Some(s.breaker_threshold.into()),
+    },
+    Decl {
+        name: "breaker_recovery",
+        flag: Some("breaker-recovery"),
+        env: Some("POLLCAP_BREAKER_RECOVERY"),
+        kind: Kind::Value,
+        value_name: "SECS",
+        help: "Circuit breaker: seconds open before a trial",
+        group: Group::Server,
+        default: Default::Profile(["5", "10", "15", "10"]),
+        set: |s, v| {
+            s.breaker_recovery = seconds(v)?;
+            Ok(())
+        },
+        show: |s| secs_value(s.breaker_recovery),
+    },
+    Decl {
+        name: "insecure_no_auth",
+        flag: Some("insecure-no-auth"),
+        env: None,
+        kind: Kind::Switch,
+        value_name: "",
+        help: "Allow a non-loopback listen address without authentication",
+        group: Group::Auth,
+        default: Default::Fixed("false"),
+        set: |s, v| {
+            s.insecure_no_auth = switch(v)?;
+            Ok(())
+        },
+        show: |s| Some(s.insecure_no_auth.into()),
+    },
+    Decl {
+        name: "tokens_file",
+        flag: Some("tokens-file"),
+        env: Some("POLLCAP_TOKENS_FILE"),
+        kind: Kind::Value,
+        value_name: "PATH",
+        help: "Static bearer tokens, one per line (# comments)",
+        group: Group::Auth,
+        default: Default::None,
+        set: |s, v| {
+            if v.trim().is_empty() {
+                return Err("must be a file path".into());
+            }
+            s.tokens_file = Some(PathBuf::from(v));
+            Ok(())
+        },
+        show: |s| {
+            Some(
+                s.tokens_file
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .into(),
+            )
+        },
+    },
+    // A secret: environment only (a flag would show in `ps`), never printed.
+    Decl {
+        name: "jwt_secret",
+        flag: None,
+        env: Some("POLLCAP_JWT_SECRET"),
+        kind: Kind::Value,
+        value_name: "SECRET",
+        help: "HS256 secret for bearer JWTs (at least 16 bytes)",
+        group: Group::Auth,
+        default: Default::None,
+        set: |s, v| {
+            if v.len() < 16 {
+                return Err("must be at least 16 bytes long".into());
+            }
+            s.jwt_secret = Some(super::Secret(v.as_bytes().to_vec()));
+            Ok(())
+        },
+        show: |s| Some(s.jwt_secret.is_some().into()),
+    },
+];
+
+/// The declaration named `name`.
+pub fn find(name: &str) -> Option<&'static Decl> {
+    DECLS.iter().find(|d| d.name == name)
+}
