@@ -385,6 +385,24 @@ impl Connection {
 
 /// Connects with retries, backoff and the breaker; reusable across
 /// connects so the breaker remembers.
+///
+/// ```no_run
+/// use pollcap::client::{Client, ClientConfig};
+/// use tungstenite::Message;
+///
+/// let cfg = ClientConfig {
+///     subprotocols: vec!["agent_chat".into()],
+///     ..ClientConfig::default()
+/// }
+/// .bearer("a-token");
+/// let (mut conn, report) = Client::new(cfg).connect("ws://127.0.0.1:8765/ws")?;
+/// println!("handshake took {:?} after {} attempt(s)", report.handshake, report.attempts);
+/// conn.send(Message::text(r#"{"type":"user_message","text":"hi"}"#))?;
+/// let first = conn.recv()?; // within the receive deadline, or an error
+/// println!("{first}");
+/// conn.close()?;
+/// # Ok::<(), pollcap::client::ClientError>(())
+/// ```
 #[derive(Debug)]
 pub struct Client {
     cfg: ClientConfig,

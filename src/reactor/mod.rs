@@ -39,6 +39,21 @@ pub struct Turn {
 
 /// A capped event loop over one OS poller, with a deadline queue whose timers
 /// carry a `usize` token.
+///
+/// ```
+/// use std::time::Duration;
+/// use pollcap::reactor::{BackendKind, CapStrategy, Reactor, WakeReason};
+///
+/// let mut r = Reactor::new(BackendKind::Mio, CapStrategy::Fixed(Duration::from_secs(1)))?;
+/// let t = r.timers().insert(7);
+/// let due = r.now() + Duration::from_millis(20);
+/// r.timers().set(t, Some(due));
+/// // The deadline comes before the cap: the wait ends there.
+/// let turn = r.turn()?;
+/// assert_eq!(turn.reason, WakeReason::Deadline);
+/// assert_eq!(r.pop_expired(), Some(7));
+/// # Ok::<(), std::io::Error>(())
+/// ```
 pub struct Reactor {
     backend: Backend,
     waker: Arc<Waker>,
