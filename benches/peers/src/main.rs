@@ -2,15 +2,31 @@
 //! against: `peer-tokio-tungstenite ADDR THREADS [READ_BUFFER_BYTES]`.
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::TcpListener;
+use std::net::SocketAddr;
+
+use tokio::net::{TcpListener, TcpSocket};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+/// A listener with a backlog of 1024, like pollcap's.
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let addr = args
+    let addr: SocketAddr = args
         .get(1)
-        .cloned()
-        .unwrap_or_else(|| "127.0.0.1:9200".into());
+        .map(String::as_str)
+        .unwrap_or("127.0.0.1:9200")
+        .parse()
+        .expect("ADDR must be IP:PORT");
     let threads: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1);
     // Without a size: tungstenite's defaults (128 KiB read buffer).
     let read_buffer: Option<usize> = args.get(3).and_then(|s| s.parse().ok());
@@ -20,8 +36,8 @@ fn main() {
         .build()
         .expect("runtime");
     rt.block_on(async move {
-        // tokio's bind uses a backlog of 1024.
-        let listener = TcpListener::bind(&addr).await.expect("bind");
+        // Not TcpListener::bind: mio 1.2 listens with std's backlog of 128.
+        let listener = listen(addr).expect("bind");
         loop {
             let Ok((tcp, _)) = listener.accept().await else {
                 continue;
