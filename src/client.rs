@@ -25,7 +25,10 @@ use tungstenite::http::HeaderValue;
 use tungstenite::protocol::{CloseFrame, WebSocket, WebSocketConfig};
 use tungstenite::{Error as WsError, Message};
 
+use std::sync::Arc;
+
 use crate::breaker::{Breaker, BreakerState};
+use crate::tls::{self, ClientTls, TlsProblem};
 
 /// Per-attempt connect timeouts of SPEC §6; the last repeats.
 pub const DEFAULT_CONNECT_TIMEOUTS: [Duration; 5] = [
@@ -59,6 +62,11 @@ pub struct ClientConfig {
     pub headers: Vec<(String, String)>,
     pub breaker_threshold: u32,
     pub breaker_recovery: Duration,
+    /// Deadline of the TLS handshake (`wss://`).
+    pub tls_timeout: Duration,
+    /// PEM file of the CA(s) to trust for `wss://` (a private CA);
+    /// `None` trusts the built-in web roots (`webpki-roots`).
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for ClientConfig {
@@ -75,6 +83,8 @@ impl Default for ClientConfig {
             headers: Vec::new(),
             breaker_threshold: 5,
             breaker_recovery: Duration::from_secs(30),
+            tls_timeout: Duration::from_secs(5),
+            ca_file: None,
         }
     }
 }
@@ -127,6 +137,11 @@ pub enum ClientError {
     DnsTimeout(Duration),
     Connect(SocketAddr, io::Error),
     ConnectTimeout(Duration),
+    /// The TLS handshake failed: a certificate problem or a protocol error.
+    Tls(TlsProblem),
+    TlsTimeout(Duration),
+    /// The CA file given for `wss://` cannot be used.
+    CaFile(String),
     HandshakeTimeout(Duration),
     /// The server answered the upgrade with another status.
     Rejected {
@@ -161,8 +176,11 @@ impl ClientError {
             | ClientError::DnsTimeout(_)
             | ClientError::Connect(..)
             | ClientError::ConnectTimeout(_)
+            | ClientError::TlsTimeout(_)
             | ClientError::HandshakeTimeout(_)
             | ClientError::Handshake(_) => true,
+            // A certificate will not fix itself by retrying.
+            ClientError::Tls(p) => !p.is_certificate(),
             ClientError::Rejected { status, .. } => {
                 *status >= 500 || *status == 408 || *status == 429
             }
@@ -176,6 +194,7 @@ impl ClientError {
             ClientError::InvalidUrl(_) => "url",
             ClientError::Dns(_) | ClientError::DnsTimeout(_) => "dns",
             ClientError::Connect(..) | ClientError::ConnectTimeout(_) => "tcp",
+            ClientError::Tls(_) | ClientError::TlsTimeout(_) | ClientError::CaFile(_) => "tls",
             ClientError::HandshakeTimeout(_)
             | ClientError::Rejected { .. }
             | ClientError::Handshake(_) => "handshake",
@@ -199,6 +218,9 @@ impl fmt::Display for ClientError {
             ClientError::DnsTimeout(d) => write!(f, "name resolution took longer than {}", s(*d)),
             ClientError::Connect(a, e) => write!(f, "TCP connect to {a} failed: {e}"),
             ClientError::ConnectTimeout(d) => write!(f, "TCP connect took longer than {}", s(*d)),
+            ClientError::Tls(p) => write!(f, "{p}"),
+            ClientError::TlsTimeout(d) => write!(f, "TLS handshake took longer than {}", s(*d)),
+            ClientError::CaFile(m) => write!(f, "CA file: {m}"),
             ClientError::HandshakeTimeout(d) => {
                 write!(f, "no complete upgrade response within {}", s(*d))
             }
@@ -294,6 +316,48 @@ impl Write for DeadlineStream {
     }
 }
 
+/// The connection's stream: plain, or TLS over the same deadline-bound
+/// socket (the TLS records inherit its deadlines).
+#[derive(Debug)]
+pub enum ClientStream {
+    Plain(DeadlineStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, DeadlineStream>>),
+}
+
+impl ClientStream {
+    fn set_deadline(&mut self, at: Instant) {
+        match self {
+            ClientStream::Plain(s) => s.deadline = at,
+            ClientStream::Tls(t) => t.sock.deadline = at,
+        }
+    }
+}
+
+impl Read for ClientStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            ClientStream::Plain(s) => s.read(buf),
+            ClientStream::Tls(t) => t.read(buf),
+        }
+    }
+}
+
+impl Write for ClientStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            ClientStream::Plain(s) => s.write(buf),
+            ClientStream::Tls(t) => t.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            ClientStream::Plain(s) => s.flush(),
+            ClientStream::Tls(t) => t.flush(),
+        }
+    }
+}
+
 fn timed_out(e: &WsError) -> bool {
     matches!(e, WsError::Io(io) if io.kind() == io::ErrorKind::TimedOut)
 }
@@ -306,6 +370,10 @@ pub struct ConnectReport {
     pub addr: SocketAddr,
     pub dns: Duration,
     pub tcp: Duration,
+    /// The TLS handshake (`wss://` only).
+    pub tls: Option<Duration>,
+    /// The negotiated TLS version, e.g. `TLSv1_3` (`wss://` only).
+    pub tls_version: Option<String>,
     pub handshake: Duration,
     /// The subprotocol the server selected.
     pub subprotocol: Option<String>,
@@ -314,14 +382,14 @@ pub struct ConnectReport {
 /// An open connection; every call has its deadline.
 #[derive(Debug)]
 pub struct Connection {
-    ws: WebSocket<DeadlineStream>,
+    ws: WebSocket<ClientStream>,
     receive_timeout: Duration,
     close_timeout: Duration,
 }
 
 impl Connection {
     fn set_deadline(&mut self, d: Duration) {
-        self.ws.get_mut().deadline = Instant::now() + d;
+        self.ws.get_mut().set_deadline(Instant::now() + d);
     }
 
     /// Sends one message, completing within the receive timeout.
@@ -407,12 +475,18 @@ impl Connection {
 pub struct Client {
     cfg: ClientConfig,
     breaker: Breaker,
+    /// The roots for `wss://`, read once.
+    roots: Option<Arc<rustls::RootCertStore>>,
 }
 
 impl Client {
     pub fn new(cfg: ClientConfig) -> Client {
         let breaker = Breaker::new(cfg.breaker_threshold, cfg.breaker_recovery);
-        Client { cfg, breaker }
+        Client {
+            cfg,
+            breaker,
+            roots: None,
+        }
     }
 
     pub fn breaker_state(&mut self) -> BreakerState {
@@ -472,11 +546,12 @@ impl Client {
 
     /// One attempt: resolve, connect, upgrade.
     fn attempt(
-        &self,
+        &mut self,
         url: &str,
         connect_in: Duration,
     ) -> Result<(Connection, ConnectReport), ClientError> {
         let (mut request, host, port) = parse_url(url)?;
+        let secure = request.uri().scheme_str() == Some("wss");
         let headers = request.headers_mut();
         for (k, v) in &self.cfg.headers {
             let name = tungstenite::http::HeaderName::from_bytes(k.as_bytes())
@@ -521,11 +596,25 @@ impl Client {
         let _ = tcp.set_nodelay(true);
         let tcp_time = t1.elapsed();
 
-        let t2 = Instant::now();
-        let stream = DeadlineStream {
+        let mut tls = None;
+        let mut tls_version = None;
+        let mut stream = ClientStream::Plain(DeadlineStream {
             inner: tcp,
-            deadline: t2 + self.cfg.handshake_timeout,
-        };
+            deadline: Instant::now() + self.cfg.tls_timeout,
+        });
+        if secure {
+            let t = Instant::now();
+            let ClientStream::Plain(plain) = stream else {
+                unreachable!("plain until here")
+            };
+            let session = self.tls_handshake(&host, plain)?;
+            tls_version = session.conn.protocol_version().map(|v| format!("{v:?}"));
+            tls = Some(t.elapsed());
+            stream = ClientStream::Tls(Box::new(session));
+        }
+
+        let t2 = Instant::now();
+        stream.set_deadline(t2 + self.cfg.handshake_timeout);
         let config = WebSocketConfig::default().read_buffer_size(16 * 1024);
         let (ws, response) =
             match tungstenite::client::client_with_config(request, stream, Some(config)) {
@@ -568,6 +657,8 @@ impl Client {
             addr,
             dns,
             tcp: tcp_time,
+            tls,
+            tls_version,
             handshake: t2.elapsed(),
             subprotocol,
         };
@@ -580,8 +671,49 @@ impl Client {
     }
 }
 
-/// Checks a `ws://host[:port]/path` URL; returns the upgrade request
-/// (without our headers), the host and the port.
+impl Client {
+    /// The TLS handshake on a connected socket, under `tls_timeout`; SNI
+    /// and hostname verification on. Failures are named (untrusted issuer,
+    /// name mismatch, expired).
+    fn tls_handshake(
+        &mut self,
+        host: &str,
+        mut sock: DeadlineStream,
+    ) -> Result<rustls::StreamOwned<rustls::ClientConnection, DeadlineStream>, ClientError> {
+        let roots = match &self.roots {
+            Some(r) => r.clone(),
+            None => {
+                let r = tls::roots(self.cfg.ca_file.as_deref()).map_err(ClientError::CaFile)?;
+                self.roots = Some(r.clone());
+                r
+            }
+        };
+        let client_tls = ClientTls::new(roots).map_err(ClientError::CaFile)?;
+        let name = rustls::pki_types::ServerName::try_from(host.to_string())
+            .map_err(|e| ClientError::InvalidUrl(format!("{host}: {e}")))?;
+        let mut conn = rustls::ClientConnection::new(client_tls.config.clone(), name)
+            .map_err(|e| ClientError::Tls(TlsProblem::Other(e.to_string())))?;
+        while conn.is_handshaking() {
+            if let Err(e) = conn.complete_io(&mut sock) {
+                let refused = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>());
+                return Err(match refused {
+                    Some(r) => ClientError::Tls(client_tls.problem(r)),
+                    None if e.kind() == io::ErrorKind::TimedOut => {
+                        ClientError::TlsTimeout(self.cfg.tls_timeout)
+                    }
+                    None => ClientError::Tls(TlsProblem::Other(format!(
+                        "connection failed during the TLS handshake: {e}"
+                    ))),
+                });
+            }
+        }
+        Ok(rustls::StreamOwned::new(conn, sock))
+    }
+}
+
+/// Checks a `ws://` or `wss://host[:port]/path` URL; returns the upgrade
+/// request (without our headers), the host and the port (80 or 443 by
+/// default).
 pub fn parse_url(
     url: &str,
 ) -> Result<(tungstenite::handshake::client::Request, String, u16), ClientError> {
@@ -589,19 +721,22 @@ pub fn parse_url(
         .into_client_request()
         .map_err(|e| ClientError::InvalidUrl(format!("{url}: {e}")))?;
     let uri = request.uri();
-    if uri.scheme_str() != Some("ws") {
-        return Err(ClientError::InvalidUrl(format!(
-            "{url}: only ws:// is supported (this build has no TLS; \
-             probe behind the TLS terminator or the service address)"
-        )));
-    }
+    let default_port = match uri.scheme_str() {
+        Some("ws") => 80,
+        Some("wss") => 443,
+        _ => {
+            return Err(ClientError::InvalidUrl(format!(
+                "{url}: the scheme must be ws:// or wss://"
+            )));
+        }
+    };
     let host = uri
         .host()
         .ok_or_else(|| ClientError::InvalidUrl(format!("{url}: no host")))?
         .trim_start_matches('[')
         .trim_end_matches(']')
         .to_string();
-    let port = uri.port_u16().unwrap_or(80);
+    let port = uri.port_u16().unwrap_or(default_port);
     Ok((request, host, port))
 }
 
@@ -691,9 +826,13 @@ mod tests {
     }
 
     #[test]
-    fn only_ws_urls_are_accepted() {
-        let c = Client::new(ClientConfig::default());
-        for url in ["wss://example.com/ws", "http://example.com/", "not a url"] {
+    fn only_ws_and_wss_urls_are_accepted() {
+        let (_, _, port) = parse_url("wss://example.com/ws").unwrap();
+        assert_eq!(port, 443);
+        let (_, _, port) = parse_url("ws://example.com/ws").unwrap();
+        assert_eq!(port, 80);
+        let mut c = Client::new(ClientConfig::default());
+        for url in ["https://example.com/ws", "http://example.com/", "not a url"] {
             let e = c.attempt(url, ms(100)).unwrap_err();
             assert!(matches!(e, ClientError::InvalidUrl(_)), "{url}: {e}");
         }

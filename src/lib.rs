@@ -46,3 +46,4 @@ pub mod platform;
 pub mod reactor;
 pub mod server;
 pub mod settings;
+pub mod tls;

@@ -44,6 +44,10 @@ pub struct ServerMetrics {
     pub handler_panics_total: AtomicU64,
     /// Upgrades refused with 401.
     pub auth_failures_total: AtomicU64,
+    /// TLS handshakes the transport refused (bad or plain-text bytes).
+    pub tls_handshake_failures_total: AtomicU64,
+    /// Plain-text requests on the TLS port (answered 400 in plain text).
+    pub tls_plaintext_total: AtomicU64,
 }
 
 impl ServerMetrics {
@@ -106,8 +110,18 @@ struct Health<'a> {
     /// Deadlines that expired, by phase.
     timeouts: Map<String, Value>,
     missed_deadlines: u64,
+    tls: TlsView,
     reactor: ReactorView,
     uptime_s: f64,
+}
+
+#[derive(Serialize)]
+struct TlsView {
+    enabled: bool,
+    reloads: u64,
+    reload_failures: u64,
+    handshake_failures: u64,
+    plaintext_requests: u64,
 }
 
 #[derive(Serialize)]
@@ -144,6 +158,7 @@ struct ReactorView {
     by_deadline: u64,
     by_cap: u64,
     interrupted: u64,
+    busy: u64,
     lost_wakeups_recovered: u64,
     deadline_overshoot_count: u64,
     deadline_overshoot_p50_ms: f64,
@@ -165,6 +180,8 @@ pub struct Report<'a> {
     pub draining: bool,
     pub uptime: Duration,
     pub max_connections: usize,
+    /// (reloads, refused reloads) of the certificate pair, when TLS is on.
+    pub tls: Option<(u64, u64)>,
 }
 
 impl Report<'_> {
@@ -235,6 +252,13 @@ impl Report<'_> {
                 .map(|p| (p.name().to_string(), m.timeouts_of(*p).into()))
                 .collect(),
             missed_deadlines: m.missed_deadlines_total.load(Relaxed),
+            tls: TlsView {
+                enabled: self.tls.is_some(),
+                reloads: self.tls.map_or(0, |t| t.0),
+                reload_failures: self.tls.map_or(0, |t| t.1),
+                handshake_failures: m.tls_handshake_failures_total.load(Relaxed),
+                plaintext_requests: m.tls_plaintext_total.load(Relaxed),
+            },
             reactor: ReactorView {
                 waits: r.waits,
                 by_io: r.by_io,
@@ -242,6 +266,7 @@ impl Report<'_> {
                 by_deadline: r.by_deadline,
                 by_cap: r.by_cap,
                 interrupted: r.interrupted,
+                busy: r.busy,
                 lost_wakeups_recovered: r.lost_wakeups_recovered,
                 deadline_overshoot_count: r.overshoot.count,
                 deadline_overshoot_p50_ms: ms(r.overshoot.quantile_us(0.50)),
@@ -308,6 +333,26 @@ impl Report<'_> {
                 "pollcap_auth_failures_total",
                 "Upgrades refused with 401.",
                 m.auth_failures_total.load(Relaxed),
+            ),
+            (
+                "pollcap_tls_handshake_failures_total",
+                "TLS handshakes refused by the transport (bad or plain-text bytes).",
+                m.tls_handshake_failures_total.load(Relaxed),
+            ),
+            (
+                "pollcap_tls_plaintext_requests_total",
+                "Plain-text requests on the TLS port (answered 400).",
+                m.tls_plaintext_total.load(Relaxed),
+            ),
+            (
+                "pollcap_tls_reloads_total",
+                "Certificate pairs reloaded (SIGHUP or changed files).",
+                self.tls.map_or(0, |t| t.0),
+            ),
+            (
+                "pollcap_tls_reload_failures_total",
+                "Certificate reloads refused (the previous pair stays).",
+                self.tls.map_or(0, |t| t.1),
             ),
             (
                 "pollcap_breaker_failures_total",
@@ -400,6 +445,7 @@ impl Report<'_> {
                 ("deadline", r.by_deadline),
                 ("cap", r.by_cap),
                 ("interrupted", r.interrupted),
+                ("busy", r.busy),
             ] {
                 let _ = writeln!(
                     o,

@@ -100,3 +100,40 @@ pub fn bind_listener(
 /// False on Windows: mio re-arms its IOCP/AFD poll only after it has seen a
 /// real `WouldBlock`, so skipping it would lose every later event.
 pub const SHORT_READ_MEANS_DRAINED: bool = cfg!(unix);
+
+/// A reload request from SIGHUP (Unix): the handler only sets a flag
+/// (async-signal-safe); the server polls it every turn, so the capped wait
+/// bounds how long a request can go unnoticed. Windows has no SIGHUP; there
+/// the certificate files' modification time is the only trigger.
+static SIGHUP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+#[cfg(unix)]
+extern "C" fn on_sighup(_: libc::c_int) {
+    SIGHUP.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Makes SIGHUP a reload request instead of a termination signal (it
+/// replaces any earlier handler, e.g. `ctrlc`'s). For the binary: the
+/// library never installs signal handlers itself.
+pub fn catch_sighup() -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        // SAFETY: a zeroed sigaction is valid; the handler is an extern
+        // "C" fn that only stores to an atomic.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = on_sighup as *const () as libc::sighandler_t;
+            action.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut action.sa_mask);
+            if libc::sigaction(libc::SIGHUP, &action, std::ptr::null_mut()) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// True once after each SIGHUP received since the last call.
+pub fn take_sighup() -> bool {
+    SIGHUP.swap(false, std::sync::atomic::Ordering::Relaxed)
+}

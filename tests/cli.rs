@@ -189,10 +189,195 @@ fn probe_exit_status_follows_the_verdict() {
     );
 
     let bad = Command::new(bin)
-        .args(["probe", "wss://example.invalid/ws"])
+        .args(["probe", "https://example.invalid/ws"])
         .output()
         .unwrap();
     assert_eq!(bad.status.code(), Some(2));
     let err = String::from_utf8_lossy(&bad.stderr);
-    assert!(err.contains("only ws:// is supported"), "{err}");
+    assert!(err.contains("must be ws:// or wss://"), "{err}");
+}
+
+/// A CA, a leaf for localhost signed by it, and a second CA, as files.
+fn tls_files() -> (common::certs::TempDir, common::certs::TestCa) {
+    use common::certs::{TempDir, TestCa};
+    let dir = TempDir::new("cli-tls");
+    let ca = TestCa::new("pollcap cli CA");
+    ca.write(&dir.path("ca.pem"));
+    ca.write_leaf(&["localhost"], &dir.path("cert.pem"), &dir.path("key.pem"));
+    TestCa::new("Unrelated CA").write(&dir.path("other-ca.pem"));
+    (dir, ca)
+}
+
+fn arg(p: &std::path::Path) -> String {
+    p.display().to_string()
+}
+
+#[test]
+fn tls_start_up_errors_exit_2_naming_the_flag_the_path_and_the_problem() {
+    let (dir, ca) = tls_files();
+    let (cert, key) = (arg(&dir.path("cert.pem")), arg(&dir.path("key.pem")));
+    let (_, other_key) = ca.leaf(&["localhost"], false);
+    std::fs::write(dir.path("other-key.pem"), other_key).unwrap();
+    let missing = arg(&dir.path("missing.pem"));
+    let other = arg(&dir.path("other-key.pem"));
+    let cases: [(&[&str], &str, &str); 5] = [
+        (
+            &["--tls-cert", &cert, "--tls-key", &missing],
+            "--tls-key",
+            "cannot be read",
+        ),
+        (
+            &["--tls-cert", &cert, "--tls-key", &cert],
+            "--tls-key",
+            "no PRIVATE KEY",
+        ),
+        (
+            &["--tls-cert", &cert, "--tls-key", &other],
+            "--tls-key",
+            "does not match",
+        ),
+        (
+            &["--tls-cert", &key, "--tls-key", &key],
+            "--tls-cert",
+            "no CERTIFICATE",
+        ),
+        (&["--tls-cert", &cert], "--tls-key", "TLS needs both"),
+    ];
+    for (args, flag, problem) in cases {
+        let mut a = vec!["serve", "--listen", "127.0.0.1:0"];
+        a.extend_from_slice(args);
+        let out = pollcap(&a, &[]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+        assert!(
+            err.contains(flag) && err.contains(problem),
+            "{args:?}: {err}"
+        );
+        if problem != "TLS needs both" {
+            assert!(err.contains(&args[3].to_string()), "names the path: {err}");
+        }
+    }
+}
+
+#[test]
+fn the_probe_checks_wss_with_a_private_ca_and_names_an_untrusted_one() {
+    let (dir, _ca) = tls_files();
+    let srv = common::spawn_server(
+        env!("CARGO_BIN_EXE_pollcap"),
+        &["serve", "--listen", "127.0.0.1:0", "--pacing-ms", "1"],
+        &[
+            ("POLLCAP_TLS_CERT", &arg(&dir.path("cert.pem"))),
+            ("POLLCAP_TLS_KEY", &arg(&dir.path("key.pem"))),
+        ],
+    );
+    let url = format!("wss://localhost:{}/ws", srv.addr.port());
+    let probe = |ca: &str| {
+        Command::new(env!("CARGO_BIN_EXE_pollcap"))
+            .args(["probe", &url, "--json", "--ca-file", ca])
+            .env_remove("POLLCAP_TOKEN")
+            .output()
+            .unwrap()
+    };
+    let ok = probe(&arg(&dir.path("ca.pem")));
+    let j: serde_json::Value = serde_json::from_slice(&ok.stdout).expect("JSON report");
+    assert_eq!(ok.status.code(), Some(0), "{j}");
+    let tls = &j["phases"][2];
+    assert_eq!(tls["phase"], "tls");
+    assert_eq!(tls["ok"], true);
+    assert!(tls["ms"].is_number());
+    assert_eq!(tls["detail"], "TLSv1_3");
+
+    let refused = probe(&arg(&dir.path("other-ca.pem")));
+    let j: serde_json::Value = serde_json::from_slice(&refused.stdout).expect("JSON report");
+    assert_eq!(refused.status.code(), Some(1), "{j}");
+    assert_eq!(
+        j["verdict"],
+        "FAIL at tls: certificate not trusted (issuer \"CN=pollcap cli CA\")"
+    );
+}
+
+#[test]
+#[cfg_attr(
+    windows,
+    ignore = "SIGHUP is POSIX; on Windows rotation is by the files' modification time (tests/tls.rs)"
+)]
+fn sighup_rotates_the_certificate_and_a_broken_pair_keeps_the_old_one() {
+    use common::certs::TestCa;
+    use std::time::{Duration, Instant};
+    let (dir, _ca) = tls_files();
+    let (cert, key) = (dir.path("cert.pem"), dir.path("key.pem"));
+    // Sweeps far apart: only SIGHUP can trigger the reload here.
+    let srv = common::spawn_server(
+        env!("CARGO_BIN_EXE_pollcap"),
+        &["serve", "--listen", "127.0.0.1:0", "--app", "echo"],
+        &[
+            ("POLLCAP_TLS_CERT", &arg(&cert)),
+            ("POLLCAP_TLS_KEY", &arg(&key)),
+            ("WEBSOCKET_CLEANUP_INTERVAL", "600"),
+        ],
+    );
+    let pid = srv.child.as_ref().unwrap().id().to_string();
+    let url = format!("wss://localhost:{}/ws", srv.addr.port());
+    let connects = |ca: &str| {
+        let mut c = pollcap::client::Client::new(pollcap::client::ClientConfig {
+            max_attempts: 1,
+            ca_file: Some(dir.path(ca)),
+            ..Default::default()
+        });
+        c.connect(&url).is_ok()
+    };
+    assert!(connects("ca.pem"));
+    let next = TestCa::new("pollcap next CA");
+    next.write(&dir.path("next.pem"));
+    next.write_leaf(&["localhost"], &cert, &key);
+    assert!(connects("ca.pem"), "no reload before the signal");
+    let hup = || {
+        let ok = Command::new("kill").args(["-HUP", &pid]).status().unwrap();
+        assert!(ok.success());
+    };
+    hup();
+    // Noticed within one capped wait (1 s), since the handler only sets a flag.
+    let t0 = Instant::now();
+    while !connects("next.pem") {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "SIGHUP did not reload"
+        );
+        std::thread::sleep(Duration::from_millis(50)); // polling interval
+    }
+    // A broken pair: refused, the server keeps serving the current one.
+    std::fs::write(&key, "garbage").unwrap();
+    hup();
+    let metrics = || {
+        let roots = pollcap::tls::roots(Some(&dir.path("next.pem"))).unwrap();
+        let cfg = rustls::ClientConfig::builder_with_provider(pollcap::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let conn = rustls::ClientConnection::new(
+            std::sync::Arc::new(cfg),
+            "localhost".try_into().unwrap(),
+        )
+        .unwrap();
+        let tcp = std::net::TcpStream::connect(srv.addr).unwrap();
+        let mut s = rustls::StreamOwned::new(conn, tcp);
+        use std::io::{Read, Write};
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    };
+    let t0 = Instant::now();
+    while !metrics().contains("pollcap_tls_reload_failures_total 1") {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "broken pair not noticed"
+        );
+        std::thread::sleep(Duration::from_millis(50)); // polling interval
+    }
+    assert!(metrics().contains("pollcap_tls_reloads_total 1"));
+    assert!(connects("next.pem"), "the previous pair stays in use");
 }

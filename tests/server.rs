@@ -79,7 +79,18 @@ fn a_client_that_never_answers_pings_gets_1011() {
         );
         let (code, reason, at) = read_close(&mut s);
         assert_eq!((code, reason.as_str()), (1011, "keepalive ping timeout"));
-        assert_near(at - t0, ping_at + 200 * MS, "pong deadline");
+        // The pong deadline: 0.2 s after the Ping left (which the client
+        // may have read late under load, so the lower bound is the Ping's
+        // earliest departure).
+        let took = at - t0;
+        assert!(
+            took + 5 * MS >= 270 * MS + 200 * MS,
+            "pong deadline early: {took:?}"
+        );
+        assert!(
+            took <= ping_at + 200 * MS + SLACK,
+            "pong deadline late: {took:?}"
+        );
         assert_eq!(
             metric(srv.local_addr(), "pollcap_timeouts_total{phase=\"ping\"}"),
             1.0
@@ -174,11 +185,26 @@ fn a_peer_that_never_answers_our_close_is_dropped_at_the_close_deadline() {
     each_backend(|kind| {
         let srv = start(kind, &[], |_| {});
         // Never answers the Ping, then never answers the 1011 Close either.
+        let t0 = Instant::now(); // before connecting: every server clock starts later
         let mut s = raw_ws(srv.local_addr());
         let (code, _, at) = read_close(&mut s);
         assert_eq!(code, 1011);
         let eof = wait_eof(&mut s);
-        assert_near(eof - at, 200 * MS, "close deadline");
+        // The Close left at the pong deadline: heartbeat (0.3 s - 10 %)
+        // + ping (0.2 s) after the upgrade at the earliest; TCP must stay
+        // until the close deadline (0.2 s) after that. Timed from `t0`, so
+        // that a client slow to read the Close cannot shorten it.
+        let earliest = 270 * MS + 200 * MS + 200 * MS;
+        assert!(
+            eof - t0 + 5 * MS >= earliest,
+            "dropped early: {:?}",
+            eof - t0
+        );
+        assert!(
+            eof - at <= 200 * MS + SLACK,
+            "close deadline: {:?}",
+            eof - at
+        );
         assert_eq!(
             metric(srv.local_addr(), "pollcap_timeouts_total{phase=\"close\"}"),
             1.0
@@ -491,5 +517,67 @@ fn drain_closes_1001_and_finishes_even_when_wakeups_are_lost() {
             t0.elapsed() <= 200 * MS + 100 * MS + SLACK,
             "drain bounded by close + cap"
         );
+    });
+}
+
+#[test]
+fn a_flooding_client_cannot_delay_another_connections_deadline() {
+    each_backend(|kind| {
+        // One reactor: the flood and the silent connection share it.
+        let srv = start(kind, &[], |c| {
+            c.settings.threads = 1;
+            c.settings.limits.max_outbound = 256 << 20;
+        });
+        let addr = srv.local_addr();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // The flood: frames written as fast as the socket takes them, the
+        // echoes read and discarded on another thread.
+        let flood = raw_ws(addr);
+        let mut writer = flood.try_clone().unwrap();
+        let mut reader = flood;
+        let burst: Vec<u8> = (0..4096).flat_map(|_| frame(0x1, true, b"x")).collect();
+        let stop_w = stop.clone();
+        let w = std::thread::spawn(move || {
+            let t0 = Instant::now();
+            while !stop_w.load(std::sync::atomic::Ordering::Relaxed)
+                && t0.elapsed() < Duration::from_secs(10)
+            {
+                if writer.write_all(&burst).is_err() {
+                    return;
+                }
+            }
+        });
+        let r = std::thread::spawn(move || {
+            let mut b = vec![0u8; 65536];
+            reader
+                .set_read_timeout(Some(Duration::from_millis(100)))
+                .unwrap();
+            let t0 = Instant::now();
+            while t0.elapsed() < Duration::from_secs(10) {
+                match std::io::Read::read(&mut reader, &mut b) {
+                    Ok(0) => return,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+                    Err(_) => return,
+                }
+            }
+        });
+        std::thread::sleep(Duration::from_millis(100)); // let the flood start
+        // A peer that never answers pings: pinged at 0.3 s (± 10 %),
+        // closed 1011 at the pong deadline 0.2 s later.
+        let t0 = Instant::now();
+        let mut silent = raw_ws(addr);
+        let (code, reason, at) = read_close(&mut silent);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!((code, reason.as_str()), (1011, "keepalive ping timeout"));
+        let took = at - t0;
+        assert!(took + 5 * MS >= 470 * MS, "early: {took:?}");
+        assert!(
+            took <= 530 * MS + SLACK,
+            "pong deadline beside a flood: {took:?}"
+        );
+        w.join().unwrap();
+        r.join().unwrap();
     });
 }

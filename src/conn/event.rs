@@ -72,4 +72,7 @@ pub enum Event {
     CloseSent(u16),
     /// Buffers grown by a burst were given back.
     Compacted,
+    /// The transport refused the peer's bytes before the upgrade (a TLS
+    /// handshake failure, e.g. plain text or a bad ClientHello); dropped.
+    TransportFailed,
 }

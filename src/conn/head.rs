@@ -3,6 +3,8 @@
 //! turning a written 101 into an open WebSocket.
 
 use std::io::{self, Read, Write};
+
+use super::Transport;
 use std::time::Instant;
 
 use tungstenite::protocol::{Role, WebSocket};
@@ -17,7 +19,7 @@ pub(super) enum After {
     Upgrade { leftover: Vec<u8> },
 }
 
-impl<S: Read + Write> Conn<S> {
+impl<S: Transport> Conn<S> {
     pub(super) fn read_head(&mut self, cx: &mut Cx) {
         let limits = HeadLimits {
             max_bytes: cx.limits.max_head_bytes,
@@ -44,6 +46,14 @@ impl<S: Read + Write> Conn<S> {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                    // The transport refused the peer's bytes (a TLS alert
+                    // was sent): bad input, counted and logged.
+                    tracing::info!(conn = self.id, "transport error before upgrade: {e}");
+                    cx.events.push(Event::TransportFailed);
+                    self.finish();
+                    return;
+                }
                 Err(e) => {
                     tracing::debug!(conn = self.id, "read error before upgrade: {e}");
                     self.finish();
@@ -51,6 +61,9 @@ impl<S: Read + Write> Conn<S> {
                 }
             }
         }
+        // Any byte at the transport counts: a TLS ClientHello is the first
+        // byte of the request.
+        *got_byte |= io.inner.received() > 0;
         // httparse judges complete lines only: re-parse when a line ended
         // (or the size limit is hit), not after every byte a slow client
         // trickles in, which would make a slowloris cost quadratic work.
@@ -135,6 +148,18 @@ impl<S: Read + Write> Conn<S> {
 
     fn handshake_timeout(&mut self, cx: &mut Cx) {
         cx.events.push(Event::Timeout(TimeoutPhase::Handshake));
+        let tls_unfinished = match &self.phase {
+            Phase::Head { io, .. } | Phase::Decide { io, .. } => io.inner.handshaking(),
+            _ => false,
+        };
+        if tls_unfinished {
+            // No HTTP answer can be delivered on an unfinished TLS session.
+            tracing::info!(
+                conn = self.id,
+                "handshake timeout in the TLS handshake; dropped"
+            );
+            return self.finish();
+        }
         tracing::info!(conn = self.id, "handshake timeout: answering 408");
         let r = http::text(
             408,
@@ -204,8 +229,7 @@ impl<S: Read + Write> Conn<S> {
             // Connection: close. Keep the stream: the owner must deregister
             // it before it closes (the `polling` backend on Windows keeps
             // its own handle map, and a reused handle would fail to register).
-            self.phase = Phase::Done(Some(io.inner));
-            return;
+            return self.end(Some(io.inner));
         };
         let now: Instant = cx.now;
         cx.events.push(Event::Opened {

@@ -1,6 +1,7 @@
-//! The transport wrapper under tungstenite ([`Io`]) and the buffer sizing
-//! that goes with it: batching thresholds, and giving back the buffers a
-//! burst grew ([`COMPACT_OVER`]).
+//! What the connection needs of the byte stream under it ([`Transport`]),
+//! the wrapper it puts between that stream and tungstenite ([`Io`]), and
+//! the buffer sizing that goes with it: batching thresholds, and giving
+//! back the buffers a burst grew ([`COMPACT_OVER`]).
 
 use std::io::{self, Read, Write};
 
@@ -31,6 +32,32 @@ pub fn ws_config(l: &Limits) -> WebSocketConfig {
         .max_frame_size(Some(l.max_frame))
 }
 
+/// A non-blocking byte stream under a connection: plain TCP, TLS, or an
+/// in-memory pipe in tests. `read` and `write` return `WouldBlock` when
+/// they cannot make progress; `flush` returns `WouldBlock` while bytes the
+/// stream accepted are still waiting for the socket.
+pub trait Transport: Read + Write {
+    /// Bytes received from the peer at this level (for TLS: records, the
+    /// handshake included). The first proves the peer is there (the
+    /// connect deadline), later ones that it is alive.
+    fn received(&self) -> u64;
+
+    /// Whether a read that returned fewer bytes than asked proves nothing
+    /// more is waiting anywhere, so the read that would only say
+    /// `WouldBlock` can be skipped (see `platform::SHORT_READ_MEANS_DRAINED`).
+    fn short_read_drains(&self) -> bool;
+
+    /// The transport's own handshake (TLS) is still running: an HTTP
+    /// answer cannot be delivered on it yet.
+    fn handshaking(&self) -> bool {
+        false
+    }
+
+    /// Ends the transport's session politely (TLS `close_notify`), best
+    /// effort, right before the connection lets go of it.
+    fn shut_down(&mut self) {}
+}
+
 /// A stream wrapper that remembers whether the last write would block,
 /// counts inbound bytes (any inbound byte proves the peer alive), follows
 /// frame boundaries, and saves the read that would only say `WouldBlock`
@@ -57,7 +84,7 @@ impl<S> Io<S> {
     }
 }
 
-impl<S: Read> Read for Io<S> {
+impl<S: Transport> Read for Io<S> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if std::mem::take(&mut self.drained) {
             return Err(io::ErrorKind::WouldBlock.into());
@@ -65,12 +92,12 @@ impl<S: Read> Read for Io<S> {
         let n = self.inner.read(buf)?;
         self.bytes_in += n as u64;
         self.frames.feed(&buf[..n]);
-        self.drained = crate::platform::SHORT_READ_MEANS_DRAINED && n > 0 && n < buf.len();
+        self.drained = self.inner.short_read_drains() && n > 0 && n < buf.len();
         Ok(n)
     }
 }
 
-impl<S: Write> Write for Io<S> {
+impl<S: Transport> Write for Io<S> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self.inner.write(buf) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -84,6 +111,20 @@ impl<S: Write> Write for Io<S> {
         }
     }
     fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
+        // A TLS transport holds records the socket did not take yet.
+        let r = self.inner.flush();
+        self.write_blocked = matches!(&r, Err(e) if e.kind() == io::ErrorKind::WouldBlock);
+        r
+    }
+}
+
+impl Transport for mio::net::TcpStream {
+    fn received(&self) -> u64 {
+        // Counted by `Io` for plain streams: every byte reaches it.
+        0
+    }
+
+    fn short_read_drains(&self) -> bool {
+        crate::platform::SHORT_READ_MEANS_DRAINED
     }
 }

@@ -8,6 +8,10 @@
 //! run ([`Conn::run_started`]). It never reads the clock and never calls
 //! into the server, so tests drive a 45 s heartbeat in microseconds.
 //!
+//! The owner's loop after any call: answer the events; while
+//! [`Conn::has_more_input`], read on; then [`Conn::flush`] once. Reading
+//! never writes, so the replies to a burst leave together.
+//!
 //! The event list belongs to the caller rather than to each connection:
 //! a queue per connection would cost memory on every idle connection, or
 //! an allocation per message.
@@ -31,7 +35,7 @@ use std::time::Instant;
 use tungstenite::protocol::WebSocket;
 
 pub use event::{Event, TimeoutPhase};
-pub use io::{Io, ws_config};
+pub use io::{Io, Transport, ws_config};
 
 use crate::reactor::Interest;
 use crate::settings::{Limits, Timeouts};
@@ -125,7 +129,7 @@ pub struct Conn<S> {
     phase: Phase<S>,
 }
 
-impl<S: std::io::Read + std::io::Write> Conn<S> {
+impl<S: Transport> Conn<S> {
     /// A connection accepted at `now`; `jitter` is clamped to [0.9, 1.1].
     pub fn new(id: u64, stream: S, now: Instant, jitter: f64) -> Conn<S> {
         Conn {
@@ -334,7 +338,8 @@ impl<S: std::io::Read + std::io::Write> Conn<S> {
         live
     }
 
-    /// Ends the connection, keeping the stream for deregistration.
+    /// Ends the connection, keeping the stream for deregistration. The
+    /// transport ends its own session first (TLS `close_notify`).
     fn finish(&mut self) {
         let stream = match std::mem::replace(&mut self.phase, Phase::Done(None)) {
             Phase::Head { io, .. } | Phase::Decide { io, .. } | Phase::Respond { io, .. } => {
@@ -347,6 +352,14 @@ impl<S: std::io::Read + std::io::Write> Conn<S> {
             Phase::Closing { ws, .. } => Some(ws.into_inner().inner),
             Phase::Done(s) => s,
         };
+        self.end(stream);
+    }
+
+    /// Ends the transport's session and keeps the stream.
+    fn end(&mut self, mut stream: Option<S>) {
+        if let Some(s) = stream.as_mut() {
+            s.shut_down();
+        }
         self.phase = Phase::Done(stream);
     }
 }

@@ -45,6 +45,15 @@ impl Write for End {
     }
 }
 
+impl Transport for End {
+    fn received(&self) -> u64 {
+        0
+    }
+    fn short_read_drains(&self) -> bool {
+        false
+    }
+}
+
 fn duplex() -> (End, End) {
     let a: Buf = Default::default();
     let b: Buf = Default::default();
@@ -80,7 +89,7 @@ impl Owner {
 
     /// Runs `f`, then answers requests the way `pollcap serve --app echo`
     /// does (upgrade `/ws`, 404 elsewhere) and echoes messages.
-    fn drive<S: Read + Write>(
+    fn drive<S: Transport>(
         &mut self,
         c: &mut Conn<S>,
         now: Instant,
@@ -114,11 +123,11 @@ impl Owner {
         }
     }
 
-    fn io<S: Read + Write>(&mut self, c: &mut Conn<S>, now: Instant) {
+    fn io<S: Transport>(&mut self, c: &mut Conn<S>, now: Instant) {
         self.drive(c, now, |c, cx| c.handle_io(true, false, cx));
     }
 
-    fn timeout<S: Read + Write>(&mut self, c: &mut Conn<S>, now: Instant) {
+    fn timeout<S: Transport>(&mut self, c: &mut Conn<S>, now: Instant) {
         self.drive(c, now, |c, cx| c.handle_timeout(cx));
     }
 

@@ -3,7 +3,9 @@
 //! output with backpressure, the closing handshake, and giving back the
 //! buffers a burst grew.
 
-use std::io::{self, Read, Write};
+use std::io;
+
+use super::Transport;
 
 use tungstenite::error::ProtocolError;
 use tungstenite::protocol::frame::CloseFrame;
@@ -20,13 +22,14 @@ fn close_frame(code: u16, reason: &'static str) -> CloseFrame {
     }
 }
 
-impl<S: Read + Write> Conn<S> {
+impl<S: Transport> Conn<S> {
     /// Reads frames until one data message (reported; the owner answers
     /// it before the next frame is parsed, see `Conn::has_more_input`) or
     /// until the input is drained. Control frames are handled on the way;
-    /// pongs and a Close echo are written before returning. Buffers are
-    /// not compacted here: the owner's [`Conn::flush`] does that once its
-    /// answers went out.
+    /// what tungstenite queued (pongs, a Close echo) goes out with the
+    /// owner's [`Conn::flush`]. Nothing is written here: a write per
+    /// message would let a peer that answers each reply at once keep this
+    /// connection reading forever.
     pub(super) fn drive_ws(&mut self, cx: &mut Cx) {
         loop {
             let (ws, open) = match &mut self.phase {
@@ -66,7 +69,8 @@ impl<S: Read + Write> Conn<S> {
             }
         }
         if let Phase::Open { ws, open } = &mut self.phase {
-            let seen = ws.get_ref().bytes_in;
+            let io = ws.get_ref();
+            let seen = io.bytes_in + io.inner.received();
             if seen != open.bytes_seen {
                 // Any inbound byte is a sign of life: resets heartbeat,
                 // liveness and the outstanding ping.
@@ -75,7 +79,6 @@ impl<S: Read + Write> Conn<S> {
                 open.ping_sent = None;
             }
         }
-        self.write_out(cx);
     }
 
     /// Queues one outbound message. It goes out when the batch threshold

@@ -58,6 +58,8 @@ pub enum WaitLimit {
     Cap,
     /// Neither: no deadline and no cap.
     Forever,
+    /// The caller had work left and did not wait at all.
+    Busy,
 }
 
 /// The timeout for one wait at `now`, and which limit set it.

@@ -136,8 +136,23 @@ impl Reactor {
 
     /// Waits once, for at most `min(next deadline, cap)`, then reads the clock.
     pub fn turn(&mut self) -> io::Result<Turn> {
+        self.wait_turn(false)
+    }
+
+    /// A turn that does not block: the caller has work left over (a
+    /// connection stopped at its budget) and only wants new events and due
+    /// deadlines before resuming it. Counted as `busy` when nothing came.
+    pub fn turn_busy(&mut self) -> io::Result<Turn> {
+        self.wait_turn(true)
+    }
+
+    fn wait_turn(&mut self, busy: bool) -> io::Result<Turn> {
         let next = self.timers.next_deadline();
-        let (timeout, limit) = wait_timeout(self.now, next, self.cap);
+        let (timeout, limit) = if busy {
+            (Some(std::time::Duration::ZERO), WaitLimit::Busy)
+        } else {
+            wait_timeout(self.now, next, self.cap)
+        };
         let started = self.now;
         self.events.clear();
         let waited = self.backend.wait(&mut self.events, timeout);
@@ -152,6 +167,7 @@ impl Reactor {
             Ok(()) if !self.events.is_empty() => WakeReason::Io,
             Ok(()) if woken && !self.waker.is_suppressed() => WakeReason::Waker,
             Ok(()) => match (limit, timeout) {
+                (WaitLimit::Busy, _) => WakeReason::Busy,
                 (WaitLimit::Deadline, _) if next.is_some_and(|d| self.now >= d) => {
                     WakeReason::Deadline
                 }

@@ -18,6 +18,8 @@ pub enum WakeReason {
     Cap,
     /// The wait was interrupted by a signal (EINTR).
     Interrupted,
+    /// A non-blocking turn (work was left over) that found nothing new.
+    Busy,
 }
 
 #[derive(Debug, Default)]
@@ -28,6 +30,7 @@ pub struct ReactorStats {
     pub by_deadline: AtomicU64,
     pub by_cap: AtomicU64,
     pub interrupted: AtomicU64,
+    pub busy: AtomicU64,
     /// Wake requests found pending after a wait that the waker did not end:
     /// a lost or suppressed wakeup, recovered by the cap or a deadline.
     pub lost_wakeups_recovered: AtomicU64,
@@ -44,6 +47,7 @@ pub struct StatsSnapshot {
     pub by_deadline: u64,
     pub by_cap: u64,
     pub interrupted: u64,
+    pub busy: u64,
     pub lost_wakeups_recovered: u64,
     pub overshoot: Snapshot,
 }
@@ -57,6 +61,7 @@ impl ReactorStats {
             WakeReason::Deadline => &self.by_deadline,
             WakeReason::Cap => &self.by_cap,
             WakeReason::Interrupted => &self.interrupted,
+            WakeReason::Busy => &self.busy,
         };
         c.fetch_add(1, Relaxed);
     }
@@ -69,6 +74,7 @@ impl ReactorStats {
             by_deadline: self.by_deadline.load(Relaxed),
             by_cap: self.by_cap.load(Relaxed),
             interrupted: self.interrupted.load(Relaxed),
+            busy: self.busy.load(Relaxed),
             lost_wakeups_recovered: self.lost_wakeups_recovered.load(Relaxed),
             overshoot: self.overshoot.snapshot(),
         }
@@ -83,6 +89,7 @@ impl StatsSnapshot {
         self.by_deadline += o.by_deadline;
         self.by_cap += o.by_cap;
         self.interrupted += o.interrupted;
+        self.busy += o.busy;
         self.lost_wakeups_recovered += o.lost_wakeups_recovered;
         self.overshoot.merge(&o.overshoot);
     }

@@ -8,6 +8,7 @@ use crate::agent::{AgentChat, FlakyOpen};
 use crate::app::App;
 use crate::auth::Auth;
 use crate::settings::{AppKind, ConfigError, Settings};
+use crate::tls::{CertError, CertStore};
 
 /// Everything needed to start a server.
 #[derive(Clone, Debug)]
@@ -17,6 +18,8 @@ pub struct ServerConfig {
     /// Token checks; `None` = authentication off (loopback only, enforced
     /// by the binary).
     pub auth: Option<Auth>,
+    /// The TLS certificate pair; `None` serves plain `ws://` and `http://`.
+    pub tls: Option<Arc<CertStore>>,
 }
 
 impl ServerConfig {
@@ -28,12 +31,14 @@ impl ServerConfig {
             settings,
             app: App::Echo,
             auth: None,
+            tls: None,
         }
     }
 
     /// Everything the settings say: their application (`app`, `pacing_ms`,
-    /// `fail_opens`) and their authentication (`POLLCAP_JWT_SECRET`,
-    /// `tokens_file`, which is read here).
+    /// `fail_opens`), their authentication (`POLLCAP_JWT_SECRET`,
+    /// `tokens_file`, which is read here) and their TLS pair (`tls_cert`,
+    /// `tls_key`, loaded and checked here).
     pub fn from_settings(settings: Settings) -> Result<ServerConfig, ConfigError> {
         let pacing = settings.pacing;
         let app = match settings.app {
@@ -45,10 +50,25 @@ impl ServerConfig {
             })),
         };
         let auth = Auth::from_settings(&settings)?;
+        let tls = match (&settings.tls_cert, &settings.tls_key) {
+            (Some(cert), Some(key)) => Some(Arc::new(
+                CertStore::open(cert, key).map_err(|e| cert_config_error(&e))?,
+            )),
+            _ => None,
+        };
         Ok(ServerConfig {
             settings,
             app,
             auth,
+            tls,
         })
     }
+}
+
+/// A certificate problem as a start-up error: the flag (and variable),
+/// the path and the problem.
+pub fn cert_config_error(e: &CertError) -> ConfigError {
+    let setting = crate::settings::find(e.which.setting())
+        .map_or_else(|| e.which.setting().to_string(), |d| d.sources());
+    ConfigError::new(&setting, &e.path.display().to_string(), &e.problem)
 }

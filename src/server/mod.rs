@@ -18,6 +18,7 @@ mod config;
 mod drain;
 mod routes;
 mod runs;
+mod stream;
 mod worker;
 
 use std::io;
@@ -29,7 +30,7 @@ use std::time::Instant;
 
 use mio::net::{TcpListener, TcpStream};
 
-pub use config::ServerConfig;
+pub use config::{ServerConfig, cert_config_error};
 pub use runs::MAX_RUNS_PER_CONN;
 pub use worker::ACCEPT_PAUSE;
 

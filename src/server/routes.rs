@@ -34,6 +34,12 @@ pub(super) fn report(sh: &Shared, now: Instant) -> Report<'_> {
         draining: sh.draining.load(Relaxed),
         uptime: now.saturating_duration_since(sh.started),
         max_connections: sh.cfg.settings.limits.max_connections,
+        tls: sh.cfg.tls.as_ref().map(|c| {
+            (
+                c.reloads_total.load(Relaxed),
+                c.reload_failures_total.load(Relaxed),
+            )
+        }),
     }
 }
 

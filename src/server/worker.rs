@@ -12,16 +12,25 @@ use mio::net::{TcpListener, TcpStream};
 use slab::Slab;
 
 use super::runs::{self, RunCx};
+use super::stream::Stream;
 use super::{Shared, admission, routes};
 use crate::app::{App, Session};
 use crate::conn::{Conn, Cx, Event};
 use crate::http::{self, Request};
+use crate::platform;
 use crate::reactor::{Interest, Reactor, TimerId};
+use crate::tls::TlsStream;
 
 pub(super) const LISTENER: usize = usize::MAX - 1;
 const SWEEP: usize = usize::MAX - 2;
 pub(super) const DRAIN: usize = usize::MAX - 3;
 const ACCEPT: usize = usize::MAX - 4;
+
+/// Messages one connection may have answered in one go; past it, the
+/// connection waits for the next turn (which does not block) so that
+/// other connections and due deadlines get their turn. A peer that keeps
+/// its socket full, or answers every reply at once, cannot pin a reactor.
+const READ_BUDGET: u32 = 64;
 
 /// How long accepting pauses after accept() fails for lack of resources.
 /// The connection waits in the backlog meanwhile. Retrying at once would
@@ -32,7 +41,7 @@ pub const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
 /// One connection and what the worker keeps beside it.
 pub(super) struct Entry {
-    pub conn: Conn<TcpStream>,
+    pub conn: Conn<Stream>,
     pub timer: TimerId,
     pub interest: Interest,
     /// Set once admitted: the connection holds a `max_connections` slot
@@ -60,6 +69,9 @@ pub(super) struct Worker {
     pub(super) drain: Option<TimerId>,
     /// Retries accepting after a resource error; armed only while paused.
     accept_retry: TimerId,
+    /// Connections that stopped at their read budget with input left,
+    /// resumed after the next (non-blocking) turn.
+    backlog: Vec<usize>,
 }
 
 impl Worker {
@@ -90,14 +102,22 @@ impl Worker {
             sweep,
             drain: None,
             accept_retry,
+            backlog: Vec::new(),
         })
     }
 
     pub(super) fn run(mut self) -> io::Result<()> {
         tracing::debug!(reactor = self.index, "reactor started");
         loop {
-            let turn = self.reactor.turn()?;
+            let turn = if self.backlog.is_empty() {
+                self.reactor.turn()?
+            } else {
+                self.reactor.turn_busy()?
+            };
             let now = turn.now;
+            if self.index == 0 && self.shared.cfg.tls.is_some() && platform::take_sighup() {
+                self.reload_certificates("SIGHUP");
+            }
             if turn.woken {
                 self.take_inbox(now);
                 self.take_mail(now);
@@ -123,6 +143,13 @@ impl Worker {
                     key => self.drive(key, now, |e, cx, _| e.conn.handle_timeout(cx)),
                 }
             }
+            for key in std::mem::take(&mut self.backlog) {
+                self.drive(key, now, |e, cx, _| {
+                    if e.conn.has_more_input() {
+                        e.conn.handle_io(true, false, cx);
+                    }
+                });
+            }
             if self.drain.is_some() && self.conns.is_empty() {
                 tracing::debug!(reactor = self.index, "drained");
                 return Ok(());
@@ -132,7 +159,8 @@ impl Worker {
 
     /// Calls `f` on connection `key`, answers every event it reports
     /// (answers may report more), reads on while a message left input
-    /// behind, flushes the answers together, then syncs the connection
+    /// behind (up to [`READ_BUDGET`] messages; the rest waits for the
+    /// backlog), flushes the answers together, then syncs the connection
     /// with the reactor.
     pub(super) fn drive(
         &mut self,
@@ -148,6 +176,7 @@ impl Worker {
             spare,
             index,
             drain,
+            backlog,
             ..
         } = self;
         let Some(e) = conns.get_mut(key) else {
@@ -167,6 +196,7 @@ impl Worker {
             draining: drain.is_some(),
         };
         f(e, &mut cx, &rc);
+        let mut budget = READ_BUDGET;
         loop {
             while !cx.events.is_empty() {
                 std::mem::swap(spare, cx.events);
@@ -175,8 +205,15 @@ impl Worker {
                 }
             }
             if e.conn.has_more_input() {
-                e.conn.handle_io(true, false, &mut cx);
-                continue;
+                if budget == 0 {
+                    if !backlog.contains(&key) {
+                        backlog.push(key);
+                    }
+                } else {
+                    budget -= 1;
+                    e.conn.handle_io(true, false, &mut cx);
+                    continue;
+                }
             }
             e.conn.flush(&mut cx);
             if cx.events.is_empty() {
@@ -296,7 +333,11 @@ impl Worker {
         }
     }
 
-    fn add(&mut self, mut stream: TcpStream, now: Instant) {
+    fn add(&mut self, stream: TcpStream, now: Instant) {
+        let mut stream = match &self.shared.cfg.tls {
+            Some(certs) => Stream::Tls(Box::new(TlsStream::new(stream, certs.config()))),
+            None => Stream::Plain(stream),
+        };
         let key = self.conns.vacant_key();
         if let Err(e) = self.reactor.register(&mut stream, key, Interest::READABLE) {
             tracing::warn!("register failed: {e}");
@@ -382,9 +423,29 @@ impl Worker {
             );
             self.drive(key, now, |e, cx, _| e.conn.handle_timeout(cx));
         }
+        if self.index == 0
+            && let Some(certs) = &self.shared.cfg.tls
+            && certs.changed_on_disk()
+        {
+            self.reload_certificates("the files changed");
+        }
         let next = now + t.cleanup_interval;
         let sweep = self.sweep;
         self.reactor.timers().set(sweep, Some(next));
+    }
+
+    /// Loads the certificate pair again for new connections; a bad pair is
+    /// refused with one warning and a metric, and the old one stays.
+    fn reload_certificates(&self, why: &str) {
+        let Some(certs) = &self.shared.cfg.tls else {
+            return;
+        };
+        match certs.reload() {
+            Ok(()) => tracing::info!("TLS certificate reloaded ({why}): new connections get it"),
+            Err(e) => tracing::warn!(
+                "TLS certificate reload ({why}) refused, the previous one stays: {e}"
+            ),
+        }
     }
 }
 
@@ -393,6 +454,16 @@ fn answer(rc: &RunCx, key: usize, e: &mut Entry, ev: Event, cx: &mut Cx) {
     let sh = rc.shared;
     let m = &sh.metrics;
     match ev {
+        Event::Request(_) if e.conn.stream_mut().is_some_and(|s| s.plain_on_tls_port()) => {
+            m.tls_plaintext_total.fetch_add(1, Relaxed);
+            tracing::info!(conn = e.conn.id(), "plain-text request on the TLS port");
+            let r = http::text(
+                400,
+                "Bad Request",
+                "this port speaks TLS: use https:// or wss://\n",
+            );
+            e.conn.respond(r, cx);
+        }
         Event::Request(head) => match http::classify(&head, &sh.cfg.settings.ws_path) {
             Request::Route(route) => e.conn.respond(routes::render(sh, route, cx.now), cx),
             Request::Reject(r) => e.conn.respond(r, cx),
@@ -416,6 +487,9 @@ fn answer(rc: &RunCx, key: usize, e: &mut Entry, ev: Event, cx: &mut Cx) {
         Event::CloseSent(code) => m.close_sent(code),
         Event::Compacted => {
             m.buffer_compactions_total.fetch_add(1, Relaxed);
+        }
+        Event::TransportFailed => {
+            m.tls_handshake_failures_total.fetch_add(1, Relaxed);
         }
     }
 }

@@ -22,6 +22,7 @@ pub enum Group {
     Limits,
     Server,
     Auth,
+    Tls,
 }
 
 impl Group {
@@ -33,6 +34,7 @@ impl Group {
             Group::Limits => Some("limits"),
             Group::Server => Some("server"),
             Group::Auth => Some("auth"),
+            Group::Tls => Some("tls"),
         }
     }
 }
@@ -617,7 +619,50 @@ pub static DECLS: &[Decl] = &[
         },
         show: |s| Some(s.jwt_secret.is_some().into()),
     },
+    Decl {
+        name: "tls_cert",
+        flag: Some("tls-cert"),
+        env: Some("POLLCAP_TLS_CERT"),
+        kind: Kind::Value,
+        value_name: "PATH",
+        help: "PEM certificate chain: serve wss:// and https:// on the same port \
+               (with --tls-key; reloaded on SIGHUP and when the files change)",
+        group: Group::Tls,
+        default: Default::None,
+        set: |s, v| {
+            s.tls_cert = Some(path(v)?);
+            Ok(())
+        },
+        show: |s| show_path(&s.tls_cert),
+    },
+    Decl {
+        name: "tls_key",
+        flag: Some("tls-key"),
+        env: Some("POLLCAP_TLS_KEY"),
+        kind: Kind::Value,
+        value_name: "PATH",
+        help: "PEM private key of --tls-cert",
+        group: Group::Tls,
+        default: Default::None,
+        set: |s, v| {
+            s.tls_key = Some(path(v)?);
+            Ok(())
+        },
+        show: |s| show_path(&s.tls_key),
+    },
 ];
+
+/// A path setting; empty is not a path.
+fn path(v: &str) -> Result<PathBuf, String> {
+    if v.trim().is_empty() {
+        return Err("must be a file path".into());
+    }
+    Ok(PathBuf::from(v))
+}
+
+fn show_path(p: &Option<PathBuf>) -> Option<Value> {
+    Some(p.as_ref().map(|p| p.display().to_string()).into())
+}
 
 /// The declaration named `name`.
 pub fn find(name: &str) -> Option<&'static Decl> {

@@ -150,6 +150,9 @@ pub struct Settings {
     pub insecure_no_auth: bool,
     pub tokens_file: Option<PathBuf>,
     pub jwt_secret: Option<Secret>,
+    /// TLS certificate chain and key (PEM); both or neither.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Settings {
@@ -195,6 +198,8 @@ impl Settings {
             insecure_no_auth: false,
             tokens_file: None,
             jwt_secret: None,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 
@@ -280,6 +285,16 @@ impl Settings {
                 )));
             }
         }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            let (given, missing) = if self.tls_cert.is_some() {
+                ("--tls-cert", "--tls-key")
+            } else {
+                ("--tls-key", "--tls-cert")
+            };
+            return Err(ConfigError::rule(format!(
+                "{given} is set but {missing} is not: TLS needs both (or neither)"
+            )));
+        }
         let l = &self.limits;
         if l.max_outbound <= l.max_message + 14 {
             return Err(ConfigError::new(
@@ -320,7 +335,13 @@ impl Settings {
                 .map(|d| d.as_secs_f64() * 1000.0)
                 .into(),
         );
-        for g in [Group::Timeouts, Group::Limits, Group::Server, Group::Auth] {
+        for g in [
+            Group::Timeouts,
+            Group::Limits,
+            Group::Server,
+            Group::Auth,
+            Group::Tls,
+        ] {
             if let Some(key) = g.key() {
                 o.insert(key.into(), Value::Object(self.group(g)));
             }

@@ -1,6 +1,6 @@
 //! `pollcap probe` (SPEC §6): one `agent_chat` exchange against a live
-//! endpoint, timed phase by phase (DNS, TCP, handshake, first event, all
-//! events, close), every event checked, and one verdict. The tool a person
+//! endpoint, timed phase by phase (DNS, TCP, TLS for `wss://`, handshake,
+//! first event, all events, close), every event checked, and one verdict. The tool a person
 //! runs against a staging endpoint; exit status 0 only if all of it
 //! arrived within its deadline.
 
@@ -17,10 +17,11 @@ use pollcap::settings::seconds;
 
 use super::fail;
 
-/// The phases, in order, as named in the report.
-pub const PHASES: [&str; 6] = [
+/// The phases, in order, as named in the report; `tls` only for `wss://`.
+pub const PHASES: [&str; 7] = [
     "dns",
     "tcp",
+    "tls",
     "handshake",
     "first_event",
     "all_events",
@@ -72,6 +73,7 @@ impl ProbeReport {
             attempts: 0,
             phases: PHASES
                 .iter()
+                .filter(|&&name| name != "tls" || url.starts_with("wss://"))
                 .map(|&name| PhaseResult {
                     name,
                     duration: None,
@@ -86,16 +88,17 @@ impl ProbeReport {
     }
 
     fn pass(&mut self, name: &str, d: Duration, detail: String) {
-        let p = self.phase(name);
-        p.duration = Some(d);
-        p.ok = Some(true);
-        p.detail = detail;
+        if let Some(p) = self.phase(name) {
+            p.duration = Some(d);
+            p.ok = Some(true);
+            p.detail = detail;
+        }
     }
 
     /// Marks `name` failed and ends the probe with a FAIL verdict. A name
     /// outside [`PHASES`] (the client's breaker) marks no phase.
     fn fail(mut self, name: &str, d: Option<Duration>, why: String) -> ProbeReport {
-        if let Some(at) = PHASES.iter().position(|p| *p == name) {
+        if let Some(at) = self.phases.iter().position(|p| p.name == name) {
             // Reaching this phase means the earlier ones passed, timed or not.
             for p in &mut self.phases[..at] {
                 p.ok.get_or_insert(true);
@@ -110,12 +113,8 @@ impl ProbeReport {
         self
     }
 
-    fn phase(&mut self, name: &str) -> &mut PhaseResult {
-        let i = PHASES
-            .iter()
-            .position(|p| *p == name)
-            .expect("a phase named in PHASES");
-        &mut self.phases[i]
+    fn phase(&mut self, name: &str) -> Option<&mut PhaseResult> {
+        self.phases.iter_mut().find(|p| p.name == name)
     }
 
     pub fn to_json(&self) -> ReportJson<'_> {
@@ -162,9 +161,16 @@ impl ProbeReport {
 
 #[derive(clap::Args)]
 pub struct ProbeArgs {
-    /// Endpoint, ws://HOST:PORT/PATH.
+    /// Endpoint, ws://HOST:PORT/PATH or wss://HOST[:PORT]/PATH.
     #[arg(default_value = "ws://127.0.0.1:8765/ws")]
     url: String,
+    /// For wss://: PEM file of the CA to trust (a private CA) instead of
+    /// the built-in web roots.
+    #[arg(long, env = "POLLCAP_CA_FILE", value_name = "PATH")]
+    ca_file: Option<std::path::PathBuf>,
+    /// Seconds for the TLS handshake (wss://).
+    #[arg(long, default_value = "5")]
+    tls_timeout: String,
     /// Bearer token (sent as `Authorization: Bearer`).
     #[arg(long, env = "POLLCAP_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -227,6 +233,7 @@ pub fn command(args: ProbeArgs) -> ExitCode {
             &args.close_timeout,
             &mut cfg.close_timeout,
         ),
+        ("--tls-timeout", &args.tls_timeout, &mut cfg.tls_timeout),
     ] {
         match flag_seconds(name, value) {
             Ok(d) => *slot = d,
@@ -236,6 +243,7 @@ pub fn command(args: ProbeArgs) -> ExitCode {
     if let Some(t) = &args.token {
         cfg = cfg.bearer(t);
     }
+    cfg.ca_file = args.ca_file.clone();
     let report = probe(&args.url, cfg, &args.text);
     if args.json {
         println!(
@@ -364,6 +372,9 @@ pub fn probe(url: &str, mut cfg: ClientConfig, text: &str) -> ProbeReport {
     report.attempts = rep.attempts;
     report.pass("dns", rep.dns, String::new());
     report.pass("tcp", rep.tcp, rep.addr.to_string());
+    if let Some(tls) = rep.tls {
+        report.pass("tls", tls, rep.tls_version.clone().unwrap_or_default());
+    }
     if rep.subprotocol.as_deref() != Some("agent_chat") {
         let why = format!(
             "server did not select agent_chat (selected: {})",
@@ -425,9 +436,9 @@ pub fn probe(url: &str, mut cfg: ClientConfig, text: &str) -> ProbeReport {
     }
     report.ok = true;
     // first_event lies inside all_events: leave it out of the sum.
-    let total: Duration = ["dns", "tcp", "handshake", "all_events", "close"]
+    let total: Duration = ["dns", "tcp", "tls", "handshake", "all_events", "close"]
         .iter()
-        .filter_map(|&n| report.phase(n).duration)
+        .filter_map(|&n| report.phase(n).and_then(|p| p.duration))
         .sum();
     report.verdict = format!(
         "OK: all five event types in order, {} events in {:.1} ms (total {:.1} ms, {} attempt{})",

@@ -44,6 +44,11 @@ pub fn run(settings: Settings) -> ExitCode {
     }) {
         return fail(format!("cannot install the shutdown signal handler: {e}"));
     }
+    // SIGHUP reloads the certificate pair (when TLS is on) and never stops
+    // the server: it replaces the termination handler `ctrlc` installed.
+    if let Err(e) = pollcap::platform::catch_sighup() {
+        return fail(format!("cannot install the SIGHUP handler: {e}"));
+    }
     tracing::info!(
         "pollcap {} listening on {} fd_limit={} auth={auth} {summary}",
         env!("CARGO_PKG_VERSION"),
