@@ -46,4 +46,5 @@ pub mod platform;
 pub mod reactor;
 pub mod server;
 pub mod settings;
+pub mod stream;
 pub mod tls;

@@ -56,6 +56,11 @@ pub trait Transport: Read + Write {
     /// Ends the transport's session politely (TLS `close_notify`), best
     /// effort, right before the connection lets go of it.
     fn shut_down(&mut self) {}
+
+    /// The reader stops reading for now (it will wait for readiness): a
+    /// short read seen earlier proves nothing about data that arrives
+    /// later, so the next read must ask the socket.
+    fn end_reading(&mut self) {}
 }
 
 /// A stream wrapper that remembers whether the last write would block,
@@ -81,6 +86,15 @@ impl<S> Io<S> {
             bytes_in: 0,
             frames: FrameBoundary::default(),
         }
+    }
+}
+
+impl<S: Transport> Io<S> {
+    /// See [`Transport::end_reading`]: the shortcut after a short read holds
+    /// only until the owner waits again.
+    pub(super) fn end_reading(&mut self) {
+        self.drained = false;
+        self.inner.end_reading();
     }
 }
 

@@ -101,8 +101,16 @@ impl<S: Transport> Conn<S> {
         }
     }
 
-    /// Writes whatever is queued, as far as the socket takes it.
+    /// Writes whatever is queued, as far as the socket takes it. The owner
+    /// calls it last, before it waits again.
     pub fn flush(&mut self, cx: &mut Cx) {
+        match &mut self.phase {
+            Phase::Head { io, .. } | Phase::Decide { io, .. } | Phase::Respond { io, .. } => {
+                io.end_reading()
+            }
+            Phase::Open { ws, .. } | Phase::Closing { ws, .. } => ws.get_mut().end_reading(),
+            Phase::Done(_) => {}
+        }
         self.write_some(cx);
     }
 

@@ -18,7 +18,6 @@ mod config;
 mod drain;
 mod routes;
 mod runs;
-mod stream;
 mod worker;
 
 use std::io;

@@ -12,13 +12,13 @@ use mio::net::{TcpListener, TcpStream};
 use slab::Slab;
 
 use super::runs::{self, RunCx};
-use super::stream::Stream;
 use super::{Shared, admission, routes};
 use crate::app::{App, Session};
 use crate::conn::{Conn, Cx, Event};
 use crate::http::{self, Request};
 use crate::platform;
 use crate::reactor::{Interest, Reactor, TimerId};
+use crate::stream::Stream;
 use crate::tls::TlsStream;
 
 pub(super) const LISTENER: usize = usize::MAX - 1;

@@ -263,6 +263,7 @@ fn shutdown_reaction(srv: &ChildServer, n: usize) -> io::Result<Option<f64>> {
     for _ in 0..n {
         let ws = super::load::connect(&srv.url(), Duration::from_secs(5))?;
         ws.get_ref()
+            .tcp()
             .set_read_timeout(Some(Duration::from_secs(10)))?;
         clients.push(ws);
     }

@@ -46,7 +46,7 @@ pub fn idle(url: &str, count: usize, hold: Duration, pid: Option<u32>) -> io::Re
     let t0 = Instant::now();
     // Hold: answer pings with non-blocking sweeps every 100 ms, bounded by `hold`.
     for ws in &mut clients {
-        ws.get_mut().set_nonblocking(true)?;
+        ws.get_ref().tcp().set_nonblocking(true)?;
     }
     while t0.elapsed() < hold {
         for ws in &mut clients {

@@ -17,7 +17,11 @@ use serde::Serialize;
 use tungstenite::WebSocket;
 use tungstenite::handshake::client::Request;
 
+use std::sync::Arc;
+
 use pollcap::reactor::{BackendKind, CapStrategy, Interest, Reactor};
+use pollcap::stream::Stream;
+use pollcap::tls::TlsStream;
 
 pub use echo::{agent, echo};
 pub use idle::idle;
@@ -36,6 +40,9 @@ pub struct LoadArgs {
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
+    /// For wss:// URLs: PEM file of the CA to trust instead of the web roots.
+    #[arg(long, global = true, env = "POLLCAP_CA_FILE", value_name = "PATH")]
+    ca_file: Option<std::path::PathBuf>,
 }
 
 #[derive(clap::Subcommand, Clone)]
@@ -78,6 +85,10 @@ enum LoadMode {
 /// Runs one load mode and prints its figures.
 pub fn command(args: LoadArgs) -> ExitCode {
     let (url, pid) = (args.url.as_str(), args.server_pid);
+    if let Err(e) = tls_setup(args.ca_file.as_deref()) {
+        eprintln!("pollcap load: {e}");
+        return ExitCode::from(2);
+    }
     let result = match args.mode {
         LoadMode::Echo {
             connections,
@@ -149,10 +160,108 @@ pub fn sample(pid: Option<u32>) -> Option<ServerSample> {
     Some(ServerSample { cpu, rss })
 }
 
-/// Where a `ws://` URL points: parsed by the library client's parser.
+/// The client TLS configuration of this run (wss:// URLs), set once.
+static TLS: std::sync::OnceLock<Arc<rustls::ClientConfig>> = std::sync::OnceLock::new();
+
+/// Trusts `ca_file` (or the web roots) for every wss:// connection.
+pub fn tls_setup(ca_file: Option<&std::path::Path>) -> Result<(), String> {
+    let roots = pollcap::tls::roots(ca_file)?;
+    let config = rustls::ClientConfig::builder_with_provider(pollcap::tls::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let _ = TLS.set(Arc::new(config));
+    Ok(())
+}
+
+fn tls_config() -> Arc<rustls::ClientConfig> {
+    TLS.get_or_init(|| {
+        pollcap::tls::roots(None)
+            .map(|roots| {
+                Arc::new(
+                    rustls::ClientConfig::builder_with_provider(pollcap::tls::provider())
+                        .with_safe_default_protocol_versions()
+                        .expect("ring supports the default versions")
+                        .with_root_certificates(roots)
+                        .with_no_client_auth(),
+                )
+            })
+            .expect("the built-in roots load")
+    })
+    .clone()
+}
+
+fn server_name(host: &str) -> io::Result<rustls::pki_types::ServerName<'static>> {
+    rustls::pki_types::ServerName::try_from(host.to_string())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
+}
+
+/// A blocking client TLS session for `host` (SNI and verification on).
+fn tls_session(host: &str) -> io::Result<rustls::ClientConnection> {
+    rustls::ClientConnection::new(tls_config(), server_name(host)?)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+/// A non-blocking stream to `t` (TLS for wss://; its handshake runs as
+/// the stream is used).
+pub fn nonblocking_stream(t: &Target) -> io::Result<Stream> {
+    let tcp = mio::net::TcpStream::connect(t.addr)?;
+    // TLS sends a flight of small writes: Nagle + delayed ACK would add 40 ms.
+    tcp.set_nodelay(true)?;
+    if !t.secure {
+        return Ok(Stream::Plain(tcp));
+    }
+    let tls = TlsStream::client(tcp, tls_config(), server_name(&t.host)?)?;
+    Ok(Stream::Tls(Box::new(tls)))
+}
+
+/// A blocking stream, plain or TLS.
+pub enum Blocking {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Blocking {
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            Blocking::Plain(s) => s,
+            Blocking::Tls(t) => &t.sock,
+        }
+    }
+}
+
+impl io::Read for Blocking {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Blocking::Plain(s) => s.read(buf),
+            Blocking::Tls(t) => t.read(buf),
+        }
+    }
+}
+
+impl io::Write for Blocking {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Blocking::Plain(s) => s.write(buf),
+            Blocking::Tls(t) => t.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Blocking::Plain(s) => s.flush(),
+            Blocking::Tls(t) => t.flush(),
+        }
+    }
+}
+
+/// Where a `ws://` or `wss://` URL points: parsed by the library client's
+/// parser.
 pub struct Target {
     pub request: Request,
     pub addr: SocketAddr,
+    pub host: String,
+    pub secure: bool,
     /// `host:port`, for `Host` headers.
     pub authority: String,
     /// Path and query of the WebSocket endpoint.
@@ -176,18 +285,37 @@ impl Target {
             .uri()
             .path_and_query()
             .map_or("/".into(), |p| p.to_string());
+        let secure = request.uri().scheme_str() == Some("wss");
         Ok(Target {
             request,
             addr,
+            host,
+            secure,
             authority,
             path,
         })
     }
 }
 
-/// A blocking client connected to `url` (ws://host:port/path).
-pub fn connect(url: &str, timeout: Duration) -> io::Result<WebSocket<TcpStream>> {
+/// A blocking client connected to `url` (ws:// or wss://host:port/path).
+pub fn connect(url: &str, timeout: Duration) -> io::Result<WebSocket<Blocking>> {
     connect_as(url, timeout, None, &[])
+}
+
+/// TCP, then TLS for wss://: a connected blocking stream.
+pub fn open_stream(t: &Target, timeout: Duration) -> io::Result<Blocking> {
+    let s = TcpStream::connect_timeout(&t.addr, timeout)?;
+    s.set_nodelay(true)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    if !t.secure {
+        return Ok(Blocking::Plain(s));
+    }
+    let mut tls = rustls::StreamOwned::new(tls_session(&t.host)?, s);
+    while tls.conn.is_handshaking() {
+        tls.conn.complete_io(&mut tls.sock)?;
+    }
+    Ok(Blocking::Tls(Box::new(tls)))
 }
 
 /// Like [`connect`], with a bearer token and subprotocols.
@@ -196,14 +324,66 @@ pub fn connect_as(
     timeout: Duration,
     token: Option<&str>,
     protocols: &[&str],
-) -> io::Result<WebSocket<TcpStream>> {
-    let Target {
-        mut request, addr, ..
-    } = Target::parse(url)?;
-    let s = TcpStream::connect_timeout(&addr, timeout)?;
-    s.set_nodelay(true)?;
-    s.set_read_timeout(Some(timeout))?;
-    s.set_write_timeout(Some(timeout))?;
+) -> io::Result<WebSocket<Blocking>> {
+    let target = Target::parse(url)?;
+    let s = open_stream(&target, timeout)?;
+    let request = upgrade_request(target.request, token, protocols)?;
+    let (ws, _) = tungstenite::client(request, s).map_err(|e| io::Error::other(e.to_string()))?;
+    Ok(ws)
+}
+
+type ClientConn = WebSocket<Stream>;
+
+/// C connected clients registered with a client-side reactor (token =
+/// index). Each connects, negotiates TLS (wss://) and upgrades without
+/// blocking, on that reactor, within 5 s.
+fn open_clients(
+    url: &str,
+    connections: usize,
+    token: Option<&str>,
+    protocols: &[&str],
+) -> io::Result<(Reactor, Vec<ClientConn>)> {
+    use tungstenite::HandshakeError;
+    let mut reactor = Reactor::new(
+        BackendKind::Mio,
+        CapStrategy::Fixed(Duration::from_millis(100)),
+    )?;
+    let target = Target::parse(url)?;
+    let mut conns = Vec::with_capacity(connections);
+    for t in 0..connections {
+        let mut stream = nonblocking_stream(&target)?;
+        reactor.register(&mut stream, t, Interest::BOTH)?;
+        let request = upgrade_request(target.request.clone(), token, protocols)?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let mut step = tungstenite::client(request, stream);
+        let ws = loop {
+            match step {
+                Ok((ws, _)) => break ws,
+                Err(HandshakeError::Interrupted(mid)) => {
+                    if std::time::Instant::now() > deadline {
+                        return Err(io::ErrorKind::TimedOut.into());
+                    }
+                    reactor.turn()?;
+                    step = mid.handshake();
+                }
+                Err(HandshakeError::Failure(e)) => return Err(io::Error::other(e.to_string())),
+            }
+        };
+        let mut ws = ws;
+        // The handshake stopped reading after the response: forget that.
+        pollcap::conn::Transport::end_reading(ws.get_mut());
+        reactor.reregister(ws.get_mut(), t, Interest::READABLE)?;
+        conns.push(ws);
+    }
+    Ok((reactor, conns))
+}
+
+/// The upgrade request with a bearer token and subprotocols.
+fn upgrade_request(
+    mut request: Request,
+    token: Option<&str>,
+    protocols: &[&str],
+) -> io::Result<Request> {
     let bad = |e: tungstenite::http::header::InvalidHeaderValue| {
         io::Error::new(io::ErrorKind::InvalidInput, e.to_string())
     };
@@ -218,36 +398,7 @@ pub fn connect_as(
             protocols.join(", ").parse().map_err(bad)?,
         );
     }
-    let (ws, _) = tungstenite::client(request, s).map_err(|e| io::Error::other(e.to_string()))?;
-    Ok(ws)
-}
-
-type ClientConn = WebSocket<mio::net::TcpStream>;
-
-/// C connected clients registered with a client-side reactor (token = index).
-fn open_clients(
-    url: &str,
-    connections: usize,
-    token: Option<&str>,
-    protocols: &[&str],
-) -> io::Result<(Reactor, Vec<ClientConn>)> {
-    let reactor = Reactor::new(
-        BackendKind::Mio,
-        CapStrategy::Fixed(Duration::from_millis(100)),
-    )?;
-    let mut conns = Vec::with_capacity(connections);
-    for t in 0..connections {
-        let std_stream = connect_as(url, Duration::from_secs(5), token, protocols)?.into_inner();
-        std_stream.set_nonblocking(true)?;
-        let mut stream = mio::net::TcpStream::from_std(std_stream);
-        reactor.register(&mut stream, t, Interest::READABLE)?;
-        conns.push(WebSocket::from_raw_socket(
-            stream,
-            tungstenite::protocol::Role::Client,
-            None,
-        ));
-    }
-    Ok((reactor, conns))
+    Ok(request)
 }
 
 fn would_block(e: &tungstenite::Error) -> bool {
@@ -274,9 +425,8 @@ pub fn percentiles(samples: &mut [u64], qs: &[f64]) -> Vec<u64> {
 pub fn http_get(url: &str, path: &str) -> Option<String> {
     use std::io::{Read, Write};
     let t = Target::parse(url).ok()?;
-    let mut s = TcpStream::connect_timeout(&t.addr, Duration::from_secs(5)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    let host = t.authority;
+    let mut s = open_stream(&t, Duration::from_secs(5)).ok()?;
+    let host = &t.authority;
     s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
         .ok()?;
     let mut response = String::new();

@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 use pollcap::reactor::{BackendKind, CapStrategy, Interest, Reactor};
 use serde::Serialize;
 
+use pollcap::stream::Stream;
+
 use super::{Target, percentiles, sample, us_per};
 
 #[derive(Debug)]
@@ -22,9 +24,11 @@ pub struct StormResult {
 /// One handshake in flight: connect, send the upgrade request, read the
 /// 101, send a Close, wait for the server to drop TCP.
 struct Attempt {
-    stream: mio::net::TcpStream,
+    stream: Stream,
     started: Instant,
     state: u8, // 0 = sending request, 1 = reading 101, 2 = closing
+    /// Bytes of the request sent so far.
+    sent: usize,
     head: Vec<u8>,
 }
 
@@ -36,12 +40,8 @@ pub fn storm(
     pid: Option<u32>,
 ) -> io::Result<StormResult> {
     use std::io::{Read, Write};
-    let Target {
-        addr,
-        authority,
-        path,
-        ..
-    } = Target::parse(url)?;
+    let target = &Target::parse(url)?;
+    let (authority, path) = (&target.authority, &target.path);
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {authority}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
@@ -68,12 +68,14 @@ pub fn storm(
             return Ok(());
         }
         *started += 1;
-        let mut stream = mio::net::TcpStream::connect(addr)?;
+        // wss://: the TLS handshake runs as the attempt reads and writes.
+        let mut stream = super::nonblocking_stream(target)?;
         reactor.register(&mut stream, slot, Interest::BOTH)?;
         slots[slot] = Some(Attempt {
             stream,
             started: Instant::now(),
             state: 0,
+            sent: 0,
             head: Vec::new(),
         });
         Ok(())
@@ -90,10 +92,21 @@ pub fn storm(
                 continue;
             };
             let mut end = None;
-            if a.state == 0 && ev.writable {
-                match a.stream.write(request.as_bytes()) {
-                    Ok(n) if n == request.len() => a.state = 1,
-                    Ok(_) | Err(_) => end = Some(false),
+            // On any event: with wss:// the TLS handshake needs reads as
+            // well as writes before the request can go out.
+            while a.state == 0 {
+                match a.stream.write(&request.as_bytes()[a.sent..]) {
+                    Ok(n) => {
+                        a.sent += n;
+                        if a.sent == request.len() {
+                            a.state = 1;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(_) => {
+                        end = Some(false);
+                        break;
+                    }
                 }
             }
             if a.state >= 1 && ev.readable {

@@ -1,6 +1,6 @@
-//! The stream under each server connection: plain TCP, or TLS over TCP
-//! when the server has a certificate. One type for the worker to own and
-//! the reactor to poll; the connection sees only its `Transport`.
+//! The byte stream under a connection: plain TCP, or TLS over TCP. One
+//! type for an owner to hold and a reactor to poll (the server's worker,
+//! the load tool's clients); the connection sees only its `Transport`.
 
 use std::io::{self, Read, Write};
 
@@ -85,6 +85,12 @@ impl Transport for Stream {
     fn shut_down(&mut self) {
         if let Stream::Tls(t) = self {
             t.shut_down();
+        }
+    }
+
+    fn end_reading(&mut self) {
+        if let Stream::Tls(t) = self {
+            t.end_reading();
         }
     }
 }
