@@ -255,7 +255,9 @@ fn tls_start_up_errors_exit_2_naming_the_flag_the_path_and_the_problem() {
             "{args:?}: {err}"
         );
         if problem != "TLS needs both" {
-            assert!(err.contains(&args[3].to_string()), "names the path: {err}");
+            // Quoted as Rust quotes strings (backslashes doubled on Windows).
+            let quoted = format!("{:?}", args[3]);
+            assert!(err.contains(&quoted), "names the path {quoted}: {err}");
         }
     }
 }
