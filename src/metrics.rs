@@ -156,6 +156,7 @@ struct ReactorView {
     by_io: u64,
     by_waker: u64,
     by_deadline: u64,
+    by_soft_deadline: u64,
     by_cap: u64,
     interrupted: u64,
     busy: u64,
@@ -163,6 +164,10 @@ struct ReactorView {
     deadline_overshoot_count: u64,
     deadline_overshoot_p50_ms: f64,
     deadline_overshoot_p99_ms: f64,
+    hard_timers_fired: u64,
+    soft_timers_fired: u64,
+    soft_lateness_p50_ms: f64,
+    soft_lateness_p99_ms: f64,
 }
 
 /// Everything `/health` and `/metrics` report, gathered at one `now`.
@@ -264,6 +269,7 @@ impl Report<'_> {
                 by_io: r.by_io,
                 by_waker: r.by_waker,
                 by_deadline: r.by_deadline,
+                by_soft_deadline: r.by_soft_deadline,
                 by_cap: r.by_cap,
                 interrupted: r.interrupted,
                 busy: r.busy,
@@ -271,6 +277,10 @@ impl Report<'_> {
                 deadline_overshoot_count: r.overshoot.count,
                 deadline_overshoot_p50_ms: ms(r.overshoot.quantile_us(0.50)),
                 deadline_overshoot_p99_ms: ms(r.overshoot.quantile_us(0.99)),
+                hard_timers_fired: r.hard_fired,
+                soft_timers_fired: r.soft_fired,
+                soft_lateness_p50_ms: ms(r.soft_lateness.quantile_us(0.50)),
+                soft_lateness_p99_ms: ms(r.soft_lateness.quantile_us(0.99)),
             },
             uptime_s: self.uptime.as_secs_f64(),
         };
@@ -442,7 +452,8 @@ impl Report<'_> {
             for (reason, v) in [
                 ("io", r.by_io),
                 ("waker", r.by_waker),
-                ("deadline", r.by_deadline),
+                ("hard_deadline", r.by_deadline),
+                ("soft_deadline", r.by_soft_deadline),
                 ("cap", r.by_cap),
                 ("interrupted", r.interrupted),
                 ("busy", r.busy),
@@ -450,6 +461,15 @@ impl Report<'_> {
                 let _ = writeln!(
                     o,
                     "pollcap_reactor_waits_total{{reactor=\"{i}\",ended_by=\"{reason}\"}} {v}"
+                );
+            }
+        }
+        o.push_str("# HELP pollcap_reactor_timers_fired_total Timers fired, by reactor and kind (soft: may fire up to the slack late).\n# TYPE pollcap_reactor_timers_fired_total counter\n");
+        for (i, r) in self.reactors.iter().enumerate() {
+            for (kind, v) in [("hard", r.hard_fired), ("soft", r.soft_fired)] {
+                let _ = writeln!(
+                    o,
+                    "pollcap_reactor_timers_fired_total{{reactor=\"{i}\",kind=\"{kind}\"}} {v}"
                 );
             }
         }
@@ -461,7 +481,7 @@ impl Report<'_> {
                 r.lost_wakeups_recovered
             );
         }
-        o.push_str("# HELP pollcap_deadline_overshoot_seconds How late expired deadlines were handled.\n# TYPE pollcap_deadline_overshoot_seconds histogram\n");
+        o.push_str("# HELP pollcap_deadline_overshoot_seconds How late expired hard deadlines were handled.\n# TYPE pollcap_deadline_overshoot_seconds histogram\n");
         for (i, r) in self.reactors.iter().enumerate() {
             r.overshoot.write_prometheus(
                 &mut o,

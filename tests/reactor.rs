@@ -171,3 +171,51 @@ fn spin_never_blocks() {
         assert!(t0.elapsed() < 1000 * MS);
     });
 }
+
+#[test]
+fn soft_timers_of_one_window_fire_in_one_turn_and_hard_ones_on_time() {
+    each_backend(|kind| {
+        let mut r = Reactor::new(kind, fixed(1000)).unwrap();
+        r.set_slack(Duration::from_millis(200));
+        let t0 = r.now();
+        // 10 000 soft deadlines from 10 ms to 40 ms, one hard one at 20 ms:
+        // were it held to the soft window, it would fire at 210 ms.
+        for i in 0..10_000u32 {
+            let id = r.timers().insert(i as usize);
+            let at = t0 + Duration::from_millis(10) + Duration::from_nanos(u64::from(i) * 3_000);
+            r.timers().set_soft(id, Some(at));
+        }
+        let hard = r.timers().insert(usize::MAX);
+        r.timers().set(hard, Some(t0 + Duration::from_millis(20)));
+        let mut turns = 0;
+        let mut fired = 0;
+        let mut hard_at = None;
+        while fired < 10_001 {
+            assert!(turns < 10, "too many turns: {turns}");
+            let turn = r.turn().unwrap();
+            turns += 1;
+            while let Some(token) = r.pop_expired() {
+                fired += 1;
+                if token == usize::MAX {
+                    hard_at = Some(turn.now.duration_since(t0));
+                }
+            }
+        }
+        // At most one wakeup at the hard deadline (it takes the soft ones
+        // already due) and one at the end of the window the rest opened
+        // (fewer if the machine was slow to wake us).
+        let s = r.stats().snapshot();
+        assert!(s.by_deadline <= 1 && s.by_soft_deadline <= 1, "{s:?}");
+        // (A settle after the first burst collects answers, firing nothing.)
+        assert!(
+            turns <= 2 + (s.interrupted + s.busy) as usize,
+            "{turns} turns: {s:?}"
+        );
+        assert_eq!((s.hard_fired, s.soft_fired), (1, 10_000));
+        let late = hard_at.unwrap().saturating_sub(Duration::from_millis(20));
+        assert!(
+            late < 100 * MS,
+            "the hard timer waited for the window: {late:?}"
+        );
+    });
+}

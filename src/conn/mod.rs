@@ -30,7 +30,7 @@ mod ws;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tungstenite::protocol::WebSocket;
 
@@ -41,6 +41,16 @@ use crate::reactor::Interest;
 use crate::settings::{Limits, Timeouts};
 use head::After;
 use runs::Runs;
+
+/// When a connection next has work to do, and how precisely.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Wake {
+    pub at: Instant,
+    /// Soft: the deadline may be handled up to the reactor's slack late
+    /// (heartbeat, liveness, stale, lifetime). Hard: on time (connect,
+    /// handshake, pong, close, execution, the drain).
+    pub soft: bool,
+}
 
 /// What one call needs: the time, the configuration, and where to report.
 pub struct Cx<'a> {
@@ -194,30 +204,49 @@ impl<S: Transport> Conn<S> {
         }
     }
 
-    /// The earliest instant at which [`Conn::handle_timeout`] has work to do.
-    pub fn poll_timeout(&self, t: &Timeouts) -> Option<Instant> {
+    /// When [`Conn::handle_timeout`] next has work to do. Hard deadlines
+    /// are reported as they are. The soft ones (SPEC §2: heartbeat,
+    /// liveness, stale, lifetime) are reported as soft unless a hard one
+    /// falls within `slack` after them: then the hard one is reported, and
+    /// the soft ones due by then are handled with it (at most `slack` late).
+    pub fn poll_timeout(&self, t: &Timeouts, slack: Duration) -> Option<Wake> {
+        let hard = |at| Some(Wake { at, soft: false });
         match &self.phase {
             Phase::Head { got_byte, .. } => {
                 let hs = self.accepted + t.handshake;
-                Some(if *got_byte {
+                hard(if *got_byte {
                     hs
                 } else {
                     hs.min(self.accepted + t.connect)
                 })
             }
-            Phase::Decide { .. } => Some(self.accepted + t.handshake),
-            Phase::Respond { deadline, .. } | Phase::Closing { deadline, .. } => Some(*deadline),
+            Phase::Decide { .. } => hard(self.accepted + t.handshake),
+            Phase::Respond { deadline, .. } | Phase::Closing { deadline, .. } => hard(*deadline),
             Phase::Open { open, .. } => {
                 let beat = match open.ping_sent {
-                    Some(sent) => sent + t.ping,
-                    None => open.last_inbound + t.heartbeat_interval.mul_f64(self.jitter),
+                    Some(_) => None, // the pong deadline (hard) replaces it
+                    None => Some(open.last_inbound + t.heartbeat_interval.mul_f64(self.jitter)),
                 };
-                let d = beat
-                    .min(open.last_inbound + t.heartbeat_timeout)
-                    .min(open.last_app + t.stale)
-                    .min(open.opened + t.connection);
-                let runs = open.runs.next_deadline().into_iter().chain(open.drain_by);
-                Some(runs.fold(d, Instant::min))
+                let soft = beat
+                    .into_iter()
+                    .chain([
+                        open.last_inbound + t.heartbeat_timeout,
+                        open.last_app + t.stale,
+                        open.opened + t.connection,
+                    ])
+                    .min();
+                let firm = open
+                    .ping_sent
+                    .map(|sent| sent + t.ping)
+                    .into_iter()
+                    .chain(open.runs.next_deadline())
+                    .chain(open.drain_by)
+                    .min();
+                match (firm, soft) {
+                    (Some(h), Some(s)) if h > s + slack => Some(Wake { at: s, soft: true }),
+                    (Some(h), _) => hard(h),
+                    (None, s) => s.map(|at| Wake { at, soft: true }),
+                }
             }
             Phase::Done(_) => None,
         }

@@ -8,6 +8,7 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::rc::Rc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 use tungstenite::Message;
 use tungstenite::protocol::Role;
@@ -131,6 +132,11 @@ impl Owner {
         self.drive(c, now, |c, cx| c.handle_timeout(cx));
     }
 
+    /// The next deadline, whatever its kind.
+    fn due<S: Transport>(&self, c: &Conn<S>) -> Option<Instant> {
+        c.poll_timeout(&self.timeouts, Duration::ZERO).map(|w| w.at)
+    }
+
     fn count(&self, want: &Event) -> usize {
         self.log.iter().filter(|e| *e == want).count()
     }
@@ -205,7 +211,7 @@ fn connect_deadline_drops_a_silent_client() {
     let t0 = Instant::now();
     let (server, _client) = duplex();
     let mut c = Conn::new(1, server, t0, 1.0);
-    assert_eq!(c.poll_timeout(&h.timeouts), Some(t0 + secs(2.0)));
+    assert_eq!(h.due(&c), Some(t0 + secs(2.0)));
     h.timeout(&mut c, t0 + secs(1.9));
     assert_eq!(c.phase(), PhaseName::Head);
     h.timeout(&mut c, t0 + secs(2.0));
@@ -222,7 +228,7 @@ fn handshake_deadline_answers_408() {
     client.write_all(b"GET /ws HT").unwrap();
     h.io(&mut c, t0 + secs(0.1));
     // A byte arrived: only the handshake deadline remains.
-    assert_eq!(c.poll_timeout(&h.timeouts), Some(t0 + secs(3.0)));
+    assert_eq!(h.due(&c), Some(t0 + secs(3.0)));
     h.timeout(&mut c, t0 + secs(3.0));
     assert!(c.is_done(), "408 written, then closed");
     let mut out = String::new();
@@ -237,14 +243,20 @@ fn heartbeat_ping_then_pong_deadline_closes_1011() {
     let t0 = Instant::now();
     let (mut c, mut client) = open(&mut h, t0);
     let t = h.timeouts;
-    assert_eq!(c.poll_timeout(&t), Some(t0 + t.heartbeat_interval));
+    assert_eq!(
+        c.poll_timeout(&t, Duration::ZERO).map(|w| w.at),
+        Some(t0 + t.heartbeat_interval)
+    );
     let t1 = t0 + t.heartbeat_interval;
     h.timeout(&mut c, t1);
     // The client sees the Ping; it does not answer (its pong is never flushed).
     let mut raw: Vec<u8> = Vec::new();
     raw.extend(client.get_mut().rx.borrow().iter());
     assert_eq!(raw[0], 0x89, "a Ping frame was sent");
-    assert_eq!(c.poll_timeout(&t), Some(t1 + t.ping));
+    assert_eq!(
+        c.poll_timeout(&t, Duration::ZERO).map(|w| w.at),
+        Some(t1 + t.ping)
+    );
     h.timeout(&mut c, t1 + t.ping);
     assert_eq!(c.phase(), PhaseName::Closing);
     expect_close(&mut client, 1011, "keepalive ping timeout");
@@ -264,7 +276,10 @@ fn any_inbound_frame_answers_the_ping_and_resets_heartbeat() {
     client.flush().unwrap();
     let t2 = t1 + secs(0.5);
     h.io(&mut c, t2);
-    assert_eq!(c.poll_timeout(&t), Some(t2 + t.heartbeat_interval));
+    assert_eq!(
+        c.poll_timeout(&t, Duration::ZERO).map(|w| w.at),
+        Some(t2 + t.heartbeat_interval)
+    );
     assert_eq!(h.timeouts_of(TimeoutPhase::Ping), 0);
 }
 
@@ -279,7 +294,7 @@ fn jitter_spreads_the_heartbeat() {
     c2.jitter = 1.05;
     let t = h.timeouts;
     assert_eq!(
-        c2.poll_timeout(&t),
+        c2.poll_timeout(&t, Duration::ZERO).map(|w| w.at),
         Some(t0 + t.heartbeat_interval.mul_f64(1.05))
     );
     assert_eq!(Conn::new(2, duplex().0, t0, 7.0).jitter, 1.1, "clamped");
@@ -300,7 +315,7 @@ fn stale_connection_closes_1001_idle() {
         h.timeout(&mut c, now);
         assert_eq!(c.phase(), PhaseName::Open);
     }
-    assert_eq!(c.poll_timeout(&h.timeouts), Some(t0 + secs(20.0)));
+    assert_eq!(h.due(&c), Some(t0 + secs(20.0)));
     h.timeout(&mut c, t0 + secs(20.0));
     expect_close(&mut client, 1001, "idle");
     assert_eq!(h.timeouts_of(TimeoutPhase::Stale), 1);
@@ -333,7 +348,7 @@ fn silent_peer_closes_at_heartbeat_timeout_when_ping_is_long() {
     let t0 = Instant::now();
     let (mut c, mut client) = open(&mut h, t0);
     h.timeout(&mut c, t0 + secs(12.0)); // ping sent
-    assert_eq!(c.poll_timeout(&h.timeouts), Some(t0 + secs(15.0)));
+    assert_eq!(h.due(&c), Some(t0 + secs(15.0)));
     h.timeout(&mut c, t0 + secs(15.0));
     expect_close(&mut client, 1001, "heartbeat timeout");
     assert_eq!(h.timeouts_of(TimeoutPhase::Heartbeat), 1);
@@ -346,7 +361,7 @@ fn closing_deadline_drops_a_peer_that_never_answers() {
     let (mut c, _client) = open(&mut h, t0);
     h.drive(&mut c, t0, |c, cx| c.shutdown(cx));
     assert_eq!(c.phase(), PhaseName::Closing);
-    assert_eq!(c.poll_timeout(&h.timeouts), Some(t0 + secs(1.0)));
+    assert_eq!(h.due(&c), Some(t0 + secs(1.0)));
     h.timeout(&mut c, t0 + secs(1.0));
     assert!(c.is_done());
     assert_eq!(h.timeouts_of(TimeoutPhase::Close), 1);
@@ -570,7 +585,7 @@ fn a_full_agent_chat_run_streams_every_event_in_order() {
     c.run_started(1, cancel.clone(), &mut h.cx(t0));
     assert_eq!(c.runs_in_flight(), 1);
     // The run's execution deadline is now the earliest.
-    assert_eq!(c.poll_timeout(&h.timeouts), Some(t0 + h.timeouts.execution));
+    assert_eq!(h.due(&c), Some(t0 + h.timeouts.execution));
     // Its events arrive over about 1 s of injected time, each stamped by
     // the owner.
     let mut now = t0;
@@ -629,10 +644,7 @@ fn a_run_past_its_execution_deadline_is_cancelled_and_reported() {
     // Keep the connection alive meanwhile (pings answered), so only the
     // execution deadline can fire.
     let deadline = t0 + h.timeouts.execution;
-    assert_eq!(
-        c.poll_timeout(&h.timeouts),
-        Some(t0 + h.timeouts.heartbeat_interval)
-    );
+    assert_eq!(h.due(&c), Some(t0 + h.timeouts.heartbeat_interval));
     let mut now = t0;
     while now + Duration::from_secs(4) < deadline {
         now += Duration::from_secs(4);
@@ -640,7 +652,7 @@ fn a_run_past_its_execution_deadline_is_cancelled_and_reported() {
         h.io(&mut c, now);
         h.timeout(&mut c, now);
     }
-    assert_eq!(c.poll_timeout(&h.timeouts), Some(deadline));
+    assert_eq!(h.due(&c), Some(deadline));
     h.timeout(&mut c, deadline - Duration::from_millis(1));
     assert!(
         !cancel.load(std::sync::atomic::Ordering::Acquire),
@@ -688,7 +700,7 @@ fn a_drain_waits_for_runs_in_flight_then_closes_1001() {
     // Runs in flight: the Close waits, for at most half the close deadline.
     assert_eq!(a.phase(), PhaseName::Open);
     let half = t0 + h.timeouts.close / 2;
-    assert_eq!(a.poll_timeout(&h.timeouts), Some(half));
+    assert_eq!(h.due(&a), Some(half));
     // A finishes its run in time: its last event, then the Close.
     let t1 = t0 + Duration::from_millis(100);
     a.run_event(
@@ -712,7 +724,7 @@ fn a_drain_waits_for_runs_in_flight_then_closes_1001() {
     expect_close(&mut client_b, 1001, "server shutting down");
     assert_eq!(b.phase(), PhaseName::Closing);
     // The closing handshake then has the rest of the close deadline.
-    assert_eq!(b.poll_timeout(&h.timeouts), Some(half + h.timeouts.close));
+    assert_eq!(h.due(&b), Some(half + h.timeouts.close));
 }
 
 #[test]
@@ -738,4 +750,77 @@ fn answers_go_out_before_the_close_that_a_later_frame_brings() {
     h.io(&mut c, t0);
     assert_eq!(client.read().unwrap(), Message::text("last words"));
     assert!(matches!(client.read(), Ok(Message::Close(_))));
+}
+
+#[test]
+fn heartbeats_are_soft_and_pongs_executions_and_closes_are_hard() {
+    let mut h = owner();
+    let t0 = Instant::now();
+    let slack = Duration::from_millis(50);
+    let (mut c, _client) = open(&mut h, t0);
+    let t = h.timeouts;
+    // Idle and open: the heartbeat, a soft deadline.
+    assert_eq!(
+        c.poll_timeout(&t, slack),
+        Some(Wake {
+            at: t0 + t.heartbeat_interval,
+            soft: true
+        })
+    );
+    // A run due within the slack after the heartbeat: reported hard, and
+    // the heartbeat is handled with it.
+    h.timeouts.execution = t.heartbeat_interval + Duration::from_millis(20);
+    let cancel = Arc::new(AtomicBool::new(false));
+    c.run_started(1, cancel, &mut h.cx(t0));
+    let exec = t0 + h.timeouts.execution;
+    assert_eq!(
+        c.poll_timeout(&t, slack),
+        Some(Wake {
+            at: exec,
+            soft: false
+        })
+    );
+    // With no slack the heartbeat comes first, still soft.
+    assert_eq!(
+        c.poll_timeout(&t, Duration::ZERO),
+        Some(Wake {
+            at: t0 + t.heartbeat_interval,
+            soft: true
+        })
+    );
+    assert!(c.run_finished(1, &mut h.cx(t0)));
+    // The ping is sent: its pong deadline is hard.
+    let t1 = t0 + t.heartbeat_interval + Duration::from_millis(30);
+    h.timeout(&mut c, t1);
+    assert_eq!(
+        c.poll_timeout(&t, slack),
+        Some(Wake {
+            at: t1 + t.ping,
+            soft: false
+        })
+    );
+    // Closing: hard.
+    h.drive(&mut c, t1, |c, cx| c.shutdown(cx));
+    assert_eq!(
+        c.poll_timeout(&t, slack),
+        Some(Wake {
+            at: t1 + t.close,
+            soft: false
+        })
+    );
+}
+
+#[test]
+fn a_soft_deadline_handled_late_by_the_slack_acts_as_on_time() {
+    // The ping goes out at the end of the window, the pong deadline
+    // counts from there, and the stale close is still 1001 "idle".
+    let mut h = owner();
+    let t0 = Instant::now();
+    let slack = Duration::from_millis(50);
+    let (mut c, mut client) = open(&mut h, t0);
+    let t = h.timeouts;
+    let late = t0 + t.heartbeat_interval + slack;
+    h.timeout(&mut c, late);
+    assert!(matches!(client.read(), Ok(Message::Ping(_))));
+    assert_eq!(c.poll_timeout(&t, slack).map(|w| w.at), Some(late + t.ping));
 }

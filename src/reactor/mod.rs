@@ -21,7 +21,7 @@ pub use backend::{BackendKind, Event, Interest};
 pub use cap::{CapStrategy, WaitLimit, wait_timeout};
 pub use clock::WallClock;
 pub use stats::{ReactorStats, StatsSnapshot, WakeReason};
-pub use timers::{DeadlineQueue, TimerId};
+pub use timers::{DeadlineQueue, Kind, TimerId};
 pub use waker::Waker;
 
 use crate::platform::Pollable;
@@ -63,6 +63,13 @@ pub struct Reactor {
     stats: Arc<ReactorStats>,
     now: Instant,
     wall: WallClock,
+    /// How late a soft timer may fire (see [`Reactor::set_slack`]).
+    slack: std::time::Duration,
+    /// Soft timers fired in the current turn.
+    soft_fired: usize,
+    /// The current turn only collects the answers to a burst: soft timers
+    /// wait for their window (or a later turn), so a window is not split.
+    settling: bool,
 }
 
 impl Reactor {
@@ -78,6 +85,9 @@ impl Reactor {
             stats: Arc::new(ReactorStats::default()),
             now,
             wall: WallClock::read(now),
+            slack: std::time::Duration::ZERO,
+            soft_fired: 0,
+            settling: false,
         })
     }
 
@@ -96,6 +106,32 @@ impl Reactor {
     /// The clock reading of the last turn (or of construction).
     pub fn now(&self) -> Instant {
         self.now
+    }
+
+    /// Soft timers may fire up to `slack` after their deadline: the reactor
+    /// wakes for them only at the end of the window that the earliest opens,
+    /// and fires every soft timer due by then in that turn (due ones also
+    /// ride along with any earlier turn). Its wakeups for them are bounded
+    /// by 1/slack per second however many there are. Hard timers keep their
+    /// precision. Zero by default.
+    ///
+    /// What soft timers send (a window's heartbeat pings) is answered in a
+    /// burst too: after a turn that fired more than one soft timer, the next
+    /// wait first lets the answers arrive for [`Reactor::settle_time`]
+    /// (never past a hard deadline), so that the burst of pongs is read in
+    /// one wakeup instead of one wakeup per early pong.
+    pub fn set_slack(&mut self, slack: std::time::Duration) {
+        self.slack = slack;
+    }
+
+    pub fn slack(&self) -> std::time::Duration {
+        self.slack
+    }
+
+    /// How long answers to a burst of soft timers are given to arrive:
+    /// 1/25 of the slack (2 ms at the default 50 ms).
+    pub fn settle_time(&self) -> std::time::Duration {
+        self.slack / 25
     }
 
     /// Wall-clock time on this reactor's time base: `wall().unix_ms(now)`.
@@ -147,8 +183,25 @@ impl Reactor {
     }
 
     fn wait_turn(&mut self, busy: bool) -> io::Result<Turn> {
-        let next = self.timers.next_deadline();
-        let (timeout, limit) = if busy {
+        let settle = std::mem::take(&mut self.soft_fired) > 1 && !busy;
+        self.settling = settle;
+        if settle {
+            // The burst's answers arrive meanwhile; a hard deadline cuts it
+            // short. Counted from now, when the burst has gone out: sending
+            // it took part of the turn.
+            let until = Instant::now() + self.settle_time();
+            let until = self
+                .timers
+                .next_of(Kind::Hard)
+                .map_or(until, |h| h.min(until));
+            let left = until.saturating_duration_since(Instant::now());
+            if !left.is_zero() {
+                std::thread::sleep(left);
+            }
+        }
+        let wake = self.timers.next_wake(self.slack);
+        let next = wake.map(|w| w.0);
+        let (timeout, limit) = if busy || settle {
             (Some(std::time::Duration::ZERO), WaitLimit::Busy)
         } else {
             wait_timeout(self.now, next, self.cap)
@@ -169,7 +222,10 @@ impl Reactor {
             Ok(()) => match (limit, timeout) {
                 (WaitLimit::Busy, _) => WakeReason::Busy,
                 (WaitLimit::Deadline, _) if next.is_some_and(|d| self.now >= d) => {
-                    WakeReason::Deadline
+                    match wake.map(|w| w.1) {
+                        Some(Kind::Soft) => WakeReason::SoftDeadline,
+                        _ => WakeReason::Deadline,
+                    }
                 }
                 (WaitLimit::Cap, Some(t)) if self.now.duration_since(started) >= t => {
                     WakeReason::Cap
@@ -180,7 +236,12 @@ impl Reactor {
             },
         };
         self.stats.count(reason);
-        if woken && matches!(reason, WakeReason::Cap | WakeReason::Deadline) {
+        if woken
+            && matches!(
+                reason,
+                WakeReason::Cap | WakeReason::Deadline | WakeReason::SoftDeadline
+            )
+        {
             self.stats
                 .lost_wakeups_recovered
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -197,11 +258,23 @@ impl Reactor {
         &self.events
     }
 
-    /// Pops one timer due at this turn's `now`, recording its overshoot.
+    /// Pops one timer due at this turn's `now`, recording how late it is
+    /// (hard timers: overshoot; soft ones: their own histogram, since
+    /// lateness within the slack is by design). Due soft timers ride along
+    /// with any turn but a settle (which only collects a burst's answers):
+    /// the reactor wakes for them only at the end of a window, and never
+    /// fires one early.
     pub fn pop_expired(&mut self) -> Option<usize> {
-        let (token, due) = self.timers.pop_expired(self.now)?;
-        let late = self.now.saturating_duration_since(due);
-        self.stats.overshoot.record_us(late.as_micros() as u64);
+        let (token, due, kind) = if self.settling {
+            self.timers.pop_expired_of(self.now, &[Kind::Hard])?
+        } else {
+            self.timers.pop_expired(self.now)?
+        };
+        let late = self.now.saturating_duration_since(due).as_micros() as u64;
+        self.stats.fired(kind, late);
+        if kind == Kind::Soft {
+            self.soft_fired += 1;
+        }
         Some(token)
     }
 }

@@ -1,5 +1,6 @@
-//! Per-reactor counters (SPEC §1): waits and how each ended, lost wakeups
-//! recovered by the cap, and the deadline-overshoot histogram.
+//! Per-reactor counters (SPEC §1): waits and how each ended (soft and hard
+//! deadlines apart), timers fired by kind, lost wakeups recovered by the
+//! cap, and how late timers fired.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -12,8 +13,10 @@ pub enum WakeReason {
     Io,
     /// The waker was signalled.
     Waker,
-    /// The next deadline came before the cap.
+    /// The next hard deadline came before the cap.
     Deadline,
+    /// The slack window of the next soft deadline ended before the cap.
+    SoftDeadline,
     /// The cap came first.
     Cap,
     /// The wait was interrupted by a signal (EINTR).
@@ -28,14 +31,20 @@ pub struct ReactorStats {
     pub by_io: AtomicU64,
     pub by_waker: AtomicU64,
     pub by_deadline: AtomicU64,
+    pub by_soft_deadline: AtomicU64,
     pub by_cap: AtomicU64,
     pub interrupted: AtomicU64,
     pub busy: AtomicU64,
     /// Wake requests found pending after a wait that the waker did not end:
     /// a lost or suppressed wakeup, recovered by the cap or a deadline.
     pub lost_wakeups_recovered: AtomicU64,
-    /// How late expired deadlines were handled (µs).
+    /// Timers fired, by kind.
+    pub hard_fired: AtomicU64,
+    pub soft_fired: AtomicU64,
+    /// How late hard deadlines were handled (µs).
     pub overshoot: Histogram,
+    /// How late soft deadlines were handled (µs): up to the slack by design.
+    pub soft_lateness: Histogram,
 }
 
 /// A plain copy of [`ReactorStats`], summable across reactors.
@@ -45,11 +54,15 @@ pub struct StatsSnapshot {
     pub by_io: u64,
     pub by_waker: u64,
     pub by_deadline: u64,
+    pub by_soft_deadline: u64,
     pub by_cap: u64,
     pub interrupted: u64,
     pub busy: u64,
     pub lost_wakeups_recovered: u64,
+    pub hard_fired: u64,
+    pub soft_fired: u64,
     pub overshoot: Snapshot,
+    pub soft_lateness: Snapshot,
 }
 
 impl ReactorStats {
@@ -59,11 +72,26 @@ impl ReactorStats {
             WakeReason::Io => &self.by_io,
             WakeReason::Waker => &self.by_waker,
             WakeReason::Deadline => &self.by_deadline,
+            WakeReason::SoftDeadline => &self.by_soft_deadline,
             WakeReason::Cap => &self.by_cap,
             WakeReason::Interrupted => &self.interrupted,
             WakeReason::Busy => &self.busy,
         };
         c.fetch_add(1, Relaxed);
+    }
+
+    /// A timer of `kind` fired `late_us` after its deadline.
+    pub fn fired(&self, kind: crate::reactor::Kind, late_us: u64) {
+        match kind {
+            crate::reactor::Kind::Hard => {
+                self.hard_fired.fetch_add(1, Relaxed);
+                self.overshoot.record_us(late_us);
+            }
+            crate::reactor::Kind::Soft => {
+                self.soft_fired.fetch_add(1, Relaxed);
+                self.soft_lateness.record_us(late_us);
+            }
+        }
     }
 
     pub fn snapshot(&self) -> StatsSnapshot {
@@ -72,11 +100,15 @@ impl ReactorStats {
             by_io: self.by_io.load(Relaxed),
             by_waker: self.by_waker.load(Relaxed),
             by_deadline: self.by_deadline.load(Relaxed),
+            by_soft_deadline: self.by_soft_deadline.load(Relaxed),
             by_cap: self.by_cap.load(Relaxed),
             interrupted: self.interrupted.load(Relaxed),
             busy: self.busy.load(Relaxed),
             lost_wakeups_recovered: self.lost_wakeups_recovered.load(Relaxed),
+            hard_fired: self.hard_fired.load(Relaxed),
+            soft_fired: self.soft_fired.load(Relaxed),
             overshoot: self.overshoot.snapshot(),
+            soft_lateness: self.soft_lateness.snapshot(),
         }
     }
 }
@@ -87,6 +119,10 @@ impl StatsSnapshot {
         self.by_io += o.by_io;
         self.by_waker += o.by_waker;
         self.by_deadline += o.by_deadline;
+        self.by_soft_deadline += o.by_soft_deadline;
+        self.hard_fired += o.hard_fired;
+        self.soft_fired += o.soft_fired;
+        self.soft_lateness.merge(&o.soft_lateness);
         self.by_cap += o.by_cap;
         self.interrupted += o.interrupted;
         self.busy += o.busy;

@@ -84,9 +84,11 @@ impl Worker {
         if let Some(l) = listener.as_mut() {
             reactor.register(l, LISTENER, Interest::READABLE)?;
         }
+        reactor.set_slack(shared.cfg.settings.timer_slack);
         let sweep = reactor.timers().insert(SWEEP);
         let first_sweep = reactor.now() + shared.cfg.settings.timeouts.cleanup_interval;
-        reactor.timers().set(sweep, Some(first_sweep));
+        // The audit is a soft deadline: it may run up to a slack late.
+        reactor.timers().set_soft(sweep, Some(first_sweep));
         let accept_retry = reactor.timers().insert(ACCEPT);
         Ok(Worker {
             index,
@@ -380,9 +382,12 @@ impl Worker {
             }
             e.interest = want;
         }
-        let deadline = e.conn.poll_timeout(t);
+        let wake = e.conn.poll_timeout(t, self.reactor.slack());
         let timer = e.timer;
-        self.reactor.timers().set(timer, deadline);
+        match wake {
+            Some(w) if w.soft => self.reactor.timers().set_soft(timer, Some(w.at)),
+            w => self.reactor.timers().set(timer, w.map(|w| w.at)),
+        }
     }
 
     pub(super) fn remove(&mut self, key: usize) {
@@ -404,9 +409,10 @@ impl Worker {
     /// the queue holds no earlier-or-equal deadline for it was missed.
     fn audit(&mut self, now: Instant) {
         let t = self.shared.cfg.settings.timeouts;
+        let slack = self.reactor.slack();
         let mut missed = Vec::new();
         for (key, e) in self.conns.iter() {
-            let due = e.conn.poll_timeout(&t);
+            let due = e.conn.poll_timeout(&t, slack).map(|w| w.at);
             let queued = self.reactor.timer_deadline(e.timer);
             if due.is_some_and(|d| d < now) && queued.is_none_or(|q| q > now) {
                 missed.push(key);
@@ -431,7 +437,7 @@ impl Worker {
         }
         let next = now + t.cleanup_interval;
         let sweep = self.sweep;
-        self.reactor.timers().set(sweep, Some(next));
+        self.reactor.timers().set_soft(sweep, Some(next));
     }
 
     /// Loads the certificate pair again for new connections; a bad pair is

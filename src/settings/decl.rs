@@ -242,6 +242,29 @@ pub static DECLS: &[Decl] = &[
         },
         show: |s| Some(s.poll_cap.to_string().into()),
     },
+    Decl {
+        name: "timer_slack_ms",
+        flag: Some("timer-slack-ms"),
+        env: Some("POLLCAP_TIMER_SLACK_MS"),
+        kind: Kind::Value,
+        value_name: "MS",
+        help: "How late a soft deadline (heartbeat, liveness, stale, lifetime, audit) may be \
+               handled, so that all due within one window are handled in one wakeup; hard \
+               deadlines (connect, handshake, pong, close, execution) stay exact",
+        group: Group::Top,
+        default: Default::Fixed("50"),
+        set: |s, v| {
+            let ms: u64 = v
+                .trim()
+                .parse()
+                .ok()
+                .filter(|ms| *ms <= 1000)
+                .ok_or("must be a whole number of milliseconds, 0 to 1000")?;
+            s.timer_slack = Duration::from_millis(ms);
+            Ok(())
+        },
+        show: |s| Some((s.timer_slack.as_millis() as u64).into()),
+    },
     // Platforms (Cloud Run and others) name the port; POLLCAP_LISTEN and
     // --listen, declared after it, win.
     Decl {

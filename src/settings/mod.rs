@@ -133,6 +133,8 @@ pub struct Settings {
     pub environment: Environment,
     pub backend: BackendKind,
     pub poll_cap: CapStrategy,
+    /// How late a soft deadline may be handled (see `timer_slack_ms`).
+    pub timer_slack: Duration,
     pub listen: SocketAddr,
     pub timeouts: Timeouts,
     pub limits: Limits,
@@ -164,6 +166,7 @@ impl Settings {
             environment,
             backend: BackendKind::Mio,
             poll_cap: CapStrategy::Fixed(DEFAULT_CAP),
+            timer_slack: zero,
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             timeouts: Timeouts {
                 connect: zero,
@@ -284,6 +287,14 @@ impl Settings {
                     secs(bound)
                 )));
             }
+        }
+        if self.timer_slack >= self.timeouts.ping {
+            return Err(ConfigError::rule(format!(
+                "timer_slack_ms ({} ms) must be < ping ({}): a heartbeat may be handled up to \
+                 the slack late, which must stay well inside the pong deadline",
+                self.timer_slack.as_millis(),
+                secs(self.timeouts.ping)
+            )));
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             let (given, missing) = if self.tls_cert.is_some() {

@@ -245,6 +245,22 @@ fn each_hierarchy_rule_broken_names_the_settings() {
 }
 
 #[test]
+fn timer_slack_is_validated() {
+    assert_eq!(ok(&[]).timer_slack, Duration::from_millis(50));
+    assert!(err(&[("POLLCAP_TIMER_SLACK_MS", "soon")]).contains("POLLCAP_TIMER_SLACK_MS"));
+    assert!(err(&[("POLLCAP_TIMER_SLACK_MS", "5000")]).contains("0 to 1000"));
+    let e = err(&[
+        ("POLLCAP_TIMER_SLACK_MS", "300"),
+        ("WEBSOCKET_PING_TIMEOUT", "0.3"),
+    ]);
+    assert!(e.contains("timer_slack_ms") && e.contains("ping"), "{e}");
+    assert_eq!(
+        ok(&[("POLLCAP_TIMER_SLACK_MS", "0")]).timer_slack,
+        Duration::ZERO
+    );
+}
+
+#[test]
 fn zero_and_negative_timeouts_are_rejected() {
     for v in ["0", "-3", "abc", ""] {
         let e = err(&[("WEBSOCKET_STALE_TIMEOUT", v)]);
@@ -297,6 +313,7 @@ fn every_setting_is_read_from_its_env_var_and_its_flag() {
     let values: &[(&str, &str)] = &[
         ("backend", "polling"),
         ("poll_cap", "250"),
+        ("timer_slack_ms", "20"),
         ("listen", "127.0.0.1:9"),
         ("max_message", "1000"),
         ("max_frame", "999"),

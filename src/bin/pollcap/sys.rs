@@ -108,3 +108,29 @@ pub fn terminate(pid: u32) -> io::Result<()> {
         Err(io::ErrorKind::Unsupported.into())
     }
 }
+
+/// Context switches (voluntary and not) of every thread of `pid` so far:
+/// how often the process was woken or preempted. Linux only.
+pub fn context_switches(pid: u32) -> Option<u64> {
+    #[cfg(target_os = "linux")]
+    {
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+        tasks
+            .map(|t| {
+                let status = std::fs::read_to_string(t.ok()?.path().join("status")).ok()?;
+                Some(
+                    status
+                        .lines()
+                        .filter(|l| l.contains("ctxt_switches:"))
+                        .filter_map(|l| l.split_whitespace().last()?.parse::<u64>().ok())
+                        .sum::<u64>(),
+                )
+            })
+            .sum::<Option<u64>>()
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = pid;
+        None
+    }
+}

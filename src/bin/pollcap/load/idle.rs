@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::{connect, reactor_waits, sample};
+use super::{open_clients, reactor_waits, sample};
 
 #[derive(Debug)]
 pub struct IdleResult {
@@ -15,8 +15,14 @@ pub struct IdleResult {
     pub rss_after: Option<u64>,
     pub server_cpu_while_idle: Option<Duration>,
     pub hold: Duration,
-    /// Server reactor waits per second while idle (all reactors), from /metrics.
+    /// Server reactor waits per second while idle (all reactors), from
+    /// /metrics (pollcap only).
     pub wakeups_per_sec: Option<f64>,
+    /// Server threads' context switches per second while idle (Linux
+    /// /proc; any server): how often it was woken.
+    pub ctx_switches_per_sec: Option<f64>,
+    /// Connections the server closed during the hold.
+    pub closed: usize,
 }
 
 impl IdleResult {
@@ -26,14 +32,14 @@ impl IdleResult {
     }
 }
 
-/// Opens K connections, holds them idle for `hold` (answering pings), and
-/// reports the server's RSS growth per connection and CPU while idle.
+/// Opens K connections, holds them idle for `hold`, and reports the
+/// server's RSS growth per connection, its CPU and its wakeups meanwhile.
+/// The clients are event-driven: a Ping is answered as soon as it arrives,
+/// as a real client answers it (a client that batched its Pongs would
+/// batch the server's wakeups for it).
 pub fn idle(url: &str, count: usize, hold: Duration, pid: Option<u32>) -> io::Result<IdleResult> {
     let before = sample(pid);
-    let mut clients = Vec::with_capacity(count);
-    for _ in 0..count {
-        clients.push(connect(url, Duration::from_secs(5))?);
-    }
+    let (mut reactor, mut clients) = open_clients(url, count, None, &[])?;
     // Reading the counter costs the server a few wakeups of its own (accept,
     // request, close), and the window holds the tail of one reading and the
     // head of the next: two back-to-back readings measure that and it is
@@ -43,19 +49,39 @@ pub fn idle(url: &str, count: usize, hold: Duration, pid: Option<u32>) -> io::Re
     // CPU and RSS are sampled inside the readings, so their work is not
     // billed to the idle connections (and the allocator has settled).
     let settled = sample(pid);
+    let switches_before = pid.and_then(super::super::sys::context_switches);
     let t0 = Instant::now();
-    // Hold: answer pings with non-blocking sweeps every 100 ms, bounded by `hold`.
-    for ws in &mut clients {
-        ws.get_ref().tcp().set_nonblocking(true)?;
-    }
-    while t0.elapsed() < hold {
-        for ws in &mut clients {
-            let _ = ws.read();
+    let end = t0 + hold;
+    let mut closed = vec![false; count];
+    loop {
+        let turn = reactor.turn()?;
+        if turn.now >= end {
+            break;
         }
-        std::thread::sleep(Duration::from_millis(100)); // pacing, not synchronisation
+        for i in 0..reactor.events().len() {
+            let k = reactor.events()[i].token;
+            if closed[k] {
+                continue;
+            }
+            let ws = &mut clients[k];
+            loop {
+                match ws.read() {
+                    Ok(_) => {} // a Ping: tungstenite queued its Pong
+                    Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                        break;
+                    }
+                    Err(_) => {
+                        closed[k] = true;
+                        break;
+                    }
+                }
+            }
+            let _ = ws.flush();
+        }
     }
     let held = t0.elapsed();
     let after = sample(pid);
+    let switches_after = pid.and_then(super::super::sys::context_switches);
     let waits_after = reactor_waits(url);
     Ok(IdleResult {
         connections: count,
@@ -70,6 +96,10 @@ pub fn idle(url: &str, count: usize, hold: Duration, pid: Option<u32>) -> io::Re
                 let own = b.saturating_sub(c);
                 a.saturating_sub(b).saturating_sub(own) as f64 / held.as_secs_f64()
             }),
+        ctx_switches_per_sec: switches_before
+            .zip(switches_after)
+            .map(|(b, a)| a.saturating_sub(b) as f64 / held.as_secs_f64()),
+        closed: closed.iter().filter(|c| **c).count(),
     })
 }
 
@@ -84,6 +114,9 @@ pub struct IdleReport {
     server_cpu_ms_while_idle: Option<f64>,
     hold_seconds: f64,
     server_wakeups_per_sec: Option<f64>,
+    server_cpu_percent_while_idle: Option<f64>,
+    server_ctx_switches_per_sec: Option<f64>,
+    closed_during_hold: usize,
 }
 
 impl IdleResult {
@@ -97,6 +130,11 @@ impl IdleResult {
             server_cpu_ms_while_idle: self.server_cpu_while_idle.map(|d| d.as_secs_f64() * 1e3),
             hold_seconds: self.hold.as_secs_f64(),
             server_wakeups_per_sec: self.wakeups_per_sec,
+            server_cpu_percent_while_idle: self
+                .server_cpu_while_idle
+                .map(|d| 100.0 * d.as_secs_f64() / self.hold.as_secs_f64()),
+            server_ctx_switches_per_sec: self.ctx_switches_per_sec,
+            closed_during_hold: self.closed,
         }
     }
 }
