@@ -89,10 +89,23 @@ pub fn bind_listener(
     #[cfg(unix)]
     socket.set_reuse_address(true)?;
     socket.set_nonblocking(true)?;
+    // Every connection wants it; on Linux accepted sockets inherit it, so
+    // setting it here saves a setsockopt per connection (ACCEPTED_INHERIT_NODELAY).
+    socket.set_tcp_nodelay(true)?;
     socket.bind(&addr.into())?;
     socket.listen(backlog)?;
     Ok(socket.into())
 }
+
+/// Whether accepted sockets inherit TCP_NODELAY from the listener (Linux
+/// does; elsewhere it is set on each accepted socket).
+pub const ACCEPTED_INHERIT_NODELAY: bool = cfg!(any(target_os = "linux", target_os = "android"));
+
+/// Whether closing a socket removes it from the OS poller by itself, so
+/// the `mio` backend may skip the deregistration before a close (epoll and
+/// kqueue do; mio keeps no state per socket there). Windows' IOCP/AFD does
+/// not, and the `polling` backend's contract asks for a delete everywhere.
+pub const CLOSE_REMOVES_FROM_POLLER: bool = cfg!(unix);
 
 /// Whether a short read (fewer bytes than asked) proves the socket drained,
 /// so the extra read that would only return `WouldBlock` can be skipped.

@@ -68,6 +68,14 @@ pub trait Transport: Read + Write {
 /// frame boundaries, and saves the read that would only say `WouldBlock`
 /// after a short read where the platform allows it (see
 /// `platform::SHORT_READ_MEANS_DRAINED`): one syscall less per message.
+///
+/// It also decouples the size of a socket read from tungstenite's read
+/// buffer. tungstenite allocates that buffer up front and never reads
+/// more than its size at once, so the buffer is what an idle connection
+/// costs and, for large messages, what a syscall brings in. Here the
+/// socket is read into a per-thread scratch buffer of [`SCRATCH`] bytes;
+/// what tungstenite did not ask for waits in `spill`, allocated only
+/// while it holds bytes. Reads never say `WouldBlock` while it does.
 #[derive(Debug)]
 pub struct Io<S> {
     pub(super) inner: S,
@@ -75,6 +83,16 @@ pub struct Io<S> {
     drained: bool,
     pub(super) bytes_in: u64,
     pub(super) frames: FrameBoundary,
+    spill: Vec<u8>,
+    spill_at: usize,
+}
+
+/// Bytes asked of the socket per read (see [`Io`]).
+pub const SCRATCH: usize = 64 * 1024;
+
+thread_local! {
+    static SCRATCH_BUF: std::cell::RefCell<Box<[u8]>> =
+        std::cell::RefCell::new(vec![0; SCRATCH].into_boxed_slice());
 }
 
 impl<S> Io<S> {
@@ -85,7 +103,27 @@ impl<S> Io<S> {
             drained: false,
             bytes_in: 0,
             frames: FrameBoundary::default(),
+            spill: Vec::new(),
+            spill_at: 0,
         }
+    }
+
+    #[cfg(test)]
+    pub(super) fn spill_capacity(&self) -> usize {
+        self.spill.capacity()
+    }
+
+    fn take_spill(&mut self, buf: &mut [u8]) -> usize {
+        let rest = &self.spill[self.spill_at..];
+        let n = rest.len().min(buf.len());
+        buf[..n].copy_from_slice(&rest[..n]);
+        self.spill_at += n;
+        if self.spill_at == self.spill.len() {
+            // Give the memory back: an idle connection holds no spill.
+            self.spill = Vec::new();
+            self.spill_at = 0;
+        }
+        n
     }
 }
 
@@ -96,17 +134,36 @@ impl<S: Transport> Io<S> {
         self.drained = false;
         self.inner.end_reading();
     }
+
+    /// One read of the socket into `buf`, with the drained note.
+    fn read_socket(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.bytes_in += n as u64;
+        self.drained = self.inner.short_read_drains() && n > 0 && n < buf.len();
+        Ok(n)
+    }
 }
 
 impl<S: Transport> Read for Io<S> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if std::mem::take(&mut self.drained) {
+        let n = if self.spill_at < self.spill.len() {
+            self.take_spill(buf)
+        } else if std::mem::take(&mut self.drained) {
             return Err(io::ErrorKind::WouldBlock.into());
-        }
-        let n = self.inner.read(buf)?;
-        self.bytes_in += n as u64;
+        } else if buf.len() >= SCRATCH / 4 {
+            self.read_socket(buf)?
+        } else {
+            SCRATCH_BUF.with_borrow_mut(|scratch| -> io::Result<usize> {
+                let got = self.read_socket(scratch)?;
+                let n = got.min(buf.len());
+                buf[..n].copy_from_slice(&scratch[..n]);
+                if got > n {
+                    self.spill = scratch[n..got].to_vec();
+                }
+                Ok(n)
+            })?
+        };
         self.frames.feed(&buf[..n]);
-        self.drained = self.inner.short_read_drains() && n > 0 && n < buf.len();
         Ok(n)
     }
 }

@@ -824,3 +824,84 @@ fn a_soft_deadline_handled_late_by_the_slack_acts_as_on_time() {
     assert!(matches!(client.read(), Ok(Message::Ping(_))));
     assert_eq!(c.poll_timeout(&t, slack).map(|w| w.at), Some(late + t.ping));
 }
+
+/// A transport that counts the reads that reach it.
+struct Counting {
+    end: End,
+    reads: usize,
+    drains: bool,
+}
+
+impl Read for Counting {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.reads += 1;
+        self.end.read(buf)
+    }
+}
+
+impl Write for Counting {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.end.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Transport for Counting {
+    fn received(&self) -> u64 {
+        0
+    }
+    fn short_read_drains(&self) -> bool {
+        self.drains
+    }
+}
+
+#[test]
+fn the_socket_is_read_in_large_pieces_and_the_spill_is_given_back() {
+    for drains in [false, true] {
+        let (mut peer, end) = duplex();
+        let sent: Vec<u8> = (0..150_000u32).map(|i| (i % 251) as u8).collect();
+        peer.write_all(&sent).unwrap();
+        let mut io = Io::new(Counting {
+            end,
+            reads: 0,
+            drains,
+        });
+        // tungstenite asks for its read buffer's size at a time.
+        let mut buf = [0u8; 128];
+        let mut got = Vec::new();
+        loop {
+            match io.read(&mut buf) {
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(got, sent, "every byte, in order");
+        // 64 KiB + 64 KiB + the rest; the read that only says WouldBlock
+        // is saved where a short read proves the socket drained.
+        let expected = if drains { 3 } else { 4 };
+        assert_eq!(io.inner.reads, expected, "drains={drains}");
+        assert_eq!(io.spill_capacity(), 0, "no memory held between reads");
+        assert_eq!(io.bytes_in, sent.len() as u64);
+    }
+}
+
+#[test]
+fn pipelined_messages_behind_a_large_one_all_arrive_in_order() {
+    let mut h = owner();
+    let t0 = Instant::now();
+    let (mut c, mut client) = open(&mut h, t0);
+    let big = Message::binary((0..100_000u32).map(|i| i as u8).collect::<Vec<_>>());
+    client.write(big.clone()).unwrap();
+    for i in 0..300 {
+        client.write(Message::text(format!("m{i}"))).unwrap();
+    }
+    client.flush().unwrap();
+    h.io(&mut c, t0);
+    assert_eq!(client.read().unwrap(), big);
+    for i in 0..300 {
+        assert_eq!(client.read().unwrap(), Message::text(format!("m{i}")));
+    }
+}

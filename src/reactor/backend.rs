@@ -105,6 +105,13 @@ impl Signal {
 }
 
 impl Backend {
+    pub(crate) fn kind(&self) -> BackendKind {
+        match self {
+            Backend::Mio { .. } => BackendKind::Mio,
+            Backend::Polling { .. } => BackendKind::Polling,
+        }
+    }
+
     pub(crate) fn new(kind: BackendKind, capacity: usize) -> io::Result<(Backend, Signal)> {
         Ok(match kind {
             BackendKind::Mio => {

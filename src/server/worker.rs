@@ -266,7 +266,9 @@ impl Worker {
                 tracing::warn!("socket limit reached; dropping a new connection");
                 continue;
             }
-            let _ = stream.set_nodelay(true);
+            if !platform::ACCEPTED_INHERIT_NODELAY {
+                let _ = stream.set_nodelay(true);
+            }
             // During a drain nothing is handed to reactors that may be gone.
             let n = self.shared.inboxes.len();
             let target = if self.drain.is_some() {
@@ -393,7 +395,7 @@ impl Worker {
     pub(super) fn remove(&mut self, key: usize) {
         let mut e = self.conns.remove(key);
         if let Some(s) = e.conn.stream_mut() {
-            let _ = self.reactor.deregister(s);
+            let _ = self.reactor.deregister_before_close(s);
         }
         self.reactor.timers().remove(e.timer);
         if let Some(session) = &e.session {

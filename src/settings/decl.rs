@@ -406,15 +406,18 @@ pub static DECLS: &[Decl] = &[
         "4194304",
         "Bytes queued for a slow reader before close 1008 \"backpressure\""
     ),
-    // Small on purpose: an idle connection's main cost. Large messages
-    // still arrive whole (tungstenite reserves the frame's length once its
-    // header is read); only the size of one read is bounded.
+    // Small on purpose: tungstenite allocates it up front, so it is an
+    // idle connection's main cost. It does not bound a socket read (the
+    // socket is read 64 KiB at a time into a per-thread buffer, see
+    // `conn::Io`), and large messages still arrive whole (tungstenite
+    // reserves a frame's length once its header is read). 128 bytes hold
+    // a typical chat message with its header in one piece.
     count!(
         Limits,
         limits.read_buffer,
         "read-buffer",
         "POLLCAP_READ_BUFFER",
-        "512",
+        "128",
         "Per-connection read buffer in bytes (the main idle cost)"
     ),
     count!(
