@@ -23,6 +23,8 @@ pub struct IdleResult {
     pub ctx_switches_per_sec: Option<f64>,
     /// Connections the server closed during the hold.
     pub closed: usize,
+    /// Pings the server sent during the hold (all connections).
+    pub pings: u64,
 }
 
 impl IdleResult {
@@ -53,6 +55,7 @@ pub fn idle(url: &str, count: usize, hold: Duration, pid: Option<u32>) -> io::Re
     let t0 = Instant::now();
     let end = t0 + hold;
     let mut closed = vec![false; count];
+    let mut pings = 0u64;
     loop {
         let turn = reactor.turn()?;
         if turn.now >= end {
@@ -66,7 +69,9 @@ pub fn idle(url: &str, count: usize, hold: Duration, pid: Option<u32>) -> io::Re
             let ws = &mut clients[k];
             loop {
                 match ws.read() {
-                    Ok(_) => {} // a Ping: tungstenite queued its Pong
+                    // tungstenite queued the Pong.
+                    Ok(tungstenite::Message::Ping(_)) => pings += 1,
+                    Ok(_) => {}
                     Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
                         break;
                     }
@@ -100,6 +105,7 @@ pub fn idle(url: &str, count: usize, hold: Duration, pid: Option<u32>) -> io::Re
             .zip(switches_after)
             .map(|(b, a)| a.saturating_sub(b) as f64 / held.as_secs_f64()),
         closed: closed.iter().filter(|c| **c).count(),
+        pings,
     })
 }
 
@@ -117,6 +123,12 @@ pub struct IdleReport {
     server_cpu_percent_while_idle: Option<f64>,
     server_ctx_switches_per_sec: Option<f64>,
     closed_during_hold: usize,
+    /// Pings received per second during the hold: the heartbeat rate the
+    /// server actually kept (peers round their intervals differently).
+    pings_per_sec: f64,
+    /// Server CPU during the hold divided by the pings in it: the cost of
+    /// one heartbeat cycle (ping out, pong in) when nothing else happens.
+    server_cpu_us_per_ping: Option<f64>,
 }
 
 impl IdleResult {
@@ -135,6 +147,11 @@ impl IdleResult {
                 .map(|d| 100.0 * d.as_secs_f64() / self.hold.as_secs_f64()),
             server_ctx_switches_per_sec: self.ctx_switches_per_sec,
             closed_during_hold: self.closed,
+            pings_per_sec: self.pings as f64 / self.hold.as_secs_f64(),
+            server_cpu_us_per_ping: self
+                .server_cpu_while_idle
+                .filter(|_| self.pings > 0)
+                .map(|d| d.as_secs_f64() * 1e6 / self.pings as f64),
         }
     }
 }
