@@ -383,3 +383,37 @@ fn sighup_rotates_the_certificate_and_a_broken_pair_keeps_the_old_one() {
     assert!(metrics().contains("pollcap_tls_reloads_total 1"));
     assert!(connects("next.pem"), "the previous pair stays in use");
 }
+
+/// `load idle --ramp` opens its connections over time while answering the
+/// pings of those already open: a client that dropped the earlier
+/// connections' readiness while opening new ones (the reactor is
+/// edge-triggered) would never answer their pings and see them closed at
+/// the pong deadline.
+#[test]
+fn load_idle_ramps_its_connections_and_keeps_them_alive() {
+    let srv = common::spawn_server(
+        env!("CARGO_BIN_EXE_pollcap"),
+        &["serve", "--listen", "127.0.0.1:0", "--app", "echo"],
+        &[
+            ("WEBSOCKET_PING_TIMEOUT", "0.4"),
+            ("WEBSOCKET_HEARTBEAT_INTERVAL", "0.5"),
+            ("WEBSOCKET_HEARTBEAT_TIMEOUT", "5"),
+        ],
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_pollcap"))
+        .args(["load", "--url", &format!("ws://{}/ws", srv.addr), "--json"])
+        .args(["idle", "--count", "40", "--hold", "1.2", "--ramp", "1"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["connections"], 40);
+    assert_eq!(r["closed_during_hold"], 0, "{r}");
+    // 40 connections pinged every 0.5 s (±10 %) for 1.2 s.
+    let pings = r["pings_per_sec"].as_f64().unwrap() * r["hold_seconds"].as_f64().unwrap();
+    assert!(pings >= 40.0, "only {pings} pings answered: {r}");
+}

@@ -38,6 +38,11 @@ pub struct BenchConfig {
     pub strategies: Vec<CapStrategy>,
     pub idle_counts: Vec<usize>,
     pub hold: Duration,
+    /// With heartbeats on, connections open evenly over this (one
+    /// heartbeat interval), as ones that arrived over time would: a burst
+    /// of accepts puts every ping in the same fraction of the interval, and
+    /// fewer connections then look cheaper only for being bunched.
+    pub heartbeat_ramp: Duration,
     pub echo_connections: usize,
     pub echo_duration: Duration,
     pub shutdown_connections: usize,
@@ -60,6 +65,7 @@ impl BenchConfig {
             ],
             idle_counts: vec![0, 1000, 10_000],
             hold: Duration::from_secs(4),
+            heartbeat_ramp: Duration::from_secs(2),
             echo_connections: 100,
             echo_duration: Duration::from_secs(3),
             shutdown_connections: 100,
@@ -71,6 +77,7 @@ impl BenchConfig {
     pub fn quick(mut self) -> BenchConfig {
         self.idle_counts = vec![0, 20];
         self.hold = Duration::from_millis(600);
+        self.heartbeat_ramp = Duration::ZERO;
         self.echo_connections = 4;
         self.echo_duration = Duration::from_millis(300);
         self.shutdown_connections = 4;
@@ -241,10 +248,15 @@ fn idle_cost(
 ) -> io::Result<Vec<IdleCost>> {
     let on = heartbeats_every("2");
     let env = if heartbeats { &on[..] } else { HEARTBEATS_OFF };
+    let ramp = if heartbeats {
+        cfg.heartbeat_ramp
+    } else {
+        Duration::ZERO
+    };
     let srv = ChildServer::start(cfg, kind, cap, env)?;
     let mut out = Vec::new();
     for &n in &cfg.idle_counts {
-        let r = super::load::idle(&srv.url(), n, cfg.hold, Some(srv.pid()))?;
+        let r = super::load::idle(&srv.url(), n, cfg.hold, ramp, Some(srv.pid()))?;
         out.push(IdleCost {
             connections: n,
             heartbeats,

@@ -61,12 +61,30 @@ struct RowJson<'a> {
     shutdown_ms: Option<f64>,
 }
 
+/// How heartbeat wakeups grow with the connection count: wakeups/s at the
+/// largest count over those at the smallest non-zero one (soft deadlines
+/// coalesce, so this should stay near 1 rather than follow the count).
+pub fn heartbeat_growth(r: &Row) -> Option<f64> {
+    let on: Vec<_> = r
+        .idle
+        .iter()
+        .filter(|i| i.heartbeats && i.connections > 0)
+        .collect();
+    let few = on.iter().min_by_key(|i| i.connections)?;
+    let many = on.iter().max_by_key(|i| i.connections)?;
+    if few.connections == many.connections {
+        return None;
+    }
+    Some(many.wakeups_per_sec? / few.wakeups_per_sec?)
+}
+
 pub fn report_markdown(cfg: &BenchConfig, rows: &[Row], chart_files: &[&str]) -> String {
     let mut o = String::new();
     let _ = writeln!(o, "# pollcap bench: cap strategies × backends\n");
     let _ = writeln!(
         o,
-        "One run on this machine ({} {}, {} CPUs). Idle hold {} s, heartbeats (when on) every 2 s. \
+        "One run on this machine ({} {}, {} CPUs). Idle hold {} s, heartbeats (when on) every 2 s, \
+         with the connections opened evenly over one interval before the hold. \
          Echo: {} connections × 32 B for {} s beside as many silent connections, whose heartbeat, \
          pong and close deadlines are the ones measured for overshoot. Shutdown: {} connections. \
          n/a: not measurable here (CPU needs Linux /proc, SIGTERM needs Unix) or no samples.\n",
@@ -96,7 +114,8 @@ pub fn report_markdown(cfg: &BenchConfig, rows: &[Row], chart_files: &[&str]) ->
             if *hb { "on" } else { "off" }
         );
     }
-    let _ = writeln!(o, "\n|---|{}", "---|".repeat(columns.len()));
+    let _ = writeln!(o, " heartbeats on: wakeups/s, most ÷ fewest connections |");
+    let _ = writeln!(o, "|---|{}---|", "---|".repeat(columns.len()));
     for r in rows {
         let _ = write!(o, "| {} |", label(r));
         for i in &r.idle {
@@ -107,7 +126,7 @@ pub fn report_markdown(cfg: &BenchConfig, rows: &[Row], chart_files: &[&str]) ->
                 f(i.cpu_ms_per_hour, 0)
             );
         }
-        let _ = writeln!(o);
+        let _ = writeln!(o, " {} |", f(heartbeat_growth(r), 2));
     }
     let _ = writeln!(o, "\n## Lost wakeups, deadlines, load, shutdown\n");
     let _ = writeln!(

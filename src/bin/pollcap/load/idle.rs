@@ -6,7 +6,11 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::{open_clients, reactor_waits, sample};
+use pollcap::reactor::Reactor;
+use pollcap::stream::Stream;
+use tungstenite::WebSocket;
+
+use super::{Target, client_reactor, open_client, reactor_waits, sample};
 
 #[derive(Debug)]
 pub struct IdleResult {
@@ -39,9 +43,38 @@ impl IdleResult {
 /// The clients are event-driven: a Ping is answered as soon as it arrives,
 /// as a real client answers it (a client that batched its Pongs would
 /// batch the server's wakeups for it).
-pub fn idle(url: &str, count: usize, hold: Duration, pid: Option<u32>) -> io::Result<IdleResult> {
+///
+/// With a `ramp` the connections are opened evenly over it, in 50 ms
+/// steps, before the hold starts: a server whose connections arrived over
+/// time has their heartbeats spread over the whole interval, while a burst
+/// of accepts puts them all in the same fraction of it.
+pub fn idle(
+    url: &str,
+    count: usize,
+    hold: Duration,
+    ramp: Duration,
+    pid: Option<u32>,
+) -> io::Result<IdleResult> {
     let before = sample(pid);
-    let (mut reactor, mut clients) = open_clients(url, count, None, &[])?;
+    let target = Target::parse(url)?;
+    let mut reactor = client_reactor()?;
+    let mut clients = Vec::with_capacity(count);
+    let mut closed = vec![false; count];
+    let mut pings = 0u64;
+    let steps = (ramp.as_millis() / 50).max(1) as usize;
+    let ramp_start = Instant::now();
+    for step in 1..=steps {
+        while clients.len() < count * step / steps {
+            let t = clients.len();
+            clients.push(open_client(&mut reactor, &target, t, None, &[])?);
+        }
+        // Opening dropped the other clients' events: read them all.
+        for k in 0..clients.len() {
+            answer(&mut clients[k], &mut closed[k], &mut pings);
+        }
+        let next = ramp_start + ramp * step as u32 / steps as u32;
+        serve_until(&mut reactor, &mut clients, &mut closed, &mut pings, next)?;
+    }
     // Reading the counter costs the server a few wakeups of its own (accept,
     // request, close), and the window holds the tail of one reading and the
     // head of the next: two back-to-back readings measure that and it is
@@ -53,37 +86,14 @@ pub fn idle(url: &str, count: usize, hold: Duration, pid: Option<u32>) -> io::Re
     let settled = sample(pid);
     let switches_before = pid.and_then(super::super::sys::context_switches);
     let t0 = Instant::now();
-    let end = t0 + hold;
-    let mut closed = vec![false; count];
-    let mut pings = 0u64;
-    loop {
-        let turn = reactor.turn()?;
-        if turn.now >= end {
-            break;
-        }
-        for i in 0..reactor.events().len() {
-            let k = reactor.events()[i].token;
-            if closed[k] {
-                continue;
-            }
-            let ws = &mut clients[k];
-            loop {
-                match ws.read() {
-                    // tungstenite queued the Pong.
-                    Ok(tungstenite::Message::Ping(_)) => pings += 1,
-                    Ok(_) => {}
-                    Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
-                        break;
-                    }
-                    Err(_) => {
-                        closed[k] = true;
-                        break;
-                    }
-                }
-            }
-            let _ = ws.flush();
-        }
-    }
+    pings = 0;
+    serve_until(
+        &mut reactor,
+        &mut clients,
+        &mut closed,
+        &mut pings,
+        t0 + hold,
+    )?;
     let held = t0.elapsed();
     let after = sample(pid);
     let switches_after = pid.and_then(super::super::sys::context_switches);
@@ -107,6 +117,48 @@ pub fn idle(url: &str, count: usize, hold: Duration, pid: Option<u32>) -> io::Re
         closed: closed.iter().filter(|c| **c).count(),
         pings,
     })
+}
+
+/// Answers the clients' pings until `end`.
+fn serve_until(
+    reactor: &mut Reactor,
+    clients: &mut [WebSocket<Stream>],
+    closed: &mut [bool],
+    pings: &mut u64,
+    end: Instant,
+) -> io::Result<()> {
+    loop {
+        let turn = reactor.turn()?;
+        // The turn's events are handled even past `end`: the reactor is
+        // edge-triggered, so a readiness dropped here would never come back.
+        for i in 0..reactor.events().len() {
+            let k = reactor.events()[i].token;
+            answer(&mut clients[k], &mut closed[k], pings);
+        }
+        if turn.now >= end {
+            return Ok(());
+        }
+    }
+}
+
+/// Reads one client until `WouldBlock`; tungstenite queues a Pong for each
+/// Ping, and the flush sends them.
+fn answer(ws: &mut WebSocket<Stream>, closed: &mut bool, pings: &mut u64) {
+    if *closed {
+        return;
+    }
+    loop {
+        match ws.read() {
+            Ok(tungstenite::Message::Ping(_)) => *pings += 1,
+            Ok(_) => {}
+            Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(_) => {
+                *closed = true;
+                return;
+            }
+        }
+    }
+    let _ = ws.flush();
 }
 
 /// `load idle` output.

@@ -79,6 +79,10 @@ enum LoadMode {
         count: usize,
         #[arg(long, default_value_t = 10.0)]
         hold: f64,
+        /// Open the connections evenly over this many seconds before the
+        /// hold, as connections arriving over time do (0: all at once).
+        #[arg(long, default_value_t = 0.0)]
+        ramp: f64,
     },
 }
 
@@ -117,9 +121,14 @@ pub fn command(args: LoadArgs) -> ExitCode {
         LoadMode::Storm { count, parallel } => {
             storm(url, count, parallel, pid).map(|r| json(&r.report(parallel)))
         }
-        LoadMode::Idle { count, hold } => {
-            idle(url, count, Duration::from_secs_f64(hold), pid).map(|r| json(&r.report()))
-        }
+        LoadMode::Idle { count, hold, ramp } => idle(
+            url,
+            count,
+            Duration::from_secs_f64(hold),
+            Duration::from_secs_f64(ramp),
+            pid,
+        )
+        .map(|r| json(&r.report())),
     };
     match result {
         Ok(j) => {
@@ -343,39 +352,56 @@ fn open_clients(
     token: Option<&str>,
     protocols: &[&str],
 ) -> io::Result<(Reactor, Vec<ClientConn>)> {
-    use tungstenite::HandshakeError;
-    let mut reactor = Reactor::new(
-        BackendKind::Mio,
-        CapStrategy::Fixed(Duration::from_millis(100)),
-    )?;
+    let mut reactor = client_reactor()?;
     let target = Target::parse(url)?;
     let mut conns = Vec::with_capacity(connections);
     for t in 0..connections {
-        let mut stream = nonblocking_stream(&target)?;
-        reactor.register(&mut stream, t, Interest::BOTH)?;
-        let request = upgrade_request(target.request.clone(), token, protocols)?;
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        let mut step = tungstenite::client(request, stream);
-        let ws = loop {
-            match step {
-                Ok((ws, _)) => break ws,
-                Err(HandshakeError::Interrupted(mid)) => {
-                    if std::time::Instant::now() > deadline {
-                        return Err(io::ErrorKind::TimedOut.into());
-                    }
-                    reactor.turn()?;
-                    step = mid.handshake();
-                }
-                Err(HandshakeError::Failure(e)) => return Err(io::Error::other(e.to_string())),
-            }
-        };
-        let mut ws = ws;
-        // The handshake stopped reading after the response: forget that.
-        pollcap::conn::Transport::end_reading(ws.get_mut());
-        reactor.reregister(ws.get_mut(), t, Interest::READABLE)?;
-        conns.push(ws);
+        conns.push(open_client(&mut reactor, &target, t, token, protocols)?);
     }
     Ok((reactor, conns))
+}
+
+fn client_reactor() -> io::Result<Reactor> {
+    Reactor::new(
+        BackendKind::Mio,
+        CapStrategy::Fixed(Duration::from_millis(100)),
+    )
+}
+
+/// One client, registered on `reactor` under token `t` and upgraded within
+/// 5 s. The reactor's turns meanwhile are spent on this handshake: events
+/// for other tokens are dropped, so a caller with open clients must read
+/// them until `WouldBlock` afterwards (the reactor is edge-triggered).
+fn open_client(
+    reactor: &mut Reactor,
+    target: &Target,
+    t: usize,
+    token: Option<&str>,
+    protocols: &[&str],
+) -> io::Result<ClientConn> {
+    use tungstenite::HandshakeError;
+    let mut stream = nonblocking_stream(target)?;
+    reactor.register(&mut stream, t, Interest::BOTH)?;
+    let request = upgrade_request(target.request.clone(), token, protocols)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut step = tungstenite::client(request, stream);
+    let mut ws = loop {
+        match step {
+            Ok((ws, _)) => break ws,
+            Err(HandshakeError::Interrupted(mid)) => {
+                if std::time::Instant::now() > deadline {
+                    return Err(io::ErrorKind::TimedOut.into());
+                }
+                reactor.turn()?;
+                step = mid.handshake();
+            }
+            Err(HandshakeError::Failure(e)) => return Err(io::Error::other(e.to_string())),
+        }
+    };
+    // The handshake stopped reading after the response: forget that.
+    pollcap::conn::Transport::end_reading(ws.get_mut());
+    reactor.reregister(ws.get_mut(), t, Interest::READABLE)?;
+    Ok(ws)
 }
 
 /// The upgrade request with a bearer token and subprotocols.
