@@ -569,7 +569,7 @@ fn deliver(link: &Link, tail: &mut Tail, got: Vec<Entry>) -> bool {
         if e.seq <= tail.last_seq {
             continue; // the client has it
         }
-        if e.seq != tail.last_seq + 1 {
+        if e.seq != tail.last_seq.saturating_add(1) {
             let why = "events missing in the store (it dropped writes)";
             post(&link.deliveries, &tail.follower, Delivery::Interrupted(why));
             return false;
@@ -649,7 +649,7 @@ fn resume(
     // Contiguous from after_seq + 1; the end entry carries the last seq.
     for (expected, e) in (after_seq + 1..).zip(backlog.iter()) {
         let ok = if e.end {
-            e.seq + 1 == expected
+            e.seq == expected - 1
         } else {
             e.seq == expected
         };
@@ -657,7 +657,8 @@ fn resume(
             return Err("events missing in the store (it dropped writes)");
         }
     }
-    Ok((backlog, meta.deadline_ms + GRACE.as_millis() as u64))
+    let give_up = meta.deadline_ms.saturating_add(GRACE.as_millis() as u64);
+    Ok((backlog, give_up))
 }
 
 /// One `XREAD BLOCK` over every followed run; delivers what came, ends
