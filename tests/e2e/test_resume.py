@@ -239,3 +239,28 @@ def test_a_close_frame_cancels_the_run(server):
         assert all(e["type"] != "agent_completed" for e in rest)
     run(go())
     assert health(server)["handlers"]["runs_cancelled"] == 1
+
+
+def test_a_follower_is_told_when_redis_goes_away_mid_run(redis, server_factory):
+    a = server_factory("--store", redis.url)
+    b = server_factory("--store", redis.url)
+
+    async def go():
+        token = a.token("erin")
+        ws_a = await connect(a, token=token)
+        await start_run(ws_a, "a long one", pacing_ms=150)
+        first = [await recv(ws_a) for _ in range(2)]
+        ws_a.transport.abort()
+        async with connect(b, token=token) as ws:
+            await resume(ws, first[0]["run_id"], 2)
+            e = await recv(ws)
+            assert e["seq"] == 3, e  # tailing the live run through Redis
+            redis.stop()
+            while e["type"] != "error":
+                e = await recv(ws)
+            assert e["code"] == "resume_interrupted", e
+            assert "seq" not in e, "no made-up event of the run"
+            # The connection itself is fine, and chat goes on without the store.
+            await start_run(ws, "no store needed", pacing_ms=0)
+            check_whole(await until_end(ws), "no store needed")
+    run(go())
