@@ -251,7 +251,7 @@ mod tests {
     fn run(input: Inbound) -> Vec<serde_json::Value> {
         let r = Reactor::new(BackendKind::Mio, CapStrategy::Spin).unwrap();
         let mb = Arc::new(Mailbox::new(r.waker()));
-        let out = Outbox::new(0, 1, 1, Arc::new(AtomicBool::new(false)), mb.clone());
+        let out = Outbox::new(1, "r1".into(), Arc::new(AtomicBool::new(false)), mb.clone());
         AgentChat {
             pacing: Duration::ZERO,
         }

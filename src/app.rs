@@ -88,29 +88,30 @@ pub enum MailKind {
     Panicked(String),
 }
 
+/// One piece of a run's output, for the reactor the run belongs to.
 #[derive(Debug)]
 pub struct Mail {
-    pub key: usize,
-    pub conn_id: u64,
+    /// The run, as numbered by the server (not its public `run_id`).
     pub run: u64,
     pub kind: MailKind,
 }
 
-/// One reactor's incoming mail from the pool.
-pub struct Mailbox {
-    queue: Mutex<Vec<Mail>>,
+/// One reactor's incoming mail from other threads (the pool's runs, the
+/// run store): a queue plus the reactor's waker.
+pub struct Mailbox<T = Mail> {
+    queue: Mutex<Vec<T>>,
     waker: Arc<Waker>,
 }
 
-impl Mailbox {
-    pub fn new(waker: Arc<Waker>) -> Mailbox {
+impl<T> Mailbox<T> {
+    pub fn new(waker: Arc<Waker>) -> Mailbox<T> {
         Mailbox {
             queue: Mutex::new(Vec::new()),
             waker,
         }
     }
 
-    pub fn post(&self, mail: Mail) {
+    pub fn post(&self, mail: T) {
         self.queue
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -119,15 +120,14 @@ impl Mailbox {
         let _ = self.waker.wake();
     }
 
-    pub fn take(&self) -> Vec<Mail> {
+    pub fn take(&self) -> Vec<T> {
         std::mem::take(&mut *self.queue.lock().unwrap_or_else(|p| p.into_inner()))
     }
 }
 
-/// A run's way back to its connection.
+/// A run's way back to the server: events go to the reactor the run
+/// belongs to, which stamps, stores and forwards them.
 pub struct Outbox {
-    key: usize,
-    conn_id: u64,
     run: u64,
     run_id: String,
     seq: AtomicU64,
@@ -136,18 +136,11 @@ pub struct Outbox {
 }
 
 impl Outbox {
-    pub fn new(
-        key: usize,
-        conn_id: u64,
-        run: u64,
-        cancel: Arc<AtomicBool>,
-        mailbox: Arc<Mailbox>,
-    ) -> Outbox {
+    /// The way back for run number `run`, whose public id is `run_id`.
+    pub fn new(run: u64, run_id: String, cancel: Arc<AtomicBool>, mailbox: Arc<Mailbox>) -> Outbox {
         Outbox {
-            key,
-            conn_id,
             run,
-            run_id: run_id(conn_id, run),
+            run_id,
             seq: AtomicU64::new(0),
             cancel,
             mailbox,
@@ -194,16 +187,10 @@ impl Outbox {
 
     fn post(&self, kind: MailKind) {
         self.mailbox.post(Mail {
-            key: self.key,
-            conn_id: self.conn_id,
             run: self.run,
             kind,
         });
     }
-}
-
-pub fn run_id(conn_id: u64, run: u64) -> String {
-    format!("r{conn_id:x}-{run}")
 }
 
 /// The fixed fields of every event; the handler's own fields follow.
@@ -379,7 +366,7 @@ mod tests {
         }
         let r = Reactor::new(BackendKind::Mio, CapStrategy::Spin).unwrap();
         let mb = Arc::new(Mailbox::new(r.waker()));
-        let out = Outbox::new(3, 9, 1, Arc::new(AtomicBool::new(false)), mb.clone());
+        let out = Outbox::new(9, "r9".into(), Arc::new(AtomicBool::new(false)), mb.clone());
         job(
             Arc::new(Boom),
             Arc::new(Session::default()),
@@ -397,7 +384,7 @@ mod tests {
                     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
                     assert_eq!(v["ts"], 1234);
                     assert_eq!(v["seq"], *seq);
-                    assert_eq!(v["run_id"], "r9-1");
+                    assert_eq!(v["run_id"], "r9");
                     Some(*seq)
                 }
                 _ => None,
@@ -405,6 +392,6 @@ mod tests {
             .collect();
         assert_eq!(seqs, [1, 2]);
         assert_eq!(mail[2].kind, MailKind::Panicked("kaboom".into()));
-        assert_eq!((mail[2].key, mail[2].conn_id), (3, 9));
+        assert_eq!(mail[2].run, 9);
     }
 }

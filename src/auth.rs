@@ -121,7 +121,7 @@ impl Auth {
         let token = token.ok_or(AuthError::Missing)?;
         if self.tokens.contains(token) {
             return Ok(Identity {
-                subject: "static-token".into(),
+                subject: static_identity(token),
             });
         }
         match &self.jwt_secret {
@@ -129,6 +129,20 @@ impl Auth {
             _ => Err(AuthError::Unknown),
         }
     }
+}
+
+/// The identity of a static token: `static:` and the first 16 hex digits
+/// of its SHA-256, so that each token owns its own runs (SPEC §5 "Resume")
+/// and the token itself never reaches a store or a log.
+pub fn static_identity(token: &str) -> String {
+    use sha2::Digest;
+    let digest = Sha256::digest(token.as_bytes());
+    let mut id = String::with_capacity(7 + 16);
+    id.push_str("static:");
+    for b in &digest[..8] {
+        id.push_str(&format!("{b:02x}"));
+    }
+    id
 }
 
 /// The bearer token of a request: the `Authorization` header wins over a
@@ -286,8 +300,14 @@ mod tests {
 
     #[test]
     fn static_tokens_and_missing_tokens() {
-        let auth = Auth::new(None, ["tok-1".to_string()].into_iter().collect());
-        assert!(auth.check(Some("tok-1"), NOW).is_ok());
+        let tokens = ["tok-1".to_string(), "tok-2b".to_string()];
+        let auth = Auth::new(None, tokens.into_iter().collect());
+        let one = auth.check(Some("tok-1"), NOW).unwrap().subject;
+        let two = auth.check(Some("tok-2b"), NOW).unwrap().subject;
+        // Each static token is its own subject, and never shows itself.
+        assert_ne!(one, two);
+        assert_eq!(one, static_identity("tok-1"));
+        assert!(one.starts_with("static:") && one.len() == 23 && !one.contains("tok"));
         assert_eq!(auth.check(Some("tok-2"), NOW), Err(AuthError::Unknown));
         assert_eq!(auth.check(None, NOW), Err(AuthError::Missing));
     }

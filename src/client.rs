@@ -325,6 +325,13 @@ pub enum ClientStream {
 }
 
 impl ClientStream {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            ClientStream::Plain(s) => &s.inner,
+            ClientStream::Tls(t) => &t.sock.inner,
+        }
+    }
+
     fn set_deadline(&mut self, at: Instant) {
         match self {
             ClientStream::Plain(s) => s.deadline = at,
@@ -419,6 +426,23 @@ impl Connection {
         }
     }
 
+    /// Asks to resume run `run_id` (SPEC §5): the server sends every event
+    /// of the run after `after_seq` (the last `seq` this client has), in
+    /// order and once each, then the live ones until the run's last; or
+    /// one `{"type":"error","code":"resume_unavailable"}` and nothing else.
+    /// Read them with [`Connection::recv`].
+    pub fn resume(&mut self, run_id: &str, after_seq: u64) -> Result<(), ClientError> {
+        let req = crate::store::ResumeRequest::new(run_id, after_seq);
+        self.send(Message::text(req.to_json()))
+    }
+
+    /// Leaves without a Close frame, as a lost network would: TCP is shut
+    /// down both ways. The server keeps this connection's runs going (a
+    /// Close frame would cancel them), ready to be resumed.
+    pub fn abort(self) {
+        let _ = self.ws.get_ref().tcp().shutdown(std::net::Shutdown::Both);
+    }
+
     /// Sends a normal Close and waits for the server's, within the close
     /// timeout; returns how long the closing handshake took.
     pub fn close(mut self) -> Result<Duration, ClientError> {
@@ -469,6 +493,12 @@ impl Connection {
 /// let first = conn.recv()?; // within the receive deadline, or an error
 /// println!("{first}");
 /// conn.close()?;
+///
+/// // A run whose connection was lost after event 3 (seq 3) goes on on
+/// // the server: reconnect (with the same retries) and resume it.
+/// let (mut conn, _) = Client::new(ClientConfig::default()).connect("ws://127.0.0.1:8765/ws")?;
+/// conn.resume("the run_id of its events", 3)?;
+/// println!("{}", conn.recv()?); // seq 4, then the rest until agent_completed
 /// # Ok::<(), pollcap::client::ClientError>(())
 /// ```
 #[derive(Debug)]

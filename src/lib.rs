@@ -46,5 +46,6 @@ pub mod platform;
 pub mod reactor;
 pub mod server;
 pub mod settings;
+pub mod store;
 pub mod stream;
 pub mod tls;

@@ -14,6 +14,7 @@ pub use crate::conn::TimeoutPhase;
 use crate::histogram::Histogram;
 use crate::reactor::StatsSnapshot;
 use crate::settings::{Group, Settings};
+use crate::store::StoreView;
 
 /// Close codes the server sends, counted by code.
 pub const CLOSE_CODES: [u16; 8] = [1000, 1001, 1002, 1007, 1008, 1009, 1011, 1013];
@@ -37,6 +38,10 @@ pub struct ServerMetrics {
     pub missed_deadlines_total: AtomicU64,
     /// Handler runs queued on the pool.
     pub runs_total: AtomicU64,
+    /// Runs that went on after their connection was lost (kept for resume).
+    pub runs_detached_total: AtomicU64,
+    /// Runs cancelled because their client sent a Close frame.
+    pub runs_cancelled_total: AtomicU64,
     /// tungstenite swapped for a fresh one to give back burst buffers.
     pub buffer_compactions_total: AtomicU64,
     /// Messages answered `overloaded` (pool or per-connection limit full).
@@ -111,6 +116,8 @@ struct Health<'a> {
     timeouts: Map<String, Value>,
     missed_deadlines: u64,
     tls: TlsView,
+    /// The run store (resume): `up` false while Redis is unreachable.
+    store: &'a StoreView,
     reactor: ReactorView,
     uptime_s: f64,
 }
@@ -129,6 +136,8 @@ struct Handlers {
     pool_threads: Option<usize>,
     pool_queued: Option<usize>,
     runs: u64,
+    runs_detached: u64,
+    runs_cancelled: u64,
     overloaded: u64,
     panics: u64,
 }
@@ -187,17 +196,20 @@ pub struct Report<'a> {
     pub max_connections: usize,
     /// (reloads, refused reloads) of the certificate pair, when TLS is on.
     pub tls: Option<(u64, u64)>,
+    pub store: StoreView,
 }
 
 impl Report<'_> {
-    /// `healthy`, `degraded` (at the connection limit, or a deadline was
-    /// missed by the queue) or `draining`.
+    /// `healthy`, `degraded` (at the connection limit, a deadline was
+    /// missed by the queue, the breaker is not closed, or the run store is
+    /// unreachable) or `draining`.
     pub fn status(&self) -> &'static str {
         if self.draining {
             "draining"
         } else if self.metrics.open.load(Relaxed) as usize >= self.max_connections
             || self.metrics.missed_deadlines_total.load(Relaxed) > 0
             || self.breaker.state != "closed"
+            || !self.store.up
         {
             "degraded"
         } else {
@@ -234,6 +246,8 @@ impl Report<'_> {
                 pool_threads: self.pool.map(|p| p.0),
                 pool_queued: self.pool.map(|p| p.1),
                 runs: m.runs_total.load(Relaxed),
+                runs_detached: m.runs_detached_total.load(Relaxed),
+                runs_cancelled: m.runs_cancelled_total.load(Relaxed),
                 overloaded: m.overloaded_total.load(Relaxed),
                 panics: m.handler_panics_total.load(Relaxed),
             },
@@ -264,6 +278,7 @@ impl Report<'_> {
                 handshake_failures: m.tls_handshake_failures_total.load(Relaxed),
                 plaintext_requests: m.tls_plaintext_total.load(Relaxed),
             },
+            store: &self.store,
             reactor: ReactorView {
                 waits: r.waits,
                 by_io: r.by_io,
@@ -330,6 +345,46 @@ impl Report<'_> {
                 m.runs_total.load(Relaxed),
             ),
             (
+                "pollcap_runs_detached_total",
+                "Runs that went on after their connection was lost (kept for resume).",
+                m.runs_detached_total.load(Relaxed),
+            ),
+            (
+                "pollcap_runs_cancelled_total",
+                "Runs cancelled because their client sent a Close frame.",
+                m.runs_cancelled_total.load(Relaxed),
+            ),
+            (
+                "pollcap_resumes_total",
+                "Resume requests served (stored events, then live ones).",
+                self.store.resumes,
+            ),
+            (
+                "pollcap_resumes_unavailable_total",
+                "Resume requests answered resume_unavailable.",
+                self.store.resumes_unavailable,
+            ),
+            (
+                "pollcap_store_runs_expired_total",
+                "Runs dropped from the store (their window passed, or room was needed).",
+                self.store.runs_expired,
+            ),
+            (
+                "pollcap_store_errors_total",
+                "Run store calls that failed (Redis error or deadline).",
+                self.store.errors,
+            ),
+            (
+                "pollcap_store_writes_dropped_total",
+                "Events not written to the run store (Redis down or its queue full).",
+                self.store.writes_dropped,
+            ),
+            (
+                "pollcap_store_outages_total",
+                "Times the run store became unreachable.",
+                self.store.outages,
+            ),
+            (
                 "pollcap_handler_overloaded_total",
                 "Messages answered overloaded (pool or per-connection limit full).",
                 m.overloaded_total.load(Relaxed),
@@ -383,6 +438,44 @@ impl Report<'_> {
         for (name, help, v) in counters {
             counter(&mut o, name, help, v);
         }
+        let gauge = |o: &mut String, name: &str, help: &str, v: u64| {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        };
+        gauge(
+            &mut o,
+            "pollcap_store_up",
+            "1 while the run store is reachable (0: Redis down; resume unavailable).",
+            u64::from(self.store.up),
+        );
+        for (name, help, v) in [
+            (
+                "pollcap_store_runs",
+                "Runs held by the memory store.",
+                self.store.runs,
+            ),
+            (
+                "pollcap_store_events",
+                "Events held by the memory store.",
+                self.store.events,
+            ),
+            (
+                "pollcap_store_bytes",
+                "Bytes held by the memory store (events and records).",
+                self.store.bytes,
+            ),
+        ] {
+            if let Some(v) = v {
+                gauge(&mut o, name, help, v);
+            }
+        }
+        let _ = writeln!(
+            o,
+            "# HELP pollcap_store_evicted_events_total Stored events dropped to stay within a limit.\n\
+             # TYPE pollcap_store_evicted_events_total counter\n\
+             pollcap_store_evicted_events_total{{limit=\"run\"}} {}\n\
+             pollcap_store_evicted_events_total{{limit=\"total\"}} {}",
+            self.store.evicted_run_limit, self.store.evicted_total_limit
+        );
         o.push_str("# HELP pollcap_breaker_state Circuit breaker state (1 = current).\n# TYPE pollcap_breaker_state gauge\n");
         for st in ["closed", "open", "half_open"] {
             let _ = writeln!(

@@ -166,8 +166,18 @@ fn agent_server(env: &[(&str, &str)], pacing: Duration) -> pollcap::server::Serv
 /// `pollcap probe URL --json` with the deadlines of [`quick`] (receive
 /// deadline `receive` seconds): its report and exit code.
 fn probe(url: &str, receive: &str, text: &str) -> (serde_json::Value, Option<i32>) {
+    probe_with(url, receive, text, &[])
+}
+
+fn probe_with(
+    url: &str,
+    receive: &str,
+    text: &str,
+    extra: &[&str],
+) -> (serde_json::Value, Option<i32>) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_pollcap"))
         .args(["probe", url, "--json", "--text", text])
+        .args(extra)
         .args(["--connect-timeout", "2", "--handshake-timeout", "0.3"])
         .args(["--receive-timeout", receive, "--close-timeout", "0.3"])
         .env_remove("POLLCAP_TOKEN")
@@ -228,4 +238,65 @@ fn the_probe_names_the_failing_phase() {
     assert!(verdict(&r).starts_with("FAIL at tcp"), "{}", verdict(&r));
     assert_eq!(r["phases"][0]["ok"], true);
     assert_eq!(code, Some(1));
+}
+
+#[test]
+fn the_probe_drops_reconnects_resumes_and_checks_exactly_once() {
+    let srv = agent_server(&[], 20 * MS);
+    let u = url(srv.local_addr());
+    let (r, code) = probe_with(
+        &u,
+        "2",
+        "drop me",
+        &["--drop-after", "3", "--attempts", "3"],
+    );
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(code, Some(0));
+    let v = verdict(&r);
+    assert!(
+        v.contains("resumed after a drop at event 3: exactly once, no gap"),
+        "{v}"
+    );
+    let phases = r["phases"].as_array().unwrap();
+    let names: Vec<&str> = phases
+        .iter()
+        .map(|p| p["phase"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "dns",
+            "tcp",
+            "handshake",
+            "first_event",
+            "resume",
+            "all_events",
+            "close"
+        ]
+    );
+    assert!(phases.iter().all(|p| p["ok"] == true), "{r}");
+    assert!(
+        phases[4]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("resumed from seq 4")
+    );
+    assert_eq!(r["attempts"], 2, "one connect before the drop, one after");
+    assert_eq!(metric(srv.local_addr(), "pollcap_resumes_total"), 1.0);
+    // A server that keeps no runs: the resume phase names the refusal.
+    let off = agent_server(&[("POLLCAP_STORE", "off")], 20 * MS);
+    let (r, code) = probe_with(&url(off.local_addr()), "2", "x", &["--drop-after", "2"]);
+    assert_eq!(code, Some(1));
+    let v = verdict(&r);
+    assert!(
+        v.starts_with("FAIL at resume") && v.contains("resume_unavailable"),
+        "{v}"
+    );
+    // A run shorter than --drop-after cannot test resume: said so.
+    let (r, _) = probe_with(&u, "2", "x", &["--drop-after", "500"]);
+    let v = verdict(&r);
+    assert!(
+        v.starts_with("FAIL at resume") && v.contains("before --drop-after 500"),
+        "{v}"
+    );
 }

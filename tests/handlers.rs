@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -75,6 +74,13 @@ fn a_panicking_handler_closes_its_connection_1011_and_the_server_survives() {
         let (mut victim, _) = ws_connect(a, None).unwrap();
         let (mut bystander, _) = ws_connect(a, None).unwrap();
         victim.send(Message::text("boom")).unwrap();
+        // The run's end is told first (a resumed follower learns it too),
+        // then the connection closes.
+        let e = next_event(&mut victim);
+        assert_eq!(
+            (e["type"].as_str(), e["code"].as_str(), e["seq"].as_u64()),
+            (Some("error"), Some("handler_failure"), Some(1))
+        );
         match victim.read() {
             Ok(Message::Close(Some(f))) => {
                 assert_eq!(f.code, CloseCode::Error);
@@ -126,9 +132,10 @@ fn a_full_pool_answers_overloaded_and_recovers() {
 }
 
 #[test]
-fn closing_a_connection_cancels_its_runs() {
-    // A run still holding a worker when its client leaves sees its cancel flag.
-    struct Watch(Arc<AtomicBool>, Mutex<Sender<()>>);
+fn a_close_frame_cancels_its_runs_and_a_lost_connection_does_not() {
+    // A run holding a worker reports whether its cancel flag was set
+    // before its one-second pause ended.
+    struct Watch(Mutex<Sender<bool>>);
     impl Handler for Watch {
         fn name(&self) -> &'static str {
             "watch"
@@ -137,24 +144,44 @@ fn closing_a_connection_cancels_its_runs() {
             &[]
         }
         fn message(&self, _: &Session, _: Inbound, out: &Outbox) {
-            self.1.lock().unwrap().send(()).unwrap();
-            let cancelled = !out.pause(Duration::from_secs(5));
-            self.0.store(cancelled, Ordering::SeqCst);
-            self.1.lock().unwrap().send(()).unwrap();
+            self.0.lock().unwrap().send(false).unwrap();
+            let cancelled = !out.pause(Duration::from_secs(1));
+            self.0.lock().unwrap().send(cancelled).unwrap();
         }
     }
+    // (store, how the client leaves, whether the run is cancelled)
+    let cases: [(&str, bool, bool); 3] = [
+        ("memory", true, true),   // a Close frame: the client ended it
+        ("memory", false, false), // TCP gone: the run goes on, kept for resume
+        ("off", false, true),     // nothing keeps runs: lost means cancelled
+    ];
     each_backend(|kind| {
-        let flag = Arc::new(AtomicBool::new(false));
-        let (tx, rx) = channel();
-        let app = Arc::new(Watch(flag.clone(), Mutex::new(tx)));
-        let srv = start(kind, &[], |c| c.app = App::Handler(app.clone()));
-        let (mut ws, _) = ws_connect(srv.local_addr(), None).unwrap();
-        ws.send(Message::text("work")).unwrap();
-        rx.recv_timeout(Duration::from_secs(5)).unwrap();
-        drop(ws); // TCP closed without a close handshake
-        rx.recv_timeout(Duration::from_secs(3))
-            .expect("run ended early");
-        assert!(flag.load(Ordering::SeqCst), "the run saw its cancel flag");
+        for (store, close_frame, cancelled) in cases {
+            let (tx, rx) = channel();
+            let app = Arc::new(Watch(Mutex::new(tx)));
+            let srv = start(kind, &[("POLLCAP_STORE", store)], |c| {
+                c.app = App::Handler(app.clone())
+            });
+            let (mut ws, _) = ws_connect(srv.local_addr(), None).unwrap();
+            ws.send(Message::text("work")).unwrap();
+            rx.recv_timeout(Duration::from_secs(5)).unwrap();
+            if close_frame {
+                ws.close(None).unwrap();
+                let _ = ws.flush();
+            } else {
+                ws.get_mut().shutdown(std::net::Shutdown::Both).unwrap();
+            }
+            let saw = rx.recv_timeout(Duration::from_secs(5)).expect("run ended");
+            assert_eq!(saw, cancelled, "store={store} close_frame={close_frame}");
+            let m = metrics(srv.local_addr());
+            let count = |k: &str| m[k] as u64;
+            assert_eq!(
+                count("pollcap_runs_cancelled_total"),
+                u64::from(close_frame)
+            );
+            let detached = u64::from(!close_frame && store == "memory");
+            assert_eq!(count("pollcap_runs_detached_total"), detached);
+        }
     });
 }
 

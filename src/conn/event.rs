@@ -63,9 +63,10 @@ pub enum Event {
     /// A complete text or binary message. The owner answers it (or not)
     /// with [`super::Conn::send`] or starts a run for it.
     Message(Message),
-    /// A run passed its execution deadline; it is cancelled and no later
-    /// event of it is forwarded. `last_seq` is the last event sent.
-    RunExpired { run: u64, last_seq: u64 },
+    /// The peer sent a Close frame of its own (not an answer to ours): the
+    /// client ended the session, and the owner cancels the runs it started.
+    /// A connection that ends without one was lost, and its runs go on.
+    PeerClosed,
     /// A phase deadline expired (already acted on: Ping, Close or drop).
     Timeout(TimeoutPhase),
     /// The connection sent a Close frame with this code.

@@ -5,7 +5,7 @@
 //! ([`Cx::now`]) and appends what happened to the owner's event list
 //! ([`Event`]); requests wait for the owner's answer ([`Conn::respond`],
 //! [`Conn::accept`]), messages for the owner's reply ([`Conn::send`]) or
-//! run ([`Conn::run_started`]). It never reads the clock and never calls
+//! run ([`Conn::follow`]). It never reads the clock and never calls
 //! into the server, so tests drive a 45 s heartbeat in microseconds.
 //!
 //! The owner's loop after any call: answer the events; while
@@ -17,8 +17,8 @@
 //! an allocation per message.
 //!
 //! Jobs, one file each: `head` (the request head and the HTTP response),
-//! `ws` (the open and closing phases over tungstenite), `runs` (handler
-//! runs and their execution deadlines), `io` (the transport wrapper and
+//! `ws` (the open and closing phases over tungstenite), `runs` (the runs
+//! whose events it forwards), `io` (the transport wrapper and
 //! buffer sizing), `boundary` (frame boundaries, for giving buffers back).
 
 mod boundary;
@@ -28,8 +28,6 @@ mod io;
 mod runs;
 mod ws;
 
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use tungstenite::protocol::WebSocket;
@@ -48,7 +46,7 @@ pub struct Wake {
     pub at: Instant,
     /// Soft: the deadline may be handled up to the reactor's slack late
     /// (heartbeat, liveness, stale, lifetime). Hard: on time (connect,
-    /// handshake, pong, close, execution, the drain).
+    /// handshake, pong, close, the drain).
     pub soft: bool,
 }
 
@@ -62,7 +60,7 @@ pub struct Cx<'a> {
     pub events: &'a mut Vec<Event>,
 }
 
-/// The open phase's clocks (SPEC §2 "open" rows) and handler runs.
+/// The open phase's clocks (SPEC §2 "open" rows) and the runs followed.
 #[derive(Debug)]
 struct Open {
     opened: Instant,
@@ -239,7 +237,6 @@ impl<S: Transport> Conn<S> {
                     .ping_sent
                     .map(|sent| sent + t.ping)
                     .into_iter()
-                    .chain(open.runs.next_deadline())
                     .chain(open.drain_by)
                     .min();
                 match (firm, soft) {
@@ -309,7 +306,7 @@ impl<S: Transport> Conn<S> {
         }
     }
 
-    /// Handler runs in flight on this connection.
+    /// Runs followed on this connection (started here or resumed).
     pub fn runs_in_flight(&self) -> usize {
         match &self.phase {
             Phase::Open { open, .. } => open.runs.len(),
@@ -317,31 +314,40 @@ impl<S: Transport> Conn<S> {
         }
     }
 
-    /// The owner queued run `run` for a message of this connection; it
-    /// must finish by `cx.now + execution`. `cancel` is set when the run
-    /// must stop (deadline, close). Ignored (and cancelled) unless open.
-    pub fn run_started(&mut self, run: u64, cancel: Arc<AtomicBool>, cx: &mut Cx) {
+    /// Follows `run`: its events with `seq > after_seq` are forwarded, in
+    /// order, once each ([`Conn::run_event`]), until
+    /// [`Conn::run_finished`]. A new run follows from 0; a resumed one
+    /// from the client's `after_seq`. False (nothing followed) unless open.
+    pub fn follow(&mut self, run: u64, after_seq: u64) -> bool {
         match &mut self.phase {
             Phase::Open { open, .. } => {
-                open.runs.start(run, cx.now + cx.timeouts.execution, cancel)
+                open.runs.follow(run, after_seq);
+                true
             }
-            _ => cancel.store(true, std::sync::atomic::Ordering::Release),
+            _ => false,
         }
     }
 
     /// An event of `run` to forward as a text message; dropped when the
-    /// run timed out or the connection is closing.
-    pub fn run_event(&mut self, run: u64, seq: u64, text: String, cx: &mut Cx) {
+    /// run is not followed, when this `seq` (or a later one) went out
+    /// already, or when the connection is closing.
+    pub fn run_event(
+        &mut self,
+        run: u64,
+        seq: u64,
+        text: impl Into<tungstenite::Utf8Bytes>,
+        cx: &mut Cx,
+    ) {
         if let Phase::Open { open, .. } = &mut self.phase
             && open.runs.forward(run, seq)
         {
-            self.send(tungstenite::Message::text(text), cx);
+            self.send(tungstenite::Message::Text(text.into()), cx);
         }
     }
 
-    /// `run` is over (its handler returned); false when it was not live
-    /// here (timed out, or the connection is closing). A drain waiting for
-    /// the last run closes now.
+    /// `run` is over here (it ended, was cancelled, or its follow was
+    /// refused); false when it was not followed. A drain waiting for the
+    /// last run closes now.
     pub fn run_finished(&mut self, run: u64, cx: &mut Cx) -> bool {
         let Phase::Open { open, .. } = &mut self.phase else {
             return false;
@@ -374,10 +380,7 @@ impl<S: Transport> Conn<S> {
             Phase::Head { io, .. } | Phase::Decide { io, .. } | Phase::Respond { io, .. } => {
                 Some(io.inner)
             }
-            Phase::Open { ws, mut open } => {
-                open.runs.cancel_all();
-                Some(ws.into_inner().inner)
-            }
+            Phase::Open { ws, .. } => Some(ws.into_inner().inner),
             Phase::Closing { ws, .. } => Some(ws.into_inner().inner),
             Phase::Done(s) => s,
         };

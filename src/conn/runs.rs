@@ -1,35 +1,28 @@
-//! Handler runs in flight on one connection, each under its execution
-//! deadline (SPEC §2 "execution"): started by the owner, fed events, ended
-//! by completion, by expiry (cancelled and reported), or by the connection
-//! closing (cancelled: nothing may follow a Close frame).
-
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
-
-use super::event::Event;
+//! The runs a connection follows: the ones its messages started and the
+//! ones it resumed. Each run's events are forwarded in `seq` order and at
+//! most once (a resumed run's stored and live events may overlap); the
+//! owner decides when a run starts, ends or is cancelled (its execution
+//! deadline, its cancel flag and its store live in the server), and a
+//! drain waits for the runs followed here.
 
 #[derive(Debug)]
-struct Run {
+struct Follow {
     run: u64,
-    deadline: Instant,
-    cancel: Arc<AtomicBool>,
-    /// Last event `seq` forwarded (a timeout error continues the sequence).
+    /// Last event `seq` forwarded.
     last_seq: u64,
 }
 
 #[derive(Debug, Default)]
 pub(super) struct Runs {
-    list: Vec<Run>,
+    list: Vec<Follow>,
 }
 
 impl Runs {
-    pub(super) fn start(&mut self, run: u64, deadline: Instant, cancel: Arc<AtomicBool>) {
-        self.list.push(Run {
+    /// Follows `run`; events up to `after_seq` are not forwarded.
+    pub(super) fn follow(&mut self, run: u64, after_seq: u64) {
+        self.list.push(Follow {
             run,
-            deadline,
-            cancel,
-            last_seq: 0,
+            last_seq: after_seq,
         });
     }
 
@@ -41,23 +34,20 @@ impl Runs {
         self.list.is_empty()
     }
 
-    pub(super) fn next_deadline(&self) -> Option<Instant> {
-        self.list.iter().map(|r| r.deadline).min()
-    }
-
     /// Notes that event `seq` of `run` is being forwarded; false when the
-    /// run is not (or no longer) live here, and the event must be dropped.
+    /// run is not followed here, or `seq` was forwarded already (or an
+    /// earlier one: events only move forward).
     pub(super) fn forward(&mut self, run: u64, seq: u64) -> bool {
         match self.list.iter_mut().find(|r| r.run == run) {
-            Some(r) => {
+            Some(r) if seq > r.last_seq => {
                 r.last_seq = seq;
                 true
             }
-            None => false,
+            _ => false,
         }
     }
 
-    /// Ends `run`; false when it was not live.
+    /// Stops following `run`; false when it was not followed.
     pub(super) fn finish(&mut self, run: u64) -> bool {
         match self.list.iter().position(|r| r.run == run) {
             Some(i) => {
@@ -68,30 +58,7 @@ impl Runs {
         }
     }
 
-    /// Cancels every run due at `now` and reports each.
-    pub(super) fn expire(&mut self, now: Instant, conn: u64, out: &mut Vec<Event>) {
-        self.list.retain(|r| {
-            if now < r.deadline {
-                return true;
-            }
-            r.cancel.store(true, Ordering::Release);
-            tracing::info!(
-                conn,
-                run = r.run,
-                "execution deadline passed; run cancelled"
-            );
-            out.push(Event::RunExpired {
-                run: r.run,
-                last_seq: r.last_seq,
-            });
-            false
-        });
-    }
-
-    /// Cancels every run (no more events will be delivered).
-    pub(super) fn cancel_all(&mut self) {
-        for r in self.list.drain(..) {
-            r.cancel.store(true, Ordering::Release);
-        }
+    pub(super) fn clear(&mut self) {
+        self.list.clear();
     }
 }

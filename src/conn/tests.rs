@@ -8,6 +8,7 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 use tungstenite::Message;
@@ -542,7 +543,12 @@ fn agent_run(input: &str, run: u64) -> Vec<crate::app::MailKind> {
     use crate::reactor::{BackendKind, CapStrategy, Reactor};
     let r = Reactor::new(BackendKind::Mio, CapStrategy::Spin).unwrap();
     let mailbox = Arc::new(Mailbox::new(r.waker()));
-    let out = Outbox::new(0, 1, run, Arc::new(AtomicBool::new(false)), mailbox.clone());
+    let out = Outbox::new(
+        run,
+        format!("r{run}"),
+        Arc::new(AtomicBool::new(false)),
+        mailbox.clone(),
+    );
     let agent = AgentChat {
         pacing: Duration::ZERO,
     };
@@ -571,8 +577,6 @@ fn read_events(client: &mut WebSocket<End>) -> Vec<serde_json::Value> {
 fn a_full_agent_chat_run_streams_every_event_in_order() {
     use crate::app::{MailKind, stamp};
     let mut h = owner();
-    // Execution (2 s) comes before the first heartbeat (5 s).
-    h.timeouts.execution = secs(2.0);
     let t0 = Instant::now();
     let (mut c, mut client) = open(&mut h, t0);
     let msg = r#"{"type":"user_message","text":"hello deadline world","thread_id":"t"}"#;
@@ -581,11 +585,8 @@ fn a_full_agent_chat_run_streams_every_event_in_order() {
     c.handle_io(true, false, &mut h.cx(t0));
     let events = std::mem::take(&mut h.events);
     assert!(matches!(&events[..], [Event::Message(Message::Text(t))] if t.as_str() == msg));
-    let cancel = Arc::new(AtomicBool::new(false));
-    c.run_started(1, cancel.clone(), &mut h.cx(t0));
+    assert!(c.follow(1, 0));
     assert_eq!(c.runs_in_flight(), 1);
-    // The run's execution deadline is now the earliest.
-    assert_eq!(h.due(&c), Some(t0 + h.timeouts.execution));
     // Its events arrive over about 1 s of injected time, each stamped by
     // the owner.
     let mut now = t0;
@@ -602,7 +603,6 @@ fn a_full_agent_chat_run_streams_every_event_in_order() {
         }
     }
     assert_eq!(c.runs_in_flight(), 0);
-    assert!(!cancel.load(std::sync::atomic::Ordering::Acquire));
     let got = read_events(&mut client);
     let types: Vec<&str> = got.iter().map(|e| e["type"].as_str().unwrap()).collect();
     assert_eq!(types.first(), Some(&"agent_started"));
@@ -621,62 +621,57 @@ fn a_full_agent_chat_run_streams_every_event_in_order() {
         got.iter()
             .all(|e| e["ts"].as_u64() == Some(1_000 + e["seq"].as_u64().unwrap()))
     );
-    // Nothing expired: the run finished within its deadline.
-    assert_eq!(h.timeouts_of(TimeoutPhase::Execution), 0);
     assert_eq!(c.phase(), PhaseName::Open);
 }
 
 #[test]
-fn a_run_past_its_execution_deadline_is_cancelled_and_reported() {
+fn a_followed_run_is_forwarded_in_order_and_once_each() {
     let mut h = owner();
     let t0 = Instant::now();
     let (mut c, mut client) = open(&mut h, t0);
-    let cancel = Arc::new(AtomicBool::new(false));
-    c.run_started(7, cancel.clone(), &mut h.cx(t0));
-    c.run_event(
-        7,
-        1,
-        r#"{"type":"agent_started","run_id":"r1-7","seq":1}"#.into(),
-        &mut h.cx(t0),
-    );
-    c.flush(&mut h.cx(t0));
-    assert_eq!(read_events(&mut client).len(), 1);
-    // Keep the connection alive meanwhile (pings answered), so only the
-    // execution deadline can fire.
-    let deadline = t0 + h.timeouts.execution;
-    assert_eq!(h.due(&c), Some(t0 + h.timeouts.heartbeat_interval));
-    let mut now = t0;
-    while now + Duration::from_secs(4) < deadline {
-        now += Duration::from_secs(4);
-        client.send(Message::Ping(vec![].into())).unwrap();
-        h.io(&mut c, now);
-        h.timeout(&mut c, now);
+    let ev = |seq: u64| format!(r#"{{"type":"agent_thinking","run_id":"r","seq":{seq}}}"#);
+    // A resume from after_seq 2: what the client has is not sent again,
+    // a repeat or a step back is dropped, the run's end stops the rest.
+    assert!(c.follow(7, 2));
+    for seq in [1, 2, 3, 3, 4, 2, 5] {
+        c.run_event(7, seq, ev(seq), &mut h.cx(t0));
     }
-    assert_eq!(h.due(&c), Some(deadline));
-    h.timeout(&mut c, deadline - Duration::from_millis(1));
-    assert!(
-        !cancel.load(std::sync::atomic::Ordering::Acquire),
-        "not yet"
-    );
-    h.timeout(&mut c, deadline);
-    assert!(
-        cancel.load(std::sync::atomic::Ordering::Acquire),
-        "the handler is told to stop"
-    );
-    assert_eq!(
-        h.count(&Event::RunExpired {
-            run: 7,
-            last_seq: 1
-        }),
-        1
-    );
-    assert_eq!(c.runs_in_flight(), 0);
-    // Later output of the run is dropped, and its end changes nothing.
-    c.run_event(7, 2, r#"{"late":true}"#.into(), &mut h.cx(deadline));
-    assert!(!c.run_finished(7, &mut h.cx(deadline)));
-    c.flush(&mut h.cx(deadline));
-    assert!(read_events(&mut client).is_empty());
+    // Events of a run not followed here go nowhere.
+    c.run_event(8, 1, ev(1), &mut h.cx(t0));
+    assert!(c.run_finished(7, &mut h.cx(t0)));
+    assert!(!c.run_finished(7, &mut h.cx(t0)), "only once");
+    c.run_event(7, 6, ev(6), &mut h.cx(t0));
+    c.flush(&mut h.cx(t0));
+    let seqs: Vec<u64> = read_events(&mut client)
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, [3, 4, 5]);
     assert_eq!(c.phase(), PhaseName::Open, "the connection stays open");
+}
+
+#[test]
+fn only_a_close_the_client_starts_is_reported_as_peer_closed() {
+    let mut h = owner();
+    let t0 = Instant::now();
+    // The client's own Close: reported, and nothing more goes out.
+    let (mut c, mut client) = open(&mut h, t0);
+    c.follow(1, 0);
+    client.close(None).unwrap();
+    h.io(&mut c, t0);
+    assert_eq!(h.count(&Event::PeerClosed), 1);
+    assert_ne!(c.phase(), PhaseName::Open, "closing or done");
+    c.run_event(1, 1, r#"{"late":true}"#, &mut h.cx(t0));
+    c.flush(&mut h.cx(t0));
+    assert!(matches!(client.read(), Ok(Message::Close(_))));
+    assert!(read_events(&mut client).is_empty());
+    // The client answering our Close: not reported (the server ended it).
+    let (mut c, mut client) = open(&mut h, t0);
+    h.drive(&mut c, t0, |c, cx| c.shutdown(cx));
+    expect_close(&mut client, 1001, "server shutting down");
+    let _ = client.flush();
+    h.io(&mut c, t0);
+    assert_eq!(h.count(&Event::PeerClosed), 1, "still the first one only");
 }
 
 #[test]
@@ -687,10 +682,8 @@ fn a_drain_waits_for_runs_in_flight_then_closes_1001() {
     let (mut a, mut client_a) = open(&mut h, t0);
     let (mut b, mut client_b) = open(&mut h, t0);
     let (mut idle, mut client_idle) = open(&mut h, t0);
-    let cancel_a = Arc::new(AtomicBool::new(false));
-    let cancel_b = Arc::new(AtomicBool::new(false));
-    a.run_started(1, cancel_a.clone(), &mut h.cx(t0));
-    b.run_started(1, cancel_b.clone(), &mut h.cx(t0));
+    a.follow(1, 0);
+    b.follow(1, 0);
     for c in [&mut a, &mut b, &mut idle] {
         h.drive(c, t0, |c, cx| c.shutdown(cx));
     }
@@ -703,12 +696,7 @@ fn a_drain_waits_for_runs_in_flight_then_closes_1001() {
     assert_eq!(h.due(&a), Some(half));
     // A finishes its run in time: its last event, then the Close.
     let t1 = t0 + Duration::from_millis(100);
-    a.run_event(
-        1,
-        1,
-        r#"{"type":"agent_completed","seq":1}"#.into(),
-        &mut h.cx(t1),
-    );
+    a.run_event(1, 1, r#"{"type":"agent_completed","seq":1}"#, &mut h.cx(t1));
     h.drive(&mut a, t1, |c, cx| {
         c.run_finished(1, cx);
     });
@@ -717,10 +705,8 @@ fn a_drain_waits_for_runs_in_flight_then_closes_1001() {
         "the run's last event went out before the Close"
     );
     expect_close(&mut client_a, 1001, "server shutting down");
-    assert!(!cancel_a.load(std::sync::atomic::Ordering::Acquire));
-    // B does not: at half the close deadline it is closed and its run cancelled.
+    // B does not: at half the close deadline it is closed.
     h.timeout(&mut b, half);
-    assert!(cancel_b.load(std::sync::atomic::Ordering::Acquire));
     expect_close(&mut client_b, 1001, "server shutting down");
     assert_eq!(b.phase(), PhaseName::Closing);
     // The closing handshake then has the rest of the close deadline.
@@ -753,7 +739,7 @@ fn answers_go_out_before_the_close_that_a_later_frame_brings() {
 }
 
 #[test]
-fn heartbeats_are_soft_and_pongs_executions_and_closes_are_hard() {
+fn heartbeats_are_soft_and_pongs_drains_and_closes_are_hard() {
     let mut h = owner();
     let t0 = Instant::now();
     let slack = Duration::from_millis(50);
@@ -767,28 +753,29 @@ fn heartbeats_are_soft_and_pongs_executions_and_closes_are_hard() {
             soft: true
         })
     );
-    // A run due within the slack after the heartbeat: reported hard, and
+    // A drain due within the slack after the heartbeat: reported hard, and
     // the heartbeat is handled with it.
-    h.timeouts.execution = t.heartbeat_interval + Duration::from_millis(20);
-    let cancel = Arc::new(AtomicBool::new(false));
-    c.run_started(1, cancel, &mut h.cx(t0));
-    let exec = t0 + h.timeouts.execution;
+    let mut d = owner();
+    d.timeouts.close = (t.heartbeat_interval + Duration::from_millis(20)) * 2;
+    let (mut busy, _client_busy) = open(&mut d, t0);
+    busy.follow(1, 0);
+    d.drive(&mut busy, t0, |c, cx| c.shutdown(cx));
+    let drain = t0 + d.timeouts.close / 2;
     assert_eq!(
-        c.poll_timeout(&t, slack),
+        busy.poll_timeout(&t, slack),
         Some(Wake {
-            at: exec,
+            at: drain,
             soft: false
         })
     );
     // With no slack the heartbeat comes first, still soft.
     assert_eq!(
-        c.poll_timeout(&t, Duration::ZERO),
+        busy.poll_timeout(&t, Duration::ZERO),
         Some(Wake {
             at: t0 + t.heartbeat_interval,
             soft: true
         })
     );
-    assert!(c.run_finished(1, &mut h.cx(t0)));
     // The ping is sent: its pong deadline is hard.
     let t1 = t0 + t.heartbeat_interval + Duration::from_millis(30);
     h.timeout(&mut c, t1);

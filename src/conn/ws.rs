@@ -61,7 +61,10 @@ impl<S: Transport> Conn<S> {
                     break;
                 }
                 Message::Close(_) => {
-                    // tungstenite queued the echo of the peer's Close.
+                    // The client ended the session itself (not an answer
+                    // to ours): its runs are cancelled. tungstenite queued
+                    // the echo of the peer's Close.
+                    cx.events.push(Event::PeerClosed);
                     let deadline = cx.now + cx.timeouts.close;
                     self.enter_closing(deadline, true);
                 }
@@ -177,7 +180,6 @@ impl<S: Transport> Conn<S> {
 
     pub(super) fn ws_timeout(&mut self, cx: &mut Cx) {
         if let Phase::Open { open, .. } = &mut self.phase {
-            open.runs.expire(cx.now, self.id, cx.events);
             if open.drain_by.is_some_and(|d| cx.now >= d) {
                 tracing::info!(
                     conn = self.id,
@@ -301,8 +303,8 @@ impl<S: Transport> Conn<S> {
             else {
                 unreachable!()
             };
-            // No more events will be delivered: let running handlers stop.
-            open.runs.cancel_all();
+            // Nothing may follow a Close frame: no more events go out here.
+            open.runs.clear();
             self.phase = Phase::Closing {
                 ws,
                 deadline,

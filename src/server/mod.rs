@@ -23,7 +23,7 @@ mod worker;
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -38,6 +38,7 @@ use crate::app::{App, Mailbox, Pool};
 use crate::breaker::Breaker;
 use crate::metrics::ServerMetrics;
 use crate::reactor::{Reactor, ReactorStats, Waker};
+use crate::store::{Deliveries, Store};
 use worker::Worker;
 
 /// State shared by every reactor thread.
@@ -48,6 +49,11 @@ struct Shared {
     wakers: Vec<Arc<Waker>>,
     inboxes: Vec<Mutex<Vec<TcpStream>>>,
     mailboxes: Vec<Arc<Mailbox>>,
+    /// Each reactor's deliveries from the run store.
+    deliveries: Deliveries,
+    store: Store,
+    /// Run numbers (and follow tokens), unique in the process.
+    next_run: AtomicU64,
     breaker: Mutex<Breaker>,
     pool: Option<Pool>,
     draining: AtomicBool,
@@ -120,7 +126,15 @@ impl Server {
             App::Handler(_) => Some(Pool::new(s.pool_threads, s.pool_queue)?),
             App::Echo => None,
         };
+        let deliveries: Deliveries = reactors
+            .iter()
+            .map(|r| Arc::new(Mailbox::new(r.waker())))
+            .collect();
+        let store = Store::start(&s.store, s.resume, deliveries.clone())?;
         let shared = Arc::new(Shared {
+            deliveries,
+            store,
+            next_run: AtomicU64::new(0),
             metrics: ServerMetrics::default(),
             stats: reactors.iter().map(|r| r.stats()).collect(),
             wakers: reactors.iter().map(|r| r.waker()).collect(),

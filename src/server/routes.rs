@@ -43,6 +43,7 @@ pub(super) fn report(sh: &Shared, now: Instant) -> Report<'_> {
                 c.reload_failures_total.load(Relaxed),
             )
         }),
+        store: sh.store.view(),
     }
 }
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use mio::net::{TcpListener, TcpStream};
 use slab::Slab;
 
-use super::runs::{self, RunCx};
+use super::runs::{self, HomeRuns, RunCx, RunRef};
 use super::{Shared, admission, routes};
 use crate::app::{App, Session};
 use crate::conn::{Conn, Cx, Event};
@@ -25,6 +25,8 @@ pub(super) const LISTENER: usize = usize::MAX - 1;
 const SWEEP: usize = usize::MAX - 2;
 pub(super) const DRAIN: usize = usize::MAX - 3;
 const ACCEPT: usize = usize::MAX - 4;
+/// The earliest execution deadline of the runs homed here.
+const RUNS: usize = usize::MAX - 5;
 
 /// Messages one connection may have answered in one go; past it, the
 /// connection waits for the next turn (which does not block) so that
@@ -47,8 +49,8 @@ pub(super) struct Entry {
     /// Set once admitted: the connection holds a `max_connections` slot
     /// and the application's `close` is owed.
     pub session: Option<Arc<Session>>,
-    /// Run numbers handed out so far.
-    pub next_run: u64,
+    /// The runs it follows: started here, or resumed.
+    pub runs: Vec<RunRef>,
 }
 
 /// One reactor thread and the connections it owns.
@@ -72,6 +74,9 @@ pub(super) struct Worker {
     /// Connections that stopped at their read budget with input left,
     /// resumed after the next (non-blocking) turn.
     backlog: Vec<usize>,
+    /// The runs started on this reactor, and their one timer.
+    pub(super) home: HomeRuns,
+    pub(super) runs_timer: TimerId,
 }
 
 impl Worker {
@@ -90,6 +95,7 @@ impl Worker {
         // The audit is a soft deadline: it may run up to a slack late.
         reactor.timers().set_soft(sweep, Some(first_sweep));
         let accept_retry = reactor.timers().insert(ACCEPT);
+        let runs_timer = reactor.timers().insert(RUNS);
         Ok(Worker {
             index,
             reactor,
@@ -105,6 +111,8 @@ impl Worker {
             drain: None,
             accept_retry,
             backlog: Vec::new(),
+            home: HomeRuns::default(),
+            runs_timer,
         })
     }
 
@@ -123,6 +131,7 @@ impl Worker {
             if turn.woken {
                 self.take_inbox(now);
                 self.take_mail(now);
+                self.take_deliveries(now);
                 if self.drain.is_none() && self.shared.draining.load(Relaxed) {
                     self.start_drain(now);
                 }
@@ -142,6 +151,7 @@ impl Worker {
                     SWEEP => self.audit(now),
                     ACCEPT => self.resume_accept(now),
                     DRAIN => self.drain_deadline(),
+                    RUNS => self.expire_runs(now),
                     key => self.drive(key, now, |e, cx, _| e.conn.handle_timeout(cx)),
                 }
             }
@@ -168,7 +178,7 @@ impl Worker {
         &mut self,
         key: usize,
         now: Instant,
-        f: impl FnOnce(&mut Entry, &mut Cx, &RunCx),
+        f: impl FnOnce(&mut Entry, &mut Cx, &mut RunCx),
     ) {
         let wall = self.reactor.wall();
         let Worker {
@@ -179,6 +189,7 @@ impl Worker {
             index,
             drain,
             backlog,
+            home,
             ..
         } = self;
         let Some(e) = conns.get_mut(key) else {
@@ -191,19 +202,20 @@ impl Worker {
             limits: &settings.limits,
             events,
         };
-        let rc = RunCx {
+        let mut rc = RunCx {
             shared,
             reactor: *index,
             wall,
             draining: drain.is_some(),
+            home,
         };
-        f(e, &mut cx, &rc);
+        f(e, &mut cx, &mut rc);
         let mut budget = READ_BUDGET;
         loop {
             while !cx.events.is_empty() {
                 std::mem::swap(spare, cx.events);
                 for ev in spare.drain(..) {
-                    answer(&rc, key, e, ev, &mut cx);
+                    answer(&mut rc, key, e, ev, &mut cx);
                 }
             }
             if e.conn.has_more_input() {
@@ -222,7 +234,22 @@ impl Worker {
                 break;
             }
         }
+        self.arm_runs_timer();
         self.sync(key);
+    }
+
+    /// [`Worker::drive`] on connection `key` if it is still connection
+    /// `conn_id` (the slot may have been reused).
+    pub(super) fn drive_conn(
+        &mut self,
+        key: usize,
+        conn_id: u64,
+        now: Instant,
+        f: impl FnOnce(&mut Entry, &mut Cx, &mut RunCx),
+    ) {
+        if self.conns.get(key).is_some_and(|e| e.conn.id() == conn_id) {
+            self.drive(key, now, f);
+        }
     }
 
     fn accept(&mut self, now: Instant) {
@@ -325,15 +352,12 @@ impl Worker {
         }
     }
 
-    /// Delivers handler output to its connections (if still the same one).
-    fn take_mail(&mut self, now: Instant) {
-        for mail in self.shared.mailboxes[self.index].take() {
-            let key = mail.key;
-            match self.conns.get(key) {
-                Some(e) if e.conn.id() == mail.conn_id => {}
-                _ => continue, // gone, or the slot was reused
-            }
-            self.drive(key, now, |e, cx, rc| runs::deliver(rc, e, mail, cx));
+    /// Delivers what the run store has for connections following runs.
+    fn take_deliveries(&mut self, now: Instant) {
+        for d in self.shared.deliveries[self.index].take() {
+            self.drive_conn(d.key, d.conn_id, now, |e, cx, _| {
+                runs::on_delivery(e, d.token, d.what, cx)
+            });
         }
     }
 
@@ -361,7 +385,7 @@ impl Worker {
             timer,
             interest: Interest::READABLE,
             session: None,
-            next_run: 0,
+            runs: Vec::new(),
         });
         self.sync(key);
     }
@@ -394,6 +418,7 @@ impl Worker {
 
     pub(super) fn remove(&mut self, key: usize) {
         let mut e = self.conns.remove(key);
+        self.detach_runs(key, &mut e);
         if let Some(s) = e.conn.stream_mut() {
             let _ = self.reactor.deregister_before_close(s);
         }
@@ -410,6 +435,7 @@ impl Worker {
     /// The audit sweep: any connection whose phase deadline has passed while
     /// the queue holds no earlier-or-equal deadline for it was missed.
     fn audit(&mut self, now: Instant) {
+        self.shared.store.sweep(now);
         let t = self.shared.cfg.settings.timeouts;
         let slack = self.reactor.slack();
         let mut missed = Vec::new();
@@ -458,7 +484,7 @@ impl Worker {
 }
 
 /// Answers one event of connection `key`: the decisions of SPEC §4–§5.
-fn answer(rc: &RunCx, key: usize, e: &mut Entry, ev: Event, cx: &mut Cx) {
+fn answer(rc: &mut RunCx, key: usize, e: &mut Entry, ev: Event, cx: &mut Cx) {
     let sh = rc.shared;
     let m = &sh.metrics;
     match ev {
@@ -493,7 +519,7 @@ fn answer(rc: &RunCx, key: usize, e: &mut Entry, ev: Event, cx: &mut Cx) {
             m.handshake_latency.record_us(handshake.as_micros() as u64);
         }
         Event::Message(msg) => runs::on_message(rc, key, e, msg, cx),
-        Event::RunExpired { run, last_seq } => runs::on_expired(rc, e, run, last_seq, cx),
+        Event::PeerClosed => runs::on_peer_closed(rc, e, cx.now),
         Event::Timeout(phase) => m.timeout(phase),
         Event::CloseSent(code) => m.close_sent(code),
         Event::Compacted => {

@@ -12,6 +12,7 @@ use serde_json::Value;
 
 use super::{AppKind, Profile, Settings};
 use crate::reactor::{BackendKind, CapStrategy};
+use crate::store::StoreKind;
 
 /// Where a setting is shown: the top level, or one named group.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,6 +24,8 @@ pub enum Group {
     Server,
     Auth,
     Tls,
+    /// The run store and resume (SPEC §5 "Resume").
+    Resume,
 }
 
 impl Group {
@@ -35,6 +38,7 @@ impl Group {
             Group::Server => Some("server"),
             Group::Auth => Some("auth"),
             Group::Tls => Some("tls"),
+            Group::Resume => Some("resume"),
         }
     }
 }
@@ -676,6 +680,70 @@ pub static DECLS: &[Decl] = &[
         },
         show: |s| show_path(&s.tls_key),
     },
+    Decl {
+        name: "store",
+        flag: Some("store"),
+        env: Some("POLLCAP_STORE"),
+        kind: Kind::Value,
+        value_name: "memory|off|redis://HOST:PORT[/DB]",
+        help: "Where runs' events are kept for resume: in this process (memory), nowhere \
+               (off: a lost connection cancels its runs), or in Redis Streams shared by \
+               every instance",
+        group: Group::Resume,
+        default: Default::Fixed("memory"),
+        set: |s, v| {
+            s.store = StoreKind::parse(v)?;
+            Ok(())
+        },
+        show: |s| Some(s.store.to_string().into()),
+    },
+    Decl {
+        name: "resume_window",
+        flag: Some("resume-window"),
+        env: Some("POLLCAP_RESUME_WINDOW"),
+        kind: Kind::Value,
+        value_name: "SECS",
+        help: "Seconds a run's events stay resumable after its last event",
+        group: Group::Resume,
+        default: Default::Fixed("300"),
+        set: |s, v| {
+            s.resume.window = seconds(v)?;
+            Ok(())
+        },
+        show: |s| secs_value(s.resume.window),
+    },
+    count!(
+        Resume,
+        resume.run_events,
+        "resume-run-events",
+        "POLLCAP_RESUME_RUN_EVENTS",
+        "10000",
+        "Events kept per run (older ones are dropped; resuming before them is refused)"
+    ),
+    count!(
+        Resume,
+        resume.run_bytes,
+        "resume-run-bytes",
+        "POLLCAP_RESUME_RUN_BYTES",
+        "1048576",
+        "Event bytes kept per run (memory store)"
+    ),
+    count!(
+        Resume,
+        resume.total_events,
+        "resume-total-events",
+        "POLLCAP_RESUME_TOTAL_EVENTS",
+        "1000000",
+        "Events kept in all (memory store; the oldest finished runs go first)"
+    ),
+    count!(
+        Resume,
+        resume.total_bytes,
+        "resume-total-bytes",
+        "POLLCAP_RESUME_TOTAL_BYTES",
+        "67108864",
+        "Bytes kept in all, events and run records (memory store)"
+    ),
 ];
 
 /// A path setting; empty is not a path.

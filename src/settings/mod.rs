@@ -20,6 +20,7 @@ pub use detect::{CloudPlatform, Environment};
 pub use timeouts::{Profile, Timeouts, secs};
 
 use crate::reactor::{BackendKind, CapStrategy};
+use crate::store::{ResumeLimits, StoreKind};
 
 /// The default cap (SPEC §1): 1 s everywhere unless configured. On Windows
 /// and in cloud containers it is the documented safety net (IOCP ignores
@@ -155,6 +156,10 @@ pub struct Settings {
     /// TLS certificate chain and key (PEM); both or neither.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// Where runs' events are kept for resume.
+    pub store: StoreKind,
+    /// How long and how much is kept.
+    pub resume: ResumeLimits,
 }
 
 impl Settings {
@@ -203,6 +208,14 @@ impl Settings {
             jwt_secret: None,
             tls_cert: None,
             tls_key: None,
+            store: StoreKind::Memory,
+            resume: ResumeLimits {
+                window: zero,
+                run_events: 0,
+                run_bytes: 0,
+                total_events: 0,
+                total_bytes: 0,
+            },
         }
     }
 
@@ -306,6 +319,7 @@ impl Settings {
                 "{given} is set but {missing} is not: TLS needs both (or neither)"
             )));
         }
+        self.resume.validate()?;
         let l = &self.limits;
         if l.max_outbound <= l.max_message + 14 {
             return Err(ConfigError::new(
@@ -352,6 +366,7 @@ impl Settings {
             Group::Server,
             Group::Auth,
             Group::Tls,
+            Group::Resume,
         ] {
             if let Some(key) = g.key() {
                 o.insert(key.into(), Value::Object(self.group(g)));

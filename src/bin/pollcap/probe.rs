@@ -1,8 +1,12 @@
 //! `pollcap probe` (SPEC §6): one `agent_chat` exchange against a live
 //! endpoint, timed phase by phase (DNS, TCP, TLS for `wss://`, handshake,
-//! first event, all events, close), every event checked, and one verdict. The tool a person
-//! runs against a staging endpoint; exit status 0 only if all of it
-//! arrived within its deadline.
+//! first event, all events, close), every event checked, and one verdict.
+//! The tool a person runs against a staging endpoint; exit status 0 only
+//! if all of it arrived within its deadline. With `--drop-after N` it
+//! leaves after N events without a Close frame, reconnects with its retry
+//! policy, resumes the run (SPEC §5) and checks that every event arrived
+//! exactly once with no gap: the `resume` phase, which shows whether
+//! resume works through the real load balancer in front.
 
 use std::time::{Duration, Instant};
 
@@ -17,13 +21,15 @@ use pollcap::settings::seconds;
 
 use super::fail;
 
-/// The phases, in order, as named in the report; `tls` only for `wss://`.
-pub const PHASES: [&str; 7] = [
+/// The phases, in order, as named in the report; `tls` only for `wss://`,
+/// `resume` only with `--drop-after`.
+pub const PHASES: [&str; 8] = [
     "dns",
     "tcp",
     "tls",
     "handshake",
     "first_event",
+    "resume",
     "all_events",
     "close",
 ];
@@ -67,13 +73,14 @@ pub struct ProbeReport {
 }
 
 impl ProbeReport {
-    fn new(url: &str) -> ProbeReport {
+    fn new(url: &str, resume: bool) -> ProbeReport {
         ProbeReport {
             url: url.to_string(),
             attempts: 0,
             phases: PHASES
                 .iter()
                 .filter(|&&name| name != "tls" || url.starts_with("wss://"))
+                .filter(|&&name| name != "resume" || resume)
                 .map(|&name| PhaseResult {
                     name,
                     duration: None,
@@ -193,6 +200,11 @@ pub struct ProbeArgs {
     /// Seconds for the closing handshake.
     #[arg(long, default_value = "2")]
     close_timeout: String,
+    /// Leave after N events without a Close frame (as a lost network
+    /// would), reconnect with the retry policy, resume the run and check
+    /// that every event arrives exactly once with no gap.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    drop_after: Option<u64>,
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -244,7 +256,7 @@ pub fn command(args: ProbeArgs) -> ExitCode {
         cfg = cfg.bearer(t);
     }
     cfg.ca_file = args.ca_file.clone();
-    let report = probe(&args.url, cfg, &args.text);
+    let report = probe(&args.url, cfg, &args.text, args.drop_after);
     if args.json {
         println!(
             "{}",
@@ -309,11 +321,14 @@ impl RunCheck {
             return Err(format!("{kind} out of order"));
         }
         let seq = v.seq.ok_or_else(|| format!("{kind} without seq"))?;
-        if self.last_seq.is_some_and(|s| seq <= s) {
-            return Err(format!(
-                "seq {seq} after {} is not increasing",
-                self.last_seq.unwrap_or(0)
-            ));
+        let want = self.last_seq.unwrap_or(0) + 1;
+        if seq != want {
+            return Err(match self.last_seq {
+                Some(last) => format!(
+                    "seq {seq} after {last}: expected {want} (seq grows by exactly 1: a gap or a repeat)"
+                ),
+                None => format!("seq {seq} as the first event: expected 1"),
+            });
         }
         let run = v
             .run_id
@@ -350,12 +365,18 @@ impl RunCheck {
     pub fn run_id(&self) -> &str {
         self.run_id.as_deref().unwrap_or("")
     }
+
+    /// The last `seq` accepted (0 before the first event).
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq.unwrap_or(0)
+    }
 }
 
 /// Runs the probe. `cfg` should carry the token (if any); the `agent_chat`
-/// subprotocol is offered here.
-pub fn probe(url: &str, mut cfg: ClientConfig, text: &str) -> ProbeReport {
-    let mut report = ProbeReport::new(url);
+/// subprotocol is offered here. `drop_after`: leave after that many
+/// events without a Close frame, then reconnect and resume.
+pub fn probe(url: &str, mut cfg: ClientConfig, text: &str, drop_after: Option<u64>) -> ProbeReport {
+    let mut report = ProbeReport::new(url, drop_after.is_some());
     cfg.subprotocols = vec!["agent_chat".into()];
     let mut client = Client::new(cfg);
     let (mut conn, rep) = match client.connect(url) {
@@ -395,11 +416,14 @@ pub fn probe(url: &str, mut cfg: ClientConfig, text: &str) -> ProbeReport {
         return report.fail("first_event", None, e.to_string());
     }
     let mut check = RunCheck::default();
+    // Set once dropped: when, and the events received before.
+    let mut dropped: Option<(Instant, u64)> = None;
+    let mut resumed = false;
     loop {
-        let phase = if report.events == 0 {
-            "first_event"
-        } else {
-            "all_events"
+        let phase = match (report.events, dropped, resumed) {
+            (0, _, _) => "first_event",
+            (_, Some(_), false) => "resume",
+            _ => "all_events",
         };
         let m = match conn.recv() {
             Ok(m) => m,
@@ -413,13 +437,48 @@ pub fn probe(url: &str, mut cfg: ClientConfig, text: &str) -> ProbeReport {
             Some(v) => v,
             None => {
                 let why = "event is not a JSON text message".to_string();
-                return report.fail("all_events", Some(sent.elapsed()), why);
+                return report.fail(phase, Some(sent.elapsed()), why);
             }
         };
-        match check.event(&v) {
-            Ok(false) => {}
-            Ok(true) => break,
-            Err(why) => return report.fail("all_events", Some(sent.elapsed()), why),
+        let done = match check.event(&v) {
+            Ok(done) => done,
+            Err(why) => return report.fail(phase, Some(sent.elapsed()), why),
+        };
+        if let Some((at, before)) = dropped
+            && !resumed
+        {
+            resumed = true;
+            let detail = format!(
+                "dropped after {before} events, reconnected, resumed from seq {}",
+                before + 1
+            );
+            report.pass("resume", at.elapsed(), detail);
+        }
+        if done {
+            if drop_after.is_some() && dropped.is_none() {
+                let why = format!(
+                    "the run ended after {} events, before --drop-after {}",
+                    report.events,
+                    drop_after.unwrap_or(0)
+                );
+                return report.fail("resume", None, why);
+            }
+            break;
+        }
+        if drop_after == Some(report.events as u64) && dropped.is_none() {
+            // Gone without a Close frame: the server keeps the run.
+            conn.abort();
+            let at = Instant::now();
+            dropped = Some((at, check.last_seq()));
+            let (next, rep) = match client.connect(url) {
+                Ok(ok) => ok,
+                Err(e) => return report.fail("resume", Some(at.elapsed()), e.to_string()),
+            };
+            report.attempts += rep.attempts;
+            conn = next;
+            if let Err(e) = conn.resume(check.run_id(), check.last_seq()) {
+                return report.fail("resume", Some(at.elapsed()), e.to_string());
+            }
         }
     }
     let all = sent.elapsed();
@@ -435,13 +494,19 @@ pub fn probe(url: &str, mut cfg: ClientConfig, text: &str) -> ProbeReport {
         Err(e) => return report.fail("close", None, e.to_string()),
     }
     report.ok = true;
-    // first_event lies inside all_events: leave it out of the sum.
+    // first_event and resume lie inside all_events: leave them out of the sum.
     let total: Duration = ["dns", "tcp", "tls", "handshake", "all_events", "close"]
         .iter()
         .filter_map(|&n| report.phase(n).and_then(|p| p.duration))
         .sum();
+    let resumed = match dropped {
+        Some((_, before)) => {
+            format!(", resumed after a drop at event {before}: exactly once, no gap")
+        }
+        None => String::new(),
+    };
     report.verdict = format!(
-        "OK: all five event types in order, {} events in {:.1} ms (total {:.1} ms, {} attempt{})",
+        "OK: all five event types in order, {} events in {:.1} ms{resumed} (total {:.1} ms, {} attempt{})",
         report.events,
         all.as_secs_f64() * 1e3,
         total.as_secs_f64() * 1e3,
@@ -502,7 +567,13 @@ mod tests {
         assert_eq!(run(&r).unwrap_err(), "tool_executing out of order");
         let mut r = good_run();
         r[2]["seq"] = json!(2);
-        assert!(run(&r).unwrap_err().contains("not increasing"));
+        assert!(run(&r).unwrap_err().contains("seq 2 after 2: expected 3"));
+        let mut r = good_run();
+        r[2]["seq"] = json!(4);
+        assert!(run(&r).unwrap_err().contains("a gap or a repeat"));
+        let mut r = good_run();
+        r[0]["seq"] = json!(2);
+        assert!(run(&r).unwrap_err().contains("expected 1"));
         let mut r = good_run();
         r[5]["final"] = json!("hell");
         assert!(run(&r).unwrap_err().contains("concatenation"));
@@ -520,7 +591,7 @@ mod tests {
 
     #[test]
     fn a_failed_phase_makes_the_verdict_and_leaves_later_phases_unreached() {
-        let r = ProbeReport::new("ws://x/ws").fail("tcp", None, "refused".into());
+        let r = ProbeReport::new("ws://x/ws", false).fail("tcp", None, "refused".into());
         assert!(!r.ok);
         assert_eq!(r.verdict, "FAIL at tcp: refused");
         assert_eq!(r.phases[0].ok, Some(true), "dns passed to reach tcp");
@@ -531,7 +602,7 @@ mod tests {
         assert_eq!(j["phases"][1]["ok"], false);
         assert!(r.to_text().contains("handshake"));
         // The client's breaker is no phase: nothing is marked.
-        let r = ProbeReport::new("ws://x/ws").fail("breaker", None, "open".into());
+        let r = ProbeReport::new("ws://x/ws", false).fail("breaker", None, "open".into());
         assert_eq!(r.verdict, "FAIL at breaker: open");
         assert!(r.phases.iter().all(|p| p.ok.is_none()));
     }

@@ -147,6 +147,8 @@ pub struct AgentResult {
     pub run_p99_us: u64,
     pub incomplete: u64,
     pub server_cpu: Option<Duration>,
+    /// Server RSS at the end (bytes).
+    pub server_rss: Option<u64>,
 }
 
 /// C agent_chat connections, each with one user_message in flight, for D:
@@ -252,6 +254,7 @@ pub fn agent(
         run_p99_us: pr[1],
         incomplete,
         server_cpu: before.zip(after).map(|(b, a)| a.cpu.saturating_sub(b.cpu)),
+        server_rss: after.map(|a| a.rss),
     })
 }
 
@@ -305,6 +308,7 @@ pub struct AgentReport {
     run_p99_us: u64,
     incomplete: u64,
     server_cpu_us_per_run: Option<f64>,
+    server_rss_kib: Option<f64>,
 }
 
 impl AgentResult {
@@ -323,6 +327,7 @@ impl AgentResult {
             run_p99_us: self.run_p99_us,
             incomplete: self.incomplete,
             server_cpu_us_per_run: us_per(self.server_cpu, self.runs),
+            server_rss_kib: self.server_rss.map(|b| b as f64 / 1024.0),
         }
     }
 }
