@@ -82,10 +82,11 @@ def server_factory():
 
 class BlipProxy:
     """Forwards loopback TCP to `target`. The first WebSocket connection
-    (the one whose request asks to upgrade) is cut — both sockets shut and
-    closed, no Close frame — right after the server sent its
-    `cut_after`-th `agent_thinking` event through it; every other
-    connection is forwarded untouched."""
+    (the one whose request asks to upgrade) is cut — both sockets shut
+    down, no Close frame — right after the server sent its `cut_after`-th
+    `agent_thinking` event through it; `forwarded` counts the events that
+    went through before the cut. Every other connection is forwarded
+    untouched."""
 
     MARK = b'"type":"agent_thinking"'
 
@@ -94,6 +95,7 @@ class BlipProxy:
         self.target = (host, int(port))
         self.cut_after = cut_after
         self.cuts = 0
+        self.forwarded = 0
         self.ws_connections = 0
         self.lock = threading.Lock()
         self.listener = socket.create_server(("127.0.0.1", 0))
@@ -132,13 +134,15 @@ class BlipProxy:
                     if state["seen"].count(self.MARK) >= self.cut_after:
                         with self.lock:
                             self.cuts += 1
+                            self.forwarded = state["seen"].count(b'"seq":')
                         state["ws"] = False
-                        self._cut(src, dst)
-                        return
+                        return  # finally: both sides shut down
         except OSError:
             pass
         finally:
-            # One side ended: end the other too, as a plain TCP relay does.
+            # One side ended (or the cut): end the other too, as a plain TCP
+            # relay does. Shut down, not closed: a close with unread input
+            # would send a reset, which may discard what was forwarded.
             for s in (src, dst):
                 try:
                     s.shutdown(socket.SHUT_RDWR)

@@ -244,6 +244,7 @@
     r.resumes += 1;
     const n = el('div', 'note', `connection lost · resumed ${r.id} after seq ${r.lastSeq} (resume #${r.resumes})`);
     n.dataset.type = 'resume';
+    n.dataset.afterSeq = r.lastSeq;
     insert(r, n);
     conn.ws.send(JSON.stringify({ type: 'resume', run_id: r.id, after_seq: r.lastSeq }));
   }
@@ -293,6 +294,9 @@
     draining: 'the server is shutting down; send again once reconnected',
     execution_timeout: 'the agent did not finish within the execution deadline',
     resume_unavailable: 'the server no longer has this run (expired, unknown, or started elsewhere without a shared store), so it cannot continue',
+    resume_interrupted: 'the server lost the run while replaying it (its store failed); send the message again',
+    cancelled: 'the run was cancelled: its connection was closed by the client',
+    handler_failure: 'the agent failed while answering',
   };
 
   function render(r, ev) {
