@@ -216,6 +216,8 @@ def test_network_blip_mid_run_reconnects_and_resumes(browser, server_factory, pr
     t = timings(browser)
     assert (t["dups"], t["missing"], t["resumes"]) == ("0", "0", "1"), t
     assert len([e for e in run if e["type"] == "agent_thinking"]) >= 4
+    wait(browser, "the resume in the health panel",
+         lambda d: health_value(d, "resumes").startswith("1 served"), timeout=5)
     shot(browser, "resumed.png")
 
 

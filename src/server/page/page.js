@@ -120,7 +120,7 @@
     if (conn.purposeClose) {
       setStatus('idle', 'disconnected');
       // A Close frame from the client ends its runs on the server.
-      if (run && !run.finished) finishRun(run, 'error', 'stopped: closing the connection cancels the run');
+      if (run && !run.finished) finishRun(run, 'error', 'stopped: you closed the connection (a Close frame cancels the runs it started)');
     } else if (!conn.opened) {
       diagnose();
     } else if (e.code === 1001 && /shutting down/.test(e.reason)) {
@@ -477,6 +477,10 @@
     show('backend', b.backend);
     show('poll_cap', b.poll_cap);
     show('uptime', dur(b.uptime_s));
+    if (b.store) {
+      show('store', b.store.kind + (b.store.up ? '' : ' (down)'));
+      show('resumes', `${b.store.resumes} served, ${b.store.resumes_unavailable} refused`);
+    }
     show('connections.open', String(b.connections.open));
     show('handshake.p50', ms(b.handshake_latency_ms.p50));
     show('handshake.p99', ms(b.handshake_latency_ms.p99));
