@@ -175,8 +175,19 @@ macro_rules! timeout {
 
 macro_rules! count {
     ($group:ident, $path:ident . $field:ident, $flag:literal, $env:literal, $default:literal, $help:literal) => {
+        count!(
+            stringify!($field),
+            $group,
+            $path.$field,
+            $flag,
+            $env,
+            $default,
+            $help
+        )
+    };
+    ($name:expr, $group:ident, $path:ident . $field:ident, $flag:literal, $env:literal, $default:literal, $help:literal) => {
         Decl {
-            name: stringify!($field),
+            name: $name,
             flag: Some($flag),
             env: Some($env),
             kind: Kind::Value,
@@ -713,6 +724,7 @@ pub static DECLS: &[Decl] = &[
         show: |s| secs_value(s.resume.window),
     },
     count!(
+        "resume_run_events",
         Resume,
         resume.run_events,
         "resume-run-events",
@@ -721,6 +733,7 @@ pub static DECLS: &[Decl] = &[
         "Events kept per run (older ones are dropped; resuming before them is refused)"
     ),
     count!(
+        "resume_run_bytes",
         Resume,
         resume.run_bytes,
         "resume-run-bytes",
@@ -729,6 +742,7 @@ pub static DECLS: &[Decl] = &[
         "Event bytes kept per run (memory store)"
     ),
     count!(
+        "resume_total_events",
         Resume,
         resume.total_events,
         "resume-total-events",
@@ -737,6 +751,7 @@ pub static DECLS: &[Decl] = &[
         "Events kept in all (memory store; the oldest finished runs go first)"
     ),
     count!(
+        "resume_total_bytes",
         Resume,
         resume.total_bytes,
         "resume-total-bytes",

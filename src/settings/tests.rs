@@ -331,6 +331,12 @@ fn every_setting_is_read_from_its_env_var_and_its_flag() {
         ("breaker_threshold", "4"),
         ("breaker_recovery", "2.5"),
         ("tokens_file", "/tmp/t"),
+        ("store", "off"),
+        ("resume_window", "60"),
+        ("resume_run_events", "100"),
+        ("resume_run_bytes", "4096"),
+        ("resume_total_events", "2000000"),
+        ("resume_total_bytes", "100000000"),
     ];
     let base = ok(&[]).to_json();
     for (name, v) in values {
@@ -360,4 +366,32 @@ fn a_secret_is_never_echoed() {
     let st = ok(&[("POLLCAP_JWT_SECRET", "a-secret-of-32-bytes-long-enough!")]);
     assert!(!format!("{st:?}").contains("a-secret"));
     assert!(!st.summary().contains("a-secret"));
+}
+
+#[test]
+fn resume_settings_are_checked_and_a_store_password_never_shown() {
+    let st = ok(&[]);
+    assert_eq!(
+        st.store,
+        crate::store::StoreKind::Memory,
+        "memory by default"
+    );
+    assert_eq!(st.resume.window, s(300));
+    let e = err(&[("POLLCAP_STORE", "postgres://db")]);
+    assert!(
+        e.contains("POLLCAP_STORE") && e.contains("redis://HOST:PORT"),
+        "{e}"
+    );
+    let e = err(&[("POLLCAP_RESUME_WINDOW", "0")]);
+    assert!(
+        e.contains("POLLCAP_RESUME_WINDOW") && e.contains("> 0"),
+        "{e}"
+    );
+    let e = err(&[("POLLCAP_RESUME_RUN_BYTES", "100000000")]);
+    assert!(e.contains("resume_run_bytes (100000000)"), "{e}");
+    let st = ok(&[("POLLCAP_STORE", "redis://app:hunter2@redis:6379/1")]);
+    assert!(matches!(st.store, crate::store::StoreKind::Redis(_)));
+    assert!(!st.summary().contains("hunter2"));
+    assert!(!st.to_json().to_string().contains("hunter2"));
+    assert!(st.summary().contains("store=redis://app:***@redis:6379/1"));
 }

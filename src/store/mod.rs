@@ -208,6 +208,9 @@ pub enum ResumeTag {
 
 /// Longest run id accepted in a resume request (ours are 22 characters).
 const MAX_RUN_ID: usize = 128;
+/// Largest `after_seq` accepted: 2^53 - 1, the largest integer a JavaScript
+/// client holds exactly (and far from any overflow in `after_seq + 1`).
+pub const MAX_SEQ: u64 = (1 << 53) - 1;
 
 impl ResumeRequest {
     pub fn new(run_id: &str, after_seq: u64) -> ResumeRequest {
@@ -225,7 +228,8 @@ impl ResumeRequest {
             return None;
         }
         let r: ResumeRequest = serde_json::from_str(text).ok()?;
-        (!r.run_id.is_empty() && r.run_id.len() <= MAX_RUN_ID).then_some(r)
+        let ok = !r.run_id.is_empty() && r.run_id.len() <= MAX_RUN_ID && r.after_seq <= MAX_SEQ;
+        ok.then_some(r)
     }
 
     pub fn to_json(&self) -> String {
@@ -547,6 +551,16 @@ mod tests {
         }
         let long = format!(r#"{{"type":"resume","run_id":"{}"}}"#, "a".repeat(200));
         assert_eq!(ResumeRequest::parse(&long), None);
+        let huge = format!(
+            r#"{{"type":"resume","run_id":"a","after_seq":{}}}"#,
+            u64::MAX
+        );
+        assert_eq!(ResumeRequest::parse(&huge), None, "no overflow to reach");
+        let max = format!(r#"{{"type":"resume","run_id":"a","after_seq":{MAX_SEQ}}}"#);
+        assert_eq!(
+            ResumeRequest::parse(&max).map(|r| r.after_seq),
+            Some(MAX_SEQ)
+        );
         assert_eq!(
             ResumeRequest::new("x", 2).to_json(),
             r#"{"type":"resume","run_id":"x","after_seq":2}"#

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import subprocess
+import time
 import urllib.error
 import urllib.request
 
@@ -107,3 +108,66 @@ def test_dockerfile_is_multistage_nonroot_production_with_healthcheck(server):
     assert probe_status(server, path) == 200
     cfg = config({"ENVIRONMENT": "production", "PORT": "8080"})
     assert cfg["listen"] == "0.0.0.0:8080"
+
+
+def redis_down_server(server_factory):
+    """A server whose Redis is unreachable (nothing listens on the port)."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return server_factory("--store", f"redis://127.0.0.1:{port}")
+
+
+def test_kubernetes_multi_instance_shares_one_redis(server_factory):
+    docs = list(yaml.safe_load_all(open(os.path.join(PLATFORM, "kubernetes", "multi-instance.yaml"))))
+    deps = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
+    svcs = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
+    app, redis = deps["pollcap"], deps["pollcap-redis"]
+    assert app["spec"]["replicas"] >= 2, "multi-instance"
+    pod = app["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    env = env_list(c)
+    cfg = config({k: env[k] for k in ("ENVIRONMENT", "POLLCAP_STORE", "POLLCAP_RESUME_WINDOW")}
+                 | {"KUBERNETES_SERVICE_HOST": "10.0.0.1"})
+    assert cfg["profile"] == "production"
+    assert cfg["resume"]["store"] == env["POLLCAP_STORE"]
+    assert cfg["resume"]["resume_window"] == 300
+    # The URL names the Redis Service and its port.
+    m = re.match(r"redis://([^:/]+):(\d+)", env["POLLCAP_STORE"])
+    assert m and m.group(1) in svcs
+    assert int(m.group(2)) in [p["port"] for p in svcs[m.group(1)]["spec"]["ports"]]
+    args = redis["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--maxmemory-policy") + 1] == "volatile-ttl", "a bounded total"
+    assert "--maxmemory" in args and args[args.index("--save") + 1] == ""
+    assert svcs["pollcap"]["spec"].get("sessionAffinity", "None") == "None"
+    assert pod["terminationGracePeriodSeconds"] > close_plus_cap(cfg)
+    # Readiness stays 200 while Redis is down: an outage never empties the Service.
+    server = redis_down_server(server_factory)
+    assert probe_status(server, c["readinessProbe"]["httpGet"]["path"]) == 200
+    assert "tcpSocket" in c["livenessProbe"]
+
+
+def test_cloudrun_multi_instance_reaches_redis_through_the_connector(server_factory):
+    svc = yaml.safe_load(open(os.path.join(PLATFORM, "cloudrun", "multi-instance.yaml")))
+    spec = svc["spec"]["template"]["spec"]
+    notes = svc["spec"]["template"]["metadata"]["annotations"]
+    c = spec["containers"][0]
+    env = env_list(c)
+    cfg = config({"ENVIRONMENT": env["ENVIRONMENT"], "K_SERVICE": "pollcap",
+                  "POLLCAP_STORE": env["POLLCAP_STORE"],
+                  "POLLCAP_RESUME_WINDOW": env["POLLCAP_RESUME_WINDOW"]})
+    assert cfg["resume"]["store"] == env["POLLCAP_STORE"]
+    assert spec["timeoutSeconds"] > cfg["timeouts_s"]["connection"]
+    assert notes["run.googleapis.com/vpc-access-connector"]
+    assert notes["run.googleapis.com/sessionAffinity"] == "false"
+    assert int(notes["autoscaling.knative.dev/minScale"]) >= 2
+    server = redis_down_server(server_factory)
+    for probe in ("startupProbe", "livenessProbe"):
+        assert probe_status(server, c[probe]["httpGet"]["path"]) == 200
+    health = lambda: json.loads(urllib.request.urlopen(f"http://{server.addr}/health", timeout=5).read())
+    deadline = time.monotonic() + 5
+    while health()["store"]["up"]:  # the first connect attempt is under way
+        assert time.monotonic() < deadline, "an unreachable Redis was never noticed"
+        time.sleep(0.05)
+    assert health()["status"] == "degraded"
