@@ -51,7 +51,7 @@ pub struct UpgradeRequest {
 pub enum Request {
     /// `GET <ws path>` with valid upgrade headers.
     Upgrade(UpgradeRequest),
-    /// Another `GET` route (`/health`, `/metrics`, `/`).
+    /// Another `GET` route (`/health`, `/metrics`, `/`, `/auth`).
     Route(Route),
     /// Something to refuse with this response.
     Reject(Response),
@@ -61,7 +61,10 @@ pub enum Request {
 pub enum Route {
     Health,
     Metrics,
+    /// `/`: the built-in page.
     Index,
+    /// `/auth`: checks the request's bearer token (200 or 401).
+    Auth,
 }
 
 /// Outcome of feeding the buffered bytes to the parser.
@@ -140,6 +143,7 @@ pub fn classify(head: &Head, ws_path: &str) -> Request {
         "/health" => Some(Route::Health),
         "/metrics" => Some(Route::Metrics),
         "/" => Some(Route::Index),
+        "/auth" => Some(Route::Auth),
         p if p == ws_path => None,
         _ => return Request::Reject(text(404, "Not Found", "not found\n")),
     };

@@ -19,7 +19,7 @@ use crate::store::StoreView;
 /// Close codes the server sends, counted by code.
 pub const CLOSE_CODES: [u16; 8] = [1000, 1001, 1002, 1007, 1008, 1009, 1011, 1013];
 /// HTTP statuses the server answers with, counted by status.
-pub const HTTP_STATUSES: [u16; 10] = [101, 200, 400, 404, 405, 408, 426, 431, 503, 500];
+pub const HTTP_STATUSES: [u16; 11] = [101, 200, 400, 401, 404, 405, 408, 426, 431, 503, 500];
 
 #[derive(Debug, Default)]
 pub struct ServerMetrics {

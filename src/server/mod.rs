@@ -10,12 +10,13 @@
 //! `worker` (one reactor thread's turn loop: accept, drive connections,
 //! answer their events), `admission` (auth, subprotocol, breaker, limits,
 //! the app's `open`), `runs` (messages to handler runs and their events
-//! back), `routes` (health, metrics, the page) and `drain` (graceful
-//! shutdown).
+//! back), `routes` (health, metrics, the token check), `page` (the built-in
+//! client at `/`) and `drain` (graceful shutdown).
 
 mod admission;
 mod config;
 mod drain;
+mod page;
 mod routes;
 mod runs;
 mod worker;

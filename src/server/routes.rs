@@ -1,12 +1,15 @@
-//! The plain routes: `/health` (JSON), `/metrics` (Prometheus text) and
-//! `/` (the page), rendered from one [`Report`] gathered at `now`.
+//! The plain routes: `/health` (JSON), `/metrics` (Prometheus text),
+//! rendered from one [`Report`] gathered at `now`; `/` (the page) and
+//! `/auth` (the token check the page uses to name a refused upgrade).
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
-use super::Shared;
-use crate::http::{self, Response, Route};
+use super::{Shared, page};
+use crate::auth;
+use crate::http::{self, Head, Response, Route};
 use crate::metrics::{BreakerView, Report};
+use crate::reactor::WallClock;
 
 /// Everything the server reports, at `now`.
 pub(super) fn report(sh: &Shared, now: Instant) -> Report<'_> {
@@ -44,8 +47,14 @@ pub(super) fn report(sh: &Shared, now: Instant) -> Report<'_> {
     }
 }
 
-/// The response to a plain route at `now`.
-pub(super) fn render(sh: &Shared, route: Route, now: Instant) -> Response {
+/// The response to a plain route asked for by `head` at `now`.
+pub(super) fn render(
+    sh: &Shared,
+    route: Route,
+    head: &Head,
+    now: Instant,
+    wall: WallClock,
+) -> Response {
     match route {
         Route::Health => {
             let report = report(sh, now);
@@ -67,17 +76,38 @@ pub(super) fn render(sh: &Shared, route: Route, now: Instant) -> Response {
             "text/plain; version=0.0.4; charset=utf-8",
             report(sh, now).prometheus().as_bytes(),
         ),
-        Route::Index => http::response(
+        Route::Index => page::response(&sh.cfg.settings.ws_path, head.host.as_deref()),
+        Route::Auth => check_token(sh, head, now, wall),
+    }
+}
+
+/// `GET /auth`: checks the `Authorization: Bearer` token exactly as an
+/// upgrade would. A browser's WebSocket reports a refused upgrade only as
+/// close code 1006, with no status and no body; the page asks here to
+/// tell "token rejected" from "server unreachable". It reveals nothing an
+/// upgrade attempt does not: whether the token is good, and why not.
+fn check_token(sh: &Shared, head: &Head, now: Instant, wall: WallClock) -> Response {
+    let json = |status, reason, v: serde_json::Value| {
+        http::response(status, reason, "application/json", v.to_string().as_bytes())
+    };
+    let Some(checker) = &sh.cfg.auth else {
+        return json(200, "OK", serde_json::json!({ "auth": false }));
+    };
+    let token = auth::token_from(head.authorization.as_deref(), &[]);
+    match checker.check(token, wall.unix_secs(now)) {
+        Ok(id) => json(
             200,
             "OK",
-            "text/html; charset=utf-8",
-            format!(
-                "<!doctype html><title>pollcap</title><h1>pollcap</h1>\
-                 <p>WebSocket endpoint: <code>{}</code> · <a href=\"/health\">health</a> · \
-                 <a href=\"/metrics\">metrics</a></p>\n",
-                sh.cfg.settings.ws_path
-            )
-            .as_bytes(),
+            serde_json::json!({ "auth": true, "subject": id.subject }),
         ),
+        Err(e) => {
+            tracing::info!("token check at /auth refused: {e}");
+            let r = json(
+                401,
+                "Unauthorized",
+                serde_json::json!({ "auth": true, "error": e.to_string() }),
+            );
+            http::with_header(r, "WWW-Authenticate", "Bearer")
+        }
     }
 }

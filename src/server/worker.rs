@@ -499,7 +499,10 @@ fn answer(rc: &mut RunCx, key: usize, e: &mut Entry, ev: Event, cx: &mut Cx) {
             e.conn.respond(r, cx);
         }
         Event::Request(head) => match http::classify(&head, &sh.cfg.settings.ws_path) {
-            Request::Route(route) => e.conn.respond(routes::render(sh, route, cx.now), cx),
+            Request::Route(route) => {
+                let r = routes::render(sh, route, &head, cx.now, rc.wall);
+                e.conn.respond(r, cx);
+            }
             Request::Reject(r) => e.conn.respond(r, cx),
             Request::Upgrade(u) => match admission::admit(sh, &u, e.conn.id(), cx.now, rc.wall) {
                 Ok(a) => {

@@ -480,8 +480,8 @@ pub static DECLS: &[Decl] = &[
         group: Group::Server,
         default: Default::Fixed("/ws"),
         set: |s, v| {
-            if !v.starts_with('/') || matches!(v, "/" | "/health" | "/metrics") {
-                return Err("must start with '/' and not be /, /health or /metrics".into());
+            if !v.starts_with('/') || matches!(v, "/" | "/health" | "/metrics" | "/auth") {
+                return Err("must start with '/' and not be /, /health, /metrics or /auth".into());
             }
             s.ws_path = v.to_string();
             Ok(())
