@@ -436,6 +436,19 @@ pub static DECLS: &[Decl] = &[
         "32",
         "Most HTTP request header lines (over it: 431)"
     ),
+    // A lingering close reads what the peer still sends after a response
+    // that ends the connection, so that closing does not reset it and
+    // destroy the response unread (nginx's `lingering_close`). The `close`
+    // deadline bounds its time; this bounds the work a peer can make it do.
+    // 1 MiB covers a refused request's body of ordinary size.
+    count!(
+        Limits,
+        limits.linger_bytes,
+        "linger-bytes",
+        "POLLCAP_LINGER_BYTES",
+        "1048576",
+        "Bytes read and discarded after a refusal before closing anyway"
+    ),
     Decl {
         name: "threads",
         flag: Some("threads"),
