@@ -134,6 +134,8 @@ enum Phase<S> {
         /// §7.1.7): a lingering close then ends TCP without a reset that
         /// could destroy our Close unread.
         await_close: bool,
+        /// Reading stopped at the frame batch with input left.
+        more_input: bool,
     },
     /// Finished; the stream is kept so the owner can deregister it from the
     /// poller before it closes (required by the `polling` backend).
@@ -302,15 +304,22 @@ impl<S: Transport> Conn<S> {
         }
     }
 
-    /// True when reading stopped at a reported message: answer it, then
-    /// call `handle_io(true, false, ..)` again (an edge-triggered poller
-    /// will not report the rest). One message at a time keeps answers in
-    /// order with what follows in the stream — an echo goes out before
-    /// the Close that a protocol error or the peer's Close frame brings —
-    /// and costs no syscall where a short read proved the socket drained.
-    /// Flush once the input is drained: replies to a burst go out together.
+    /// True when reading stopped at a reported message, or after a batch
+    /// of frames that are not messages (control frames; anything while
+    /// closing): answer it, then call `handle_io(true, false, ..)` again
+    /// (an edge-triggered poller will not report the rest). One message at
+    /// a time keeps answers in order with what follows in the stream — an
+    /// echo goes out before the Close that a protocol error or the peer's
+    /// Close frame brings — and costs no syscall where a short read proved
+    /// the socket drained. The batch keeps a ping flood from pinning the
+    /// reactor: the owner's read budget counts it like a message. Flush
+    /// once the input is drained: replies to a burst go out together.
     pub fn has_more_input(&self) -> bool {
-        matches!(&self.phase, Phase::Open { open, .. } if open.more_input)
+        match &self.phase {
+            Phase::Open { open, .. } => open.more_input,
+            Phase::Closing { more_input, .. } => *more_input,
+            _ => false,
+        }
     }
 
     /// Handles every deadline due at `cx.now`.

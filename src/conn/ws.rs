@@ -15,6 +15,10 @@ use tungstenite::{Error as WsError, Message};
 use super::io::COMPACT_OVER;
 use super::{Conn, Cx, Event, Phase, TimeoutPhase};
 
+/// Frames read in one call without a message to report (control frames;
+/// anything while closing) before the owner gets the connection back.
+const FRAMES_PER_CALL: u32 = 64;
+
 fn close_frame(code: u16, reason: &'static str) -> CloseFrame {
     CloseFrame {
         code: code.into(),
@@ -31,17 +35,31 @@ impl<S: Transport> Conn<S> {
     /// message would let a peer that answers each reply at once keep this
     /// connection reading forever.
     pub(super) fn drive_ws(&mut self, cx: &mut Cx) {
+        let mut frames = 0u32;
         loop {
-            let (ws, open) = match &mut self.phase {
-                Phase::Open { ws, open } => (ws, Some(open)),
-                Phase::Closing { ws, .. } => (ws, None),
+            let (ws, open, closing_more) = match &mut self.phase {
+                Phase::Open { ws, open } => (ws, Some(open), None),
+                Phase::Closing { ws, more_input, .. } => (ws, None, Some(more_input)),
                 _ => return,
             };
+            if frames == FRAMES_PER_CALL {
+                // Input left after a batch without a message: the owner
+                // reads on within its budget, or on its next turn.
+                match (open, closing_more) {
+                    (Some(open), _) => open.more_input = true,
+                    (_, Some(more)) => *more = true,
+                    _ => {}
+                }
+                break;
+            }
+            frames += 1;
             let msg = match ws.read() {
                 Ok(msg) => msg,
                 Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if let Some(open) = open {
-                        open.more_input = false;
+                    match (open, closing_more) {
+                        (Some(open), _) => open.more_input = false,
+                        (_, Some(more)) => *more = false,
+                        _ => {}
                     }
                     break;
                 }
@@ -328,6 +346,7 @@ impl<S: Transport> Conn<S> {
                 ws,
                 deadline,
                 await_close,
+                more_input: false,
             };
         }
     }
