@@ -107,3 +107,17 @@ def test_dockerfile_is_multistage_nonroot_production_with_healthcheck(server):
     assert probe_status(server, path) == 200
     cfg = config({"ENVIRONMENT": "production", "PORT": "8080"})
     assert cfg["listen"] == "0.0.0.0:8080"
+
+
+def test_load_balancers_probing_with_head_get_the_head_of_get(server):
+    # Some load balancers probe with HEAD: 200, GET's Content-Length, no body.
+    get = urllib.request.urlopen(f"http://{server.addr}/", timeout=5)
+    body = get.read()
+    head = urllib.request.urlopen(urllib.request.Request(f"http://{server.addr}/", method="HEAD"),
+                                  timeout=5)
+    assert head.status == 200
+    assert int(head.headers["Content-Length"]) == len(body)
+    assert head.read() == b""
+    req = urllib.request.Request(f"http://{server.addr}/health", method="HEAD")
+    with urllib.request.urlopen(req, timeout=5) as r:
+        assert r.status == 200 and int(r.headers["Content-Length"]) > 0
