@@ -51,7 +51,7 @@ pub struct UpgradeRequest {
 pub enum Request {
     /// `GET <ws path>` with valid upgrade headers.
     Upgrade(UpgradeRequest),
-    /// Another `GET` route (`/health`, `/metrics`, `/`, `/auth`).
+    /// Another `GET` (or `HEAD`) route (`/health`, `/metrics`, `/`, `/auth`).
     Route(Route),
     /// Something to refuse with this response.
     Reject(Response),
@@ -109,6 +109,11 @@ pub fn parse(buf: &[u8], limits: HeadLimits) -> Parsed {
     }
     let path = req.path.unwrap_or("/");
     let h = req.headers;
+    // RFC 9112 §3.2: more than one Host is a 400 whatever the version
+    // (which one would the request be for?).
+    if values(h, "host").nth(1).is_some() {
+        return Parsed::Invalid(text(400, "Bad Request", "more than one Host header\n"));
+    }
     let has_token = |name: &str, token: &str| {
         values(h, name)
             .flat_map(|v| v.split(','))
@@ -138,7 +143,17 @@ pub fn parse(buf: &[u8], limits: HeadLimits) -> Parsed {
 }
 
 /// Decides what a head asks of a server whose WebSocket path is `ws_path`.
+/// `HEAD` is classified as `GET` (the connection leaves the body out).
 pub fn classify(head: &Head, ws_path: &str) -> Request {
+    // RFC 9112 §3.2: an HTTP/1.1 request without Host is a 400, whatever
+    // it asks for.
+    if head.minor_version >= 1 && head.host.is_none() {
+        return Request::Reject(text(
+            400,
+            "Bad Request",
+            "HTTP/1.1 request without a Host header\n",
+        ));
+    }
     let route = match head.path.as_str() {
         "/health" => Some(Route::Health),
         "/metrics" => Some(Route::Metrics),
@@ -147,9 +162,14 @@ pub fn classify(head: &Head, ws_path: &str) -> Request {
         p if p == ws_path => None,
         _ => return Request::Reject(text(404, "Not Found", "not found\n")),
     };
-    if head.method != "GET" {
-        let r = text(405, "Method Not Allowed", "only GET is allowed here\n");
-        return Request::Reject(with_header(r, "Allow", "GET"));
+    let head_request = head.method == "HEAD";
+    if head.method != "GET" && !head_request {
+        let r = text(
+            405,
+            "Method Not Allowed",
+            "only GET and HEAD are allowed here\n",
+        );
+        return Request::Reject(with_header(r, "Allow", "GET, HEAD"));
     }
     // A body on a GET is not something this server reads: refuse it rather
     // than leave unread bytes that would turn into a reset.
@@ -162,6 +182,9 @@ pub fn classify(head: &Head, ws_path: &str) -> Request {
     }
     match route {
         Some(r) => Request::Route(r),
+        // A HEAD cannot upgrade: it gets what a GET without the upgrade
+        // headers gets (426), without the body.
+        None if head_request => Request::Reject(not_websocket()),
         None => upgrade(head),
     }
 }
@@ -174,14 +197,18 @@ fn too_large() -> Response {
     )
 }
 
+fn not_websocket() -> Response {
+    let r = text(
+        426,
+        "Upgrade Required",
+        "this path serves WebSocket only: send Upgrade: websocket\n",
+    );
+    upgrade_required(r)
+}
+
 fn upgrade(head: &Head) -> Request {
     if !head.wants_websocket {
-        let r = text(
-            426,
-            "Upgrade Required",
-            "this path serves WebSocket only: send Upgrade: websocket\n",
-        );
-        return Request::Reject(upgrade_required(r));
+        return Request::Reject(not_websocket());
     }
     if head.ws_version.as_deref() != Some("13") {
         let r = text(
@@ -277,6 +304,15 @@ pub fn text(status: u16, reason: &str, body: &str) -> Response {
     response(status, reason, "text/plain; charset=utf-8", body.as_bytes())
 }
 
+/// The response to a HEAD request: the same head (its `Content-Length`
+/// still the body's), no body.
+pub fn without_body(mut r: Response) -> Response {
+    if let Some(end) = r.bytes.windows(4).position(|w| w == b"\r\n\r\n") {
+        r.bytes.truncate(end + 4);
+    }
+    r
+}
+
 /// Adds a header to a built response (before the blank line).
 pub fn with_header(mut r: Response, name: &str, value: &str) -> Response {
     let end = r
@@ -328,14 +364,76 @@ mod tests {
             req("GET /health?x=1 HTTP/1.1\r\nHost: x\r\n\r\n"),
             Ok(Request::Route(Route::Health))
         );
-        assert_eq!(status(req("GET /nope HTTP/1.1\r\n\r\n")), 404);
-        assert_eq!(status(req("POST /health HTTP/1.1\r\n\r\n")), 405);
+        assert_eq!(status(req("GET /nope HTTP/1.1\r\nHost: x\r\n\r\n")), 404);
+        assert_eq!(status(req("POST /health HTTP/1.1\r\nHost: x\r\n\r\n")), 405);
         assert_eq!(status(req("GET /ws HTTP/1.1\r\nHost: x\r\n\r\n")), 426);
         assert_eq!(status(req("GARBAGE\x01\r\n\r\n")), 400);
         let many: String = (0..9).map(|i| format!("X-{i}: y\r\n")).collect();
-        assert_eq!(status(req(&format!("GET / HTTP/1.1\r\n{many}\r\n"))), 431);
+        assert_eq!(
+            status(req(&format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n"))),
+            431
+        );
         let long = format!("GET /{} HTTP/1.1\r\n", "a".repeat(2000));
         assert_eq!(status(req(&long)), 431);
+    }
+
+    #[test]
+    fn host_is_required_once_in_http_1_1() {
+        // RFC 9112 §3.2: missing in HTTP/1.1, or repeated in any version.
+        for r in [
+            "GET /health HTTP/1.1\r\n\r\n",
+            "GET /nope HTTP/1.1\r\n\r\n",
+            "POST /health HTTP/1.1\r\n\r\n",
+            "GET /health HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            "GET /health HTTP/1.0\r\nHost: a\r\nhost: b\r\n\r\n",
+        ] {
+            assert_eq!(status(req(r)), 400, "{r:?}");
+        }
+        assert_eq!(
+            status(req(&upgrade_req("").replace("Host: x\r\n", ""))),
+            400
+        );
+        // HTTP/1.0 had no Host requirement.
+        assert_eq!(
+            req("GET /health HTTP/1.0\r\n\r\n"),
+            Ok(Request::Route(Route::Health))
+        );
+    }
+
+    #[test]
+    fn head_is_get_without_the_body() {
+        for (path, route) in [
+            ("/health", Route::Health),
+            ("/metrics", Route::Metrics),
+            ("/", Route::Index),
+        ] {
+            let r = format!("HEAD {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+            assert_eq!(req(&r), Ok(Request::Route(route)));
+        }
+        assert_eq!(status(req("HEAD /nope HTTP/1.1\r\nHost: x\r\n\r\n")), 404);
+        // A HEAD cannot upgrade, even with the upgrade headers.
+        let head_ws = upgrade_req("").replacen("GET", "HEAD", 1);
+        assert_eq!(status(req(&head_ws)), 426);
+        let Ok(Request::Reject(r)) = req("PUT / HTTP/1.1\r\nHost: x\r\n\r\n") else {
+            panic!("PUT is refused")
+        };
+        assert!(
+            String::from_utf8(r.bytes)
+                .unwrap()
+                .contains("Allow: GET, HEAD\r\n"),
+            "405 names both methods"
+        );
+        let full = text(404, "Not Found", "not found\n");
+        let head = without_body(full.clone());
+        let s = String::from_utf8(head.bytes).unwrap();
+        assert!(
+            s.ends_with(
+                "Content-Length: 10\r\nConnection: close\r\nCache-Control: no-store\r\n\r\n"
+            ),
+            "{s}"
+        );
+        assert_eq!(head.status, 404);
+        assert_eq!(full.bytes.len(), s.len() + 10);
     }
 
     #[test]

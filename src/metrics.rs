@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-pub use crate::conn::TimeoutPhase;
+pub use crate::conn::{LingerEnd, TimeoutPhase};
 use crate::histogram::Histogram;
 use crate::reactor::StatsSnapshot;
 use crate::settings::{Group, Settings};
@@ -30,7 +30,7 @@ pub struct ServerMetrics {
     pub accept_errors_total: AtomicU64,
     pub upgrades_total: AtomicU64,
     pub open: AtomicU64,
-    pub timeouts: [AtomicU64; 8],
+    pub timeouts: [AtomicU64; TimeoutPhase::ALL.len()],
     pub close_sent: [AtomicU64; CLOSE_CODES.len() + 1],
     pub http_status: [AtomicU64; HTTP_STATUSES.len() + 1],
     /// TCP accepted → 101 fully written.
@@ -53,6 +53,10 @@ pub struct ServerMetrics {
     pub tls_handshake_failures_total: AtomicU64,
     /// Plain-text requests on the TLS port (answered 400 in plain text).
     pub tls_plaintext_total: AtomicU64,
+    /// Lingering closes after a response, by how they ended.
+    pub lingered: [AtomicU64; LingerEnd::ALL.len()],
+    /// Bytes read and thrown away by lingering closes.
+    pub linger_discarded_bytes_total: AtomicU64,
 }
 
 impl ServerMetrics {
@@ -62,6 +66,12 @@ impl ServerMetrics {
 
     pub fn timeouts_of(&self, phase: TimeoutPhase) -> u64 {
         self.timeouts[phase as usize].load(Relaxed)
+    }
+
+    pub fn lingered(&self, end: LingerEnd, discarded: u64) {
+        self.lingered[end as usize].fetch_add(1, Relaxed);
+        self.linger_discarded_bytes_total
+            .fetch_add(discarded, Relaxed);
     }
 
     pub fn close_sent(&self, code: u16) {
@@ -510,6 +520,21 @@ impl Report<'_> {
                 m.timeouts_of(p)
             );
         }
+        o.push_str("# HELP pollcap_lingering_closes_total Lingering closes after a response that ends the connection, by how they ended.\n# TYPE pollcap_lingering_closes_total counter\n");
+        for end in LingerEnd::ALL {
+            let _ = writeln!(
+                o,
+                "pollcap_lingering_closes_total{{end=\"{}\"}} {}",
+                end.name(),
+                m.lingered[end as usize].load(Relaxed)
+            );
+        }
+        counter(
+            &mut o,
+            "pollcap_linger_discarded_bytes_total",
+            "Bytes read and discarded by lingering closes.",
+            m.linger_discarded_bytes_total.load(Relaxed),
+        );
         o.push_str("# HELP pollcap_close_frames_sent_total Close frames initiated by the server, by code.\n# TYPE pollcap_close_frames_sent_total counter\n");
         for (i, c) in m.close_sent.iter().enumerate() {
             let code = CLOSE_CODES

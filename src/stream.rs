@@ -93,6 +93,20 @@ impl Transport for Stream {
             t.end_reading();
         }
     }
+
+    fn close_write(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.close_write(),
+            Stream::Tls(t) => t.close_write(),
+        }
+    }
+
+    fn discard(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.discard(buf),
+            Stream::Tls(t) => t.discard(buf),
+        }
+    }
 }
 
 impl mio::event::Source for Stream {

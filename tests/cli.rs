@@ -417,3 +417,40 @@ fn load_idle_ramps_its_connections_and_keeps_them_alive() {
     let pings = r["pings_per_sec"].as_f64().unwrap() * r["hold_seconds"].as_f64().unwrap();
     assert!(pings >= 40.0, "only {pings} pings answered: {r}");
 }
+
+/// A short soak against a server it starts: the report names every
+/// check, and the server's descriptors, deadlines and answers hold. (The
+/// RSS check needs a real warm-up; `scripts/test` runs the 30 s soak.)
+#[test]
+#[cfg_attr(not(target_os = "linux"), ignore = "reads /proc/PID")]
+fn a_short_soak_reports_its_checks() {
+    let bad = pollcap(&["load", "soak", "--duration", "0"], &[]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--duration"));
+    let args = "load soak --duration 3 --warmup 1 --agents 2 --echoes 1 --slow 1 --churn 1 \
+                --idle 20 --json";
+    let args: Vec<&str> = args.split_whitespace().collect();
+    let out = pollcap(&args, &[("PATH", "/usr/bin:/bin")]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    let checks: Vec<(String, bool)> = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["name"].as_str().unwrap().to_string(), c["ok"] == true))
+        .collect();
+    let names: Vec<&str> = checks.iter().map(|(n, _)| n.as_str()).collect();
+    let want = "rss fds missed_deadlines panics errors server_alive";
+    assert_eq!(names, want.split(' ').collect::<Vec<_>>());
+    for (name, ok) in &checks {
+        if name != "rss" {
+            assert!(ok, "{name}: {report}");
+        }
+    }
+    assert!(
+        report["load"]["agent_runs"].as_u64().unwrap() > 0,
+        "{report}"
+    );
+    assert!(report["load"]["churn_actions"].as_u64().unwrap() > 0);
+    assert!(report["peak"]["fds"].as_u64() > report["start"]["fds"].as_u64());
+}

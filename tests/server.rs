@@ -239,11 +239,12 @@ fn http_refusals_have_status_length_and_close() {
         let many: String = (0..40).map(|i| format!("X-H{i}: v\r\n")).collect();
         let big = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(9000));
         let cases: Vec<(String, u16)> = vec![
-            ("GET /nope HTTP/1.1\r\n\r\n".into(), 404),
+            ("GET /nope HTTP/1.1\r\nHost: t\r\n\r\n".into(), 404),
             (
-                "POST /health HTTP/1.1\r\nContent-Length: 0\r\n\r\n".into(),
+                "POST /health HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n".into(),
                 405,
             ),
+            ("GET /health HTTP/1.1\r\n\r\n".into(), 400),
             ("GET /ws HTTP/1.1\r\nHost: t\r\n\r\n".into(), 426),
             ("\x01\x02 nonsense\r\n\r\n".into(), 400),
             (format!("GET / HTTP/1.1\r\n{many}\r\n"), 431),

@@ -294,3 +294,67 @@ fn replaced_certificate_files_are_served_after_the_next_sweep_and_bad_ones_refus
     conn.send(Message::text("old pair")).unwrap();
     assert_eq!(conn.recv().unwrap(), Message::text("old pair"));
 }
+
+/// A TLS client over a blocking socket, trusting `ca`.
+fn tls_client(
+    addr: SocketAddr,
+    ca: &Path,
+) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    let roots = pollcap::tls::roots(Some(ca)).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(pollcap::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let conn =
+        rustls::ClientConnection::new(Arc::new(config), "localhost".try_into().unwrap()).unwrap();
+    let tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    rustls::StreamOwned::new(conn, tcp)
+}
+
+/// The lingering close over TLS: after a refusal the server sends the
+/// response, then close_notify, then its FIN (rustls reads a clean end
+/// only in that order), and discards the records the client still sends.
+#[test]
+fn a_refusal_over_tls_ends_with_close_notify_then_fin_and_lingers() {
+    each_backend(|kind| {
+        let (srv, _ca, dir) = tls_server(kind, &[("WEBSOCKET_CLOSE_TIMEOUT", "3")]);
+        let addr = srv.local_addr();
+        let ca = dir.path("ca.pem");
+        let mut bytes = b"GET /nope HTTP/1.1\r\nHost: localhost\r\n\r\n".to_vec();
+        while bytes.len() < 256 * 1024 {
+            bytes.extend_from_slice(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n");
+        }
+        let mut tls = tls_client(addr, &ca);
+        tls.write_all(&bytes).expect("the pipeline is read");
+        tls.flush().unwrap();
+        let mut out = Vec::new();
+        tls.read_to_end(&mut out)
+            .expect("close_notify, then EOF: no truncation, no reset");
+        let r = String::from_utf8_lossy(&out);
+        assert_eq!(status_of(&r), 404, "{r}");
+        assert_eq!(r.matches("HTTP/1.1 ").count(), 1, "one answer: {r}");
+        drop(tls);
+        // HEAD over TLS: the head only, then the same clean end.
+        let mut tls = tls_client(addr, &ca);
+        tls.write_all(b"HEAD /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .unwrap();
+        let mut out = Vec::new();
+        tls.read_to_end(&mut out).unwrap();
+        let r = String::from_utf8_lossy(&out);
+        assert_eq!(status_of(&r), 200, "{r}");
+        assert!(r.ends_with("\r\n\r\n"), "no body: {r:?}");
+        drop(tls);
+        let t0 = Instant::now();
+        while https_metric(
+            addr,
+            &ca,
+            "pollcap_lingering_closes_total{end=\"peer_closed\"}",
+        ) < 2.0
+        {
+            assert!(t0.elapsed() < Duration::from_secs(5), "lingers never ended");
+        }
+        assert!(https_metric(addr, &ca, "pollcap_linger_discarded_bytes_total") > 100_000.0);
+    });
+}

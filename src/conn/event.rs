@@ -1,5 +1,6 @@
-//! What a connection reports to its owner: the [`Event`]s of one call, and
-//! the phase whose deadline expired ([`TimeoutPhase`]).
+//! What a connection reports to its owner: the [`Event`]s of one call, the
+//! phase whose deadline expired ([`TimeoutPhase`]), and how a lingering
+//! close ended ([`LingerEnd`]).
 
 use std::time::Duration;
 
@@ -18,10 +19,12 @@ pub enum TimeoutPhase {
     Lifetime,
     Close,
     Execution,
+    /// The lingering close after a response that ends the connection.
+    Linger,
 }
 
 impl TimeoutPhase {
-    pub const ALL: [TimeoutPhase; 8] = [
+    pub const ALL: [TimeoutPhase; 9] = [
         TimeoutPhase::Connect,
         TimeoutPhase::Handshake,
         TimeoutPhase::Ping,
@@ -30,6 +33,7 @@ impl TimeoutPhase {
         TimeoutPhase::Lifetime,
         TimeoutPhase::Close,
         TimeoutPhase::Execution,
+        TimeoutPhase::Linger,
     ];
 
     pub fn name(self) -> &'static str {
@@ -42,6 +46,38 @@ impl TimeoutPhase {
             TimeoutPhase::Lifetime => "lifetime",
             TimeoutPhase::Close => "close",
             TimeoutPhase::Execution => "execution",
+            TimeoutPhase::Linger => "linger",
+        }
+    }
+}
+
+/// Why a lingering close ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LingerEnd {
+    /// The peer closed its side: the normal end.
+    PeerClosed,
+    /// The `close` deadline passed first.
+    Deadline,
+    /// The peer sent more than `linger_bytes` after the response.
+    ByteCap,
+    /// The socket failed (e.g. reset by the peer).
+    Error,
+}
+
+impl LingerEnd {
+    pub const ALL: [LingerEnd; 4] = [
+        LingerEnd::PeerClosed,
+        LingerEnd::Deadline,
+        LingerEnd::ByteCap,
+        LingerEnd::Error,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            LingerEnd::PeerClosed => "peer_closed",
+            LingerEnd::Deadline => "deadline",
+            LingerEnd::ByteCap => "byte_cap",
+            LingerEnd::Error => "error",
         }
     }
 }
@@ -76,4 +112,8 @@ pub enum Event {
     /// The transport refused the peer's bytes before the upgrade (a TLS
     /// handshake failure, e.g. plain text or a bad ClientHello); dropped.
     TransportFailed,
+    /// A lingering close ended (the connection is done), after `discarded`
+    /// bytes were read and thrown away. A deadline end is also reported as
+    /// [`Event::Timeout`] (phase `Linger`).
+    Lingered { end: LingerEnd, discarded: u64 },
 }

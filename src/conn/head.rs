@@ -1,6 +1,7 @@
 //! Before the upgrade: reading the request head under the connect and
-//! handshake deadlines, reporting it, writing the owner's answer, and
-//! turning a written 101 into an open WebSocket.
+//! handshake deadlines, reporting it, writing the owner's answer (without
+//! its body for HEAD), and turning a written 101 into an open WebSocket or
+//! any other response into a lingering close.
 
 use std::io::{self, Read, Write};
 
@@ -84,16 +85,21 @@ impl<S: Transport> Conn<S> {
                     buf,
                     len,
                     key: head.ws_key.clone(),
+                    head_only: head.method == "HEAD",
                 };
                 cx.events.push(Event::Request(head));
             }
         }
     }
 
-    /// Answers the reported request with `r` and closes after it. Ignored
-    /// unless a request is waiting for its answer.
+    /// Answers the reported request with `r` and closes after it (a
+    /// lingering close). The answer to a HEAD request goes out without its
+    /// body, with the headers, `Content-Length` included, that a GET would
+    /// get (RFC 9110 §9.3.2). Ignored unless a request is waiting for its
+    /// answer.
     pub fn respond(&mut self, r: Response, cx: &mut Cx) {
-        if matches!(self.phase, Phase::Decide { .. }) {
+        if let Phase::Decide { head_only, .. } = self.phase {
+            let r = if head_only { http::without_body(r) } else { r };
             self.write_response(r, After::Close, cx);
         }
     }
@@ -170,7 +176,8 @@ impl<S: Transport> Conn<S> {
     }
 
     /// Enters the respond phase from reading or deciding. A 101 must be
-    /// written within the handshake deadline; anything else within `close`.
+    /// written within the handshake deadline; anything else within `close`,
+    /// which also bounds the lingering close after it.
     fn write_response(&mut self, r: Response, after: After, cx: &mut Cx) {
         let io = match std::mem::replace(&mut self.phase, Phase::Done(None)) {
             Phase::Head { io, .. } | Phase::Decide { io, .. } => io,
@@ -220,16 +227,19 @@ impl<S: Transport> Conn<S> {
     }
 
     fn response_written(&mut self, cx: &mut Cx) {
-        let Phase::Respond { io, after, .. } =
-            std::mem::replace(&mut self.phase, Phase::Done(None))
+        let Phase::Respond {
+            io,
+            after,
+            deadline,
+            ..
+        } = std::mem::replace(&mut self.phase, Phase::Done(None))
         else {
             return;
         };
         let After::Upgrade { leftover } = after else {
-            // Connection: close. Keep the stream: the owner must deregister
-            // it before it closes (the `polling` backend on Windows keeps
-            // its own handle map, and a reused handle would fail to register).
-            return self.end(Some(io.inner));
+            // Connection: close. Closing now with unread input would reset
+            // the connection and could destroy the response unread.
+            return self.linger(io, deadline, cx);
         };
         let now: Instant = cx.now;
         cx.events.push(Event::Opened {
@@ -252,6 +262,7 @@ impl<S: Transport> Conn<S> {
                 runs: Runs::default(),
                 drain_by: None,
                 pushed: 0,
+                pongs_owed: 0,
                 more_input: false,
             },
         };

@@ -61,6 +61,21 @@ pub trait Transport: Read + Write {
     /// short read seen earlier proves nothing about data that arrives
     /// later, so the next read must ask the socket.
     fn end_reading(&mut self) {}
+
+    /// Ends the sending side for a lingering close: writes out what the
+    /// transport still holds, ends its session (TLS `close_notify`), then
+    /// shuts down the socket's write side, so the peer reads every byte
+    /// and then EOF. `WouldBlock` while bytes wait for the socket: call
+    /// again once it is writable. Calling it again after `Ok` is harmless.
+    fn close_write(&mut self) -> io::Result<()> {
+        self.flush()
+    }
+
+    /// Reads and throws away what the peer sends, below any session (a
+    /// lingering close decrypts nothing). `Ok(0)` at EOF.
+    fn discard(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.read(buf)
+    }
 }
 
 /// A stream wrapper that remembers whether the last write would block,
@@ -198,4 +213,14 @@ impl Transport for mio::net::TcpStream {
     fn short_read_drains(&self) -> bool {
         crate::platform::SHORT_READ_MEANS_DRAINED
     }
+
+    fn close_write(&mut self) -> io::Result<()> {
+        self.shutdown(std::net::Shutdown::Write)
+    }
+}
+
+/// Runs `f` with this thread's socket scratch buffer (reads whose bytes
+/// are not kept: the lingering close).
+pub(super) fn with_scratch<R>(f: impl FnOnce(&mut [u8]) -> R) -> R {
+    SCRATCH_BUF.with_borrow_mut(|b| f(b))
 }

@@ -17,14 +17,16 @@
 //! an allocation per message.
 //!
 //! Jobs, one file each: `head` (the request head and the HTTP response),
-//! `ws` (the open and closing phases over tungstenite), `runs` (the runs
-//! whose events it forwards), `io` (the transport wrapper and
+//! `linger` (the lingering close after a response that ends the
+//! connection), `ws` (the open and closing phases over tungstenite), `runs`
+//! (the runs whose events it forwards), `io` (the transport wrapper and
 //! buffer sizing), `boundary` (frame boundaries, for giving buffers back).
 
 mod boundary;
 mod event;
 mod head;
 mod io;
+mod linger;
 mod runs;
 mod ws;
 
@@ -32,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use tungstenite::protocol::WebSocket;
 
-pub use event::{Event, TimeoutPhase};
+pub use event::{Event, LingerEnd, TimeoutPhase};
 pub use io::{Io, Transport, ws_config};
 
 use crate::reactor::Interest;
@@ -74,6 +76,9 @@ struct Open {
     drain_by: Option<Instant>,
     /// Outbound bytes queued since the write buffer was last empty.
     pushed: usize,
+    /// Pong bytes owed since the write buffer was last empty: a peer that
+    /// pings without reading the answers is a slow consumer too.
+    pongs_owed: usize,
     /// A message was reported and reading stopped there.
     more_input: bool,
 }
@@ -92,14 +97,26 @@ enum Phase<S> {
         buf: Vec<u8>,
         len: usize,
         key: Option<String>,
+        /// A HEAD request: the answer goes out without its body.
+        head_only: bool,
     },
-    /// Writing a complete HTTP response, then closing or upgrading.
+    /// Writing a complete HTTP response, then lingering or upgrading.
     Respond {
         io: Io<S>,
         out: Vec<u8>,
         written: usize,
         after: After,
         deadline: Instant,
+    },
+    /// A response that ends the connection was written: the write side is
+    /// shut down (once the transport has sent everything) and input is
+    /// discarded until the peer closes, `deadline` (the response's `close`
+    /// deadline, which this phase shares) or `linger_bytes`.
+    Linger {
+        io: Io<S>,
+        deadline: Instant,
+        discarded: u64,
+        write_closed: bool,
     },
     Open {
         ws: Box<WebSocket<Io<S>>>,
@@ -109,9 +126,13 @@ enum Phase<S> {
     Closing {
         ws: Box<WebSocket<Io<S>>>,
         deadline: Instant,
-        /// Wait for the peer's Close (graceful) or drop TCP as soon as ours
-        /// is flushed (failing the connection, RFC 6455 §7.1.7).
-        linger: bool,
+        /// Wait for the peer's Close (graceful), or stop reading frames as
+        /// soon as ours is flushed (failing the connection, RFC 6455
+        /// §7.1.7): a lingering close then ends TCP without a reset that
+        /// could destroy our Close unread.
+        await_close: bool,
+        /// Reading stopped at the frame batch with input left.
+        more_input: bool,
     },
     /// Finished; the stream is kept so the owner can deregister it from the
     /// poller before it closes (required by the `polling` backend).
@@ -124,6 +145,7 @@ pub enum PhaseName {
     Head,
     Decide,
     Respond,
+    Linger,
     Open,
     Closing,
     Done,
@@ -161,6 +183,7 @@ impl<S: Transport> Conn<S> {
             Phase::Head { .. } => PhaseName::Head,
             Phase::Decide { .. } => PhaseName::Decide,
             Phase::Respond { .. } => PhaseName::Respond,
+            Phase::Linger { .. } => PhaseName::Linger,
             Phase::Open { .. } => PhaseName::Open,
             Phase::Closing { .. } => PhaseName::Closing,
             Phase::Done(_) => PhaseName::Done,
@@ -174,9 +197,10 @@ impl<S: Transport> Conn<S> {
     /// The stream, for (de)registration with the reactor.
     pub fn stream_mut(&mut self) -> Option<&mut S> {
         match &mut self.phase {
-            Phase::Head { io, .. } | Phase::Decide { io, .. } | Phase::Respond { io, .. } => {
-                Some(&mut io.inner)
-            }
+            Phase::Head { io, .. }
+            | Phase::Decide { io, .. }
+            | Phase::Respond { io, .. }
+            | Phase::Linger { io, .. } => Some(&mut io.inner),
             Phase::Open { ws, .. } | Phase::Closing { ws, .. } => Some(&mut ws.get_mut().inner),
             Phase::Done(s) => s.as_mut(),
         }
@@ -193,6 +217,7 @@ impl<S: Transport> Conn<S> {
                     writable: true,
                 };
             }
+            Phase::Linger { write_closed, .. } => !*write_closed,
             Phase::Open { ws, .. } | Phase::Closing { ws, .. } => ws.get_ref().write_blocked,
         };
         if blocked {
@@ -219,7 +244,9 @@ impl<S: Transport> Conn<S> {
                 })
             }
             Phase::Decide { .. } => hard(self.accepted + t.handshake),
-            Phase::Respond { deadline, .. } | Phase::Closing { deadline, .. } => hard(*deadline),
+            Phase::Respond { deadline, .. }
+            | Phase::Linger { deadline, .. }
+            | Phase::Closing { deadline, .. } => hard(*deadline),
             Phase::Open { open, .. } => {
                 let beat = match open.ping_sent {
                     Some(_) => None, // the pong deadline (hard) replaces it
@@ -251,6 +278,9 @@ impl<S: Transport> Conn<S> {
 
     /// Handles readiness reported by the reactor.
     pub fn handle_io(&mut self, readable: bool, writable: bool, cx: &mut Cx) {
+        if let Phase::Linger { .. } = self.phase {
+            return self.drive_linger(cx);
+        }
         if writable {
             self.write_some(cx);
         }
@@ -263,19 +293,29 @@ impl<S: Transport> Conn<S> {
             // Nothing is read while the owner decides or a response goes
             // out; an edge-triggered poller is caught up by the next phase
             // (it reads until WouldBlock on entry).
-            Phase::Decide { .. } | Phase::Respond { .. } | Phase::Done(_) => {}
+            Phase::Decide { .. }
+            | Phase::Respond { .. }
+            | Phase::Linger { .. }
+            | Phase::Done(_) => {}
         }
     }
 
-    /// True when reading stopped at a reported message: answer it, then
-    /// call `handle_io(true, false, ..)` again (an edge-triggered poller
-    /// will not report the rest). One message at a time keeps answers in
-    /// order with what follows in the stream — an echo goes out before
-    /// the Close that a protocol error or the peer's Close frame brings —
-    /// and costs no syscall where a short read proved the socket drained.
-    /// Flush once the input is drained: replies to a burst go out together.
+    /// True when reading stopped at a reported message, or after a batch
+    /// of frames that are not messages (control frames; anything while
+    /// closing): answer it, then call `handle_io(true, false, ..)` again
+    /// (an edge-triggered poller will not report the rest). One message at
+    /// a time keeps answers in order with what follows in the stream — an
+    /// echo goes out before the Close that a protocol error or the peer's
+    /// Close frame brings — and costs no syscall where a short read proved
+    /// the socket drained. The batch keeps a ping flood from pinning the
+    /// reactor: the owner's read budget counts it like a message. Flush
+    /// once the input is drained: replies to a burst go out together.
     pub fn has_more_input(&self) -> bool {
-        matches!(&self.phase, Phase::Open { open, .. } if open.more_input)
+        match &self.phase {
+            Phase::Open { open, .. } => open.more_input,
+            Phase::Closing { more_input, .. } => *more_input,
+            _ => false,
+        }
     }
 
     /// Handles every deadline due at `cx.now`.
@@ -284,6 +324,7 @@ impl<S: Transport> Conn<S> {
             Phase::Head { .. } | Phase::Decide { .. } | Phase::Respond { .. } => {
                 self.head_timeout(cx)
             }
+            Phase::Linger { .. } => self.linger_timeout(cx),
             Phase::Open { .. } | Phase::Closing { .. } => self.ws_timeout(cx),
             Phase::Done(_) => {}
         }
@@ -377,9 +418,10 @@ impl<S: Transport> Conn<S> {
     /// transport ends its own session first (TLS `close_notify`).
     fn finish(&mut self) {
         let stream = match std::mem::replace(&mut self.phase, Phase::Done(None)) {
-            Phase::Head { io, .. } | Phase::Decide { io, .. } | Phase::Respond { io, .. } => {
-                Some(io.inner)
-            }
+            Phase::Head { io, .. }
+            | Phase::Decide { io, .. }
+            | Phase::Respond { io, .. }
+            | Phase::Linger { io, .. } => Some(io.inner),
             Phase::Open { ws, .. } => Some(ws.into_inner().inner),
             Phase::Closing { ws, .. } => Some(ws.into_inner().inner),
             Phase::Done(s) => s,

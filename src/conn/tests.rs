@@ -4,7 +4,7 @@
 use super::*;
 use crate::http;
 use crate::settings::Profile;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::rc::Rc;
@@ -17,16 +17,36 @@ use tungstenite::protocol::frame::coding::CloseCode;
 
 type Buf = Rc<RefCell<VecDeque<u8>>>;
 
-/// One end of an in-memory duplex; `WouldBlock` when empty.
+/// One end of an in-memory duplex; `WouldBlock` when empty, EOF once the
+/// other end shut down its sending side and everything was read.
 struct End {
     rx: Buf,
     tx: Buf,
+    /// The other end's sending side is shut down.
+    rx_shut: Rc<Cell<bool>>,
+    tx_shut: Rc<Cell<bool>>,
+    /// `close_write` says `WouldBlock` this many times first (a TLS
+    /// transport with records waiting for the socket).
+    close_blocks: u32,
+    /// Writes say `WouldBlock` while the peer holds this many unread
+    /// bytes (a full socket buffer).
+    tx_limit: usize,
+}
+
+impl End {
+    /// Shuts down this end's sending side (the peer reads EOF).
+    fn shut(&self) {
+        self.tx_shut.set(true);
+    }
 }
 
 impl Read for End {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let mut rx = self.rx.borrow_mut();
         if rx.is_empty() {
+            if self.rx_shut.get() {
+                return Ok(0);
+            }
             return Err(io::ErrorKind::WouldBlock.into());
         }
         let n = buf.len().min(rx.len());
@@ -39,8 +59,14 @@ impl Read for End {
 
 impl Write for End {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.tx.borrow_mut().extend(buf);
-        Ok(buf.len())
+        let mut tx = self.tx.borrow_mut();
+        let room = self.tx_limit.saturating_sub(tx.len());
+        if room == 0 && !buf.is_empty() {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let n = buf.len().min(room);
+        tx.extend(&buf[..n]);
+        Ok(n)
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
@@ -54,17 +80,38 @@ impl Transport for End {
     fn short_read_drains(&self) -> bool {
         false
     }
+    fn close_write(&mut self) -> io::Result<()> {
+        if self.close_blocks > 0 {
+            self.close_blocks -= 1;
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        self.shut();
+        Ok(())
+    }
 }
 
 fn duplex() -> (End, End) {
     let a: Buf = Default::default();
     let b: Buf = Default::default();
+    let a_shut: Rc<Cell<bool>> = Default::default();
+    let b_shut: Rc<Cell<bool>> = Default::default();
     (
         End {
             rx: a.clone(),
             tx: b.clone(),
+            rx_shut: a_shut.clone(),
+            tx_shut: b_shut.clone(),
+            close_blocks: 0,
+            tx_limit: usize::MAX,
         },
-        End { rx: b, tx: a },
+        End {
+            rx: b,
+            tx: a,
+            rx_shut: b_shut,
+            tx_shut: a_shut,
+            close_blocks: 0,
+            tx_limit: usize::MAX,
+        },
     )
 }
 
@@ -231,9 +278,9 @@ fn handshake_deadline_answers_408() {
     // A byte arrived: only the handshake deadline remains.
     assert_eq!(h.due(&c), Some(t0 + secs(3.0)));
     h.timeout(&mut c, t0 + secs(3.0));
-    assert!(c.is_done(), "408 written, then closed");
+    assert_eq!(c.phase(), PhaseName::Linger, "408 written, then lingering");
     let mut out = String::new();
-    client.read_to_string(&mut out).ok();
+    client.read_to_string(&mut out).unwrap();
     assert!(out.starts_with("HTTP/1.1 408 "), "{out}");
     assert_eq!(h.timeouts_of(TimeoutPhase::Handshake), 1);
 }
@@ -413,8 +460,20 @@ fn every_finished_connection_hands_its_stream_back_for_deregistration() {
     let mut c = Conn::new(1, server, t0, 1.0);
     client.write_all(b"GET /nope HTTP/1.1\r\n\r\n").unwrap();
     h.io(&mut c, t0);
+    client.shut();
+    h.io(&mut c, t0);
     assert!(c.is_done());
     assert!(c.stream_mut().is_some(), "404 path");
+    // After a lingering close cut at its deadline.
+    let (server, mut client) = duplex();
+    let mut c = Conn::new(3, server, t0, 1.0);
+    client.write_all(b"GET /nope HTTP/1.1\r\n\r\n").unwrap();
+    h.io(&mut c, t0);
+    h.timeout(&mut c, t0 + secs(1.0));
+    assert!(
+        c.is_done() && c.stream_mut().is_some(),
+        "linger deadline path"
+    );
     // After a connect timeout.
     let (server, _client) = duplex();
     let mut c = Conn::new(2, server, t0, 1.0);
@@ -459,9 +518,9 @@ fn a_head_trickled_byte_by_byte_still_upgrades_and_bad_lines_fail_early() {
     let mut c = Conn::new(2, server, t0, 1.0);
     client.write_all(b"\x01BAD / HTTP/1.1\r\n").unwrap();
     h.io(&mut c, t0);
-    assert!(c.is_done());
+    assert_eq!(c.phase(), PhaseName::Linger);
     let mut out = String::new();
-    client.read_to_string(&mut out).ok();
+    client.read_to_string(&mut out).unwrap();
     assert!(out.starts_with("HTTP/1.1 400 "), "{out}");
 }
 
@@ -729,6 +788,10 @@ fn answers_go_out_before_the_close_that_a_later_frame_brings() {
     h.io(&mut c, t0);
     assert_eq!(client.read().unwrap(), Message::text("first"), "echo first");
     expect_close(&mut client, 1002, "protocol error");
+    // Failing the connection: no frame is read after our Close; the write
+    // side is shut and TCP ends by a lingering close, not by a reset.
+    assert_eq!(c.phase(), PhaseName::Linger);
+    assert!(client.get_ref().rx_shut.get(), "EOF follows the Close");
     // A message, then the peer's Close, in one read.
     let (mut c, mut client) = open(&mut h, t0);
     client.write(Message::text("last words")).unwrap();
@@ -891,4 +954,175 @@ fn pipelined_messages_behind_a_large_one_all_arrive_in_order() {
     for i in 0..300 {
         assert_eq!(client.read().unwrap(), Message::text(format!("m{i}")));
     }
+}
+
+/// A connection that answered `request` (404 from the test owner) at `t0`.
+fn refused(h: &mut Owner, t0: Instant, request: &[u8]) -> (Conn<End>, End) {
+    let (server, mut client) = duplex();
+    let mut c = Conn::new(1, server, t0, 1.0);
+    client.write_all(request).unwrap();
+    h.io(&mut c, t0);
+    (c, client)
+}
+
+fn lingered(h: &Owner) -> Vec<(LingerEnd, u64)> {
+    h.log
+        .iter()
+        .filter_map(|e| match e {
+            Event::Lingered { end, discarded } => Some((*end, *discarded)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_refusal_shuts_the_write_side_and_discards_until_the_peer_closes() {
+    let mut h = owner();
+    let t0 = Instant::now();
+    // A pipelined second request behind the refused one.
+    let second = b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n";
+    let mut req = b"GET /nope HTTP/1.1\r\nHost: t\r\n\r\n".to_vec();
+    req.extend_from_slice(second);
+    let (mut c, mut client) = refused(&mut h, t0, &req);
+    assert_eq!(c.phase(), PhaseName::Linger);
+    assert_eq!(c.interest(), Interest::READABLE);
+    // The response, then EOF: the write side was shut down after it.
+    let mut out = String::new();
+    client.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 404 "), "{out}");
+    assert_eq!(out.matches("HTTP/1.1").count(), 1, "one answer: {out}");
+    // The deadline is the response's close deadline; it is hard.
+    let t = h.timeouts;
+    assert_eq!(
+        c.poll_timeout(&t, secs(0.05)),
+        Some(Wake {
+            at: t0 + t.close,
+            soft: false
+        })
+    );
+    // What the peer still sends is read and thrown away.
+    client.write_all(&[b'x'; 5000]).unwrap();
+    h.io(&mut c, t0 + secs(0.1));
+    assert_eq!(c.phase(), PhaseName::Linger);
+    assert!(client.tx.borrow().is_empty(), "all of it was read");
+    client.shut();
+    h.io(&mut c, t0 + secs(0.2));
+    assert!(c.is_done());
+    // The pipelined request was read with the head (it is not counted:
+    // only what arrives in the linger phase is).
+    assert_eq!(lingered(&h), [(LingerEnd::PeerClosed, 5000)]);
+    assert_eq!(h.timeouts_of(TimeoutPhase::Linger), 0);
+}
+
+#[test]
+fn a_peer_that_never_closes_is_dropped_at_the_close_deadline() {
+    let mut h = owner();
+    let t0 = Instant::now();
+    let (mut c, _client) = refused(&mut h, t0, b"GET /nope HTTP/1.1\r\nHost: t\r\n\r\n");
+    let close = h.timeouts.close;
+    h.timeout(&mut c, t0 + close - secs(0.001));
+    assert_eq!(c.phase(), PhaseName::Linger, "not before its deadline");
+    h.timeout(&mut c, t0 + close);
+    assert!(c.is_done());
+    assert_eq!(h.timeouts_of(TimeoutPhase::Linger), 1);
+    assert_eq!(lingered(&h), [(LingerEnd::Deadline, 0)]);
+}
+
+#[test]
+fn a_peer_that_keeps_sending_is_dropped_past_the_byte_cap() {
+    let mut h = owner();
+    h.limits.linger_bytes = 1000;
+    let t0 = Instant::now();
+    let (mut c, mut client) = refused(&mut h, t0, b"GET /nope HTTP/1.1\r\nHost: t\r\n\r\n");
+    client.write_all(&[b'x'; 1000]).unwrap();
+    h.io(&mut c, t0);
+    assert_eq!(c.phase(), PhaseName::Linger, "the cap itself is allowed");
+    client.write_all(b"y").unwrap();
+    h.io(&mut c, t0);
+    assert!(c.is_done());
+    assert_eq!(lingered(&h), [(LingerEnd::ByteCap, 1001)]);
+}
+
+#[test]
+fn the_write_side_is_shut_only_once_the_transport_has_sent_everything() {
+    let mut h = owner();
+    let t0 = Instant::now();
+    let (mut server, mut client) = duplex();
+    server.close_blocks = 2;
+    let mut c = Conn::new(1, server, t0, 1.0);
+    client
+        .write_all(b"GET /nope HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    h.io(&mut c, t0);
+    assert_eq!(c.phase(), PhaseName::Linger);
+    // Records wait for the socket: write readiness is wanted, no EOF yet.
+    assert_eq!(c.interest(), Interest::BOTH);
+    let mut out = Vec::new();
+    assert!(client.read_to_end(&mut out).is_err(), "WouldBlock, not EOF");
+    h.drive(&mut c, t0, |c, cx| c.handle_io(false, true, cx));
+    assert_eq!(c.interest(), Interest::BOTH, "still blocked once");
+    h.drive(&mut c, t0, |c, cx| c.handle_io(false, true, cx));
+    assert_eq!(c.interest(), Interest::READABLE);
+    client.read_to_end(&mut out).unwrap();
+    assert!(out.starts_with(b"HTTP/1.1 404 "));
+    // The peer closing while the write side waits also ends it.
+    client.shut();
+    h.io(&mut c, t0);
+    assert!(c.is_done());
+}
+
+#[test]
+fn a_head_request_gets_the_head_of_the_answer_only() {
+    let mut h = owner();
+    let t0 = Instant::now();
+    let (_c, mut client) = refused(&mut h, t0, b"HEAD /nope HTTP/1.1\r\nHost: t\r\n\r\n");
+    let mut out = String::new();
+    client.read_to_string(&mut out).unwrap();
+    // The test owner answers 404 with the body "no\n".
+    assert!(out.starts_with("HTTP/1.1 404 "), "{out}");
+    assert!(out.contains("Content-Length: 3\r\n"), "{out}");
+    assert!(out.ends_with("\r\n\r\n"), "no body: {out:?}");
+}
+
+#[test]
+fn a_ping_flood_whose_pongs_are_not_read_is_closed_1008() {
+    let mut h = owner();
+    h.limits.max_outbound = 4096;
+    let t0 = Instant::now();
+    let ping = || Message::Ping(vec![b'p'; 125].into());
+    // A peer that reads: 100 Pongs (12.7 KB, over the limit) go out.
+    let (mut c, mut client) = open(&mut h, t0);
+    for _ in 0..100 {
+        client.write(ping()).unwrap();
+    }
+    client.flush().unwrap();
+    // One call reads a batch of them and hands the connection back, so a
+    // flood cannot pin the reactor (the owner's read budget counts it).
+    c.handle_io(true, false, &mut h.cx(t0));
+    assert!(c.has_more_input(), "stopped after a batch");
+    h.io(&mut c, t0);
+    assert!(!c.has_more_input());
+    assert_eq!(c.phase(), PhaseName::Open);
+    let mut pongs = 0;
+    while let Ok(m) = client.read() {
+        assert!(matches!(m, Message::Pong(_)), "{m:?}");
+        pongs += 1;
+    }
+    assert!(pongs >= 1, "answered");
+    // A peer whose window is full after 2 KiB and that never reads.
+    let (mut c, mut client) = open(&mut h, t0);
+    c.stream_mut().unwrap().tx_limit = 2048;
+    for _ in 0..100 {
+        client.write(ping()).unwrap();
+    }
+    client.flush().unwrap();
+    h.io(&mut c, t0);
+    assert_eq!(c.phase(), PhaseName::Closing);
+    assert_eq!(h.count(&Event::CloseSent(1008)), 1);
+    // Nothing piled up: what the socket took, and tungstenite's bounded buffer.
+    assert!(client.get_ref().rx.borrow().len() <= 2048);
+    // Once the peer reads, the Close arrives after the Pongs.
+    c.stream_mut().unwrap().tx_limit = usize::MAX;
+    h.drive(&mut c, t0, |c, cx| c.handle_io(false, true, cx));
+    expect_close(&mut client, 1008, "backpressure");
 }

@@ -15,6 +15,10 @@ use tungstenite::{Error as WsError, Message};
 use super::io::COMPACT_OVER;
 use super::{Conn, Cx, Event, Phase, TimeoutPhase};
 
+/// Frames read in one call without a message to report (control frames;
+/// anything while closing) before the owner gets the connection back.
+const FRAMES_PER_CALL: u32 = 64;
+
 fn close_frame(code: u16, reason: &'static str) -> CloseFrame {
     CloseFrame {
         code: code.into(),
@@ -31,17 +35,31 @@ impl<S: Transport> Conn<S> {
     /// message would let a peer that answers each reply at once keep this
     /// connection reading forever.
     pub(super) fn drive_ws(&mut self, cx: &mut Cx) {
+        let mut frames = 0u32;
         loop {
-            let (ws, open) = match &mut self.phase {
-                Phase::Open { ws, open } => (ws, Some(open)),
-                Phase::Closing { ws, .. } => (ws, None),
+            let (ws, open, closing_more) = match &mut self.phase {
+                Phase::Open { ws, open } => (ws, Some(open), None),
+                Phase::Closing { ws, more_input, .. } => (ws, None, Some(more_input)),
                 _ => return,
             };
+            if frames == FRAMES_PER_CALL {
+                // Input left after a batch without a message: the owner
+                // reads on within its budget, or on its next turn.
+                match (open, closing_more) {
+                    (Some(open), _) => open.more_input = true,
+                    (_, Some(more)) => *more = true,
+                    _ => {}
+                }
+                break;
+            }
+            frames += 1;
             let msg = match ws.read() {
                 Ok(msg) => msg,
                 Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if let Some(open) = open {
-                        open.more_input = false;
+                    match (open, closing_more) {
+                        (Some(open), _) => open.more_input = false,
+                        (_, Some(more)) => *more = false,
+                        _ => {}
                     }
                     break;
                 }
@@ -68,7 +86,23 @@ impl<S: Transport> Conn<S> {
                     let deadline = cx.now + cx.timeouts.close;
                     self.enter_closing(deadline, true);
                 }
-                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+                Message::Ping(p) => {
+                    // tungstenite answers every Ping, and while the socket
+                    // is blocked it keeps only the latest Pong, so memory
+                    // stays bounded; but a peer that asks for more replies
+                    // than `max_outbound` without reading them is a slow
+                    // consumer like any other (a ping flood): close 1008.
+                    if ws.get_ref().write_blocked {
+                        open.pongs_owed = open.pongs_owed.saturating_add(p.len() + 2);
+                    } else {
+                        open.pongs_owed = 0; // the Pongs are going out
+                    }
+                    if open.pongs_owed > cx.limits.max_outbound {
+                        tracing::info!(conn = self.id, "ping flood: pongs not read");
+                        self.begin_close(1008, "backpressure", cx);
+                    }
+                }
+                Message::Pong(_) | Message::Frame(_) => {}
             }
         }
         if let Phase::Open { ws, open } = &mut self.phase {
@@ -108,9 +142,10 @@ impl<S: Transport> Conn<S> {
     /// calls it last, before it waits again.
     pub fn flush(&mut self, cx: &mut Cx) {
         match &mut self.phase {
-            Phase::Head { io, .. } | Phase::Decide { io, .. } | Phase::Respond { io, .. } => {
-                io.end_reading()
-            }
+            Phase::Head { io, .. }
+            | Phase::Decide { io, .. }
+            | Phase::Respond { io, .. }
+            | Phase::Linger { io, .. } => io.end_reading(),
             Phase::Open { ws, .. } | Phase::Closing { ws, .. } => ws.get_mut().end_reading(),
             Phase::Done(_) => {}
         }
@@ -121,6 +156,9 @@ impl<S: Transport> Conn<S> {
     /// the buffers a burst grew.
     pub(super) fn write_some(&mut self, cx: &mut Cx) {
         if self.write_out(cx) {
+            if let Phase::Open { open, .. } = &mut self.phase {
+                open.pongs_owed = 0;
+            }
             self.compact(cx);
         }
     }
@@ -135,7 +173,7 @@ impl<S: Transport> Conn<S> {
             Phase::Open { ws, .. } | Phase::Closing { ws, .. } => {
                 let r = ws.flush();
                 let flushed = r.is_ok();
-                self.after_flush(r);
+                self.after_flush(r, cx);
                 flushed
             }
             _ => false,
@@ -280,11 +318,12 @@ impl<S: Transport> Conn<S> {
 
     /// Sends a Close and enters the closing phase (deadline `close`). Peer
     /// faults (1002 protocol, 1007 bad data, 1009 too big) fail the
-    /// connection: TCP is dropped once the Close is flushed, since the peer
-    /// may never send a well-formed Close of its own.
+    /// connection: once the Close is flushed no frame is read any more
+    /// (the peer may never send a well-formed Close of its own) and a
+    /// lingering close ends TCP within the same deadline.
     pub(super) fn begin_close(&mut self, code: u16, reason: &'static str, cx: &mut Cx) {
         let deadline = cx.now + cx.timeouts.close;
-        let linger = !matches!(code, 1002 | 1007 | 1009);
+        let await_close = !matches!(code, 1002 | 1007 | 1009);
         let Phase::Open { ws, .. } = &mut self.phase else {
             return;
         };
@@ -292,11 +331,11 @@ impl<S: Transport> Conn<S> {
         // Room for the Close frame even when the buffer is full (backpressure).
         ws.set_config(|c| c.max_write_buffer_size = c.max_write_buffer_size.saturating_add(256));
         let r = ws.close(Some(close_frame(code, reason)));
-        self.enter_closing(deadline, linger);
-        self.after_flush(r);
+        self.enter_closing(deadline, await_close);
+        self.after_flush(r, cx);
     }
 
-    fn enter_closing(&mut self, deadline: std::time::Instant, linger: bool) {
+    fn enter_closing(&mut self, deadline: std::time::Instant, await_close: bool) {
         if let Phase::Open { .. } = self.phase {
             let Phase::Open { ws, mut open } =
                 std::mem::replace(&mut self.phase, Phase::Done(None))
@@ -308,16 +347,25 @@ impl<S: Transport> Conn<S> {
             self.phase = Phase::Closing {
                 ws,
                 deadline,
-                linger,
+                await_close,
+                more_input: false,
             };
         }
     }
 
-    fn after_flush(&mut self, r: Result<(), WsError>) {
+    fn after_flush(&mut self, r: Result<(), WsError>, cx: &mut Cx) {
         match r {
             Ok(()) => {
-                if let Phase::Closing { linger: false, .. } = self.phase {
-                    self.finish();
+                if let Phase::Closing {
+                    await_close: false, ..
+                } = self.phase
+                {
+                    let Phase::Closing { ws, deadline, .. } =
+                        std::mem::replace(&mut self.phase, Phase::Done(None))
+                    else {
+                        unreachable!("matched Closing above")
+                    };
+                    self.linger(ws.into_inner(), deadline, cx);
                 }
             }
             Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}

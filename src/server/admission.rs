@@ -61,8 +61,11 @@ fn authenticate(
 
 /// The subprotocol to select. A `bearer.<token>` entry carries a
 /// credential, not a protocol: it is never selected or echoed back. A
-/// client that offers only protocols the application does not speak is
-/// refused with 400 naming the supported ones (never a silent mismatch).
+/// client that sent a subprotocol list but offers nothing the application
+/// speaks — only unknown protocols, or only a `bearer.<token>` entry — is
+/// refused with 400 naming the supported ones: a browser that sent a list
+/// aborts (1006, no message) on a 101 that selects none, so a silent
+/// mismatch is never the answer.
 fn subprotocol(sh: &Shared, u: &UpgradeRequest) -> Result<Option<&'static str>, Response> {
     let offered: Vec<String> = u
         .protocols
@@ -72,11 +75,18 @@ fn subprotocol(sh: &Shared, u: &UpgradeRequest) -> Result<Option<&'static str>, 
         .collect();
     let supported = sh.cfg.app.subprotocols();
     let protocol = http::select_protocol(&offered, supported);
-    if !offered.is_empty() && protocol.is_none() {
-        let body = format!(
-            "unsupported subprotocol; supported: {}\n",
+    if !u.protocols.is_empty() && protocol.is_none() {
+        let named = if supported.is_empty() {
+            "(none)".to_string()
+        } else {
             supported.join(", ")
-        );
+        };
+        let why = if offered.is_empty() {
+            "the subprotocol list holds only a bearer.<token> credential; supported:"
+        } else {
+            "unsupported subprotocol; supported:"
+        };
+        let body = format!("{why} {named}\n");
         return Err(http::text(400, "Bad Request", &body));
     }
     Ok(protocol)

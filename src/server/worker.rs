@@ -528,5 +528,6 @@ fn answer(rc: &mut RunCx, key: usize, e: &mut Entry, ev: Event, cx: &mut Cx) {
         Event::TransportFailed => {
             m.tls_handshake_failures_total.fetch_add(1, Relaxed);
         }
+        Event::Lingered { end, discarded } => m.lingered(end, discarded),
     }
 }

@@ -451,6 +451,24 @@ pub static DECLS: &[Decl] = &[
         "32",
         "Most HTTP request header lines (over it: 431)"
     ),
+    // A lingering close reads what the peer still sends after a response
+    // that ends the connection, so that closing does not reset it and
+    // destroy the response unread (nginx's `lingering_close`). The `close`
+    // deadline bounds its time; this bounds the work a peer can make it do.
+    // It must exceed what a fast peer can have in flight before it reads
+    // the answer — the kernel's socket buffers, autotuned up to tcp_wmem
+    // (4 MiB) on its side and tcp_rmem (32 MiB on the project machine) on
+    // ours — or the close resets after all: a 1 MiB cap lost the 1009 of a
+    // client streaming fragments on a busy machine. Discarding 64 MiB
+    // costs about 20 ms of CPU.
+    count!(
+        Limits,
+        limits.linger_bytes,
+        "linger-bytes",
+        "POLLCAP_LINGER_BYTES",
+        "67108864",
+        "Bytes read and discarded after a refusal before closing anyway"
+    ),
     Decl {
         name: "threads",
         flag: Some("threads"),

@@ -78,6 +78,8 @@ pub struct Limits {
     pub max_head_bytes: usize,
     /// Header lines; over it → 431.
     pub max_headers: usize,
+    /// Bytes a lingering close discards before it closes anyway.
+    pub linger_bytes: usize,
 }
 
 impl std::default::Default for Limits {
@@ -193,6 +195,7 @@ impl Settings {
                 read_buffer: 0,
                 max_head_bytes: 0,
                 max_headers: 0,
+                linger_bytes: 0,
             },
             threads: 1,
             ws_path: String::new(),

@@ -322,6 +322,7 @@ fn every_setting_is_read_from_its_env_var_and_its_flag() {
         ("read_buffer", "4096"),
         ("max_head_bytes", "2048"),
         ("max_headers", "9"),
+        ("linger_bytes", "4096"),
         ("threads", "3"),
         ("ws_path", "/chat"),
         ("app", "echo"),

@@ -163,6 +163,8 @@ struct Session<C> {
     /// The last socket read was short (Unix: nothing more is waiting).
     drained: bool,
     failed: bool,
+    /// close_notify was queued: it is sent once.
+    notified: bool,
 }
 
 /// Where decrypted data goes while records are processed.
@@ -194,6 +196,7 @@ impl<C: Records> Session<C> {
             eof: false,
             drained: false,
             failed: false,
+            notified: false,
         }
     }
 
@@ -437,20 +440,22 @@ impl<C: Records> Session<C> {
         })
     }
 
-    /// Queues and sends close_notify (best effort).
-    fn close_notify(&mut self, tcp: &mut TcpStream) {
-        if self.failed || self.conn.handshaking() {
-            return;
-        }
-        let mut pending = std::mem::take(&mut self.incoming);
-        let status = self.conn.process(&mut pending);
-        if let Ok(ConnectionState::WriteTraffic(mut w)) = status.state {
-            let mut record = [0u8; RECORD_OVERHEAD]; // small: an alert
-            if let Ok(n) = w.queue_close_notify(&mut record) {
-                let _ = send_records(&mut self.outgoing, tcp, &record[..n]);
+    /// Queues close_notify once, after everything written before it, and
+    /// writes out what it can: `WouldBlock` while records wait for the
+    /// socket. A failed or unfinished session has nothing to notify.
+    fn close_notify(&mut self, tcp: &mut TcpStream) -> io::Result<()> {
+        if !self.notified && !self.failed && !self.conn.handshaking() {
+            self.notified = true;
+            let mut pending = std::mem::take(&mut self.incoming);
+            let status = self.conn.process(&mut pending);
+            if let Ok(ConnectionState::WriteTraffic(mut w)) = status.state {
+                let mut record = [0u8; RECORD_OVERHEAD]; // small: an alert
+                if let Ok(n) = w.queue_close_notify(&mut record) {
+                    send_records(&mut self.outgoing, tcp, &record[..n])?;
+                }
             }
         }
-        let _ = self.write_out(tcp);
+        self.write_out(tcp)
     }
 }
 
@@ -610,7 +615,22 @@ impl Transport for TlsStream {
 
     fn shut_down(&mut self) {
         let tcp = &mut self.tcp;
-        session!(self, s => s.close_notify(tcp), plain => ())
+        let _ = session!(self, s => s.close_notify(tcp), plain => Ok(()));
+    }
+
+    /// close_notify after everything written, then the socket's FIN: the
+    /// peer reads the whole response, the end of the session, then EOF.
+    fn close_write(&mut self) -> io::Result<()> {
+        let tcp = &mut self.tcp;
+        session!(self, s => s.close_notify(tcp), plain => Ok(()))?;
+        self.tcp.shutdown(std::net::Shutdown::Write)
+    }
+
+    /// Raw bytes from the socket: a lingering close decrypts nothing.
+    fn discard(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.tcp.read(buf)?;
+        self.received += n as u64;
+        Ok(n)
     }
 
     fn end_reading(&mut self) {

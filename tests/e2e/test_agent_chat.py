@@ -156,6 +156,19 @@ def test_browser_form_bearer_subprotocol_is_accepted_and_not_echoed(server):
     run(go())
 
 
+def test_bearer_only_subprotocol_list_gets_400_naming_agent_chat(server):
+    # A browser page that sends only its token as a subprotocol would get
+    # a 101 selecting none and abort with 1006: it gets a clear 400 instead.
+    async def go():
+        with pytest.raises(InvalidStatus) as e:
+            async with websockets.connect(server.url, subprotocols=["bearer." + server.token()],
+                                          open_timeout=10):
+                pass
+        assert e.value.response.status_code == 400
+        assert b"supported: agent_chat" in e.value.response.body
+    run(go())
+
+
 def test_unknown_only_subprotocol_gets_400_naming_agent_chat(server):
     async def go():
         with pytest.raises(InvalidStatus) as e:

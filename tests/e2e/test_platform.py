@@ -171,3 +171,17 @@ def test_cloudrun_multi_instance_reaches_redis_through_the_connector(server_fact
         assert time.monotonic() < deadline, "an unreachable Redis was never noticed"
         time.sleep(0.05)
     assert health()["status"] == "degraded"
+
+
+def test_load_balancers_probing_with_head_get_the_head_of_get(server):
+    # Some load balancers probe with HEAD: 200, GET's Content-Length, no body.
+    get = urllib.request.urlopen(f"http://{server.addr}/", timeout=5)
+    body = get.read()
+    head = urllib.request.urlopen(urllib.request.Request(f"http://{server.addr}/", method="HEAD"),
+                                  timeout=5)
+    assert head.status == 200
+    assert int(head.headers["Content-Length"]) == len(body)
+    assert head.read() == b""
+    req = urllib.request.Request(f"http://{server.addr}/health", method="HEAD")
+    with urllib.request.urlopen(req, timeout=5) as r:
+        assert r.status == 200 and int(r.headers["Content-Length"]) > 0

@@ -1,5 +1,6 @@
-//! `pollcap serve`: the auth rule, the process limits, the signal handler
-//! and the start-up line around the library's `Server`.
+//! `pollcap serve`: the auth rule, the process limits and allocator
+//! setting, the signal handler and the start-up line around the library's
+//! `Server`.
 
 use std::process::ExitCode;
 
@@ -22,6 +23,9 @@ pub fn run(settings: Settings) -> ExitCode {
             s.listen
         ));
     }
+    // Before the threads start: large buffers go back to the system when
+    // freed (see `sys::fix_mmap_threshold`).
+    sys::fix_mmap_threshold();
     let fds = sys::raise_fd_limit();
     if let Some(n) = fds.filter(|&n| n < s.limits.max_connections as u64 + 64) {
         tracing::warn!(

@@ -1,8 +1,8 @@
 //! The tools' platform glue, Linux /proc and POSIX signals and limits:
-//! process CPU and memory for `load` and `bench`, SIGTERM for `bench`, and
-//! raising the descriptor limit for `serve` (the library leaves process
-//! limits alone). Everything here degrades to `None` / `Unsupported`
-//! elsewhere.
+//! process CPU, memory and open descriptors for `load` and `bench`,
+//! SIGTERM for `bench`, and raising the descriptor limit for `serve` (the
+//! library leaves process limits alone). Everything here degrades to
+//! `None` / `Unsupported` elsewhere.
 
 use std::io;
 
@@ -131,6 +131,46 @@ pub fn context_switches(pid: u32) -> Option<u64> {
     #[cfg(not(target_os = "linux"))]
     {
         let _ = pid;
+        None
+    }
+}
+
+/// Open file descriptors of process `pid` (entries of /proc/PID/fd), for
+/// the soak's leak check. Linux only.
+pub fn open_fds(pid: u32) -> Option<u64> {
+    #[cfg(target_os = "linux")]
+    {
+        let dir = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+        Some(dir.filter(|e| e.is_ok()).count() as u64)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = pid;
+        None
+    }
+}
+
+/// Fixes glibc's mmap threshold at 128 KiB (its initial value), unless
+/// `MALLOC_MMAP_THRESHOLD_` says otherwise: buffers that large are then
+/// mapped on their own and given back to the system when freed. By
+/// default glibc raises the threshold to the largest buffer freed so far
+/// (up to 32 MiB), and from then on a burst of large messages leaves its
+/// memory in the heap: after the same 30 s soak, 99 MiB of RSS with the
+/// default against 17 MiB with this. Returns the threshold set. glibc
+/// only (other allocators give large blocks back on their own).
+pub fn fix_mmap_threshold() -> Option<usize> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        const THRESHOLD: usize = 128 * 1024;
+        if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_some() {
+            return None;
+        }
+        // SAFETY: mallopt only changes the allocator's parameters.
+        let ok = unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, THRESHOLD as libc::c_int) } == 1;
+        ok.then_some(THRESHOLD)
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
         None
     }
 }

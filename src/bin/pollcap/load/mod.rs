@@ -1,11 +1,12 @@
 //! The load tool behind `pollcap load`: echo throughput/latency, agent
-//! runs, handshake storms and idle-connection memory, against any server on
-//! loopback. Every loop is bounded in count and time. Server-side CPU and
-//! RSS are read from `/proc/PID` when `--server-pid` is given. URLs are
-//! parsed by the library client's parser, like the probe's.
+//! runs, handshake storms, idle-connection memory and the soak, against
+//! any server on loopback. Every loop is bounded in count and time.
+//! Server-side CPU and RSS are read from `/proc/PID` when `--server-pid` is
+//! given. URLs are parsed by the library client's parser, like the probe's.
 
 mod echo;
 mod idle;
+mod soak;
 mod storm;
 
 use std::io;
@@ -31,9 +32,10 @@ pub use storm::storm;
 pub struct LoadArgs {
     #[command(subcommand)]
     mode: LoadMode,
-    /// Server URL.
-    #[arg(long, global = true, default_value = "ws://127.0.0.1:8765/ws")]
-    url: String,
+    /// Server URL [default: ws://127.0.0.1:8765/ws; soak: a server it
+    /// starts itself].
+    #[arg(long, global = true)]
+    url: Option<String>,
     /// Server process id, to report its CPU and RSS (Linux /proc).
     #[arg(long, global = true)]
     server_pid: Option<u32>,
@@ -84,16 +86,111 @@ enum LoadMode {
         #[arg(long, default_value_t = 0.0)]
         ramp: f64,
     },
+    /// Mixed load for D seconds — agent runs, echo of large messages, idle
+    /// holders, connection churn, slow and stalled readers — against a
+    /// server it starts (or --url, with --server-pid for memory), then a
+    /// verdict: RSS back within 5 % + 4 MiB of its start, descriptors
+    /// back to their start, no missed deadline, no panic, no error. Exit
+    /// status 1 if a check fails. Markdown, or JSON with --json.
+    Soak {
+        #[arg(long, default_value_t = 600.0)]
+        duration: f64,
+        /// Seconds of the same mix before the start sample [default: 10 %
+        /// of the duration, 15 to 60].
+        #[arg(long)]
+        warmup: Option<f64>,
+        /// agent_chat clients with one paced run in flight each.
+        #[arg(long, default_value_t = 8)]
+        agents: usize,
+        /// Clients echoing messages of 16 B to 256 KiB.
+        #[arg(long, default_value_t = 2)]
+        echoes: usize,
+        /// Slow readers (every other round a stalled one).
+        #[arg(long, default_value_t = 2)]
+        slow: usize,
+        /// Threads opening and closing connections, about 100 a second each.
+        #[arg(long, default_value_t = 2)]
+        churn: usize,
+        /// Idle connections held (and reopened when the server closes them).
+        #[arg(long, default_value_t = 500)]
+        idle: usize,
+        #[arg(long, env = "POLLCAP_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
 }
+
+/// Where the load goes when no --url is given.
+const DEFAULT_URL: &str = "ws://127.0.0.1:8765/ws";
 
 /// Runs one load mode and prints its figures.
 pub fn command(args: LoadArgs) -> ExitCode {
-    let (url, pid) = (args.url.as_str(), args.server_pid);
+    let pid = args.server_pid;
+    let url = args.url.as_deref().unwrap_or(DEFAULT_URL);
     if let Err(e) = tls_setup(args.ca_file.as_deref()) {
         eprintln!("pollcap load: {e}");
         return ExitCode::from(2);
     }
     let result = match args.mode {
+        LoadMode::Soak {
+            duration,
+            warmup,
+            agents,
+            echoes,
+            slow,
+            churn,
+            idle,
+            token,
+        } => {
+            let seconds = |what: &str, v: f64| {
+                if v.is_finite() && v > 0.0 && v <= 86_400.0 {
+                    Ok(Duration::from_secs_f64(v))
+                } else {
+                    Err(format!(
+                        "{what} must be a number of seconds in (0, 86400], got {v}"
+                    ))
+                }
+            };
+            let warmup = warmup.unwrap_or((duration / 10.0).clamp(15.0, 60.0));
+            let (duration, warmup) =
+                match (seconds("--duration", duration), seconds("--warmup", warmup)) {
+                    (Ok(d), Ok(w)) => (d, w),
+                    (Err(e), _) | (_, Err(e)) => {
+                        eprintln!("pollcap load soak: {e}");
+                        return ExitCode::from(2);
+                    }
+                };
+            let opts = soak::SoakOptions {
+                duration,
+                warmup,
+                mix: soak::MixConfig {
+                    url: String::new(),
+                    token,
+                    agents,
+                    echoes,
+                    slow,
+                    churn,
+                    idle,
+                },
+            };
+            return match soak::soak(args.url.as_deref(), pid, opts) {
+                Ok(r) => {
+                    if args.json {
+                        println!("{}", json(&r));
+                    } else {
+                        print!("{}", r.markdown());
+                    }
+                    if r.failed == 0 {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    }
+                }
+                Err(e) => {
+                    eprintln!("pollcap load soak: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         LoadMode::Echo {
             connections,
             size,
