@@ -21,7 +21,7 @@
 //! runs and their execution deadlines), `io` (the transport wrapper and
 //! buffer sizing), `boundary` (frame boundaries, for giving buffers back).
 
-mod boundary;
+pub(crate) mod boundary;
 mod event;
 mod head;
 mod io;

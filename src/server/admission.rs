@@ -64,13 +64,20 @@ fn authenticate(
 /// client that offers only protocols the application does not speak is
 /// refused with 400 naming the supported ones (never a silent mismatch).
 fn subprotocol(sh: &Shared, u: &UpgradeRequest) -> Result<Option<&'static str>, Response> {
-    let offered: Vec<String> = u
-        .protocols
+    choose_subprotocol(&u.protocols, sh.cfg.app.subprotocols())
+}
+
+/// [`subprotocol`] without the server: what the client `offered`, what
+/// the application `supported` (pure, so the fuzz targets can drive it).
+pub(crate) fn choose_subprotocol(
+    offered: &[String],
+    supported: &'static [&'static str],
+) -> Result<Option<&'static str>, Response> {
+    let offered: Vec<String> = offered
         .iter()
         .filter(|p| !p.starts_with(auth::SUBPROTOCOL_PREFIX))
         .cloned()
         .collect();
-    let supported = sh.cfg.app.subprotocols();
     let protocol = http::select_protocol(&offered, supported);
     if !offered.is_empty() && protocol.is_none() {
         let body = format!(
