@@ -195,6 +195,14 @@ impl<S: Transport> Conn<S> {
                     writable: true,
                 };
             }
+            // Failing the connection (a peer fault): only our Close is left
+            // to write, and nothing is read (see `Conn::drive_ws`).
+            Phase::Closing { linger: false, .. } => {
+                return Interest {
+                    readable: false,
+                    writable: true,
+                };
+            }
             Phase::Open { ws, .. } | Phase::Closing { ws, .. } => ws.get_ref().write_blocked,
         };
         if blocked {

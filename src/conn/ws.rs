@@ -34,6 +34,12 @@ impl<S: Transport> Conn<S> {
         loop {
             let (ws, open) = match &mut self.phase {
                 Phase::Open { ws, open } => (ws, Some(open)),
+                // Failing the connection after a peer fault: tungstenite's
+                // reader is left mid-frame (it refused the frame), and
+                // reading on would take its next empty read for the peer's
+                // EOF and drop the connection before our Close went out.
+                // Nothing more is read: the Close goes out, then TCP.
+                Phase::Closing { linger: false, .. } => return,
                 Phase::Closing { ws, .. } => (ws, None),
                 _ => return,
             };
