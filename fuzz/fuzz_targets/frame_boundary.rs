@@ -100,28 +100,42 @@ fn tungstenite_frames(s: &[u8]) -> (Vec<Seen>, Option<u64>) {
     (frames, None)
 }
 
-/// What the tracker must say after `k` bytes.
-fn expected(frames: &[Seen], k: u64) -> (bool, u64) {
-    let mut in_message = false;
-    let mut on_end = k == 0;
-    let mut largest = 0;
-    for f in frames {
-        if f.header_end <= k {
-            largest = largest.max(f.len);
+/// What the tracker must say as the stream is cut further and further
+/// (cuts only grow, so each frame is looked at once).
+#[derive(Default)]
+struct Expect {
+    ended: usize,
+    headed: usize,
+    in_message: bool,
+    largest: u64,
+}
+
+impl Expect {
+    /// (between messages, largest payload) after `k` bytes.
+    fn at(&mut self, frames: &[Seen], k: u64) -> (bool, u64) {
+        while let Some(f) = frames.get(self.headed).filter(|f| f.header_end <= k) {
+            self.largest = self.largest.max(f.len);
+            self.headed += 1;
         }
-        if f.end <= k {
+        let mut on_end = k == 0;
+        while let Some(f) = frames.get(self.ended).filter(|f| f.end <= k) {
             if f.data {
-                in_message = !f.fin;
+                self.in_message = !f.fin;
             }
-            on_end |= f.end == k;
+            on_end = f.end == k;
+            self.ended += 1;
         }
+        // A cut exactly at the end of an earlier frame (no new one ended).
+        if self.ended > 0 && frames[self.ended - 1].end == k {
+            on_end = true;
+        }
+        (on_end && !self.in_message, self.largest)
     }
-    (on_end && !in_message, largest)
 }
 
 fn program(b: &mut Bytes) -> Vec<u8> {
     let mut s = Vec::new();
-    while !b.is_empty() && s.len() < 1 << 20 {
+    while !b.is_empty() && s.len() < 256 * 1024 {
         let op = b.byte();
         if op % 8 == 7 {
             let n = usize::from(b.byte() % 32);
@@ -133,7 +147,7 @@ fn program(b: &mut Bytes) -> Vec<u8> {
         let len = match sel {
             0..=199 => usize::from(sel % 126),
             200..=239 => 126 + usize::from(b.u16()),
-            _ => [65535, 65536, 70_000, 200_000][usize::from(sel % 4)],
+            _ => [65535, 65536, 70_000, 40_000][usize::from(sel % 4)],
         };
         let fill = b.byte();
         let payload: Vec<u8> = if fill < 200 {
@@ -209,12 +223,15 @@ fn run(data: &[u8]) {
     let mut seed = u32::from(b.byte()) | 1;
     let piece = [1usize, 3, 16, 200, 5000][usize::from(b.byte() % 5)];
     let stream = program(&mut b);
+    // At most a few thousand cuts: a long stream is cut in larger pieces.
+    let piece = piece.max(stream.len() / 2048);
     let (frames, refused) = tungstenite_frames(&stream);
     let last = refused.unwrap_or(u64::MAX);
 
     // The tracker alone, fed in pieces.
     let mut cuts = Vec::new();
     let mut tracker = FrameBoundary::default();
+    let mut expect = Expect::default();
     let mut at = 0;
     while at < stream.len() {
         seed ^= seed << 13;
@@ -227,7 +244,7 @@ fn run(data: &[u8]) {
         if at as u64 > last {
             break;
         }
-        let (between, largest) = expected(&frames, at as u64);
+        let (between, largest) = expect.at(&frames, at as u64);
         assert_eq!(
             tracker.between_messages(),
             between,
