@@ -530,11 +530,11 @@ fn run(data: &[u8]) {
                         c.run_finished(id, cx)
                     };
                 });
-                let known = h.runs.iter().position(|r| r.id == id);
+                // (Runs may also have started during the call: answers to
+                // the events it reported.)
                 if live {
-                    assert!(known.is_some(), "run {id} finished but was not live");
-                }
-                if let Some(i) = known {
+                    let known = h.runs.iter().position(|r| r.id == id);
+                    let i = known.unwrap_or_else(|| panic!("run {id} finished but was not live"));
                     h.runs.swap_remove(i);
                 }
             }
@@ -571,10 +571,12 @@ fn run(data: &[u8]) {
                 h.check_after_timeout();
             }
         }
-        // Runs the owner knows of end with the connection's.
+        // Runs the owner knows of end with the connection's (a close
+        // cancels them all); otherwise each ended in a way it was told of.
         if h.conn.runs_in_flight() == 0 {
             h.runs.clear();
         }
+        assert_eq!(h.runs.len(), h.conn.runs_in_flight(), "runs lost track of");
         h.check();
     }
 
