@@ -211,14 +211,16 @@ fn decode_json<T: for<'de> Deserialize<'de>>(part: &str) -> Result<T, AuthError>
     serde_json::from_slice(&bytes).map_err(|_| AuthError::Malformed)
 }
 
-/// Mints an HS256 JWT for `sub`, valid from `now_unix` for `ttl_secs`.
+/// Mints an HS256 JWT for `sub`, valid from `now_unix` for `ttl_secs`
+/// (a lifetime past the end of `u64` seconds ends there: never an
+/// overflow into an already expired token).
 pub fn mint(secret: &[u8], sub: &str, now_unix: u64, ttl_secs: u64) -> String {
     let header = B64.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
     let claims = Claims {
         sub: Some(sub.to_string()),
         iat: Some(now_unix),
         nbf: Some(now_unix),
-        exp: now_unix + ttl_secs,
+        exp: now_unix.saturating_add(ttl_secs),
     };
     let payload = B64.encode(serde_json::to_string(&claims).expect("plain claims serialize"));
     let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC takes any key length");
@@ -257,6 +259,21 @@ mod tests {
         let t = mint(SECRET, "alice", NOW, 3600);
         assert_eq!(verify(SECRET, &t, NOW).unwrap().subject, "alice");
         assert_eq!(verify(SECRET, &t, NOW + 3599).unwrap().subject, "alice");
+    }
+
+    /// Found by the `auth` fuzz target: `now + ttl` overflowed (a panic,
+    /// or in a release build a token already expired when minted).
+    #[test]
+    fn a_lifetime_past_the_end_of_time_saturates() {
+        for ttl in [
+            u64::MAX,
+            u64::MAX - NOW + 1,
+            parse_ttl("213503982334601d").unwrap(),
+        ] {
+            let t = mint(SECRET, "alice", NOW, ttl);
+            assert_eq!(verify(SECRET, &t, NOW).unwrap().subject, "alice", "{ttl}");
+            assert_eq!(verify(SECRET, &t, u64::MAX - 1).unwrap().subject, "alice");
+        }
     }
 
     #[test]

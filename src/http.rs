@@ -87,7 +87,11 @@ pub struct Response {
 
 /// Parses `buf` as a request head.
 pub fn parse(buf: &[u8], limits: HeadLimits) -> Parsed {
-    let mut headers = vec![httparse::EMPTY_HEADER; limits.max_headers];
+    // Room for every line the buffer holds, up to the limit: what a parse
+    // allocates follows the bytes received, never the configured limit
+    // alone (a limit of 10^12 must not allocate 32 TB).
+    let lines = buf.iter().filter(|b| **b == b'\n').count();
+    let mut headers = vec![httparse::EMPTY_HEADER; limits.max_headers.min(lines + 1)];
     let mut req = httparse::Request::new(&mut headers);
     let len = match req.parse(buf) {
         Ok(httparse::Status::Complete(len)) => len,
@@ -375,6 +379,32 @@ mod tests {
         );
         let long = format!("GET /{} HTTP/1.1\r\n", "a".repeat(2000));
         assert_eq!(status(req(&long)), 431);
+    }
+
+    /// Found by the `settings` fuzz target: a large `max_headers` was
+    /// allocated as is on every parse (capacity overflow, a panic).
+    #[test]
+    fn the_header_limit_is_not_an_allocation_size() {
+        let huge = HeadLimits {
+            max_bytes: 1024,
+            max_headers: usize::MAX,
+        };
+        let p = parse(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n", huge);
+        assert!(matches!(p, Parsed::Complete { .. }), "{p:?}");
+        // The limit still holds exactly.
+        let three = HeadLimits {
+            max_bytes: 1024,
+            max_headers: 3,
+        };
+        let head = |n: usize| {
+            let h: String = (0..n).map(|i| format!("X-{i}: y\r\n")).collect();
+            format!("GET / HTTP/1.1\r\n{h}\r\n")
+        };
+        assert!(matches!(
+            parse(head(3).as_bytes(), three),
+            Parsed::Complete { .. }
+        ));
+        assert_eq!(status(Err(parse(head(4).as_bytes(), three))), 431);
     }
 
     #[test]

@@ -39,6 +39,9 @@ pub mod auth;
 pub mod breaker;
 pub mod client;
 pub mod conn;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod histogram;
 pub mod http;
 pub mod metrics;

@@ -161,6 +161,11 @@ impl<S: Transport> Io<S> {
 
 impl<S: Transport> Read for Io<S> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            // Asks for nothing: the socket is not read (its bytes would
+            // all go to the spill).
+            return Ok(0);
+        }
         let n = if self.spill_at < self.spill.len() {
             self.take_spill(buf)
         } else if std::mem::take(&mut self.drained) {

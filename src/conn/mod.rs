@@ -22,7 +22,7 @@
 //! (the runs whose events it forwards), `io` (the transport wrapper and
 //! buffer sizing), `boundary` (frame boundaries, for giving buffers back).
 
-mod boundary;
+pub(crate) mod boundary;
 mod event;
 mod head;
 mod io;
@@ -218,6 +218,17 @@ impl<S: Transport> Conn<S> {
                 };
             }
             Phase::Linger { write_closed, .. } => !*write_closed,
+            // Failing the connection (a peer fault): only our Close is left
+            // to write and nothing is read (see `Conn::drive_ws`); once it
+            // is flushed the lingering close reads again.
+            Phase::Closing {
+                await_close: false, ..
+            } => {
+                return Interest {
+                    readable: false,
+                    writable: true,
+                };
+            }
             Phase::Open { ws, .. } | Phase::Closing { ws, .. } => ws.get_ref().write_blocked,
         };
         if blocked {

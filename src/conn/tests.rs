@@ -1126,3 +1126,141 @@ fn a_ping_flood_whose_pongs_are_not_read_is_closed_1008() {
     h.drive(&mut c, t0, |c, cx| c.handle_io(false, true, cx));
     expect_close(&mut client, 1008, "backpressure");
 }
+
+/// A transport whose writes block while `choked` is set.
+struct Choked {
+    end: End,
+    choked: Rc<std::cell::Cell<bool>>,
+}
+
+impl Read for Choked {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.end.read(buf)
+    }
+}
+
+impl Write for Choked {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.choked.get() {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        self.end.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Transport for Choked {
+    fn received(&self) -> u64 {
+        0
+    }
+    fn short_read_drains(&self) -> bool {
+        false
+    }
+}
+
+/// Found by the `conn` fuzz target: after a peer fault (here a frame over
+/// `max_frame`: 1009) whose Close could not be flushed at once, more bytes
+/// from the peer made the connection read through tungstenite again, which
+/// after its error reads into an empty buffer: taken as the peer's EOF,
+/// the connection was dropped with the 1009 never sent (and a debug build
+/// of tungstenite panicked on its own assertion).
+#[test]
+fn a_peer_fault_close_waits_for_writable_and_reads_nothing_more() {
+    let mut h = owner();
+    h.limits.max_frame = 1000;
+    let t0 = Instant::now();
+    let (server, mut client) = duplex();
+    let choked = Rc::new(std::cell::Cell::new(false));
+    let mut c = Conn::new(
+        1,
+        Choked {
+            end: server,
+            choked: choked.clone(),
+        },
+        t0,
+        1.0,
+    );
+    client.write_all(REQ.as_bytes()).unwrap();
+    h.io(&mut c, t0);
+    assert_eq!(c.phase(), PhaseName::Open);
+    let mut head = vec![0u8; 4096];
+    let n = client.read(&mut head).unwrap();
+    assert!(head[..n].starts_with(b"HTTP/1.1 101 "));
+    // A masked binary frame announcing 2000 bytes, over the limit; the
+    // socket takes no bytes just now.
+    choked.set(true);
+    client
+        .write_all(&[0x82, 0x80 | 126, 0x07, 0xD0, 1, 2, 3, 4])
+        .unwrap();
+    client.write_all(&[0u8; 100]).unwrap();
+    h.io(&mut c, t0);
+    assert_eq!(h.count(&Event::CloseSent(1009)), 1);
+    assert_eq!(c.phase(), PhaseName::Closing);
+    assert!(
+        !c.interest().readable && c.interest().writable,
+        "failing the connection: wait to write, read nothing"
+    );
+    // More of the peer's bytes arrive (a level-triggered poller may still
+    // report them): nothing is read, the Close still waits.
+    client.write_all(&[0u8; 500]).unwrap();
+    h.io(&mut c, t0);
+    assert_eq!(
+        c.phase(),
+        PhaseName::Closing,
+        "dropped before the 1009 went out"
+    );
+    // Writable: the Close goes out, then the lingering close ends TCP.
+    choked.set(false);
+    h.drive(&mut c, t0, |c, cx| c.handle_io(false, true, cx));
+    assert_eq!(c.phase(), PhaseName::Linger);
+    let mut ws = WebSocket::from_raw_socket(client, Role::Client, None);
+    expect_close(&mut ws, 1009, "message too big");
+}
+
+/// Found by the `conn` fuzz target (with a 1-byte read buffer): a frame
+/// over `max_frame` right behind a message, in one burst, with the socket
+/// not writable. The read loop went on after the 1009 and read through
+/// tungstenite's refused frame: a debug build panicked on tungstenite's
+/// own assertion, a release build lost the echo and the Close.
+#[test]
+fn a_peer_fault_found_mid_burst_stops_the_reading_at_once() {
+    let mut h = owner();
+    h.limits.read_buffer = 1;
+    h.limits.max_frame = 1024;
+    let t0 = Instant::now();
+    let (server, mut client) = duplex();
+    let choked = Rc::new(std::cell::Cell::new(false));
+    let mut c = Conn::new(
+        1,
+        Choked {
+            end: server,
+            choked: choked.clone(),
+        },
+        t0,
+        1.0,
+    );
+    client.write_all(REQ.as_bytes()).unwrap();
+    h.io(&mut c, t0);
+    let mut head = vec![0u8; 4096];
+    let n = client.read(&mut head).unwrap();
+    assert!(head[..n].starts_with(b"HTTP/1.1 101 "));
+    choked.set(true);
+    // "vvvvv"; the first 9 bytes of a fragmented text; a Pong (with RSV1)
+    // announcing 65535 bytes, and some of them.
+    let mut bytes = vec![129, 133, 0, 7, 3, 39, 118, 113, 117, 81, 118];
+    bytes.extend([1, 137, 2, 1, 128, 1, 96, 99, 226, 99, 96, 99, 226, 99, 96]);
+    bytes.extend([218, 254, 255, 255, 94, 94, 94, 94]);
+    bytes.extend([47u8; 600]);
+    client.write_all(&bytes).unwrap();
+    h.io(&mut c, t0);
+    assert_eq!(c.phase(), PhaseName::Closing);
+    assert_eq!(h.count(&Event::CloseSent(1009)), 1);
+    choked.set(false);
+    h.drive(&mut c, t0, |c, cx| c.handle_io(false, true, cx));
+    assert_eq!(c.phase(), PhaseName::Linger);
+    let mut ws = WebSocket::from_raw_socket(client, Role::Client, None);
+    assert_eq!(ws.read().unwrap(), Message::text("vvvvv"), "the echo first");
+    expect_close(&mut ws, 1009, "message too big");
+}

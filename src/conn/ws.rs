@@ -39,6 +39,15 @@ impl<S: Transport> Conn<S> {
         loop {
             let (ws, open, closing_more) = match &mut self.phase {
                 Phase::Open { ws, open } => (ws, Some(open), None),
+                // Failing the connection after a peer fault: tungstenite's
+                // reader is left mid-frame (it refused the frame), and
+                // reading on would take its next empty read for the peer's
+                // EOF and drop the connection before our Close went out.
+                // Nothing more is read until the Close is out; the
+                // lingering close then discards what follows.
+                Phase::Closing {
+                    await_close: false, ..
+                } => return,
                 Phase::Closing { ws, more_input, .. } => (ws, None, Some(more_input)),
                 _ => return,
             };

@@ -21,11 +21,13 @@ impl CapStrategy {
     pub fn parse(v: &str) -> Option<CapStrategy> {
         match v.trim().to_ascii_lowercase().as_str() {
             "off" | "unbounded" | "none" => Some(CapStrategy::Unbounded),
-            "spin" | "0" => Some(CapStrategy::Spin),
-            ms => ms
-                .parse::<u64>()
-                .ok()
-                .map(|ms| CapStrategy::Fixed(Duration::from_millis(ms))),
+            "spin" => Some(CapStrategy::Spin),
+            // Any spelling of zero (`0`, `00`) is the spin strategy: a
+            // zero cap is one, and is reported as one.
+            ms => ms.parse::<u64>().ok().map(|ms| match ms {
+                0 => CapStrategy::Spin,
+                ms => CapStrategy::Fixed(Duration::from_millis(ms)),
+            }),
         }
     }
 
@@ -91,6 +93,10 @@ mod tests {
             CapStrategy::parse("1000"),
             Some(CapStrategy::Fixed(1000 * MS))
         );
+        // Found by the `settings` fuzz target: `00` was a "fixed(0ms)" cap,
+        // shown differently from the `0` (spin) it behaves as.
+        assert_eq!(CapStrategy::parse("00"), Some(CapStrategy::Spin));
+        assert_eq!(CapStrategy::parse("+0"), Some(CapStrategy::Spin));
         assert_eq!(CapStrategy::parse("1.5"), None);
         assert_eq!(CapStrategy::parse("-1"), None);
         assert_eq!(CapStrategy::parse(""), None);

@@ -67,21 +67,28 @@ fn authenticate(
 /// aborts (1006, no message) on a 101 that selects none, so a silent
 /// mismatch is never the answer.
 fn subprotocol(sh: &Shared, u: &UpgradeRequest) -> Result<Option<&'static str>, Response> {
-    let offered: Vec<String> = u
-        .protocols
+    choose_subprotocol(&u.protocols, sh.cfg.app.subprotocols())
+}
+
+/// [`subprotocol`] without the server: what the client `offered`, what
+/// the application `supported` (pure, so the fuzz targets can drive it).
+pub(crate) fn choose_subprotocol(
+    offered: &[String],
+    supported: &'static [&'static str],
+) -> Result<Option<&'static str>, Response> {
+    let protocols: Vec<String> = offered
         .iter()
         .filter(|p| !p.starts_with(auth::SUBPROTOCOL_PREFIX))
         .cloned()
         .collect();
-    let supported = sh.cfg.app.subprotocols();
-    let protocol = http::select_protocol(&offered, supported);
-    if !u.protocols.is_empty() && protocol.is_none() {
+    let protocol = http::select_protocol(&protocols, supported);
+    if !offered.is_empty() && protocol.is_none() {
         let named = if supported.is_empty() {
             "(none)".to_string()
         } else {
             supported.join(", ")
         };
-        let why = if offered.is_empty() {
+        let why = if protocols.is_empty() {
             "the subprotocol list holds only a bearer.<token> credential; supported:"
         } else {
             "unsupported subprotocol; supported:"

@@ -125,7 +125,13 @@ pub fn seconds(value: &str) -> Result<Duration, String> {
     if secs > 365.0 * 86_400.0 {
         return Err("must be at most one year (31536000 s)".into());
     }
-    Ok(Duration::from_secs_f64(secs))
+    // Durations count whole nanoseconds: a value that rounds to none is
+    // not > 0 (it was stored as 0, past the rule above).
+    let d = Duration::from_secs_f64(secs);
+    if d.is_zero() {
+        return Err("must be at least one nanosecond (0.000000001)".into());
+    }
+    Ok(d)
 }
 
 fn positive(value: &str) -> Result<usize, String> {
@@ -133,6 +139,16 @@ fn positive(value: &str) -> Result<usize, String> {
         Ok(n) if n > 0 => Ok(n),
         _ => Err("must be a whole number > 0".into()),
     }
+}
+
+/// `n` unless it is over `max`, for a count that costs memory up front.
+fn at_most(n: usize, max: usize) -> Result<usize, String> {
+    if n > max {
+        return Err(format!(
+            "must be at most {max}: it is allocated for every connection"
+        ));
+    }
+    Ok(n)
 }
 
 fn switch(value: &str) -> Result<bool, String> {
@@ -182,10 +198,35 @@ macro_rules! count {
             $flag,
             $env,
             $default,
-            $help
+            $help,
+            max = usize::MAX
+        )
+    };
+    ($group:ident, $path:ident . $field:ident, $flag:literal, $env:literal, $default:literal, $help:literal, max = $max:expr) => {
+        count!(
+            stringify!($field),
+            $group,
+            $path.$field,
+            $flag,
+            $env,
+            $default,
+            $help,
+            max = $max
         )
     };
     ($name:expr, $group:ident, $path:ident . $field:ident, $flag:literal, $env:literal, $default:literal, $help:literal) => {
+        count!(
+            $name,
+            $group,
+            $path.$field,
+            $flag,
+            $env,
+            $default,
+            $help,
+            max = usize::MAX
+        )
+    };
+    ($name:expr, $group:ident, $path:ident . $field:ident, $flag:literal, $env:literal, $default:literal, $help:literal, max = $max:expr) => {
         Decl {
             name: $name,
             flag: Some($flag),
@@ -196,7 +237,7 @@ macro_rules! count {
             group: Group::$group,
             default: Default::Fixed($default),
             set: |s, v| {
-                s.$path.$field = positive(v)?;
+                s.$path.$field = at_most(positive(v)?, $max)?;
                 Ok(())
             },
             show: |s| Some(s.$path.$field.into()),
@@ -426,14 +467,17 @@ pub static DECLS: &[Decl] = &[
     // socket is read 64 KiB at a time into a per-thread buffer, see
     // `conn::Io`), and large messages still arrive whole (tungstenite
     // reserves a frame's length once its header is read). 128 bytes hold
-    // a typical chat message with its header in one piece.
+    // a typical chat message with its header in one piece. Bounded
+    // (1 MiB, sixteen socket reads) so that no value allocates more than
+    // the machine has when a connection opens.
     count!(
         Limits,
         limits.read_buffer,
         "read-buffer",
         "POLLCAP_READ_BUFFER",
         "128",
-        "Per-connection read buffer in bytes (the main idle cost)"
+        "Per-connection read buffer in bytes, at most 1048576 (the main idle cost)",
+        max = 1 << 20
     ),
     count!(
         Limits,

@@ -324,7 +324,9 @@ impl Settings {
         }
         self.resume.validate()?;
         let l = &self.limits;
-        if l.max_outbound <= l.max_message + 14 {
+        // Saturating: a max_message near usize::MAX must fail the rule,
+        // not overflow past it.
+        if l.max_outbound <= l.max_message.saturating_add(14) {
             return Err(ConfigError::new(
                 "--max-outbound",
                 &l.max_outbound.to_string(),

@@ -396,3 +396,48 @@ fn resume_settings_are_checked_and_a_store_password_never_shown() {
     assert!(!st.to_json().to_string().contains("hunter2"));
     assert!(st.summary().contains("store=redis://app:***@redis:6379/1"));
 }
+
+/// Found by the `settings` fuzz target: a huge read buffer was accepted,
+/// then allocated (17 TB here) when the first connection opened.
+#[test]
+fn a_read_buffer_no_machine_can_allocate_is_refused_at_start_up() {
+    let e = err(&[("POLLCAP_READ_BUFFER", "17592186044417")]);
+    assert!(
+        e.contains("POLLCAP_READ_BUFFER") && e.contains("17592186044417") && e.contains("at most"),
+        "{e}"
+    );
+    assert_eq!(
+        ok(&[("POLLCAP_READ_BUFFER", "1048576")]).limits.read_buffer,
+        1 << 20
+    );
+    assert!(err(&[("POLLCAP_READ_BUFFER", "1048577")]).contains("at most 1048576"));
+}
+
+/// Found by the `settings` fuzz target: `1e-10` passed the "> 0" rule,
+/// then rounded to a zero duration (a breaker recovery of 0; a timeout
+/// refused as "0", a value the user never wrote).
+#[test]
+fn a_duration_that_rounds_to_zero_is_refused_as_written() {
+    for (var, v) in [
+        ("POLLCAP_BREAKER_RECOVERY", "1e-10"),
+        ("WEBSOCKET_CLOSE_TIMEOUT", "0.0000000001"),
+    ] {
+        let e = err(&[(var, v)]);
+        assert!(
+            e.contains(var) && e.contains(v) && e.contains("nanosecond"),
+            "{e}"
+        );
+    }
+    let st = ok(&[("POLLCAP_BREAKER_RECOVERY", "0.000000001")]);
+    assert_eq!(st.breaker_recovery, Duration::from_nanos(1));
+}
+
+/// Found by the `settings` fuzz target: `max_message + 14` overflowed (a
+/// panic in a debug build; in a release build the rule passed).
+#[test]
+fn a_max_message_near_the_end_of_usize_breaks_the_outbound_rule() {
+    for v in ["18446744073709551615", "18446744073709551602"] {
+        let e = err(&[("POLLCAP_MAX_MESSAGE", v)]);
+        assert!(e.contains("--max-outbound") && e.contains(v), "{e}");
+    }
+}

@@ -1,0 +1,191 @@
+#!/usr/bin/env python3
+"""Writes the seed corpus of every fuzz target (fuzz/seeds/<target>/).
+
+Each seed is a small program in the input format its target decodes (see
+the target's source); the fuzzer mutates from here. Run it again after
+changing a target's input format: `python3 fuzz/seeds/make.py`.
+
+Files named `regress-*` are not made here: they are inputs that crashed a
+target once (each has a regression test in the normal suite), kept so that
+every run replays them first.
+"""
+import base64
+import hashlib
+import hmac
+import json
+import os
+import struct
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+KEY = "dGhlIHNhbXBsZSBub25jZQ=="
+
+
+def write(target, name, data):
+    d = os.path.join(HERE, target)
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, name), "wb") as f:
+        f.write(data if isinstance(data, bytes) else data.encode())
+
+
+def upgrade(path="/ws", extra=""):
+    return (f"GET {path} HTTP/1.1\r\nHost: fuzz\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+            f"Sec-WebSocket-Key: {KEY}\r\n{extra}\r\n")
+
+
+def client_frame(first, payload, mask=b"\x01\x02\x03\x04"):
+    n = len(payload)
+    if n < 126:
+        head = bytes([first, 0x80 | n])
+    elif n < 65536:
+        head = bytes([first, 0x80 | 126]) + struct.pack(">H", n)
+    else:
+        head = bytes([first, 0x80 | 127]) + struct.pack(">Q", n)
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+# http_head: [limits, app+path, cut seed, cut size] + request bytes.
+heads = {
+    "upgrade": upgrade(),
+    "upgrade-agent-chat": upgrade(extra="Sec-WebSocket-Protocol: agent_chat\r\n"),
+    "upgrade-bearer-only": upgrade(extra="Sec-WebSocket-Protocol: bearer.abc.def.ghi\r\n"),
+    "upgrade-auth": upgrade(extra="Authorization: Bearer tok\r\nSec-WebSocket-Protocol: x, agent_chat\r\n"),
+    "upgrade-frame": upgrade() + "\x81\x82\x01\x02\x03\x04ik",
+    "health": "GET /health?verbose=1 HTTP/1.1\r\nHost: fuzz\r\n\r\n",
+    "head-health": "HEAD /health HTTP/1.1\r\nHost: fuzz\r\n\r\n",
+    "no-host": "GET /metrics HTTP/1.1\r\n\r\n",
+    "http10": "GET / HTTP/1.0\r\n\r\n",
+    "post": "POST /ws HTTP/1.1\r\nHost: fuzz\r\nContent-Length: 3\r\n\r\nabc",
+    "bad-line": "\x01BAD / HTTP/1.1\r\n\r\n",
+    "many-headers": "GET / HTTP/1.1\r\n" + "".join(f"X-{i}: y\r\n" for i in range(40)) + "\r\n",
+    "bad-key": upgrade().replace(KEY, "short"),
+    "version-8": upgrade().replace("Version: 13", "Version: 8"),
+}
+for i, (name, req) in enumerate(heads.items()):
+    params = bytes([11, 0, 7 + i, 4 if i % 2 else 1])
+    write("http_head", name, params + req.encode("latin-1"))
+
+# conn: [profile, 6 limits, slack, jitter, worker, window(2), short reads]
+# then ops (see fuzz_targets/conn.rs: 0 raw, 1 frame, 2 request, 3 readable,
+# 4 writable, 5 both, 6 time, 7 peer reads, 8 EOF, 9 shutdown, 10 run
+# event, 11 run end, 12 send, 13 decide, 14 transport, 15 timeout).
+CONN_HEAD = bytes([0, 1, 1, 1, 1, 1, 2, 1, 128, 1, 0xFF, 0xFF, 0])
+REQ, READ, TIME, PEER, FRAME = 2, 3, 6, 7, 1
+
+
+def frame_op(first, sel, fill=0, burst=0):
+    return bytes([FRAME, first, sel, fill, 1, 2, 3, 4, burst])
+
+
+echo = bytes([REQ, 0, READ, 0, PEER, 0]) + frame_op(0x81, 5) + bytes([READ, 0, PEER, 0])
+write("conn", "echo", CONN_HEAD + echo)
+write("conn", "heartbeat", CONN_HEAD + echo + bytes([TIME, 0x80, PEER, 0, TIME, 0x80, PEER, 0, TIME, 0x80]))
+write("conn", "run", CONN_HEAD + bytes([REQ, 1, READ, 0]) + frame_op(0x81, 30) +
+      bytes([READ, 3, 10, 0, 0x40, 0, 10, 0, 0x10, 0, PEER, 0, 11, 0, 1, TIME, 0x80, PEER, 0]))
+write("conn", "shutdown-with-run", CONN_HEAD + bytes([REQ, 0, READ, 0]) + frame_op(0x81, 3) +
+      bytes([READ, 3, 9, TIME, 0x80, PEER, 0, TIME, 0x80]))
+write("conn", "defer-then-timeout", CONN_HEAD + bytes([REQ, 4, READ, 7, TIME, 0x80, 13, 0, PEER, 0]))
+write("conn", "big-frame", CONN_HEAD + bytes([REQ, 0, READ, 0]) + frame_op(0x82, 250) + bytes([READ, 0, PEER, 0]))
+write("conn", "fragments", CONN_HEAD + bytes([REQ, 0, READ, 0]) + frame_op(0x01, 60) + frame_op(0x89, 2) +
+      frame_op(0x80, 7) + bytes([READ, 0, PEER, 0]))
+write("conn", "slow-reader", CONN_HEAD[:10] + bytes([0, 2, 0]) + bytes([REQ, 0, READ, 0, PEER, 0]) +
+      bytes([12, 0xFF, 0xF0, 0]) * 6 + bytes([PEER, 4, 4, TIME, 0x80]))
+write("conn", "trickled-head", CONN_HEAD + b"".join(bytes([0, 8]) + upgrade()[i:i + 8].encode()
+                                                    + bytes([READ]) for i in range(0, len(upgrade()), 8)))
+write("conn", "peer-close", CONN_HEAD + echo + frame_op(0x88, 2) + bytes([READ, PEER, 0]))
+
+# frame_boundary: [limits, cut seed, cut size] then frames (op, first, len
+# selector, fill, mask) and raw bytes (op 7).
+fb = bytes([0x15, 9, 1])
+write("frame_boundary", "text-ping-binary", fb + bytes([0, 0x81, 10, 1, 1, 2, 3, 4, 0, 0x89, 4, 2, 1, 2, 3, 4,
+                                                          0, 0x82, 205, 0, 1, 5, 1, 2, 3, 4]))
+write("frame_boundary", "fragments", bytes([0x15, 3, 2]) + bytes([0, 0x01, 20, 1, 9, 9, 9, 9, 0, 0x8A, 0, 1, 9, 9, 9, 9,
+                                                                   0, 0x00, 20, 1, 9, 9, 9, 9, 0, 0x80, 20, 1, 9, 9, 9, 9]))
+write("frame_boundary", "long-lengths", bytes([0x2A, 5, 4]) + bytes([0, 0x82, 240, 0, 1, 2, 3, 4, 0, 0x82, 241, 0, 1, 2, 3, 4]))
+write("frame_boundary", "unmasked-and-raw", fb + bytes([6, 0x81, 5, 0, 1, 2, 3, 4, 7, 4]) + b"\x81\x85ab")
+write("frame_boundary", "close", fb + bytes([0, 0x81, 3, 0, 1, 1, 1, 1, 0, 0x88, 2, 0, 1, 1, 1, 1, 0, 0x81, 3, 0, 1, 1, 1, 1]))
+
+
+# auth: [mode, secret len, secret, now(2), ttl, sub, tamper(3),
+# authorization, protocols, ttl text] + token.
+def b64(b):
+    return base64.urlsafe_b64encode(b).rstrip(b"=")
+
+
+def jwt(secret, claims, alg="HS256"):
+    h = b64(json.dumps({"alg": alg, "typ": "JWT"}).encode())
+    p = b64(json.dumps(claims).encode())
+    s = b64(hmac.new(secret, h + b"." + p, hashlib.sha256).digest())
+    return h + b"." + p + b"." + s
+
+
+secret = b"0123456789abcdef-fuzz"
+now = 1_700_000_000 + 1000 * 1000
+
+
+def auth_seed(mode, token, sub=b"alice", authz=b"Bearer tok", protos=b"agent_chat, bearer.x",
+              ttl_text=b"15m"):
+    # The lifetime: one byte, none (3600 s), or eight, as the mode says.
+    ttl = {0: b"\x3c", 1: b""}.get((mode >> 1) % 4, struct.pack("<Q", 86_400))
+    out = bytes([mode, len(secret)]) + secret + struct.pack("<H", 1000) + ttl
+    out += bytes([len(sub)]) + sub + b"\x05\x00" + b"A"
+    if mode & 0x10:
+        out += bytes([len(authz)]) + authz
+    out += bytes([len(protos)]) + protos + bytes([len(ttl_text)]) + ttl_text
+    return out + token
+
+
+write("auth", "valid", auth_seed(0x30, jwt(secret, {"sub": "bob", "exp": now + 60, "nbf": now - 1})))
+write("auth", "expired", auth_seed(0x20, jwt(secret, {"sub": "bob", "exp": now - 1})))
+write("auth", "alg-none", auth_seed(0x32, jwt(secret, {"sub": "m", "exp": now + 60}, alg="none")))
+write("auth", "no-exp", auth_seed(0x12, jwt(secret, {"sub": "x"}), authz=b"Basic abc"))
+write("auth", "static", auth_seed(0x00, b"alice", sub=b"alice", ttl_text=b"7d"))
+
+
+# settings: pairs of (selector, value); selector < 128 picks a variable,
+# >= 128 a flag; value kinds: 0 raw, 1 u64, 2 shifted u64, 3 decimal,
+# 4 exponent, 5 word.
+VARS = ["ENVIRONMENT", "POLLCAP_BACKEND", "POLLCAP_POLL_CAP_MS", "POLLCAP_TIMER_SLACK_MS", "PORT",
+        "POLLCAP_LISTEN", "WEBSOCKET_CONNECT_TIMEOUT", "WEBSOCKET_HANDSHAKE_TIMEOUT",
+        "WEBSOCKET_PING_TIMEOUT", "WEBSOCKET_HEARTBEAT_INTERVAL", "WEBSOCKET_HEARTBEAT_TIMEOUT",
+        "WEBSOCKET_STALE_TIMEOUT", "WEBSOCKET_CONNECTION_TIMEOUT", "WEBSOCKET_CLOSE_TIMEOUT",
+        "WEBSOCKET_CLEANUP_INTERVAL", "AGENT_EXECUTION_TIMEOUT", "POLLCAP_MAX_MESSAGE",
+        "POLLCAP_MAX_FRAME", "POLLCAP_MAX_CONNECTIONS", "POLLCAP_MAX_OUTBOUND", "POLLCAP_READ_BUFFER",
+        "POLLCAP_MAX_HEAD_BYTES", "POLLCAP_MAX_HEADERS", "POLLCAP_THREADS", "POLLCAP_WS_PATH",
+        "POLLCAP_APP", "POLLCAP_PACING_MS", "POLLCAP_POOL_THREADS", "POLLCAP_POOL_QUEUE",
+        "POLLCAP_BREAKER_THRESHOLD", "POLLCAP_BREAKER_RECOVERY", "POLLCAP_TOKENS_FILE",
+        "POLLCAP_JWT_SECRET", "POLLCAP_TLS_CERT", "POLLCAP_TLS_KEY",
+        "LOCAL_DEVELOPMENT", "K_SERVICE", "KUBERNETES_SERVICE_HOST", "AWS_LAMBDA_FUNCTION_NAME",
+        "AZURE_CLIENT_ID"]
+WORDS = ["local", "development", "testing", "staging", "production", "prod", "mio", "polling",
+         "off", "unbounded", "spin", "none", "true", "false", "yes", "0", "1", "agent_chat", "echo"]
+
+
+def var(name):
+    return bytes([VARS.index(name)])
+
+
+def raw(s):
+    return bytes([0, len(s)]) + s.encode()
+
+
+def word(w):
+    return bytes([5, WORDS.index(w)])
+
+
+def u64(n):
+    return bytes([1]) + struct.pack("<Q", n)
+
+
+def dec(a, b):
+    return bytes([3]) + struct.pack("<H", a) + struct.pack("<Q", b)
+
+
+write("settings", "production", var("ENVIRONMENT") + word("production"))
+write("settings", "decimals", var("WEBSOCKET_PING_TIMEOUT") + dec(0, 5) + var("WEBSOCKET_CLOSE_TIMEOUT") + dec(2, 25))
+write("settings", "cap-off", var("POLLCAP_POLL_CAP_MS") + word("off") + var("POLLCAP_BACKEND") + word("polling"))
+write("settings", "limits", var("POLLCAP_MAX_MESSAGE") + u64(4096) + var("POLLCAP_MAX_OUTBOUND") + u64(65536)
+      + var("POLLCAP_READ_BUFFER") + u64(1))
+write("settings", "secret", var("POLLCAP_JWT_SECRET") + raw("0123456789abcdefXYZ") + var("LOCAL_DEVELOPMENT") + word("true"))
+write("settings", "broken-rule", var("WEBSOCKET_CONNECT_TIMEOUT") + u64(9) + var("WEBSOCKET_HANDSHAKE_TIMEOUT") + u64(3))
+write("settings", "listen", var("PORT") + raw("8080") + var("K_SERVICE") + raw("svc") + var("POLLCAP_WS_PATH") + raw("/chat"))

@@ -1,0 +1,18 @@
+//! The few internals the fuzz targets in `fuzz/` drive that the public
+//! API does not already offer. Compiled only with the `fuzzing` feature;
+//! not an API: no stability promise, hidden from the docs.
+
+use crate::http::Response;
+
+/// The frame-boundary tracker of `conn::io`, as the connection feeds it.
+pub use crate::conn::boundary::FrameBoundary;
+
+/// The subprotocol decision of an upgrade (admission without a server):
+/// the one to select from `offered` given the application's `supported`
+/// ones, or the refusal.
+pub fn choose_subprotocol(
+    offered: &[String],
+    supported: &'static [&'static str],
+) -> Result<Option<&'static str>, Response> {
+    crate::server::choose_subprotocol(offered, supported)
+}
