@@ -21,8 +21,6 @@
 
 #![no_main]
 
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
@@ -39,7 +37,6 @@ const SUPPORTED: &[&str] = &["agent_chat"];
 struct Run {
     id: u64,
     seq: u64,
-    _cancel: Arc<AtomicBool>,
 }
 
 struct Harness {
@@ -80,6 +77,7 @@ fn limits(b: &mut Bytes) -> Limits {
         read_buffer: [1, 128, 4096][usize::from(b.byte() % 3)],
         max_head_bytes: [256, 1024, 8192][usize::from(b.byte() % 3)],
         max_headers: [2, 8, 32][usize::from(b.byte() % 3)],
+        linger_bytes: [0, 100, 1 << 20][usize::from(b.byte() % 3)],
     }
 }
 
@@ -173,15 +171,16 @@ impl Harness {
                 );
                 assert!(m.len() <= self.limits.max_message, "message over the limit");
             }
-            Event::RunExpired { run, .. } => {
-                let i = self.runs.iter().position(|r| r.id == *run);
-                assert!(i.is_some(), "run {run} expired but was not live");
-                self.runs.swap_remove(i.unwrap_or_default());
-            }
             Event::CloseSent(code) => {
                 self.closes += 1;
                 assert_eq!(self.closes, 1, "two Close frames sent");
                 assert!(SENT_CODES.contains(code), "close code {code}");
+            }
+            Event::PeerClosed => {
+                assert_eq!(self.opened, 1, "a peer Close before the upgrade");
+            }
+            Event::Lingered { .. } => {
+                assert!(self.conn.is_done(), "a linger ended but not the connection");
             }
             Event::Timeout(_) | Event::Compacted | Event::TransportFailed => {}
         }
@@ -202,15 +201,12 @@ impl Harness {
                 0..=2 => self.conn.send(m, &mut cx),
                 3 => {
                     self.next_run += 1;
-                    let cancel = Arc::new(AtomicBool::new(false));
                     let open = self.conn.runs_in_flight();
-                    self.conn
-                        .run_started(self.next_run, cancel.clone(), &mut cx);
+                    self.conn.follow(self.next_run, 0);
                     if self.conn.runs_in_flight() > open {
                         self.runs.push(Run {
                             id: self.next_run,
                             seq: 0,
-                            _cancel: cancel,
                         });
                     }
                 }
@@ -224,13 +220,6 @@ impl Harness {
                 }
                 _ => {}
             },
-            Event::RunExpired { run, last_seq } => {
-                let text = format!(
-                    r#"{{"type":"error","code":"execution_timeout","run":{run},"seq":{}}}"#,
-                    last_seq + 1
-                );
-                self.conn.send(Message::text(text), &mut cx);
-            }
             _ => {}
         }
     }
@@ -330,8 +319,8 @@ impl Harness {
             assert_eq!(c.runs_in_flight(), 0, "runs left on a finished connection");
         }
         assert!(
-            !c.has_more_input() || c.phase() == PhaseName::Open,
-            "more input outside the open phase"
+            !c.has_more_input() || matches!(c.phase(), PhaseName::Open | PhaseName::Closing),
+            "more input outside the open and closing phases"
         );
         // Buffers stay bounded: the connection's own (limits) plus what the
         // peer queued and has not been read.
