@@ -76,6 +76,14 @@ impl Spawned {
         // get in the way); every other setting from the environment.
         let mut child = Command::new(exe)
             .args(["serve", "--listen", "127.0.0.1:0"])
+            // The memory run store keeps finished runs for the resume
+            // window, up to its total bound (64 MiB by default): memory
+            // meant to stay, which would fill during the soak and read as
+            // growth. A 2 MiB bound is full before the start is sampled,
+            // so the comparison sees leaks, not retention (the store's
+            // own bounds are tested in `src/store`).
+            .args(["--resume-run-bytes", "65536"])
+            .args(["--resume-total-bytes", "2097152"])
             .env_remove("POLLCAP_JWT_SECRET")
             .env_remove("POLLCAP_TOKENS_FILE")
             .env_remove("POLLCAP_LISTEN")
