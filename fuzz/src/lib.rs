@@ -15,13 +15,29 @@ use tungstenite::Message;
 use tungstenite::protocol::{Role, WebSocket, WebSocketConfig};
 
 /// Counts live heap bytes, so a target can check that memory held while
-/// it drives a connection stays bounded by the limits it configured.
+/// it drives a connection stays bounded by the limits it configured; and
+/// stops the process on any single allocation over [`MAX_ALLOCATION`]
+/// (libFuzzer's `-malloc_limit_mb` needs a sanitizer; this does not).
 pub struct Counting;
+
+/// The largest allocation any target may make: anything bigger is a
+/// buffer sized by what a peer or a setting said, not by what arrived.
+pub const MAX_ALLOCATION: usize = 512 << 20;
 
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 
+fn too_big(size: usize) {
+    if size > MAX_ALLOCATION {
+        // An allocator must not unwind: report and abort (libFuzzer keeps
+        // the input as a crash).
+        eprintln!("allocation of {size} bytes, over the {MAX_ALLOCATION}-byte limit");
+        std::process::abort();
+    }
+}
+
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        too_big(l.size());
         let p = unsafe { System.alloc(l) };
         if !p.is_null() {
             LIVE.fetch_add(l.size(), Relaxed);
@@ -29,6 +45,7 @@ unsafe impl GlobalAlloc for Counting {
         p
     }
     unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
+        too_big(l.size());
         let p = unsafe { System.alloc_zeroed(l) };
         if !p.is_null() {
             LIVE.fetch_add(l.size(), Relaxed);
@@ -40,6 +57,7 @@ unsafe impl GlobalAlloc for Counting {
         LIVE.fetch_sub(l.size(), Relaxed);
     }
     unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
+        too_big(new);
         let q = unsafe { System.realloc(p, l, new) };
         if !q.is_null() {
             LIVE.fetch_sub(l.size(), Relaxed);
