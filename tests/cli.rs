@@ -418,18 +418,24 @@ fn load_idle_ramps_its_connections_and_keeps_them_alive() {
     assert!(pings >= 40.0, "only {pings} pings answered: {r}");
 }
 
-/// A short soak against a server it starts: the report names every
-/// check, and the server's descriptors, deadlines and answers hold. (The
-/// RSS check needs a real warm-up; `scripts/test` runs the 30 s soak.)
+/// A short soak against a running server (--url, --server-pid): the report
+/// names every check, and the server's descriptors, deadlines and answers
+/// hold. (The RSS check needs a real warm-up, and a server started by the
+/// soak, which trims its heap: `scripts/test` runs the 30 s soak.)
 #[test]
 #[cfg_attr(not(target_os = "linux"), ignore = "reads /proc/PID")]
 fn a_short_soak_reports_its_checks() {
     let bad = pollcap(&["load", "soak", "--duration", "0"], &[]);
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--duration"));
+    let bin = env!("CARGO_BIN_EXE_pollcap");
+    let srv = common::spawn_server(bin, &["serve", "--listen", "127.0.0.1:0"], &[]);
+    let pid = srv.child.as_ref().unwrap().id().to_string();
+    let url = format!("ws://{}/ws", srv.addr);
     let args = "load soak --duration 3 --warmup 1 --agents 2 --echoes 1 --slow 1 --churn 1 \
-                --idle 20 --json";
-    let args: Vec<&str> = args.split_whitespace().collect();
+                --idle 20 --json --url";
+    let mut args: Vec<&str> = args.split_whitespace().collect();
+    args.extend([url.as_str(), "--server-pid", pid.as_str()]);
     let out = pollcap(&args, &[("PATH", "/usr/bin:/bin")]);
     let report: serde_json::Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));

@@ -24,8 +24,10 @@ pub fn run(settings: Settings) -> ExitCode {
         ));
     }
     // Before the threads start: large buffers go back to the system when
-    // freed (see `sys::fix_mmap_threshold`).
+    // freed, and the rest of the free heap every few seconds (see
+    // `sys::fix_mmap_threshold`, `sys::trim_heap_periodically`).
     sys::fix_mmap_threshold();
+    sys::trim_heap_periodically();
     let fds = sys::raise_fd_limit();
     if let Some(n) = fds.filter(|&n| n < s.limits.max_connections as u64 + 64) {
         tracing::warn!(

@@ -174,3 +174,32 @@ pub fn fix_mmap_threshold() -> Option<usize> {
         None
     }
 }
+
+/// How often `pollcap serve` gives freed heap memory back to the system.
+pub const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Every [`TRIM_EVERY`], hands the free space inside glibc's heaps back to
+/// the system (`malloc_trim(0)`), from a thread of its own. glibc returns
+/// only the top of each heap by itself, and with one arena per busy thread
+/// the free space between live blocks adds up: after ten minutes of the
+/// soak's mixed load a quiet server held 20 MB of heap for 3.5 MB in use
+/// (malloc_stats), and one trim took another from 19.4 to 10.5 MiB of RSS.
+/// A trim takes each arena's lock in turn, for well under a millisecond at
+/// these sizes. glibc only; a no-op elsewhere.
+pub fn trim_heap_periodically() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let spawned = std::thread::Builder::new()
+            .name("pollcap-trim".into())
+            .spawn(|| {
+                loop {
+                    std::thread::sleep(TRIM_EVERY);
+                    // SAFETY: malloc_trim only releases free heap pages.
+                    unsafe { libc::malloc_trim(0) };
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!("cannot start the heap trimming thread: {e}");
+        }
+    }
+}

@@ -89,7 +89,7 @@ enum LoadMode {
     /// Mixed load for D seconds — agent runs, echo of large messages, idle
     /// holders, connection churn, slow and stalled readers — against a
     /// server it starts (or --url, with --server-pid for memory), then a
-    /// verdict: RSS back within 5 % + 4 MiB of its start, descriptors
+    /// verdict: RSS back within 5 % + 2 MiB of its start, descriptors
     /// back to their start, no missed deadline, no panic, no error. Exit
     /// status 1 if a check fails. Markdown, or JSON with --json.
     Soak {

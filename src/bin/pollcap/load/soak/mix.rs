@@ -499,6 +499,42 @@ fn expect(got: Result<u16, String>, want: u16) -> Result<(), String> {
     }
 }
 
+/// Reads holders `keys` until they would block, answering the server's
+/// Pings; a holder the server closed is dropped (reopened later).
+fn serve_holders(
+    holders: &mut [Option<WebSocket<pollcap::stream::Stream>>],
+    keys: impl IntoIterator<Item = usize>,
+    stats: &MixStats,
+) {
+    for k in keys {
+        let Some(ws) = holders.get_mut(k).and_then(Option::as_mut) else {
+            continue;
+        };
+        let closed = loop {
+            match ws.read() {
+                Ok(Message::Ping(_)) => {
+                    stats.pongs.fetch_add(1, Relaxed);
+                }
+                Ok(Message::Close(Some(f))) if expected_close(&f) => {
+                    stats.closed(&f);
+                }
+                Ok(Message::Close(f)) => {
+                    stats.error(format!("idle holder closed: {f:?}"));
+                }
+                Ok(_) => {}
+                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                    break false;
+                }
+                Err(_) => break true,
+            }
+        };
+        let _ = ws.flush(); // the Pongs
+        if closed {
+            holders[k] = None;
+        }
+    }
+}
+
 /// Idle agent_chat connections on one event-driven thread, answering the
 /// server's Pings; a holder the server closes (idle, lifetime) is opened
 /// again. Every second all holders are read, so an event lost while a
@@ -529,6 +565,9 @@ fn idle_worker(cfg: &MixConfig, stats: &MixStats, stop: &AtomicBool) {
                 holders.push(None);
             }
         }
+        if t % 10 == 9 {
+            serve_holders(&mut holders, 0..t, stats); // their Pings meanwhile
+        }
     }
     let mut sweep = Instant::now();
     while !stop.load(Relaxed) {
@@ -537,50 +576,30 @@ fn idle_worker(cfg: &MixConfig, stats: &MixStats, stop: &AtomicBool) {
             Err(e) => return fail(e),
         };
         let all = sweep.elapsed() >= Duration::from_secs(1);
-        let keys: Vec<usize> = if all {
-            sweep = Instant::now();
-            (0..holders.len()).collect()
-        } else {
-            keys
-        };
-        for k in keys {
-            let Some(ws) = holders.get_mut(k).and_then(Option::as_mut) else {
-                continue;
-            };
-            let closed = loop {
-                match ws.read() {
-                    Ok(Message::Ping(_)) => {
-                        stats.pongs.fetch_add(1, Relaxed);
-                    }
-                    Ok(Message::Close(Some(f))) if expected_close(&f) => {
-                        stats.closed(&f);
-                    }
-                    Ok(Message::Close(f)) => {
-                        stats.error(format!("idle holder closed: {f:?}"));
-                    }
-                    Ok(_) => {}
-                    Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
-                        break false;
-                    }
-                    Err(_) => break true,
-                }
-            };
-            let _ = ws.flush(); // the Pongs
-            if closed {
-                holders[k] = None;
-            }
+        if !all {
+            serve_holders(&mut holders, keys, stats);
+            continue;
         }
-        if all {
-            for (k, h) in holders.iter_mut().enumerate() {
-                if h.is_none() && !stop.load(Relaxed) {
-                    match open_client(&mut reactor, &target, k, token, &["agent_chat"]) {
-                        Ok(ws) => {
-                            stats.holders_opened.fetch_add(1, Relaxed);
-                            *h = Some(ws);
-                        }
-                        Err(e) => fail(e),
-                    }
+        sweep = Instant::now();
+        serve_holders(&mut holders, 0..cfg.idle, stats);
+        // Reopen what the server closed, a few at a time: hundreds close
+        // together at the stale deadline, and a handshake turns the reactor
+        // without serving the others, whose Pings must still be answered
+        // within the ping deadline.
+        let closed: Vec<usize> = (0..cfg.idle).filter(|&k| holders[k].is_none()).collect();
+        for (n, k) in closed.into_iter().take(100).enumerate() {
+            if stop.load(Relaxed) {
+                break;
+            }
+            match open_client(&mut reactor, &target, k, token, &["agent_chat"]) {
+                Ok(ws) => {
+                    stats.holders_opened.fetch_add(1, Relaxed);
+                    holders[k] = Some(ws);
                 }
+                Err(e) => fail(e),
+            }
+            if n % 10 == 9 {
+                serve_holders(&mut holders, 0..cfg.idle, stats);
             }
         }
     }
