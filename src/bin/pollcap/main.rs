@@ -4,6 +4,7 @@
 //! (`pollcap::settings::DECLS`), never declared a second time.
 
 mod bench;
+mod child;
 mod load;
 mod probe;
 mod serve;

@@ -9,10 +9,9 @@
 //! waker suppressed, and an unrelated watchdog deadline stands in for "the
 //! next thing that happens" to show what `unbounded` does without a cap.
 
-use std::io::{self, BufRead, BufReader};
-use std::net::SocketAddr;
+use std::io;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 mod report;
@@ -26,6 +25,7 @@ use serde_json::Value;
 use pollcap::reactor::{BackendKind, CapStrategy, Reactor, WakeReason};
 
 use super::{fail, parse_list};
+use crate::child::ServeChild;
 use report::{charts, report_markdown, to_json};
 
 /// What to run; [`BenchConfig::new`] is the full benchmark (about five
@@ -143,10 +143,7 @@ fn cap_flag(s: CapStrategy) -> String {
 }
 
 /// A child `pollcap serve --app echo`, killed on drop.
-struct ChildServer {
-    child: Child,
-    addr: SocketAddr,
-}
+struct ChildServer(ServeChild);
 
 impl ChildServer {
     fn start(
@@ -155,62 +152,25 @@ impl ChildServer {
         cap: CapStrategy,
         env: &[(&str, &str)],
     ) -> io::Result<ChildServer> {
-        let mut child = Command::new(&cfg.exe)
-            .args([
-                "serve",
-                "--app",
-                "echo",
-                "--listen",
-                "127.0.0.1:0",
-                "--threads",
-                "1",
-            ])
+        let mut cmd = Command::new(&cfg.exe);
+        cmd.args(["serve", "--app", "echo", "--listen", "127.0.0.1:0"])
+            .args(["--threads", "1"])
             .args(["--backend", kind.name(), "--poll-cap", &cap_flag(cap)])
             .envs(env.iter().copied())
-            .env("RUST_LOG", "info")
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()?;
-        let stderr = child
-            .stderr
-            .take()
-            .ok_or_else(|| io::Error::other("no stderr"))?;
-        let mut lines = BufReader::new(stderr).lines();
-        let addr = loop {
-            let Some(line) = lines.next() else {
-                let _ = child.kill();
-                return Err(io::Error::other("server exited before listening"));
-            };
-            let line = line?;
-            if let Some(rest) = line.split("listening on ").nth(1) {
-                let a = rest.split_whitespace().next().unwrap_or_default();
-                break a
-                    .parse()
-                    .map_err(|_| io::Error::other(format!("bad address in {line:?}")))?;
-            }
-        };
-        // Keep draining stderr so the child never blocks on a full pipe.
-        std::thread::spawn(move || lines.for_each(drop));
-        Ok(ChildServer { child, addr })
+            .env("RUST_LOG", "info");
+        ServeChild::spawn(cmd, drop).map(ChildServer)
     }
 
     fn url(&self) -> String {
-        format!("ws://{}/ws", self.addr)
+        self.0.url()
     }
 
     fn pid(&self) -> u32 {
-        self.child.id()
+        self.0.pid()
     }
 
     fn health(&self) -> Option<Value> {
         serde_json::from_str(&super::load::http_get(&self.url(), "/health")?).ok()
-    }
-}
-
-impl Drop for ChildServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

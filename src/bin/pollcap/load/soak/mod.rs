@@ -26,8 +26,8 @@
 mod mix;
 
 use std::collections::BTreeMap;
-use std::io::{self, BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::io;
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -38,6 +38,7 @@ pub use mix::MixConfig;
 use mix::{MixStats, MixView};
 
 use super::http_get;
+use crate::child::ServeChild;
 
 /// What `pollcap load soak` was asked to do.
 pub struct SoakOptions {
@@ -66,19 +67,17 @@ fn usage(pid: Option<u32>) -> Option<Usage> {
 /// A `pollcap serve` started for the soak, killed on drop; its warning
 /// lines are counted.
 struct Spawned {
-    child: Child,
-    url: String,
+    server: ServeChild,
     warnings: Arc<AtomicU64>,
     first_warnings: Arc<Mutex<Vec<String>>>,
 }
 
 impl Spawned {
     fn start() -> io::Result<Spawned> {
-        let exe = std::env::current_exe()?;
+        let mut cmd = Command::new(std::env::current_exe()?);
         // Loopback without auth (a token setup of the caller's would only
         // get in the way); every other setting from the environment.
-        let mut child = Command::new(exe)
-            .args(["serve", "--listen", "127.0.0.1:0"])
+        cmd.args(["serve", "--listen", "127.0.0.1:0"])
             // The memory run store keeps finished runs for the resume
             // window, up to its total bound (64 MiB by default): memory
             // meant to stay, which would fill during the soak and read as
@@ -90,62 +89,25 @@ impl Spawned {
             .env_remove("POLLCAP_JWT_SECRET")
             .env_remove("POLLCAP_TOKENS_FILE")
             .env_remove("POLLCAP_LISTEN")
-            .env("RUST_LOG", "warn,pollcap::serve=info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        let stderr = child
-            .stderr
-            .take()
-            .ok_or_else(|| io::Error::other("no stderr"))?;
-        let mut lines = BufReader::new(stderr).lines();
-        let addr = loop {
-            let Some(line) = lines.next() else {
-                let _ = child.kill();
-                return Err(io::Error::other("the server exited before listening"));
-            };
-            let line = line?;
-            if let Some(rest) = line.split("listening on ").nth(1) {
-                break rest
-                    .split_whitespace()
-                    .next()
-                    .unwrap_or_default()
-                    .to_string();
-            }
-        };
+            .env("RUST_LOG", "warn,pollcap::serve=info");
         let warnings = Arc::new(AtomicU64::new(0));
         let first_warnings = Arc::new(Mutex::new(Vec::new()));
         let (w, f) = (warnings.clone(), first_warnings.clone());
-        // Keep draining stderr (a full pipe would block the server).
-        std::thread::spawn(move || {
-            for line in lines.map_while(Result::ok) {
-                let line = plain(&line);
-                if line.contains(" WARN ") || line.contains(" ERROR ") {
-                    w.fetch_add(1, Relaxed);
-                    let mut first = f.lock().unwrap_or_else(|p| p.into_inner());
-                    if first.len() < 10 {
-                        first.push(line);
-                    }
+        let server = ServeChild::spawn(cmd, move |line| {
+            let line = plain(&line);
+            if line.contains(" WARN ") || line.contains(" ERROR ") {
+                w.fetch_add(1, Relaxed);
+                let mut first = f.lock().unwrap_or_else(|p| p.into_inner());
+                if first.len() < 10 {
+                    first.push(line);
                 }
             }
-        });
+        })?;
         Ok(Spawned {
-            child,
-            url: format!("ws://{addr}/ws"),
+            server,
             warnings,
             first_warnings,
         })
-    }
-
-    fn alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-}
-
-impl Drop for Spawned {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -273,11 +235,11 @@ pub fn soak(url: Option<&str>, pid: Option<u32>, opts: SoakOptions) -> io::Resul
         None => Some(Spawned::start()?),
     };
     let url = match (&spawned, url) {
-        (Some(s), _) => s.url.clone(),
+        (Some(s), _) => s.server.url(),
         (None, Some(u)) => u.to_string(),
         (None, None) => unreachable!("one of them is set"),
     };
-    let pid = spawned.as_ref().map(|s| s.child.id()).or(pid);
+    let pid = spawned.as_ref().map(|s| s.server.pid()).or(pid);
     let health: serde_json::Value = http_get(&url, "/health")
         .and_then(|b| serde_json::from_str(&b).ok())
         .ok_or_else(|| io::Error::other(format!("no /health answer at {url}")))?;
@@ -303,7 +265,7 @@ pub fn soak(url: Option<&str>, pid: Option<u32>, opts: SoakOptions) -> io::Resul
     run_for(&cfg, &stats, opts.duration, pid, &mut peak);
     let end = quiet_usage(&url, pid, settle, trim_wait);
     let after = metrics(&url).unwrap_or_default();
-    let alive = spawned.as_mut().is_none_or(Spawned::alive);
+    let alive = spawned.as_mut().is_none_or(|s| s.server.alive());
 
     let delta = |k: &str| {
         (after.get(k).copied().unwrap_or(0.0) - before.get(k).copied().unwrap_or(0.0)).max(0.0)
