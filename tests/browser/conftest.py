@@ -3,81 +3,26 @@ loopback port, headless Chromium driven by selenium (Debian's chromium and
 chromium-driver; selenium from PyPI), and a loopback TCP proxy that can cut
 a WebSocket in the middle of a run. Every wait has a deadline."""
 import os
-import re
 import shutil
-import signal
 import socket
-import subprocess
+import sys
 import threading
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BIN = os.environ.get("POLLCAP_BIN", os.path.join(ROOT, "target", "release", "pollcap"))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from pollcap_server import BIN, ROOT, Server, factory  # noqa: E402,F401
+
 SHOTS = os.path.join(ROOT, "target", "browser")
 SECRET = "browser-secret-0123456789abcdef"
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("CHROMEDRIVER", "/usr/bin/chromedriver")
 
 
-class Server:
-    """`pollcap serve` on 127.0.0.1:0; authentication on when `auth`."""
-
-    def __init__(self, auth, env):
-        full_env = {k: v for k, v in os.environ.items() if not k.startswith("POLLCAP_")}
-        full_env.update(RUST_LOG="info", **env)
-        if auth:
-            full_env["POLLCAP_JWT_SECRET"] = SECRET
-        self.proc = subprocess.Popen([BIN, "serve", "--listen", "127.0.0.1:0"],
-                                     env=full_env, stderr=subprocess.PIPE, text=True)
-        self.log = []
-        addr = None
-        for line in self.proc.stderr:  # bounded by the process: EOF if it dies
-            self.log.append(line)
-            m = re.search(r"listening on (\S+)", line)
-            if m:
-                addr = m.group(1)
-                break
-        assert addr, "server did not start:\n" + "".join(self.log)
-        self.addr = addr
-        self.http = f"http://{addr}"
-        threading.Thread(target=self._drain, daemon=True).start()
-
-    def _drain(self):
-        for line in self.proc.stderr:
-            self.log.append(line)
-
-    def token(self, sub="browser"):
-        out = subprocess.run([BIN, "token", "--sub", sub, "--ttl", "1h"],
-                             env=dict(os.environ, POLLCAP_JWT_SECRET=SECRET),
-                             capture_output=True, text=True, check=True, timeout=10)
-        return out.stdout.strip()
-
-    def terminate(self):
-        self.proc.send_signal(signal.SIGTERM)
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
 @pytest.fixture
 def server_factory():
-    started = []
-
-    def make(auth=False, **env):
-        s = Server(auth, {k: str(v) for k, v in env.items()})
-        started.append(s)
-        return s
-
-    yield make
-    for s in started:
-        s.stop()
+    yield from factory(lambda auth=False, **env: Server(
+        (), {k: str(v) for k, v in env.items()}, secret=SECRET if auth else None))
 
 
 class BlipProxy:
