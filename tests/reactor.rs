@@ -219,3 +219,17 @@ fn soft_timers_of_one_window_fire_in_one_turn_and_hard_ones_on_time() {
         );
     });
 }
+
+#[test]
+fn a_settle_grows_with_the_burst_it_waits_for_within_bounds() {
+    let mut r = Reactor::new(BackendKind::Mio, fixed(1000)).unwrap();
+    r.set_slack(Duration::from_millis(50));
+    // A few pings: the floor (1/25 of the slack).
+    assert_eq!(r.settle_time(2), Duration::from_millis(2));
+    // 250 pings owe 250 pongs, 20 µs each.
+    assert_eq!(r.settle_time(250), Duration::from_millis(5));
+    // Never more than 1/5 of the slack, however large the burst.
+    assert_eq!(r.settle_time(usize::MAX), Duration::from_millis(10));
+    r.set_slack(Duration::ZERO);
+    assert_eq!(r.settle_time(250), Duration::ZERO);
+}

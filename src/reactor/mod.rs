@@ -27,6 +27,11 @@ pub use waker::Waker;
 use crate::platform::Pollable;
 use backend::Backend;
 
+/// How long a settle waits per answer owed by a burst of soft timers: about
+/// what a peer spends reading a ping and writing its pong on loopback,
+/// doubled (see [`Reactor::settle_time`]).
+pub const SETTLE_PER_ANSWER: std::time::Duration = std::time::Duration::from_micros(20);
+
 /// What one turn observed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Turn {
@@ -128,10 +133,17 @@ impl Reactor {
         self.slack
     }
 
-    /// How long answers to a burst of soft timers are given to arrive:
-    /// 1/25 of the slack (2 ms at the default 50 ms).
-    pub fn settle_time(&self) -> std::time::Duration {
-        self.slack / 25
+    /// How long the answers to a burst of `burst` soft timers are given to
+    /// arrive: [`SETTLE_PER_ANSWER`] each, at least 1/25 of the slack (2 ms
+    /// at the default 50 ms) and at most 1/5 of it (10 ms). A peer answers
+    /// a burst one ping at a time, so a fixed settle caught only the first
+    /// part of a large one and the rest woke the reactor a few times more
+    /// (10 000 connections pinged every 2 s: 250 pings a window, pongs over
+    /// about 5 ms on loopback). The cap bounds what the settle delays other
+    /// connections' traffic by.
+    pub fn settle_time(&self, burst: usize) -> std::time::Duration {
+        let per = SETTLE_PER_ANSWER.saturating_mul(burst.min(u32::MAX as usize) as u32);
+        per.clamp(self.slack / 25, self.slack / 5)
     }
 
     /// Wall-clock time on this reactor's time base: `wall().unix_ms(now)`.
@@ -192,13 +204,14 @@ impl Reactor {
     }
 
     fn wait_turn(&mut self, busy: bool) -> io::Result<Turn> {
-        let settle = std::mem::take(&mut self.soft_fired) > 1 && !busy;
+        let burst = std::mem::take(&mut self.soft_fired);
+        let settle = burst > 1 && !busy;
         self.settling = settle;
         if settle {
             // The burst's answers arrive meanwhile; a hard deadline cuts it
             // short. Counted from now, when the burst has gone out: sending
             // it took part of the turn.
-            let until = Instant::now() + self.settle_time();
+            let until = Instant::now() + self.settle_time(burst);
             let until = self
                 .timers
                 .next_of(Kind::Hard)
