@@ -187,15 +187,23 @@ pub fn text_stats(s: &str) -> TextStats {
     }
 }
 
-/// The reply, in word-group deltas (always at least two).
+/// The most `agent_thinking` deltas one reply streams. Deltas group three
+/// words each until a reply would need more; then the groups grow, so that
+/// a message of one megabyte of spaces (a million empty words) costs 64
+/// events, not 350 000 queued for one connection.
+pub const MAX_DELTAS: usize = 64;
+
+/// The reply, in word-group deltas (always at least two, at most
+/// [`MAX_DELTAS`]).
 pub fn reply_deltas(message: &str, stats: &TextStats) -> Vec<String> {
     let reply = format!(
         "You wrote {} words and {} characters. The longest word is \"{}\". Echo: {}",
         stats.words, stats.characters, stats.longest_word, message
     );
     let words: Vec<&str> = reply.split(' ').collect();
+    let group = words.len().div_ceil(MAX_DELTAS).max(3);
     words
-        .chunks(3)
+        .chunks(group)
         .enumerate()
         .map(|(i, c)| {
             let chunk = c.join(" ");
@@ -263,6 +271,31 @@ mod tests {
                 other => panic!("{other:?}"),
             })
             .collect()
+    }
+
+    /// A message of spaces only is a huge number of empty words: the reply
+    /// still streams in at most MAX_DELTAS events and loses nothing.
+    #[test]
+    fn a_reply_of_many_words_streams_in_a_bounded_number_of_deltas() {
+        let text = format!("a{}b", " ".repeat(200_000));
+        let msg = serde_json::json!({"type": "user_message", "text": text, "thread_id": "t"});
+        let ev = run(Inbound::Text(msg.to_string()));
+        let deltas: Vec<&str> = ev
+            .iter()
+            .filter(|e| e["type"] == "agent_thinking")
+            .map(|e| e["delta"].as_str().unwrap())
+            .collect();
+        assert!(
+            (2..=MAX_DELTAS).contains(&deltas.len()),
+            "{} deltas",
+            deltas.len()
+        );
+        let joined = deltas.concat();
+        assert!(joined.ends_with(&format!("Echo: {text}")));
+        assert_eq!(ev.last().unwrap()["final"], joined);
+        // Short replies keep their three-word groups.
+        let short = reply_deltas("one two three", &text_stats("one two three"));
+        assert!(short.iter().all(|d| d.trim_start().split(' ').count() <= 3));
     }
 
     #[test]
