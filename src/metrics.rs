@@ -207,6 +207,8 @@ pub struct Report<'a> {
     /// (reloads, refused reloads) of the certificate pair, when TLS is on.
     pub tls: Option<(u64, u64)>,
     pub store: StoreView,
+    /// Log lines the log writer dropped rather than block, when it counts.
+    pub log_lines_dropped: Option<u64>,
 }
 
 impl Report<'_> {
@@ -428,6 +430,11 @@ impl Report<'_> {
                 "pollcap_tls_reload_failures_total",
                 "Certificate reloads refused (the previous pair stays).",
                 self.tls.map_or(0, |t| t.1),
+            ),
+            (
+                "pollcap_log_lines_dropped_total",
+                "Log lines dropped because the log output fell behind (never blocking a reactor).",
+                self.log_lines_dropped.unwrap_or(0),
             ),
             (
                 "pollcap_breaker_failures_total",

@@ -20,6 +20,21 @@ pub struct ServerConfig {
     pub auth: Option<Auth>,
     /// The TLS certificate pair; `None` serves plain `ws://` and `http://`.
     pub tls: Option<Arc<CertStore>>,
+    /// Log lines the embedder's log writer dropped rather than block a
+    /// reactor (`pollcap serve` writes its log from a thread of its own
+    /// through a bounded queue); reported as
+    /// `pollcap_log_lines_dropped_total`. `None`: not reported.
+    pub log_lines_dropped: Option<DroppedLines>,
+}
+
+/// Reads a count of dropped log lines kept by the embedder's log writer.
+#[derive(Clone)]
+pub struct DroppedLines(pub Arc<dyn Fn() -> u64 + Send + Sync>);
+
+impl std::fmt::Debug for DroppedLines {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DroppedLines({})", (self.0)())
+    }
 }
 
 impl ServerConfig {
@@ -32,6 +47,7 @@ impl ServerConfig {
             app: App::Echo,
             auth: None,
             tls: None,
+            log_lines_dropped: None,
         }
     }
 
@@ -61,6 +77,7 @@ impl ServerConfig {
             app,
             auth,
             tls,
+            log_lines_dropped: None,
         })
     }
 }

@@ -32,7 +32,7 @@ use mio::net::{TcpListener, TcpStream};
 
 #[cfg(feature = "fuzzing")]
 pub(crate) use admission::choose_subprotocol;
-pub use config::{ServerConfig, cert_config_error};
+pub use config::{DroppedLines, ServerConfig, cert_config_error};
 pub use runs::MAX_RUNS_PER_CONN;
 pub use worker::ACCEPT_PAUSE;
 

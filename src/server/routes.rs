@@ -44,6 +44,7 @@ pub(super) fn report(sh: &Shared, now: Instant) -> Report<'_> {
             )
         }),
         store: sh.store.view(),
+        log_lines_dropped: sh.cfg.log_lines_dropped.as_ref().map(|d| (d.0)()),
     }
 }
 

@@ -126,13 +126,32 @@ impl SettingsArgs {
     }
 }
 
-fn init_logging() {
+/// How many log lines may wait for the writer thread; past that, lines
+/// are dropped and counted (`pollcap_log_lines_dropped_total`), so that a
+/// stalled stderr (a full pipe to a log collector) never blocks a reactor
+/// and the queue stays bounded (about 2 MB of lines at most).
+const LOG_QUEUE_LINES: usize = 8192;
+
+/// Logging to stderr from a writer thread of its own. The guard flushes
+/// what is queued when dropped (at the end of `main`); the counter reads
+/// the lines dropped so far.
+fn init_logging() -> (
+    tracing_appender::non_blocking::WorkerGuard,
+    tracing_appender::non_blocking::ErrorCounter,
+) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .buffered_lines_limit(LOG_QUEUE_LINES)
+        .lossy(true)
+        .thread_name("pollcap-log")
+        .finish(std::io::stderr());
+    let dropped = writer.error_counter();
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .init();
+    (guard, dropped)
 }
 
 /// A usage or configuration error: one line, exit status 2.
@@ -210,7 +229,7 @@ fn token(sub: &str, ttl: &str) -> ExitCode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    let (_log_flushed_on_drop, log_dropped) = init_logging();
     match cli.command {
         Command::Config { settings, json } => {
             let s = match settings.resolve() {
@@ -232,7 +251,7 @@ fn main() -> ExitCode {
         Command::Probe(args) => probe::command(args),
         Command::Bench(args) => bench::command(args),
         Command::Serve { settings } => match settings.resolve() {
-            Ok(s) => serve::run(s),
+            Ok(s) => serve::run(s, log_dropped),
             Err(code) => code,
         },
     }

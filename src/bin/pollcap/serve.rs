@@ -4,16 +4,22 @@
 
 use std::process::ExitCode;
 
-use pollcap::server::{Server, ServerConfig};
+use pollcap::server::{DroppedLines, Server, ServerConfig};
 use pollcap::settings::Settings;
 
 use super::{fail, sys};
 
-pub fn run(settings: Settings) -> ExitCode {
-    let cfg = match ServerConfig::from_settings(settings) {
+pub fn run(
+    settings: Settings,
+    log_dropped: tracing_appender::non_blocking::ErrorCounter,
+) -> ExitCode {
+    let mut cfg = match ServerConfig::from_settings(settings) {
         Ok(cfg) => cfg,
         Err(e) => return fail(e.to_string()),
     };
+    cfg.log_lines_dropped = Some(DroppedLines(std::sync::Arc::new(move || {
+        log_dropped.dropped_lines() as u64
+    })));
     let s = &cfg.settings;
     if cfg.auth.is_none() && !s.listen.ip().is_loopback() && !s.insecure_no_auth {
         return fail(format!(
