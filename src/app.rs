@@ -239,33 +239,45 @@ pub fn stamp(text: &mut String, unix_ms: u64) {
 type Job = Box<dyn FnOnce() + Send>;
 
 /// A fixed set of threads with a bounded queue: a full queue is refused
-/// (the caller answers `overloaded`), never grown.
+/// (the caller answers `overloaded`), never grown. Bounded twice: in jobs,
+/// and in the bytes of input that queued and running jobs hold (each job
+/// owns a copy of its message: 1 024 queued 1 MiB messages would be 1 GiB).
 pub struct Pool {
-    tx: SyncSender<Job>,
+    tx: SyncSender<(Job, usize)>,
     queued: Arc<AtomicUsize>,
     capacity: usize,
     threads: usize,
+    /// Input bytes of queued and running jobs.
+    held: Arc<AtomicUsize>,
+    byte_budget: usize,
 }
 
 impl Pool {
-    pub fn new(threads: usize, capacity: usize) -> std::io::Result<Pool> {
-        let (tx, rx) = sync_channel::<Job>(capacity);
-        let rx: Arc<Mutex<Receiver<Job>>> = Arc::new(Mutex::new(rx));
+    /// `threads` workers, at most `capacity` jobs waiting, at most
+    /// `byte_budget` bytes of input held by waiting and running jobs.
+    pub fn new(threads: usize, capacity: usize, byte_budget: usize) -> std::io::Result<Pool> {
+        let (tx, rx) = sync_channel::<(Job, usize)>(capacity);
+        let rx: Arc<Mutex<Receiver<(Job, usize)>>> = Arc::new(Mutex::new(rx));
         let queued = Arc::new(AtomicUsize::new(0));
+        let held = Arc::new(AtomicUsize::new(0));
         for i in 0..threads {
             let rx = rx.clone();
             let queued = queued.clone();
+            let held = held.clone();
             std::thread::Builder::new()
                 .name(format!("pollcap-worker-{i}"))
                 .spawn(move || {
                     loop {
-                        let job = match rx.lock().unwrap_or_else(|p| p.into_inner()).recv() {
+                        let (job, bytes) = match rx.lock().unwrap_or_else(|p| p.into_inner()).recv()
+                        {
                             Ok(job) => job,
                             Err(_) => return, // pool dropped
                         };
                         queued.fetch_sub(1, Ordering::Relaxed);
                         // Jobs report their own panics; this keeps the thread alive regardless.
                         let _ = catch_unwind(AssertUnwindSafe(job));
+                        // The job (and the input it owned) is gone.
+                        held.fetch_sub(bytes, Ordering::Relaxed);
                     }
                 })?;
         }
@@ -274,19 +286,34 @@ impl Pool {
             queued,
             capacity,
             threads,
+            held,
+            byte_budget,
         })
     }
 
-    /// Queues a job, or gives it back when the queue is full.
-    pub fn try_submit(&self, job: Job) -> Result<(), Job> {
+    /// Queues a job that holds `bytes` of input, or gives it back when the
+    /// queue is full or those bytes would take the input held by queued
+    /// and running jobs past the byte budget.
+    pub fn try_submit(&self, job: Job, bytes: usize) -> Result<(), Job> {
+        let before = self.held.fetch_add(bytes, Ordering::Relaxed);
+        if before.saturating_add(bytes) > self.byte_budget {
+            self.held.fetch_sub(bytes, Ordering::Relaxed);
+            return Err(job);
+        }
         self.queued.fetch_add(1, Ordering::Relaxed);
-        match self.tx.try_send(job) {
+        match self.tx.try_send((job, bytes)) {
             Ok(()) => Ok(()),
-            Err(TrySendError::Full(job)) | Err(TrySendError::Disconnected(job)) => {
+            Err(TrySendError::Full((job, _))) | Err(TrySendError::Disconnected((job, _))) => {
                 self.queued.fetch_sub(1, Ordering::Relaxed);
+                self.held.fetch_sub(bytes, Ordering::Relaxed);
                 Err(job)
             }
         }
+    }
+
+    /// Input bytes held by queued and running jobs.
+    pub fn held_bytes(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
     }
 
     /// True when no job could be queued now.
@@ -330,22 +357,53 @@ mod tests {
 
     #[test]
     fn a_full_pool_refuses_instead_of_growing() {
-        let pool = Pool::new(1, 1).unwrap();
+        let pool = Pool::new(1, 1, 1 << 20).unwrap();
         let (gate_tx, gate_rx) = std::sync::mpsc::channel::<()>();
         let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
         // Occupy the only thread until released.
-        assert!(
-            pool.try_submit(Box::new(move || {
-                started_tx.send(()).unwrap();
-                gate_rx.recv().ok();
-            }))
-            .is_ok()
-        );
+        let occupy = Box::new(move || {
+            started_tx.send(()).unwrap();
+            gate_rx.recv().ok();
+        });
+        assert!(pool.try_submit(occupy, 0).is_ok());
         started_rx.recv().unwrap();
-        assert!(pool.try_submit(Box::new(|| {})).is_ok(), "one queued");
+        assert!(pool.try_submit(Box::new(|| {}), 0).is_ok(), "one queued");
         assert!(pool.saturated());
-        assert!(pool.try_submit(Box::new(|| {})).is_err(), "queue full");
+        assert!(pool.try_submit(Box::new(|| {}), 0).is_err(), "queue full");
         gate_tx.send(()).unwrap();
+    }
+
+    #[test]
+    fn input_bytes_held_by_jobs_are_bounded_and_given_back() {
+        let pool = Pool::new(1, 8, 1000).unwrap();
+        let (gate_tx, gate_rx) = std::sync::mpsc::channel::<()>();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        // A running job holds its 600 bytes until it ends.
+        let running = Box::new(move || {
+            gate_rx.recv().ok();
+        });
+        assert!(pool.try_submit(running, 600).is_ok());
+        let queued = Box::new(move || done_tx.send(()).unwrap());
+        assert!(pool.try_submit(queued, 400).is_ok(), "600 + 400 fit 1000");
+        assert!(
+            pool.try_submit(Box::new(|| {}), 1).is_err(),
+            "one byte over"
+        );
+        assert_eq!(pool.held_bytes(), 1000, "a refusal holds nothing");
+        assert!(pool.queued() < 8, "the job queue is far from full");
+        gate_tx.send(()).unwrap();
+        done_rx.recv().unwrap();
+        // Both ran: their bytes come back (the worker gives them back
+        // right after each job returns).
+        let t0 = std::time::Instant::now();
+        while pool.held_bytes() != 0 {
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "bytes never given back"
+            );
+            std::thread::yield_now();
+        }
+        assert!(pool.try_submit(Box::new(|| {}), 1000).is_ok());
     }
 
     #[test]

@@ -230,3 +230,41 @@ fn a_drain_lets_running_handlers_finish_before_1001() {
         srv.join().unwrap();
     });
 }
+
+/// The pool is bounded in message bytes too: a message that would take the
+/// bytes held by queued and running jobs past `pool_queue_bytes` is
+/// answered `overloaded` while the job queue still has room, and the bytes
+/// come back as jobs finish.
+#[test]
+fn the_pool_refuses_messages_past_its_byte_budget_and_recovers() {
+    each_backend(|kind| {
+        let (app, started, release) = test_app();
+        let srv = start(kind, &[], |c| {
+            c.app = App::Handler(app.clone());
+            c.settings.pool_threads = 1;
+            c.settings.pool_queue = 100;
+            c.settings.limits.max_message = 64;
+            c.settings.pool_queue_bytes = 100;
+        });
+        let a = srv.local_addr();
+        let (mut ws, _) = ws_connect(a, None).unwrap();
+        ws.send(Message::text("hold")).unwrap(); // 4 bytes, running
+        started
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the only worker is busy");
+        let big = "x".repeat(64);
+        ws.send(Message::text(big.clone())).unwrap(); // 68 of 100: queued
+        ws.send(Message::text(big.clone())).unwrap(); // 132: refused
+        let e = next_event(&mut ws);
+        assert_eq!(
+            (e["type"].as_str(), e["code"].as_str()),
+            (Some("error"), Some("overloaded"))
+        );
+        release.send(()).unwrap();
+        assert_eq!(next_event(&mut ws)["type"], "held");
+        assert_eq!(next_event(&mut ws)["text"], big.as_str());
+        ws.send(Message::text(big.clone())).unwrap();
+        assert_eq!(next_event(&mut ws)["text"], big.as_str());
+        assert_eq!(metrics(a)["pollcap_handler_overloaded_total"], 1.0);
+    });
+}

@@ -125,7 +125,7 @@ impl Server {
         }
         let max_sockets = s.limits.max_connections + 1024;
         let pool = match cfg.app {
-            App::Handler(_) => Some(Pool::new(s.pool_threads, s.pool_queue)?),
+            App::Handler(_) => Some(Pool::new(s.pool_threads, s.pool_queue, s.pool_queue_bytes)?),
             App::Echo => None,
         };
         let deliveries: Deliveries = reactors

@@ -144,6 +144,10 @@ pub(super) fn on_message(rc: &mut RunCx, key: usize, e: &mut Entry, msg: Message
         Message::Binary(b) => Inbound::Binary(b.to_vec()),
         _ => return,
     };
+    let input_bytes = match &input {
+        Inbound::Text(t) => t.len(),
+        Inbound::Binary(b) => b.len(),
+    };
     let run = sh.next_run.fetch_add(1, Relaxed) + 1;
     let run_id = new_run_id();
     let conn_id = e.conn.id();
@@ -163,7 +167,10 @@ pub(super) fn on_message(rc: &mut RunCx, key: usize, e: &mut Entry, msg: Message
         );
         let queued = e.conn.runs_in_flight() < MAX_RUNS_PER_CONN
             && pool
-                .try_submit(app::job(h.clone(), session.clone(), input, out))
+                .try_submit(
+                    app::job(h.clone(), session.clone(), input, out),
+                    input_bytes,
+                )
                 .is_ok();
         if queued {
             sh.metrics.runs_total.fetch_add(1, Relaxed);
@@ -192,7 +199,10 @@ pub(super) fn on_message(rc: &mut RunCx, key: usize, e: &mut Entry, msg: Message
             return;
         }
         sh.metrics.overloaded_total.fetch_add(1, Relaxed);
-        tracing::info!(conn = conn_id, "handler pool full: answering overloaded");
+        tracing::info!(
+            conn = conn_id,
+            "handler pool full (jobs, message bytes or runs per connection): answering overloaded"
+        );
         ErrorFields {
             code: "overloaded",
             message: "server busy; retry later",

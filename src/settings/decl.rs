@@ -634,6 +634,22 @@ pub static DECLS: &[Decl] = &[
         show: |s| Some(s.pool_queue.into()),
     },
     Decl {
+        name: "pool_queue_bytes",
+        flag: Some("pool-queue-bytes"),
+        env: Some("POLLCAP_POOL_QUEUE_BYTES"),
+        kind: Kind::Value,
+        value_name: "BYTES",
+        help: "Bytes of messages that queued and running handler jobs may hold (over it: \
+               `overloaded`); at least --max-message",
+        group: Group::Server,
+        default: Default::Fixed("67108864"),
+        set: |s, v| {
+            s.pool_queue_bytes = positive(v)?;
+            Ok(())
+        },
+        show: |s| Some(s.pool_queue_bytes.into()),
+    },
+    Decl {
         name: "breaker_threshold",
         flag: Some("breaker-threshold"),
         env: Some("POLLCAP_BREAKER_THRESHOLD"),

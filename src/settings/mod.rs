@@ -150,6 +150,8 @@ pub struct Settings {
     pub fail_opens: u32,
     pub pool_threads: usize,
     pub pool_queue: usize,
+    /// Bytes of input held by queued and running handler jobs.
+    pub pool_queue_bytes: usize,
     pub breaker_threshold: u32,
     pub breaker_recovery: Duration,
     pub insecure_no_auth: bool,
@@ -204,6 +206,7 @@ impl Settings {
             fail_opens: 0,
             pool_threads: 0,
             pool_queue: 0,
+            pool_queue_bytes: 0,
             breaker_threshold: 0,
             breaker_recovery: zero,
             insecure_no_auth: false,
@@ -333,6 +336,17 @@ impl Settings {
                 &format!(
                     "must exceed --max-message ({}) + 14 bytes of frame header, or one reply \
                      could never be queued",
+                    l.max_message
+                ),
+            ));
+        }
+        if self.pool_queue_bytes < l.max_message {
+            return Err(ConfigError::new(
+                "--pool-queue-bytes",
+                &self.pool_queue_bytes.to_string(),
+                &format!(
+                    "must be >= --max-message ({}), or a message of the largest size could \
+                     never reach a handler",
                     l.max_message
                 ),
             ));

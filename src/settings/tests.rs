@@ -329,6 +329,7 @@ fn every_setting_is_read_from_its_env_var_and_its_flag() {
         ("pacing_ms", "9"),
         ("pool_threads", "2"),
         ("pool_queue", "5"),
+        ("pool_queue_bytes", "2000000"),
         ("breaker_threshold", "4"),
         ("breaker_recovery", "2.5"),
         ("tokens_file", "/tmp/t"),
@@ -440,4 +441,18 @@ fn a_max_message_near_the_end_of_usize_breaks_the_outbound_rule() {
         let e = err(&[("POLLCAP_MAX_MESSAGE", v)]);
         assert!(e.contains("--max-outbound") && e.contains(v), "{e}");
     }
+}
+
+#[test]
+fn the_pool_byte_budget_must_hold_the_largest_message() {
+    let e = err(&[("POLLCAP_POOL_QUEUE_BYTES", "1000")]);
+    assert!(
+        e.contains("--pool-queue-bytes") && e.contains("1000") && e.contains("--max-message"),
+        "{e}"
+    );
+    let st = ok(&[
+        ("POLLCAP_POOL_QUEUE_BYTES", "1000"),
+        ("POLLCAP_MAX_MESSAGE", "1000"),
+    ]);
+    assert_eq!(st.pool_queue_bytes, 1000);
 }
