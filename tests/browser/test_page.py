@@ -8,6 +8,8 @@ import asyncio
 import json
 import os
 import re
+import ssl
+import subprocess
 import time
 import urllib.request
 
@@ -267,3 +269,39 @@ def test_the_page_loads_nothing_from_other_hosts(browser, server_factory, proxy_
     refused = " ".join(e["message"] for e in browser.get_log("browser"))
     assert "inline script violates the following Content Security Policy" in refused, refused
     assert f"Connecting to '{other}/health' violates" in refused, refused
+
+
+def test_the_page_runs_over_https_and_wss(browser, server_factory, tmp_path):
+    """Behind TLS (what Cloud Run serves) the page is fetched over https://
+    and opens its socket over wss:// (a ws:// socket from an https page
+    would be blocked as mixed content): a run completes in full. The
+    certificate is a self-signed one for localhost, which this test alone
+    tells Chromium to accept."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=60)
+    srv = server_factory(POLLCAP_TLS_CERT=cert, POLLCAP_TLS_KEY=key)
+    port = srv.addr.rsplit(":", 1)[1]
+    browser.execute_cdp_cmd("Security.setIgnoreCertificateErrors", {"ignore": True})
+    try:
+        browser.get(f"https://localhost:{port}/")
+        assert browser.execute_script("return location.protocol") == "https:"
+        wait_status(browser, "open", "connected")
+        text = "over TLS end to end"
+        send(browser, text)
+        wait(browser, "agent_completed", completed, timeout=15)
+        check_run(events(browser), text)
+        # Every byte on this port is TLS (a plain-text request gets a 400),
+        # so the 101 the server counted was a wss:// upgrade.
+        ctx = ssl.create_default_context(cafile=str(cert))
+        with urllib.request.urlopen(f"https://localhost:{port}/metrics", timeout=5,
+                                    context=ctx) as r:
+            metrics = r.read().decode()
+        upgrades = re.search(r'^pollcap_http_responses_total\{status="101"\} (\d+)', metrics, re.M)
+        assert upgrades and int(upgrades.group(1)) >= 1, metrics
+    finally:
+        browser.execute_cdp_cmd("Security.setIgnoreCertificateErrors", {"ignore": False})
+        browser.get("about:blank")
