@@ -23,7 +23,7 @@
 //! not assumed: a resume whose stored events have a gap (writes dropped
 //! during an outage) is refused, and a tail that meets one is interrupted.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
@@ -661,26 +661,26 @@ fn resume(
     Ok((backlog, give_up))
 }
 
+/// Ends every tail: Redis cannot be reached, so none can be followed on.
+fn unreachable_for_all(link: &Link, tails: &mut Vec<Tail>) {
+    for t in tails.drain(..) {
+        let why = "the store (Redis) became unreachable";
+        post(&link.deliveries, &t.follower, Delivery::Interrupted(why));
+    }
+}
+
 /// One `XREAD BLOCK` over every followed run; delivers what came, ends
 /// the tails that are over or past their run's deadline.
 fn tail_once(link: &Link, conn: &mut Option<Connection>, tails: &mut Vec<Tail>) {
     let Some(c) = link.connection(conn) else {
-        for t in tails.drain(..) {
-            post(
-                &link.deliveries,
-                &t.follower,
-                Delivery::Interrupted("the store (Redis) became unreachable"),
-            );
-        }
-        return;
+        return unreachable_for_all(link, tails);
     };
     // Per stream, from the earliest position any of its followers needs.
-    let mut keys: Vec<(&str, u64)> = Vec::new();
+    let mut keys: BTreeMap<&str, u64> = BTreeMap::new();
     for t in tails.iter() {
-        match keys.iter_mut().find(|(k, _)| *k == t.key) {
-            Some((_, from)) => *from = (*from).min(t.last_seq),
-            None => keys.push((&t.key, t.last_seq)),
-        }
+        keys.entry(&t.key)
+            .and_modify(|from| *from = (*from).min(t.last_seq))
+            .or_insert(t.last_seq);
     }
     let mut cmd = ::redis::cmd("XREAD");
     cmd.arg("COUNT")
@@ -688,10 +688,10 @@ fn tail_once(link: &Link, conn: &mut Option<Connection>, tails: &mut Vec<Tail>) 
         .arg("BLOCK")
         .arg(BLOCK.as_millis() as u64)
         .arg("STREAMS");
-    for (k, _) in &keys {
+    for k in keys.keys() {
         cmd.arg(*k);
     }
-    for (_, from) in &keys {
+    for from in keys.values() {
         cmd.arg(format!("{from}-0"));
     }
     let _ = c.set_read_timeout(Some(CALL + BLOCK));
@@ -701,14 +701,7 @@ fn tail_once(link: &Link, conn: &mut Option<Connection>, tails: &mut Vec<Tail>) 
         Ok(v) => streams(&v),
         Err(e) => {
             link.failed(&e, conn);
-            for t in tails.drain(..) {
-                post(
-                    &link.deliveries,
-                    &t.follower,
-                    Delivery::Interrupted("the store (Redis) became unreachable"),
-                );
-            }
-            return;
+            return unreachable_for_all(link, tails);
         }
     };
     let now = unix_ms();
