@@ -426,6 +426,29 @@ fn peer_close_completes_the_handshake() {
     assert!(matches!(client.read(), Ok(Message::Close(_))));
 }
 
+/// The owner closes (a drain, backpressure) right after a message, while
+/// the peer's own Close is already in our buffers: the closing handshake
+/// reads it on and completes, rather than leaving it unread until the
+/// close deadline (the poller reports no new readiness for bytes already
+/// read from the socket).
+#[test]
+fn a_close_begun_with_input_buffered_reads_the_peers_close() {
+    let mut h = owner();
+    let t0 = Instant::now();
+    let (mut c, mut client) = open(&mut h, t0);
+    client.write(Message::text("bye")).unwrap();
+    client.close(None).unwrap();
+    c.handle_io(true, false, &mut h.cx(t0));
+    assert!(c.has_more_input(), "stopped at the message");
+    h.events.clear();
+    h.drive(&mut c, t0, |c, cx| {
+        c.close(1001, "server shutting down", cx)
+    });
+    assert!(c.is_done(), "still {:?}", c.phase());
+    assert_eq!(h.timeouts_of(TimeoutPhase::Close), 0);
+    expect_close(&mut client, 1001, "server shutting down");
+}
+
 #[test]
 fn frames_sent_with_the_request_head_are_not_lost() {
     let mut h = owner();

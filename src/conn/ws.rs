@@ -353,11 +353,13 @@ impl<S: Transport> Conn<S> {
             };
             // Nothing may follow a Close frame: no more events go out here.
             open.runs.clear();
+            // Input already buffered (the peer's Close, perhaps) is read on
+            // while awaiting theirs: the poller will not report it again.
             self.phase = Phase::Closing {
                 ws,
                 deadline,
                 await_close,
-                more_input: false,
+                more_input: await_close && open.more_input,
             };
         }
     }
