@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import struct
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -145,18 +146,21 @@ write("auth", "static", auth_seed(0x00, b"alice", sub=b"alice", ttl_text=b"7d"))
 # settings: pairs of (selector, value); selector < 128 picks a variable,
 # >= 128 a flag; value kinds: 0 raw, 1 u64, 2 shifted u64, 3 decimal,
 # 4 exponent, 5 word.
-VARS = ["ENVIRONMENT", "POLLCAP_BACKEND", "POLLCAP_POLL_CAP_MS", "POLLCAP_TIMER_SLACK_MS", "PORT",
-        "POLLCAP_LISTEN", "WEBSOCKET_CONNECT_TIMEOUT", "WEBSOCKET_HANDSHAKE_TIMEOUT",
-        "WEBSOCKET_PING_TIMEOUT", "WEBSOCKET_HEARTBEAT_INTERVAL", "WEBSOCKET_HEARTBEAT_TIMEOUT",
-        "WEBSOCKET_STALE_TIMEOUT", "WEBSOCKET_CONNECTION_TIMEOUT", "WEBSOCKET_CLOSE_TIMEOUT",
-        "WEBSOCKET_CLEANUP_INTERVAL", "AGENT_EXECUTION_TIMEOUT", "POLLCAP_MAX_MESSAGE",
-        "POLLCAP_MAX_FRAME", "POLLCAP_MAX_CONNECTIONS", "POLLCAP_MAX_OUTBOUND", "POLLCAP_READ_BUFFER",
-        "POLLCAP_MAX_HEAD_BYTES", "POLLCAP_MAX_HEADERS", "POLLCAP_THREADS", "POLLCAP_WS_PATH",
-        "POLLCAP_APP", "POLLCAP_PACING_MS", "POLLCAP_POOL_THREADS", "POLLCAP_POOL_QUEUE",
-        "POLLCAP_BREAKER_THRESHOLD", "POLLCAP_BREAKER_RECOVERY", "POLLCAP_TOKENS_FILE",
-        "POLLCAP_JWT_SECRET", "POLLCAP_TLS_CERT", "POLLCAP_TLS_KEY",
-        "LOCAL_DEVELOPMENT", "K_SERVICE", "KUBERNETES_SERVICE_HOST", "AWS_LAMBDA_FUNCTION_NAME",
-        "AZURE_CLIENT_ID"]
+def settings_vars():
+    """The target's variable list, in its order: every declared setting's
+    variable (src/settings/decl.rs, declaration order), then OTHER_VARS of
+    the target. Read from the sources, so a new setting cannot shift the
+    seeds' selectors onto other variables."""
+    root = os.path.dirname(os.path.dirname(HERE))
+    decl = open(os.path.join(root, "src", "settings", "decl.rs")).read()
+    declared = [a or b for a, b in re.findall(
+        r'env: Some\("([A-Z0-9_]+)"\)|^\s*"([A-Z][A-Z0-9_]+)",\s*$', decl, re.M)]
+    target = open(os.path.join(HERE, "..", "fuzz_targets", "settings.rs")).read()
+    other = re.search(r"const OTHER_VARS: \[&str; \d+\] = \[(.*?)\];", target, re.S).group(1)
+    return declared + re.findall(r'"([A-Z0-9_]+)"', other)
+
+
+VARS = settings_vars()
 WORDS = ["local", "development", "testing", "staging", "production", "prod", "mio", "polling",
          "off", "unbounded", "spin", "none", "true", "false", "yes", "0", "1", "agent_chat", "echo"]
 
