@@ -148,19 +148,16 @@ impl MemoryStore {
         if log.finished {
             return;
         }
-        let id = log.id.clone();
         log.events.push_back((seq, text.clone()));
         log.bytes += text.len();
         log.last_seq = seq;
         *events += 1;
         *bytes += text.len() + EVENT_BYTES;
-        for f in &log.followers {
-            let what = Delivery::Event {
-                seq,
-                text: text.clone(),
-            };
-            post(&self.deliveries, f, what);
-        }
+        // Posted after the lock is released: a post may wake a reactor (a
+        // syscall), and every reactor shares this lock. (A follower that
+        // resumes meanwhile has the event in its backlog; a connection
+        // drops what it already has.)
+        let followers = log.followers.clone();
         let l = self.limits;
         while log.events.len() > l.run_events || log.bytes > l.run_bytes {
             let Some((_, old)) = log.events.pop_front() else {
@@ -171,7 +168,15 @@ impl MemoryStore {
             *bytes -= old.len() + EVENT_BYTES;
             self.stats.evicted_run_limit_total.fetch_add(1, Relaxed);
         }
-        self.make_room(&mut g, &id);
+        self.make_room(&mut g, id);
+        drop(g);
+        for f in &followers {
+            let what = Delivery::Event {
+                seq,
+                text: text.clone(),
+            };
+            post(&self.deliveries, f, what);
+        }
     }
 
     pub fn finish(&self, id: &str, now: Instant) {
@@ -184,11 +189,13 @@ impl MemoryStore {
         }
         let id = log.id.clone();
         log.finished = true;
-        for f in log.followers.drain(..) {
-            post(&self.deliveries, &f, Delivery::End);
-        }
+        let followers = std::mem::take(&mut log.followers);
         g.finished.push_back((now + self.limits.window, id));
         self.expire(&mut g, now);
+        drop(g);
+        for f in &followers {
+            post(&self.deliveries, f, Delivery::End);
+        }
     }
 
     pub fn resume(
