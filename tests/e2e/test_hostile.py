@@ -8,7 +8,6 @@ wait is bounded; the whole module takes about half a minute."""
 import asyncio
 import json
 import os
-import resource
 import socket
 import struct
 import subprocess
@@ -21,6 +20,7 @@ import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from hostile_peers import raise_fd_limit
 from test_agent_chat import check_run, connect, one_run, run
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -28,12 +28,8 @@ KEY = "dGhlIHNhbXBsZSBub25jZQ=="
 
 
 def setup_module():
-    # Hundreds of sockets in this process: lift the soft descriptor limit
-    # (often 1024) towards the hard one (20 000 on this machine).
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = hard if hard == resource.RLIM_INFINITY else min(hard, 20000)
-    if soft != resource.RLIM_INFINITY and soft < want:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    # Hundreds of sockets in this process.
+    raise_fd_limit()
 
 
 def metrics(server):
