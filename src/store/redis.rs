@@ -574,8 +574,15 @@ fn deliver(link: &Link, tail: &mut Tail, got: Vec<Entry>) -> bool {
             post(&link.deliveries, &tail.follower, Delivery::Interrupted(why));
             return false;
         }
+        // An event entry without its text is a store fault, not an empty
+        // event: the follower is told, as for a gap.
+        let Some(text) = e.text else {
+            let why = "an event without its text in the store";
+            post(&link.deliveries, &tail.follower, Delivery::Interrupted(why));
+            return false;
+        };
         tail.last_seq = e.seq;
-        let text = Utf8Bytes::from(e.text.unwrap_or_default());
+        let text = Utf8Bytes::from(text);
         post(
             &link.deliveries,
             &tail.follower,
