@@ -468,70 +468,27 @@ fn a_short_soak_reports_its_checks() {
 #[test]
 #[cfg(unix)]
 fn a_stalled_log_pipe_never_blocks_the_server() {
-    use std::io::{BufRead, BufReader, Read, Write};
-    use std::net::TcpStream;
-    use std::process::Stdio;
     use std::time::Duration;
-
-    /// Killed however the test ends (a blocked server would outlive it).
-    struct Killed(std::process::Child);
-    impl Drop for Killed {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let mut child = Killed(
-        Command::new(env!("CARGO_BIN_EXE_pollcap"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--app", "echo"])
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let mut stalled = BufReader::new(child.0.stderr.take().unwrap());
-    let addr = loop {
-        let mut line = String::new();
-        assert!(
-            stalled.read_line(&mut line).unwrap() > 0,
-            "no start-up line"
-        );
-        if let Some(rest) = line.split("listening on ").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_string();
-        }
-    };
+    let args = ["serve", "--listen", "127.0.0.1:0", "--app", "echo"];
+    let (srv, _unread) = common::spawn_server_undrained(env!("CARGO_BIN_EXE_pollcap"), &args, &[]);
     // From here on nobody reads stderr. Each request without Host is a 400
     // and one "refused request" line (about 100 bytes): 12 000 of them
-    // fill the pipe and then the 8 192-line queue.
-    let ask = |req: &str| -> String {
-        let mut s = TcpStream::connect(&addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        s.write_all(req.as_bytes()).unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out)
-            .unwrap_or_else(|e| panic!("no answer (is the server blocked on its log?): {e}"));
-        out
-    };
+    // fill the pipe and then the 8 192-line queue. A blocked server would
+    // answer nothing within the 10 s read timeout.
     std::thread::scope(|sc| {
         for _ in 0..4 {
             sc.spawn(|| {
                 for _ in 0..3000 {
-                    let out = ask("GET /health HTTP/1.1\r\n\r\n");
-                    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+                    let req = b"GET /health HTTP/1.1\r\n\r\n";
+                    let out = common::raw_exchange(srv.addr, req, Duration::from_secs(10));
+                    assert_eq!(common::status_of(&out), 400, "{out}");
                 }
             });
         }
     });
-    let metrics = ask(&format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\n\r\n"));
-    let dropped: u64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("pollcap_log_lines_dropped_total "))
-        .unwrap_or_else(|| panic!("no log drop counter: {metrics}"))
-        .trim()
-        .parse()
-        .unwrap();
-    assert!(dropped > 0, "12 000 lines fit a 64 KiB pipe and the queue?");
-    drop(child);
-    drop(stalled);
+    let dropped = common::metric(srv.addr, "pollcap_log_lines_dropped_total");
+    assert!(
+        dropped > 0.0,
+        "12 000 lines fit a 64 KiB pipe and the queue?"
+    );
 }

@@ -270,14 +270,31 @@ impl Drop for Spawned {
     }
 }
 
+/// The rest of a spawned server's log, unread.
+pub type Log = std::io::Lines<std::io::BufReader<std::process::ChildStderr>>;
+
 /// Starts the server with `RUST_LOG=info` and waits for its start-up line.
 pub fn spawn_server(program: &str, args: &[&str], env: &[(&str, &str)]) -> Spawned {
+    let (spawned, lines) = spawn_server_undrained(program, args, env);
+    // Keep draining stderr so the child never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    spawned
+}
+
+/// [`spawn_server`], handing back the rest of its log unread: stderr stays
+/// a pipe that fills up unless the caller reads it.
+pub fn spawn_server_undrained(
+    program: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (Spawned, Log) {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
     let mut child = Command::new(program)
         .args(args)
         .envs(env.iter().copied())
         .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -295,7 +312,5 @@ pub fn spawn_server(program: &str, args: &[&str], env: &[(&str, &str)]) -> Spawn
             break;
         }
     }
-    // Keep draining stderr so the child never blocks on a full pipe.
-    std::thread::spawn(move || lines.for_each(drop));
-    spawned
+    (spawned, lines)
 }
