@@ -87,11 +87,11 @@ pub struct Response {
 
 /// Parses `buf` as a request head.
 pub fn parse(buf: &[u8], limits: HeadLimits) -> Parsed {
-    // Room for every line the buffer holds, up to the limit: what a parse
-    // allocates follows the bytes received, never the configured limit
-    // alone (a limit of 10^12 must not allocate 32 TB).
-    let lines = buf.iter().filter(|b| **b == b'\n').count();
-    let mut headers = vec![httparse::EMPTY_HEADER; limits.max_headers.min(lines + 1)];
+    // Room for every header line the buffer can hold, up to the limit: the
+    // shortest is 3 bytes (`a:\n`), so what a parse allocates follows the
+    // bytes received, never the configured limit alone (a limit of 10^12
+    // must not allocate 32 TB), without scanning the buffer for it.
+    let mut headers = vec![httparse::EMPTY_HEADER; limits.max_headers.min(buf.len() / 3 + 1)];
     let mut req = httparse::Request::new(&mut headers);
     let len = match req.parse(buf) {
         Ok(httparse::Status::Complete(len)) => len,
