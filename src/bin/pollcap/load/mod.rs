@@ -55,16 +55,16 @@ enum LoadMode {
         connections: usize,
         #[arg(long, default_value_t = 32)]
         size: usize,
-        #[arg(long, default_value_t = 10.0)]
-        duration: f64,
+        #[arg(long, default_value = "10", value_parser = positive_secs)]
+        duration: Duration,
     },
     /// C agent_chat connections, one message in flight each, for D seconds:
     /// complete runs/s and event latency. Token from --token or POLLCAP_TOKEN.
     Agent {
         #[arg(long, default_value_t = 100)]
         connections: usize,
-        #[arg(long, default_value_t = 10.0)]
-        duration: f64,
+        #[arg(long, default_value = "10", value_parser = positive_secs)]
+        duration: Duration,
         #[arg(long, env = "POLLCAP_TOKEN", hide_env_values = true)]
         token: Option<String>,
     },
@@ -79,12 +79,12 @@ enum LoadMode {
     Idle {
         #[arg(long, default_value_t = 10_000)]
         count: usize,
-        #[arg(long, default_value_t = 10.0)]
-        hold: f64,
+        #[arg(long, default_value = "10", value_parser = positive_secs)]
+        hold: Duration,
         /// Open the connections evenly over this many seconds before the
         /// hold, as connections arriving over time do (0: all at once).
-        #[arg(long, default_value_t = 0.0)]
-        ramp: f64,
+        #[arg(long, default_value = "0", value_parser = secs)]
+        ramp: Duration,
     },
     /// Mixed load for D seconds — agent runs, echo of large messages, idle
     /// holders, connection churn, slow and stalled readers — against a
@@ -121,6 +121,27 @@ enum LoadMode {
 
 /// Where the load goes when no --url is given.
 const DEFAULT_URL: &str = "ws://127.0.0.1:8765/ws";
+
+/// A `--duration`/`--hold` value: seconds in (0, 86400]. A bad value is a
+/// usage error (exit 2, naming the flag), never a panic in
+/// `Duration::from_secs_f64`.
+fn positive_secs(v: &str) -> Result<Duration, String> {
+    secs(v).and_then(|d| {
+        if d.is_zero() {
+            Err("must be more than 0 seconds".into())
+        } else {
+            Ok(d)
+        }
+    })
+}
+
+/// A `--ramp` value: seconds in [0, 86400].
+fn secs(v: &str) -> Result<Duration, String> {
+    match v.trim().parse::<f64>() {
+        Ok(s) if s.is_finite() && (0.0..=86_400.0).contains(&s) => Ok(Duration::from_secs_f64(s)),
+        _ => Err("must be a number of seconds from 0 to 86400".into()),
+    }
+}
 
 /// Runs one load mode and prints its figures.
 pub fn command(args: LoadArgs) -> ExitCode {
@@ -195,37 +216,21 @@ pub fn command(args: LoadArgs) -> ExitCode {
             connections,
             size,
             duration,
-        } => echo(
-            url,
-            connections,
-            size,
-            Duration::from_secs_f64(duration),
-            pid,
-        )
-        .map(|r| json(&r.report(connections, size))),
+        } => {
+            echo(url, connections, size, duration, pid).map(|r| json(&r.report(connections, size)))
+        }
         LoadMode::Agent {
             connections,
             duration,
             token,
-        } => agent(
-            url,
-            token.as_deref(),
-            connections,
-            Duration::from_secs_f64(duration),
-            pid,
-        )
-        .map(|r| json(&r.report(connections))),
+        } => agent(url, token.as_deref(), connections, duration, pid)
+            .map(|r| json(&r.report(connections))),
         LoadMode::Storm { count, parallel } => {
             storm(url, count, parallel, pid).map(|r| json(&r.report(parallel)))
         }
-        LoadMode::Idle { count, hold, ramp } => idle(
-            url,
-            count,
-            Duration::from_secs_f64(hold),
-            Duration::from_secs_f64(ramp),
-            pid,
-        )
-        .map(|r| json(&r.report())),
+        LoadMode::Idle { count, hold, ramp } => {
+            idle(url, count, hold, ramp, pid).map(|r| json(&r.report()))
+        }
     };
     match result {
         Ok(j) => {
