@@ -11,13 +11,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use pollcap::agent::{ClientMessage, EventView};
+use pollcap::apps::agent_chat::{ClientMessage, EventView};
 use pollcap::reactor::{BackendKind, CapStrategy, Reactor};
 use serde::Serialize;
 use tungstenite::protocol::CloseFrame;
 use tungstenite::{Message, WebSocket};
 
-use super::super::{Blocking, Target, connect_as, open_client, open_stream};
+use super::super::client::{Blocking, Target, connect_as, open_client, open_stream};
 
 /// What the workers need to know.
 #[derive(Clone, Debug)]
