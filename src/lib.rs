@@ -33,8 +33,8 @@
 //! server.join().unwrap();
 //! ```
 
-pub mod agent;
 pub mod app;
+pub mod apps;
 pub mod auth;
 pub mod breaker;
 pub mod client;
@@ -47,8 +47,10 @@ pub mod http;
 pub mod metrics;
 pub mod platform;
 pub mod reactor;
+pub mod runs;
 pub mod server;
 pub mod settings;
+pub mod source;
 pub mod store;
 pub mod stream;
 pub mod tls;

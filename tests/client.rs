@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
-use pollcap::agent::AgentChat;
 use pollcap::app::App;
+use pollcap::apps::agent_chat::AgentChat;
 use pollcap::breaker::BreakerState;
 use pollcap::client::{Client, ClientConfig, ClientError};
 use pollcap::reactor::BackendKind;

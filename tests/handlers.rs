@@ -268,3 +268,93 @@ fn the_pool_refuses_messages_past_its_byte_budget_and_recovers() {
         assert_eq!(metrics(a)["pollcap_handler_overloaded_total"], 1.0);
     });
 }
+
+/// Resident memory of this process (the server runs in it), in bytes.
+fn rss() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+/// A custom handler that emits without limit is cut at its run's budget:
+/// its client reads every event of the budget in order, then
+/// `run_too_large` continuing the sequence; a flood nobody reads is cut
+/// the same way; memory stays bounded and other connections are served
+/// meanwhile.
+#[test]
+fn a_handler_that_emits_without_limit_is_cut_at_its_budget() {
+    // "flood": 1 KiB events until cancelled; anything else: one event.
+    struct Flood;
+    impl Handler for Flood {
+        fn name(&self) -> &'static str {
+            "flood"
+        }
+        fn subprotocols(&self) -> &'static [&'static str] {
+            &[]
+        }
+        fn message(&self, _: &Session, input: Inbound, out: &Outbox) {
+            let Inbound::Text(t) = input else { return };
+            if t != "flood" {
+                return out.emit("pong", serde_json::json!({ "text": t }));
+            }
+            let chunk = "x".repeat(1000);
+            while !out.is_cancelled() {
+                out.emit("chunk", serde_json::json!({ "data": chunk }));
+            }
+        }
+    }
+    each_backend(|kind| {
+        let budget = 2 << 20;
+        let srv = start(
+            kind,
+            &[
+                ("POLLCAP_RUN_MAX_BYTES", "2097152"),
+                ("AGENT_EXECUTION_TIMEOUT", "60"),
+            ],
+            |c| c.app = App::Handler(Arc::new(Flood)),
+        );
+        let a = srv.local_addr();
+        let before = rss();
+        // A flood nobody reads: the run is cut at its budget all the same.
+        let (mut deaf, _) = ws_connect(a, None).unwrap();
+        deaf.send(Message::text("flood")).unwrap();
+        // A reader gets every event of its budget, in order, then the end.
+        let (mut reader, _) = ws_connect(a, None).unwrap();
+        reader.send(Message::text("flood")).unwrap();
+        let mut seq = 0;
+        let mut bytes = 0;
+        let end = loop {
+            let e = next_event(&mut reader);
+            seq += 1;
+            assert_eq!(e["seq"], seq, "no gap, no repeat");
+            if e["type"] != "chunk" {
+                break e;
+            }
+            bytes += e["data"].as_str().unwrap().len() as u64;
+        };
+        assert_eq!(end["code"], "run_too_large", "{end}");
+        assert!(
+            bytes > budget / 2 && bytes <= budget,
+            "{bytes} bytes delivered"
+        );
+        // Others are served meanwhile, and after.
+        let (mut polite, _) = ws_connect(a, None).unwrap();
+        polite.send(Message::text("hello")).unwrap();
+        assert_eq!(next_event(&mut polite)["text"], "hello");
+        let m = common::eventually(Duration::from_secs(10), || {
+            let m = metrics(a);
+            (m["pollcap_runs_too_large_total"] >= 2.0).then_some(m)
+        });
+        assert_eq!(m["pollcap_handler_runs_total"], 3.0);
+        // Two floods held at most their budgets (events in the store, the
+        // deaf client's outbound buffer) — not the 60 s of flooding the
+        // execution deadline would have allowed.
+        let grown = rss().saturating_sub(before);
+        assert!(grown < 64 << 20, "RSS grew by {} MiB", grown >> 20);
+        drop(deaf);
+    });
+}

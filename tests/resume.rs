@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use pollcap::agent::AgentChat;
 use pollcap::app::App;
+use pollcap::apps::agent_chat::AgentChat;
 use pollcap::auth::Auth;
 use pollcap::reactor::BackendKind;
 use pollcap::server::Server;

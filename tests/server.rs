@@ -582,3 +582,48 @@ fn a_flooding_client_cannot_delay_another_connections_deadline() {
         r.join().unwrap();
     });
 }
+
+/// Every declared metric family is in `/metrics` and at its place in
+/// `/health` (`null` there only when `/metrics` has no sample of it).
+#[test]
+fn health_and_metrics_carry_every_declared_family() {
+    use pollcap::metrics::{HealthAt, families};
+    each_backend(|kind| {
+        let srv = start(kind, &[], |_| {});
+        let a = srv.local_addr();
+        let prom = get(a, "/metrics");
+        let prom = body_of(&prom);
+        let health: serde_json::Value = serde_json::from_str(body_of(&get(a, "/health"))).unwrap();
+        let at = |path: &str| path.split('.').fold(&health, |v, k| &v[k]).clone();
+        let mut n = 0;
+        for f in families() {
+            let sampled = prom.lines().any(|l| {
+                l.strip_prefix(f.name)
+                    .is_some_and(|rest| rest.starts_with([' ', '{', '_']))
+            });
+            let paths: Vec<&str> = match f.health {
+                HealthAt::Total(p)
+                | HealthAt::Flag(p)
+                | HealthAt::ByLabel(p, _)
+                | HealthAt::Which(p, _) => vec![p],
+                HealthAt::Keys(_, keys) => keys.iter().map(|(_, p)| *p).collect(),
+            };
+            for p in paths {
+                let v = at(p);
+                if sampled {
+                    assert!(!v.is_null(), "{} sampled, but /health {p} is {v}", f.name);
+                } else {
+                    assert!(
+                        v.is_null(),
+                        "{} not sampled, but /health {p} is {v}",
+                        f.name
+                    );
+                }
+            }
+            n += usize::from(sampled);
+        }
+        // The echo app has no pool: its two gauges are the absent ones.
+        assert_eq!(n, families().count() - 2);
+        assert!(health["handlers"]["pool_threads"].is_null());
+    });
+}

@@ -200,10 +200,10 @@ impl Harness {
             Event::Message(m) => match b.byte() % 8 {
                 0..=2 => self.conn.send(m, &mut cx),
                 3 => {
+                    // A run started for the message: the owner follows it
+                    // while the connection is open.
                     self.next_run += 1;
-                    let open = self.conn.runs_in_flight();
-                    self.conn.follow(self.next_run, 0);
-                    if self.conn.runs_in_flight() > open {
+                    if self.conn.phase() == PhaseName::Open {
                         self.runs.push(Run {
                             id: self.next_run,
                             seq: 0,
@@ -314,9 +314,6 @@ impl Harness {
                 c.phase(),
                 w.at - self.now
             );
-        }
-        if c.is_done() {
-            assert_eq!(c.runs_in_flight(), 0, "runs left on a finished connection");
         }
         assert!(
             !c.has_more_input() || matches!(c.phase(), PhaseName::Open | PhaseName::Closing),
@@ -486,7 +483,10 @@ fn run(data: &[u8]) {
                 h.peer_reads(if n == 0 { usize::MAX } else { n * 64 });
             }
             8 => h.pipe.0.borrow_mut().eof = true,
-            9 => h.drive(&mut b, worker, |c, cx| c.shutdown(cx)),
+            9 => {
+                let busy = !h.runs.is_empty();
+                h.drive(&mut b, worker, |c, cx| c.shutdown(busy, cx))
+            }
             10 => {
                 let pick = usize::from(b.byte());
                 let size = usize::from(b.u16() % 2048);
@@ -502,7 +502,7 @@ fn run(data: &[u8]) {
                     r#"{{"type":"agent_thinking","run":{id},"seq":{seq},"delta":"{}"}}"#,
                     "d".repeat(size)
                 );
-                h.drive(&mut b, worker, |c, cx| c.run_event(id, seq, text, cx));
+                h.drive(&mut b, worker, |c, cx| c.send(Message::text(text), cx));
             }
             11 => {
                 let pick = usize::from(b.byte());
@@ -511,20 +511,18 @@ fn run(data: &[u8]) {
                     Some(r) => r.id,
                     None => pick as u64,
                 };
-                let mut live = false;
-                h.drive(&mut b, worker, |c, cx| {
-                    live = if failed {
-                        c.run_failed(id, cx)
-                    } else {
-                        c.run_finished(id, cx)
-                    };
-                });
-                // (Runs may also have started during the call: answers to
-                // the events it reported.)
-                if live {
-                    let known = h.runs.iter().position(|r| r.id == id);
-                    let i = known.unwrap_or_else(|| panic!("run {id} finished but was not live"));
+                // The owner's run layer ends the run: a failed one closes
+                // 1011; the last one settles a drain.
+                if let Some(i) = h.runs.iter().position(|r| r.id == id) {
                     h.runs.swap_remove(i);
+                    let settled = h.runs.is_empty();
+                    h.drive(&mut b, worker, |c, cx| {
+                        if failed {
+                            c.close(1011, "handler failure", cx);
+                        } else if settled {
+                            c.runs_settled(cx);
+                        }
+                    });
                 }
             }
             12 => {
@@ -560,12 +558,11 @@ fn run(data: &[u8]) {
                 h.check_after_timeout();
             }
         }
-        // Runs the owner knows of end with the connection's (a close
-        // cancels them all); otherwise each ended in a way it was told of.
-        if h.conn.runs_in_flight() == 0 {
+        // Nothing is forwarded once the connection left the open phase:
+        // the owner stops following its runs.
+        if h.conn.phase() != PhaseName::Open {
             h.runs.clear();
         }
-        assert_eq!(h.runs.len(), h.conn.runs_in_flight(), "runs lost track of");
         h.check();
     }
 
@@ -598,7 +595,7 @@ fn run(data: &[u8]) {
             }
             h.drive(&mut none, true, |c, cx| c.handle_io(true, false, cx));
         }
-        if h.conn.runs_in_flight() == 0 {
+        if h.conn.phase() != PhaseName::Open {
             h.runs.clear();
         }
         let Some(w) = h.conn.poll_timeout(&h.t, h.slack) else {
@@ -607,7 +604,7 @@ fn run(data: &[u8]) {
         h.now = h.now.max(w.at);
         h.drive(&mut none, true, |c, cx| c.handle_timeout(cx));
         h.check_after_timeout();
-        if h.conn.runs_in_flight() == 0 {
+        if h.conn.phase() != PhaseName::Open {
             h.runs.clear();
         }
     }

@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::app::{Handler, Inbound, Outbox, Session};
+use crate::runs::ErrorFields;
 
 /// Largest `pacing_ms` a message may ask for.
 pub const MAX_PACING_MS: u64 = 1000;
@@ -43,13 +44,6 @@ pub struct EventView {
     pub final_text: Option<String>,
     pub code: Option<String>,
     pub message: Option<String>,
-}
-
-/// The fields of an `error` event.
-#[derive(Clone, Debug, Serialize)]
-pub struct ErrorFields<'a> {
-    pub code: &'a str,
-    pub message: &'a str,
 }
 
 #[derive(Serialize)]
@@ -89,6 +83,10 @@ impl Handler for AgentChat {
 
     fn subprotocols(&self) -> &'static [&'static str] {
         &["agent_chat"]
+    }
+
+    fn resumable(&self) -> bool {
+        true
     }
 
     fn message(&self, _session: &Session, input: Inbound, out: &Outbox) {
@@ -212,62 +210,40 @@ pub fn reply_deltas(message: &str, stats: &TextStats) -> Vec<String> {
         .collect()
 }
 
-/// A diagnostic application: its first `failures` session opens fail (a
-/// server fault: HTTP 500, counted by the circuit breaker), then it behaves
-/// exactly as `agent_chat`. For exercising the breaker and alerting end to
-/// end (`pollcap serve --app flaky-open --fail-opens N`).
-pub struct FlakyOpen {
-    pub remaining: std::sync::atomic::AtomicU32,
-    pub inner: AgentChat,
-}
-
-impl Handler for FlakyOpen {
-    fn name(&self) -> &'static str {
-        "flaky-open"
-    }
-
-    fn subprotocols(&self) -> &'static [&'static str] {
-        self.inner.subprotocols()
-    }
-
-    fn open(&self, _session: &Session) -> Result<(), String> {
-        use std::sync::atomic::Ordering::Relaxed;
-        let failing = self
-            .remaining
-            .fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1))
-            .is_ok();
-        if failing {
-            Err("flaky-open: simulated start-up failure".into())
-        } else {
-            Ok(())
-        }
-    }
-
-    fn message(&self, session: &Session, input: Inbound, out: &Outbox) {
-        self.inner.message(session, input, out)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::app::{Mail, MailKind, Mailbox};
-    use crate::reactor::{BackendKind, CapStrategy, Reactor};
+    use crate::reactor::{BackendKind, CapStrategy, Mailbox, Reactor};
+    use crate::runs::{Mail, RunBudget, SourceEvent, Ticket};
     use std::sync::Arc;
-    use std::sync::atomic::AtomicBool;
 
+    /// The events one message makes, sealed as the run layer would.
     fn run(input: Inbound) -> Vec<serde_json::Value> {
         let r = Reactor::new(BackendKind::Mio, CapStrategy::Spin).unwrap();
         let mb = Arc::new(Mailbox::new(r.waker()));
-        let out = Outbox::new(1, "r1".into(), Arc::new(AtomicBool::new(false)), mb.clone());
+        let ticket = Ticket {
+            run: 1,
+            id: "r1".into(),
+            cancel: Default::default(),
+            deadline: std::time::Instant::now(),
+        };
+        let budget = RunBudget {
+            max_events: 10_000,
+            max_bytes: 4 << 20,
+        };
+        let out = Outbox::new(&ticket, mb.clone(), budget);
         AgentChat {
             pacing: Duration::ZERO,
         }
         .message(&Session::default(), input, &out);
         mb.take()
             .into_iter()
-            .map(|Mail { kind, .. }| match kind {
-                MailKind::Event { text, .. } => serde_json::from_str(&text).unwrap(),
+            .enumerate()
+            .map(|(i, Mail { what, .. })| match what {
+                SourceEvent::Event(body) => {
+                    let text = crate::runs::seal(body, "r1", i as u64 + 1, 0);
+                    serde_json::from_str(&text).unwrap()
+                }
                 other => panic!("{other:?}"),
             })
             .collect()
@@ -296,6 +272,72 @@ mod tests {
         // Short replies keep their three-word groups.
         let short = reply_deltas("one two three", &text_stats("one two three"));
         assert!(short.iter().all(|d| d.trim_start().split(' ').count() <= 3));
+    }
+
+    /// The real handler through an outbox and the run layer, as a server
+    /// runs it: every event sealed once, in order, stamped when taken.
+    #[test]
+    fn a_full_run_streams_every_event_in_order_through_the_run_layer() {
+        use crate::reactor::WallClock;
+        use crate::runs::{ConnRef, Effect, RunConfig, Runs};
+        let t0 = std::time::Instant::now();
+        let budget = RunBudget {
+            max_events: 10_000,
+            max_bytes: 4 << 20,
+        };
+        let cfg = RunConfig {
+            reactor: 0,
+            execution: Duration::from_secs(15),
+            budget,
+            keeps_runs: true,
+        };
+        let mut runs = Runs::new(cfg, Arc::default(), WallClock::new(t0, 1_000_000));
+        let conn = ConnRef { key: 1, id: 7 };
+        let ticket = runs.prepare(t0, conn, false).unwrap();
+        runs.start(ticket.clone(), conn, None);
+        let r = Reactor::new(BackendKind::Mio, CapStrategy::Spin).unwrap();
+        let mb = Arc::new(Mailbox::new(r.waker()));
+        let out = Outbox::new(&ticket, mb.clone(), budget);
+        let msg = r#"{"type":"user_message","text":"hello deadline world","thread_id":"t"}"#;
+        let agent = AgentChat {
+            pacing: Duration::ZERO,
+        };
+        agent.message(&Session::default(), Inbound::Text(msg.into()), &out);
+        let mut now = t0;
+        for m in mb.take() {
+            now += Duration::from_millis(100);
+            runs.source(now, m);
+        }
+        runs.source(
+            now,
+            Mail {
+                run: ticket.run,
+                what: SourceEvent::Done,
+            },
+        );
+        let mut got = Vec::new();
+        let mut settled = false;
+        while let Some(e) = runs.poll_effect() {
+            match e {
+                Effect::Send { conn: c, text } if c == conn => {
+                    got.push(serde_json::from_str::<serde_json::Value>(text.as_str()).unwrap())
+                }
+                Effect::Settled { conn: c } => settled = c == conn,
+                _ => {}
+            }
+        }
+        let types: Vec<&str> = got.iter().map(|e| e["type"].as_str().unwrap()).collect();
+        assert_eq!(types.first(), Some(&"agent_started"));
+        assert_eq!(
+            &types[types.len() - 3..],
+            ["tool_executing", "tool_completed", "agent_completed"]
+        );
+        for (i, e) in got.iter().enumerate() {
+            assert_eq!(e["seq"], i as u64 + 1);
+            assert_eq!(e["run_id"].as_str(), Some(&*ticket.id));
+            assert_eq!(e["ts"], 1_000_000 + 100 * (i as u64 + 1));
+        }
+        assert!(settled, "the run's end settles its connection");
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::time::Instant;
 use tungstenite::protocol::{Role, WebSocket};
 
 use super::boundary::FrameBoundary;
-use super::{Conn, Cx, Event, Open, Phase, TimeoutPhase, runs::Runs, ws_config};
+use super::{Conn, Cx, Event, Open, Phase, TimeoutPhase, ws_config};
 use crate::http::{self, HeadLimits, Parsed, Response};
 
 /// What follows a written response.
@@ -259,11 +259,9 @@ impl<S: Transport> Conn<S> {
                 last_app: now,
                 ping_sent: None,
                 bytes_seen: 0,
-                runs: Runs::default(),
                 drain_by: None,
                 pushed: 0,
                 pongs_owed: 0,
-                more_input: false,
             },
         };
         // Frames may have arrived with the request head, or while the

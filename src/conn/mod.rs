@@ -16,18 +16,21 @@
 //! a queue per connection would cost memory on every idle connection, or
 //! an allocation per message.
 //!
+//! It knows nothing of runs: the owner's run layer decides what goes out,
+//! and tells a draining connection when its runs are over
+//! ([`Conn::shutdown`], [`Conn::runs_settled`]).
+//!
 //! Jobs, one file each: `head` (the request head and the HTTP response),
 //! `linger` (the lingering close after a response that ends the
-//! connection), `ws` (the open and closing phases over tungstenite), `runs`
-//! (the runs whose events it forwards), `io` (the transport wrapper and
-//! buffer sizing), `boundary` (frame boundaries, for giving buffers back).
+//! connection), `ws` (the open and closing phases over tungstenite), `io`
+//! (the transport wrapper and buffer sizing), `boundary` (frame
+//! boundaries, for giving buffers back).
 
 pub(crate) mod boundary;
 mod event;
 mod head;
 mod io;
 mod linger;
-mod runs;
 mod ws;
 
 use std::time::{Duration, Instant};
@@ -40,7 +43,6 @@ pub use io::{Io, Transport, ws_config};
 use crate::reactor::Interest;
 use crate::settings::{Limits, Timeouts};
 use head::After;
-use runs::Runs;
 
 /// When a connection next has work to do, and how precisely.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,7 +64,7 @@ pub struct Cx<'a> {
     pub events: &'a mut Vec<Event>,
 }
 
-/// The open phase's clocks (SPEC §2 "open" rows) and the runs followed.
+/// The open phase's clocks (SPEC §2 "open" rows).
 #[derive(Debug)]
 struct Open {
     opened: Instant,
@@ -70,17 +72,14 @@ struct Open {
     last_app: Instant,
     ping_sent: Option<Instant>,
     bytes_seen: u64,
-    runs: Runs,
-    /// Draining with runs in flight: send 1001 once they finish, or at this
-    /// instant at the latest.
+    /// Draining with runs in flight (the drain gate): send 1001 once the
+    /// owner says they are over, or at this instant at the latest.
     drain_by: Option<Instant>,
     /// Outbound bytes queued since the write buffer was last empty.
     pushed: usize,
     /// Pong bytes owed since the write buffer was last empty: a peer that
     /// pings without reading the answers is a slow consumer too.
     pongs_owed: usize,
-    /// A message was reported and reading stopped there.
-    more_input: bool,
 }
 
 enum Phase<S> {
@@ -131,8 +130,6 @@ enum Phase<S> {
         /// §7.1.7): a lingering close then ends TCP without a reset that
         /// could destroy our Close unread.
         await_close: bool,
-        /// Reading stopped at the frame batch with input left.
-        more_input: bool,
     },
     /// Finished; the stream is kept so the owner can deregister it from the
     /// poller before it closes (required by the `polling` backend).
@@ -157,6 +154,9 @@ pub struct Conn<S> {
     /// Heartbeat interval multiplier in [0.9, 1.1]: spreads pings.
     jitter: f64,
     phase: Phase<S>,
+    /// Reading stopped at a reported message, or after a batch of frames,
+    /// with input left (see [`Conn::has_more_input`]).
+    more_input: bool,
 }
 
 impl<S: Transport> Conn<S> {
@@ -171,6 +171,7 @@ impl<S: Transport> Conn<S> {
                 buf: Vec::new(),
                 got_byte: false,
             },
+            more_input: false,
         }
     }
 
@@ -322,11 +323,15 @@ impl<S: Transport> Conn<S> {
     /// reactor: the owner's read budget counts it like a message. Flush
     /// once the input is drained: replies to a burst go out together.
     pub fn has_more_input(&self) -> bool {
-        match &self.phase {
-            Phase::Open { open, .. } => open.more_input,
-            Phase::Closing { more_input, .. } => *more_input,
-            _ => false,
-        }
+        self.more_input
+            && matches!(
+                self.phase,
+                Phase::Open { .. }
+                    | Phase::Closing {
+                        await_close: true,
+                        ..
+                    }
+            )
     }
 
     /// Handles every deadline due at `cx.now`.
@@ -342,13 +347,14 @@ impl<S: Transport> Conn<S> {
     }
 
     /// Starts the graceful close of SPEC §7 (server shutting down).
-    /// In-flight handler runs may finish first (nothing may follow a Close
-    /// frame): the Close waits for them, for at most half the `close`
-    /// deadline, so that the closing handshake keeps the other half and the
-    /// whole drain stays within `close` + one cap.
-    pub fn shutdown(&mut self, cx: &mut Cx) {
+    /// In-flight runs (`busy`: the owner's run layer says this connection
+    /// follows some) may finish first, since nothing may follow a Close
+    /// frame: the Close waits for [`Conn::runs_settled`], for at most half
+    /// the `close` deadline, so that the closing handshake keeps the other
+    /// half and the whole drain stays within `close` + one cap.
+    pub fn shutdown(&mut self, busy: bool, cx: &mut Cx) {
         match &mut self.phase {
-            Phase::Open { open, .. } if !open.runs.is_empty() => {
+            Phase::Open { open, .. } if busy => {
                 open.drain_by = Some(cx.now + cx.timeouts.close / 2);
             }
             Phase::Open { .. } => self.begin_close(1001, "server shutting down", cx),
@@ -358,71 +364,14 @@ impl<S: Transport> Conn<S> {
         }
     }
 
-    /// Runs followed on this connection (started here or resumed).
-    pub fn runs_in_flight(&self) -> usize {
-        match &self.phase {
-            Phase::Open { open, .. } => open.runs.len(),
-            _ => 0,
-        }
-    }
-
-    /// Follows `run`: its events with `seq > after_seq` are forwarded, in
-    /// order, once each ([`Conn::run_event`]), until
-    /// [`Conn::run_finished`]. A new run follows from 0; a resumed one
-    /// from the client's `after_seq`. False (nothing followed) unless open.
-    pub fn follow(&mut self, run: u64, after_seq: u64) -> bool {
-        match &mut self.phase {
-            Phase::Open { open, .. } => {
-                open.runs.follow(run, after_seq);
-                true
-            }
-            _ => false,
-        }
-    }
-
-    /// An event of `run` to forward as a text message; dropped when the
-    /// run is not followed, when this `seq` (or a later one) went out
-    /// already, or when the connection is closing.
-    pub fn run_event(
-        &mut self,
-        run: u64,
-        seq: u64,
-        text: impl Into<tungstenite::Utf8Bytes>,
-        cx: &mut Cx,
-    ) {
-        if let Phase::Open { open, .. } = &mut self.phase
-            && open.runs.forward(run, seq)
+    /// The owner's run layer: this connection follows no run any more. A
+    /// drain waiting for its runs closes now.
+    pub fn runs_settled(&mut self, cx: &mut Cx) {
+        if let Phase::Open { open, .. } = &self.phase
+            && open.drain_by.is_some()
         {
-            self.send(tungstenite::Message::Text(text.into()), cx);
-        }
-    }
-
-    /// `run` is over here (it ended, was cancelled, or its follow was
-    /// refused); false when it was not followed. A drain waiting for the
-    /// last run closes now.
-    pub fn run_finished(&mut self, run: u64, cx: &mut Cx) -> bool {
-        let Phase::Open { open, .. } = &mut self.phase else {
-            return false;
-        };
-        let live = open.runs.finish(run);
-        if live && open.drain_by.is_some() && open.runs.is_empty() {
             self.begin_close(1001, "server shutting down", cx);
         }
-        live
-    }
-
-    /// `run` failed (its handler panicked): close 1011, since the client
-    /// would otherwise wait for events that never come. False (and
-    /// nothing done) when the run was not live here.
-    pub fn run_failed(&mut self, run: u64, cx: &mut Cx) -> bool {
-        let Phase::Open { open, .. } = &mut self.phase else {
-            return false;
-        };
-        let live = open.runs.finish(run);
-        if live {
-            self.begin_close(1011, "handler failure", cx);
-        }
-        live
     }
 
     /// Ends the connection, keeping the stream for deregistration. The

@@ -37,8 +37,8 @@ impl<S: Transport> Conn<S> {
     pub(super) fn drive_ws(&mut self, cx: &mut Cx) {
         let mut frames = 0u32;
         loop {
-            let (ws, open, closing_more) = match &mut self.phase {
-                Phase::Open { ws, open } => (ws, Some(open), None),
+            let (ws, open) = match &mut self.phase {
+                Phase::Open { ws, open } => (ws, Some(open)),
                 // Failing the connection after a peer fault: tungstenite's
                 // reader is left mid-frame (it refused the frame), and
                 // reading on would take its next empty read for the peer's
@@ -48,28 +48,20 @@ impl<S: Transport> Conn<S> {
                 Phase::Closing {
                     await_close: false, ..
                 } => return,
-                Phase::Closing { ws, more_input, .. } => (ws, None, Some(more_input)),
+                Phase::Closing { ws, .. } => (ws, None),
                 _ => return,
             };
             if frames == FRAMES_PER_CALL {
                 // Input left after a batch without a message: the owner
                 // reads on within its budget, or on its next turn.
-                match (open, closing_more) {
-                    (Some(open), _) => open.more_input = true,
-                    (_, Some(more)) => *more = true,
-                    _ => {}
-                }
+                self.more_input = true;
                 break;
             }
             frames += 1;
             let msg = match ws.read() {
                 Ok(msg) => msg,
                 Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
-                    match (open, closing_more) {
-                        (Some(open), _) => open.more_input = false,
-                        (_, Some(more)) => *more = false,
-                        _ => {}
-                    }
+                    self.more_input = false;
                     break;
                 }
                 Err(e) => {
@@ -83,7 +75,7 @@ impl<S: Transport> Conn<S> {
             match msg {
                 Message::Text(_) | Message::Binary(_) => {
                     open.last_app = cx.now;
-                    open.more_input = true;
+                    self.more_input = true;
                     cx.events.push(Event::Message(msg));
                     break;
                 }
@@ -206,7 +198,7 @@ impl<S: Transport> Conn<S> {
             open.pushed = 0;
             return;
         }
-        if open.more_input || !frames.between_messages() {
+        if self.more_input || !frames.between_messages() {
             return; // keep the counts: compact at the next quiet point
         }
         let Phase::Open { ws, mut open } = std::mem::replace(&mut self.phase, Phase::Done(None))
@@ -230,7 +222,6 @@ impl<S: Transport> Conn<S> {
             if open.drain_by.is_some_and(|d| cx.now >= d) {
                 tracing::info!(
                     conn = self.id,
-                    runs = open.runs.len(),
                     "drain: runs did not finish in time; closing"
                 );
                 return self.begin_close(1001, "server shutting down", cx);
@@ -346,20 +337,18 @@ impl<S: Transport> Conn<S> {
 
     fn enter_closing(&mut self, deadline: std::time::Instant, await_close: bool) {
         if let Phase::Open { .. } = self.phase {
-            let Phase::Open { ws, mut open } =
-                std::mem::replace(&mut self.phase, Phase::Done(None))
+            let Phase::Open { ws, .. } = std::mem::replace(&mut self.phase, Phase::Done(None))
             else {
                 unreachable!()
             };
-            // Nothing may follow a Close frame: no more events go out here.
-            open.runs.clear();
             // Input already buffered (the peer's Close, perhaps) is read on
             // while awaiting theirs: the poller will not report it again.
+            // Nothing may follow a Close frame: `send` refuses from here on.
+            self.more_input &= await_close;
             self.phase = Phase::Closing {
                 ws,
                 deadline,
                 await_close,
-                more_input: await_close && open.more_input,
             };
         }
     }

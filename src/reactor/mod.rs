@@ -9,6 +9,7 @@
 mod backend;
 mod cap;
 mod clock;
+mod mailbox;
 mod stats;
 mod timers;
 mod waker;
@@ -20,6 +21,7 @@ use std::time::Instant;
 pub use backend::{BackendKind, Event, Interest};
 pub use cap::{CapStrategy, WaitLimit, wait_timeout};
 pub use clock::WallClock;
+pub use mailbox::Mailbox;
 pub use stats::{ReactorStats, StatsSnapshot, WakeReason};
 pub use timers::{DeadlineQueue, Kind, TimerId};
 pub use waker::Waker;

@@ -4,10 +4,9 @@
 
 use std::sync::Arc;
 
-use crate::agent::{AgentChat, FlakyOpen};
 use crate::app::App;
 use crate::auth::Auth;
-use crate::settings::{AppKind, ConfigError, Settings};
+use crate::settings::{ConfigError, Settings};
 use crate::tls::{CertError, CertStore};
 
 /// Everything needed to start a server.
@@ -51,20 +50,12 @@ impl ServerConfig {
         }
     }
 
-    /// Everything the settings say: their application (`app`, `pacing_ms`,
-    /// `fail_opens`), their authentication (`POLLCAP_JWT_SECRET`,
-    /// `tokens_file`, which is read here) and their TLS pair (`tls_cert`,
-    /// `tls_key`, loaded and checked here).
-    pub fn from_settings(settings: Settings) -> Result<ServerConfig, ConfigError> {
-        let pacing = settings.pacing;
-        let app = match settings.app {
-            AppKind::AgentChat => App::Handler(Arc::new(AgentChat { pacing })),
-            AppKind::Echo => App::Echo,
-            AppKind::FlakyOpen => App::Handler(Arc::new(FlakyOpen {
-                remaining: settings.fail_opens.into(),
-                inner: AgentChat { pacing },
-            })),
-        };
+    /// `app` with everything the settings say: their authentication
+    /// (`POLLCAP_JWT_SECRET`, `tokens_file`, which is read here) and their
+    /// TLS pair (`tls_cert`, `tls_key`, loaded and checked here). What
+    /// `pollcap serve` runs, with the application its settings name
+    /// (`crate::apps::from_settings`).
+    pub fn from_settings(settings: Settings, app: App) -> Result<ServerConfig, ConfigError> {
         let auth = Auth::from_settings(&settings)?;
         let tls = match (&settings.tls_cert, &settings.tls_key) {
             (Some(cert), Some(key)) => Some(Arc::new(

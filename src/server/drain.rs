@@ -25,7 +25,8 @@ impl Worker {
         let id = self.reactor.timers().insert(DRAIN);
         self.drain = Some(id);
         for key in keys {
-            self.drive(key, now, |e, cx, _| e.conn.shutdown(cx));
+            let busy = self.following(key) > 0;
+            self.drive(key, now, |e, cx| e.conn.shutdown(busy, cx));
         }
         self.reactor
             .timers()

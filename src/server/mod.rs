@@ -8,54 +8,58 @@
 //!
 //! Parts, one job each: `config` (what to start, validated once),
 //! `worker` (one reactor thread's turn loop: accept, drive connections,
-//! answer their events), `admission` (auth, subprotocol, breaker, limits,
-//! the app's `open`), `runs` (messages to handler runs and their events
-//! back), `routes` (health, metrics, the token check), `page` (the built-in
-//! client at `/`) and `drain` (graceful shutdown).
+//! answer their events, apply the run layer's effects), `entry` (a
+//! connection as the worker keeps it), `admission` (auth, subprotocol,
+//! breaker, limits, the app's `open`), `messages` (application messages
+//! to runs on the pool, and resumes), `routes` (health, metrics, the token
+//! check), `page` (the built-in client at `/`) and `drain` (graceful
+//! shutdown). Runs themselves are the run layer's (`crate::runs`).
 
 mod admission;
 mod config;
 mod drain;
+mod entry;
+mod messages;
 mod page;
 mod routes;
-mod runs;
 mod worker;
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
 use mio::net::{TcpListener, TcpStream};
 
+pub use crate::runs::MAX_RUNS_PER_CONN;
 #[cfg(feature = "fuzzing")]
 pub(crate) use admission::choose_subprotocol;
 pub use config::{DroppedLines, ServerConfig, cert_config_error};
-pub use runs::MAX_RUNS_PER_CONN;
 pub use worker::ACCEPT_PAUSE;
 
-use crate::app::{App, Mailbox, Pool};
+use crate::app::App;
 use crate::breaker::Breaker;
 use crate::metrics::ServerMetrics;
-use crate::reactor::{Reactor, ReactorStats, Waker};
+use crate::reactor::{Mailbox, Reactor, ReactorStats, Waker};
+use crate::runs::Mail;
+use crate::source::pool::Pool;
 use crate::store::{Deliveries, Store};
 use worker::Worker;
 
 /// State shared by every reactor thread.
 struct Shared {
     cfg: ServerConfig,
-    metrics: ServerMetrics,
+    metrics: Arc<ServerMetrics>,
     stats: Vec<Arc<ReactorStats>>,
     wakers: Vec<Arc<Waker>>,
     inboxes: Vec<Mutex<Vec<TcpStream>>>,
-    mailboxes: Vec<Arc<Mailbox>>,
+    /// Each reactor's mail from its runs' sources, bounded in bytes.
+    mailboxes: Vec<Arc<Mailbox<Mail>>>,
     /// Each reactor's deliveries from the run store.
     deliveries: Deliveries,
     store: Store,
-    /// Run numbers (and follow tokens), unique in the process.
-    next_run: AtomicU64,
     breaker: Mutex<Breaker>,
     pool: Option<Pool>,
     draining: AtomicBool,
@@ -133,17 +137,21 @@ impl Server {
             .map(|r| Arc::new(Mailbox::new(r.waker())))
             .collect();
         let store = Store::start(&s.store, s.resume, deliveries.clone())?;
+        // The mail waiting for one reactor: bounded like the input its
+        // handlers hold (and never below one run's whole budget).
+        let mail_budget = s
+            .pool_queue_bytes
+            .max(usize::try_from(s.run_budget.max_bytes).unwrap_or(usize::MAX));
         let shared = Arc::new(Shared {
             deliveries,
             store,
-            next_run: AtomicU64::new(0),
-            metrics: ServerMetrics::default(),
+            metrics: Arc::default(),
             stats: reactors.iter().map(|r| r.stats()).collect(),
             wakers: reactors.iter().map(|r| r.waker()).collect(),
             inboxes: (0..s.threads).map(|_| Mutex::new(Vec::new())).collect(),
             mailboxes: reactors
                 .iter()
-                .map(|r| Arc::new(Mailbox::new(r.waker())))
+                .map(|r| Arc::new(Mailbox::bounded(r.waker(), mail_budget)))
                 .collect(),
             breaker: Mutex::new(Breaker::new(s.breaker_threshold, s.breaker_recovery)),
             pool,

@@ -1,8 +1,10 @@
 //! One reactor thread's turn loop: wait, then accept, drive ready
-//! connections, deliver handler mail, run expired deadlines — answering
-//! every event each connection reports — and finally sync each touched
-//! connection's poller interest and timer with what it now needs.
+//! connections, hand run mail and store deliveries to the run layer, run
+//! expired deadlines — answering every event each connection reports and
+//! applying every effect the run layer asks for — and finally sync each
+//! touched connection's poller interest and timer with what it now needs.
 
+use std::collections::VecDeque;
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -11,13 +13,16 @@ use std::time::{Duration, Instant};
 use mio::net::{TcpListener, TcpStream};
 use slab::Slab;
 
-use super::runs::{self, HomeRuns, RunCx, RunRef};
+use super::entry::Entry;
+use super::messages::{self, Answer};
 use super::{Shared, admission, routes};
-use crate::app::{App, Session};
+use crate::app::App;
 use crate::conn::{Conn, Cx, Event};
 use crate::http::{self, Request};
 use crate::platform;
 use crate::reactor::{Interest, Reactor, TimerId};
+use crate::runs::{ConnRef, Effect, RunConfig, Runs, StoreOp};
+use crate::store::RunStart;
 use crate::stream::Stream;
 use crate::tls::TlsStream;
 
@@ -41,18 +46,6 @@ const READ_BUDGET: u32 = 64;
 /// reports nothing new), so the retry is on a timer, as nginx does.
 pub const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
-/// One connection and what the worker keeps beside it.
-pub(super) struct Entry {
-    pub conn: Conn<Stream>,
-    pub timer: TimerId,
-    pub interest: Interest,
-    /// Set once admitted: the connection holds a `max_connections` slot
-    /// and the application's `close` is owed.
-    pub session: Option<Arc<Session>>,
-    /// The runs it follows: started here, or resumed.
-    pub runs: Vec<RunRef>,
-}
-
 /// One reactor thread and the connections it owns.
 pub(super) struct Worker {
     pub(super) index: usize,
@@ -74,9 +67,19 @@ pub(super) struct Worker {
     /// Connections that stopped at their read budget with input left,
     /// resumed after the next (non-blocking) turn.
     backlog: Vec<usize>,
-    /// The runs started on this reactor, and their one timer.
-    pub(super) home: HomeRuns,
-    pub(super) runs_timer: TimerId,
+    /// The run layer: the runs started on this reactor and what each
+    /// connection follows; its one timer (the earliest execution
+    /// deadline) and where that timer is armed now.
+    runs: Runs,
+    runs_timer: TimerId,
+    runs_armed: Option<Instant>,
+    /// Effects of the run layer are being applied (applying them drives
+    /// connections, which may queue more: the outer loop takes those).
+    applying: bool,
+    /// Effects taken out of the run layer, in order, not applied yet.
+    deferred: VecDeque<Effect>,
+    /// This turn's clock reading.
+    now: Instant,
 }
 
 impl Worker {
@@ -96,6 +99,18 @@ impl Worker {
         reactor.timers().set_soft(sweep, Some(first_sweep));
         let accept_retry = reactor.timers().insert(ACCEPT);
         let runs_timer = reactor.timers().insert(RUNS);
+        let s = &shared.cfg.settings;
+        let runs = Runs::new(
+            RunConfig {
+                reactor: index,
+                execution: s.timeouts.execution,
+                budget: s.run_budget,
+                keeps_runs: shared.store.keeps_runs(),
+            },
+            shared.metrics.clone(),
+            reactor.wall(),
+        );
+        let now = reactor.now();
         Ok(Worker {
             index,
             reactor,
@@ -111,8 +126,12 @@ impl Worker {
             drain: None,
             accept_retry,
             backlog: Vec::new(),
-            home: HomeRuns::default(),
+            runs,
             runs_timer,
+            runs_armed: None,
+            applying: false,
+            deferred: VecDeque::new(),
+            now,
         })
     }
 
@@ -125,6 +144,8 @@ impl Worker {
                 self.reactor.turn_busy()?
             };
             let now = turn.now;
+            self.now = now;
+            self.runs.set_wall(self.reactor.wall());
             if self.index == 0 && self.shared.cfg.tls.is_some() && platform::take_sighup() {
                 self.reload_certificates("SIGHUP");
             }
@@ -141,7 +162,7 @@ impl Worker {
                 if ev.token == LISTENER {
                     self.accept(now);
                 } else {
-                    self.drive(ev.token, now, |e, cx, _| {
+                    self.drive(ev.token, now, |e, cx| {
                         e.conn.handle_io(ev.readable, ev.writable, cx)
                     });
                 }
@@ -151,12 +172,16 @@ impl Worker {
                     SWEEP => self.audit(now),
                     ACCEPT => self.resume_accept(now),
                     DRAIN => self.drain_deadline(),
-                    RUNS => self.expire_runs(now),
-                    key => self.drive(key, now, |e, cx, _| e.conn.handle_timeout(cx)),
+                    RUNS => {
+                        self.runs_armed = None;
+                        self.runs.expire(now);
+                        self.apply_effects(now);
+                    }
+                    key => self.drive(key, now, |e, cx| e.conn.handle_timeout(cx)),
                 }
             }
             for key in std::mem::take(&mut self.backlog) {
-                self.drive(key, now, |e, cx, _| {
+                self.drive(key, now, |e, cx| {
                     if e.conn.has_more_input() {
                         e.conn.handle_io(true, false, cx);
                     }
@@ -170,16 +195,12 @@ impl Worker {
     }
 
     /// Calls `f` on connection `key`, answers every event it reports
-    /// (answers may report more), reads on while a message left input
+    /// (answers may report more) and applies at once what the run layer
+    /// asks of this connection, reads on while a message left input
     /// behind (up to [`READ_BUDGET`] messages; the rest waits for the
-    /// backlog), flushes the answers together, then syncs the connection
-    /// with the reactor.
-    pub(super) fn drive(
-        &mut self,
-        key: usize,
-        now: Instant,
-        f: impl FnOnce(&mut Entry, &mut Cx, &mut RunCx),
-    ) {
+    /// backlog), flushes the answers together, syncs the connection with
+    /// the reactor, then applies the run layer's other effects.
+    pub(super) fn drive(&mut self, key: usize, now: Instant, f: impl FnOnce(&mut Entry, &mut Cx)) {
         let wall = self.reactor.wall();
         let Worker {
             shared,
@@ -189,7 +210,8 @@ impl Worker {
             index,
             drain,
             backlog,
-            home,
+            runs,
+            deferred,
             ..
         } = self;
         let Some(e) = conns.get_mut(key) else {
@@ -202,20 +224,33 @@ impl Worker {
             limits: &settings.limits,
             events,
         };
-        let mut rc = RunCx {
+        let mut ax = Answer {
             shared,
             reactor: *index,
             wall,
             draining: drain.is_some(),
-            home,
+            runs,
         };
-        f(e, &mut cx, &mut rc);
+        let here = e.at(key);
+        // Inline only when no older effect waits: effects apply in order.
+        let inline = deferred.is_empty();
+        let mut later = Vec::new();
+        f(e, &mut cx);
         let mut budget = READ_BUDGET;
         loop {
             while !cx.events.is_empty() {
                 std::mem::swap(spare, cx.events);
                 for ev in spare.drain(..) {
-                    answer(&mut rc, key, e, ev, &mut cx);
+                    answer(&mut ax, key, e, ev, &mut cx);
+                }
+                // What the run layer has for this connection goes out in
+                // order with the answers; the rest after the drive.
+                while let Some(effect) = ax.runs.poll_effect() {
+                    let left = match inline {
+                        true => apply_here(here, e, effect, &mut cx),
+                        false => Some(effect),
+                    };
+                    later.extend(left);
                 }
             }
             if e.conn.has_more_input() {
@@ -234,22 +269,112 @@ impl Worker {
                 break;
             }
         }
-        self.arm_runs_timer();
         self.sync(key);
+        self.deferred.extend(later);
+        self.apply_effects(now);
     }
 
-    /// [`Worker::drive`] on connection `key` if it is still connection
-    /// `conn_id` (the slot may have been reused).
-    pub(super) fn drive_conn(
-        &mut self,
-        key: usize,
-        conn_id: u64,
-        now: Instant,
-        f: impl FnOnce(&mut Entry, &mut Cx, &mut RunCx),
-    ) {
-        if self.conns.get(key).is_some_and(|e| e.conn.id() == conn_id) {
-            self.drive(key, now, f);
+    /// [`Worker::drive`] on connection `conn` if it is still there (the
+    /// slot may have been reused).
+    fn drive_conn(&mut self, conn: ConnRef, now: Instant, f: impl FnOnce(&mut Entry, &mut Cx)) {
+        if self
+            .conns
+            .get(conn.key)
+            .is_some_and(|e| e.conn.id() == conn.id)
+        {
+            self.drive(conn.key, now, f);
         }
+    }
+
+    /// Applies the run layer's effects until none is left, then arms its
+    /// timer. Sends to one connection that come in a row go out in one
+    /// drive (one flush).
+    fn apply_effects(&mut self, now: Instant) {
+        if self.applying {
+            return; // the loop below, further up the stack, takes them
+        }
+        self.applying = true;
+        loop {
+            if self.deferred.is_empty() {
+                let runs = &mut self.runs;
+                self.deferred
+                    .extend(std::iter::from_fn(|| runs.poll_effect()));
+            }
+            let Some(effect) = self.deferred.pop_front() else {
+                break;
+            };
+            match effect {
+                Effect::Send { conn, text } => {
+                    let mut batch = vec![text];
+                    while let Some(Effect::Send { conn: c, .. }) = self.deferred.front()
+                        && *c == conn
+                    {
+                        if let Some(Effect::Send { text, .. }) = self.deferred.pop_front() {
+                            batch.push(text);
+                        }
+                    }
+                    self.drive_conn(conn, now, |e, cx| {
+                        for text in batch {
+                            e.conn.send(tungstenite::Message::Text(text), cx);
+                        }
+                    });
+                }
+                Effect::Store(op) => self.store(op, now),
+                // Pool runs stop at their cancel flag, already set.
+                Effect::Stop { .. } => {}
+                Effect::Settled { conn } => {
+                    self.drive_conn(conn, now, |e, cx| e.conn.runs_settled(cx))
+                }
+                Effect::Close { conn, code, reason } => self.drive_conn(conn, now, |e, cx| {
+                    tracing::warn!(conn = conn.id, code, "closing: {reason}");
+                    e.conn.close(code, reason, cx)
+                }),
+            }
+        }
+        self.applying = false;
+        let next = self.runs.poll_timeout();
+        if next != self.runs_armed {
+            self.runs_armed = next;
+            let timer = self.runs_timer;
+            self.reactor.timers().set(timer, next);
+        }
+    }
+
+    /// Applies one change to the run store.
+    fn store(&self, op: StoreOp, now: Instant) {
+        let store = &self.shared.store;
+        match op {
+            StoreOp::Begin {
+                id,
+                owner,
+                deadline_unix_ms,
+            } => store.begin(
+                &RunStart {
+                    id: &id,
+                    owner: owner.as_deref(),
+                    deadline_unix_ms,
+                },
+                now,
+            ),
+            StoreOp::Append { id, seq, text } => store.append(&id, seq, &text, now),
+            StoreOp::Finish { id, last_seq } => store.finish(&id, last_seq, now),
+            StoreOp::Unfollow { id, follower } => store.unfollow(&id, follower),
+        }
+    }
+
+    /// Runs connection `key` follows.
+    pub(super) fn following(&self, key: usize) -> usize {
+        self.conns
+            .get(key)
+            .map_or(0, |e| self.runs.following(e.at(key)))
+    }
+
+    /// Hands the worker pool's output to the run layer.
+    fn take_mail(&mut self, now: Instant) {
+        for mail in self.shared.mailboxes[self.index].take() {
+            self.runs.source(now, mail);
+        }
+        self.apply_effects(now);
     }
 
     fn accept(&mut self, now: Instant) {
@@ -352,13 +477,12 @@ impl Worker {
         }
     }
 
-    /// Delivers what the run store has for connections following runs.
+    /// Hands what the run store has for followers to the run layer.
     fn take_deliveries(&mut self, now: Instant) {
         for d in self.shared.deliveries[self.index].take() {
-            self.drive_conn(d.key, d.conn_id, now, |e, cx, _| {
-                runs::on_delivery(e, d.token, d.what, cx)
-            });
+            self.runs.delivery(d.token, d.what);
         }
+        self.apply_effects(now);
     }
 
     fn add(&mut self, stream: TcpStream, now: Instant) {
@@ -385,7 +509,6 @@ impl Worker {
             timer,
             interest: Interest::READABLE,
             session: None,
-            runs: Vec::new(),
         });
         self.sync(key);
     }
@@ -418,7 +541,8 @@ impl Worker {
 
     pub(super) fn remove(&mut self, key: usize) {
         let mut e = self.conns.remove(key);
-        self.detach_runs(key, &mut e);
+        let now = self.now;
+        self.runs.conn_gone(now, e.at(key));
         if let Some(s) = e.conn.stream_mut() {
             let _ = self.reactor.deregister_before_close(s);
         }
@@ -430,6 +554,7 @@ impl Worker {
             }
         }
         self.shared.sockets.fetch_sub(1, Relaxed);
+        self.apply_effects(now);
     }
 
     /// The audit sweep: any connection whose phase deadline has passed while
@@ -455,7 +580,7 @@ impl Worker {
                 conn = self.conns[key].conn.id(),
                 "audit: deadline missed by the queue; handling now"
             );
-            self.drive(key, now, |e, cx, _| e.conn.handle_timeout(cx));
+            self.drive(key, now, |e, cx| e.conn.handle_timeout(cx));
         }
         if self.index == 0
             && let Some(certs) = &self.shared.cfg.tls
@@ -483,9 +608,26 @@ impl Worker {
     }
 }
 
+/// Applies `effect` to connection `e` (`here`) if it is for it; hands it
+/// back otherwise.
+fn apply_here(here: ConnRef, e: &mut Entry, effect: Effect, cx: &mut Cx) -> Option<Effect> {
+    match effect {
+        Effect::Send { conn, text } if conn == here => {
+            e.conn.send(tungstenite::Message::Text(text), cx)
+        }
+        Effect::Settled { conn } if conn == here => e.conn.runs_settled(cx),
+        Effect::Close { conn, code, reason } if conn == here => {
+            tracing::warn!(conn = conn.id, code, "closing: {reason}");
+            e.conn.close(code, reason, cx)
+        }
+        other => return Some(other),
+    }
+    None
+}
+
 /// Answers one event of connection `key`: the decisions of SPEC §4–§5.
-fn answer(rc: &mut RunCx, key: usize, e: &mut Entry, ev: Event, cx: &mut Cx) {
-    let sh = rc.shared;
+fn answer(ax: &mut Answer, key: usize, e: &mut Entry, ev: Event, cx: &mut Cx) {
+    let sh = ax.shared;
     let m = &sh.metrics;
     match ev {
         Event::Request(_) if e.conn.stream_mut().is_some_and(|s| s.plain_on_tls_port()) => {
@@ -500,11 +642,11 @@ fn answer(rc: &mut RunCx, key: usize, e: &mut Entry, ev: Event, cx: &mut Cx) {
         }
         Event::Request(head) => match http::classify(&head, &sh.cfg.settings.ws_path) {
             Request::Route(route) => {
-                let r = routes::render(sh, route, &head, cx.now, rc.wall);
+                let r = routes::render(sh, route, &head, cx.now, ax.wall);
                 e.conn.respond(r, cx);
             }
             Request::Reject(r) => e.conn.respond(r, cx),
-            Request::Upgrade(u) => match admission::admit(sh, &u, e.conn.id(), cx.now, rc.wall) {
+            Request::Upgrade(u) => match admission::admit(sh, &u, e.conn.id(), cx.now, ax.wall) {
                 Ok(a) => {
                     e.session = Some(a.session);
                     e.conn.accept(a.protocol, cx);
@@ -518,8 +660,8 @@ fn answer(rc: &mut RunCx, key: usize, e: &mut Entry, ev: Event, cx: &mut Cx) {
             m.upgrades_total.fetch_add(1, Relaxed);
             m.handshake_latency.record_us(handshake.as_micros() as u64);
         }
-        Event::Message(msg) => runs::on_message(rc, key, e, msg, cx),
-        Event::PeerClosed => runs::on_peer_closed(rc, e, cx.now),
+        Event::Message(msg) => messages::on_message(ax, key, e, msg, cx),
+        Event::PeerClosed => ax.runs.peer_closed(cx.now, e.at(key)),
         Event::Timeout(phase) => m.timeout(phase),
         Event::CloseSent(code) => m.close_sent(code),
         Event::Compacted => {

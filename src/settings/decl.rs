@@ -10,9 +10,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::{AppKind, Profile, Settings};
+use super::{AppKind, Profile, Settings, StoreKind};
 use crate::reactor::{BackendKind, CapStrategy};
-use crate::store::StoreKind;
 
 /// Where a setting is shown: the top level, or one named group.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -241,6 +240,26 @@ macro_rules! count {
                 Ok(())
             },
             show: |s| Some(s.$path.$field.into()),
+        }
+    };
+}
+
+macro_rules! budget {
+    ($field:ident, $name:literal, $flag:literal, $env:literal, $default:literal, $help:literal) => {
+        Decl {
+            name: $name,
+            flag: Some($flag),
+            env: Some($env),
+            kind: Kind::Value,
+            value_name: "N",
+            help: $help,
+            group: Group::Server,
+            default: Default::Fixed($default),
+            set: |s, v| {
+                s.run_budget.$field = positive(v)? as u64;
+                Ok(())
+            },
+            show: |s| Some(s.run_budget.$field.into()),
         }
     };
 }
@@ -560,10 +579,10 @@ pub static DECLS: &[Decl] = &[
         group: Group::Server,
         default: Default::Fixed("agent_chat"),
         set: |s, v| {
-            s.app = AppKind::parse(v).ok_or("must be agent_chat, echo or flaky-open")?;
+            s.apps.app = AppKind::parse(v).ok_or("must be agent_chat, echo or flaky-open")?;
             Ok(())
         },
-        show: |s| Some(s.app.name().into()),
+        show: |s| Some(s.apps.app.name().into()),
     },
     Decl {
         name: "pacing_ms",
@@ -579,10 +598,10 @@ pub static DECLS: &[Decl] = &[
                 .trim()
                 .parse()
                 .map_err(|_| "must be a whole number of milliseconds")?;
-            s.pacing = Duration::from_millis(ms);
+            s.apps.pacing = Duration::from_millis(ms);
             Ok(())
         },
-        show: |s| Some((s.pacing.as_millis() as u64).into()),
+        show: |s| Some((s.apps.pacing.as_millis() as u64).into()),
     },
     Decl {
         name: "fail_opens",
@@ -594,13 +613,13 @@ pub static DECLS: &[Decl] = &[
         group: Group::Server,
         default: Default::Fixed("3"),
         set: |s, v| {
-            s.fail_opens = v
+            s.apps.fail_opens = v
                 .trim()
                 .parse()
                 .map_err(|_| "must be a whole number >= 0")?;
             Ok(())
         },
-        show: |s| Some(s.fail_opens.into()),
+        show: |s| Some(s.apps.fail_opens.into()),
     },
     Decl {
         name: "pool_threads",
@@ -836,6 +855,22 @@ pub static DECLS: &[Decl] = &[
         "POLLCAP_RESUME_TOTAL_BYTES",
         "67108864",
         "Bytes kept in all, events and run records (memory store)"
+    ),
+    budget!(
+        max_events,
+        "run_max_events",
+        "run-max-events",
+        "POLLCAP_RUN_MAX_EVENTS",
+        "10000",
+        "Most events one run may produce, whatever its source (past it: run_too_large)"
+    ),
+    budget!(
+        max_bytes,
+        "run_max_bytes",
+        "run-max-bytes",
+        "POLLCAP_RUN_MAX_BYTES",
+        "4194304",
+        "Most event bytes one run may produce, whatever its source (past it: run_too_large)"
     ),
 ];
 

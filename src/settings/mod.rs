@@ -6,6 +6,7 @@
 
 mod decl;
 mod detect;
+mod store;
 mod timeouts;
 
 use std::fmt;
@@ -17,10 +18,10 @@ use serde_json::{Map, Value};
 
 pub use decl::{DECLS, Decl, Default, Group, Kind, find, seconds};
 pub use detect::{CloudPlatform, Environment};
+pub use store::{RedisTarget, ResumeLimits, StoreKind};
 pub use timeouts::{Profile, Timeouts, secs};
 
 use crate::reactor::{BackendKind, CapStrategy};
-use crate::store::{ResumeLimits, StoreKind};
 
 /// The default cap (SPEC §1): 1 s everywhere unless configured. On Windows
 /// and in cloud containers it is the documented safety net (IOCP ignores
@@ -89,6 +90,15 @@ impl std::default::Default for Limits {
     }
 }
 
+/// What one run may produce, whatever its source (settings
+/// `run_max_events`, `run_max_bytes`): past either, the run ends with
+/// `run_too_large` and its source is told to stop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RunBudget {
+    pub max_events: u64,
+    pub max_bytes: u64,
+}
+
 /// The application `pollcap serve` runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AppKind {
@@ -115,6 +125,16 @@ impl AppKind {
             AppKind::FlakyOpen => "flaky-open",
         }
     }
+}
+
+/// Which built-in application `pollcap serve` runs, and its knobs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AppSettings {
+    pub app: AppKind,
+    /// Pause between `agent_chat` events.
+    pub pacing: Duration,
+    /// `flaky-open`: session opens that fail before it behaves.
+    pub fail_opens: u32,
 }
 
 /// A secret value; its `Debug` never shows it.
@@ -144,10 +164,9 @@ pub struct Settings {
     /// Reactor threads (1..=256).
     pub threads: usize,
     pub ws_path: String,
-    pub app: AppKind,
-    /// Pause between `agent_chat` events.
-    pub pacing: Duration,
-    pub fail_opens: u32,
+    /// The built-in application's settings (read by `crate::apps` only:
+    /// the server knows applications through the handler API alone).
+    pub apps: AppSettings,
     pub pool_threads: usize,
     pub pool_queue: usize,
     /// Bytes of input held by queued and running handler jobs.
@@ -164,6 +183,8 @@ pub struct Settings {
     pub store: StoreKind,
     /// How long and how much is kept.
     pub resume: ResumeLimits,
+    /// What one run may produce.
+    pub run_budget: RunBudget,
 }
 
 impl Settings {
@@ -201,9 +222,11 @@ impl Settings {
             },
             threads: 1,
             ws_path: String::new(),
-            app: AppKind::AgentChat,
-            pacing: zero,
-            fail_opens: 0,
+            apps: AppSettings {
+                app: AppKind::AgentChat,
+                pacing: zero,
+                fail_opens: 0,
+            },
             pool_threads: 0,
             pool_queue: 0,
             pool_queue_bytes: 0,
@@ -221,6 +244,10 @@ impl Settings {
                 run_bytes: 0,
                 total_events: 0,
                 total_bytes: 0,
+            },
+            run_budget: RunBudget {
+                max_events: 0,
+                max_bytes: 0,
             },
         }
     }

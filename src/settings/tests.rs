@@ -375,7 +375,7 @@ fn resume_settings_are_checked_and_a_store_password_never_shown() {
     let st = ok(&[]);
     assert_eq!(
         st.store,
-        crate::store::StoreKind::Memory,
+        crate::settings::StoreKind::Memory,
         "memory by default"
     );
     assert_eq!(st.resume.window, s(300));
@@ -392,7 +392,7 @@ fn resume_settings_are_checked_and_a_store_password_never_shown() {
     let e = err(&[("POLLCAP_RESUME_RUN_BYTES", "100000000")]);
     assert!(e.contains("resume_run_bytes (100000000)"), "{e}");
     let st = ok(&[("POLLCAP_STORE", "redis://app:hunter2@redis:6379/1")]);
-    assert!(matches!(st.store, crate::store::StoreKind::Redis(_)));
+    assert!(matches!(st.store, crate::settings::StoreKind::Redis(_)));
     assert!(!st.summary().contains("hunter2"));
     assert!(!st.to_json().to_string().contains("hunter2"));
     assert!(st.summary().contains("store=redis://app:***@redis:6379/1"));

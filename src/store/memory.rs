@@ -280,7 +280,7 @@ impl MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::app::Mailbox;
+    use crate::reactor::Mailbox;
     use crate::reactor::{BackendKind, CapStrategy, Reactor};
     use crate::store::Delivered;
     use std::time::Duration;

@@ -314,3 +314,17 @@ pub fn spawn_server_undrained(
     }
     (spawned, lines)
 }
+
+/// Calls `f` until it returns `Some`, for at most `limit` (then panics
+/// naming the limit): a bounded wait for something the test cannot be
+/// told of directly, such as a metric.
+pub fn eventually<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let t0 = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(t0.elapsed() < limit, "not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}

@@ -15,7 +15,7 @@ use std::process::ExitCode;
 use serde::Serialize;
 use tungstenite::Message;
 
-use pollcap::agent::{ClientMessage, EventView};
+use pollcap::apps::agent_chat::{ClientMessage, EventView};
 use pollcap::client::{Client, ClientConfig, ClientError};
 use pollcap::settings::seconds;
 

@@ -13,7 +13,8 @@ pub fn run(
     settings: Settings,
     log_dropped: tracing_appender::non_blocking::ErrorCounter,
 ) -> ExitCode {
-    let mut cfg = match ServerConfig::from_settings(settings) {
+    let app = pollcap::apps::from_settings(&settings);
+    let mut cfg = match ServerConfig::from_settings(settings, app) {
         Ok(cfg) => cfg,
         Err(e) => return fail(e.to_string()),
     };

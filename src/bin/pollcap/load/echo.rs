@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use tungstenite::Message;
 
-use pollcap::agent::ClientMessage;
+use pollcap::apps::agent_chat::ClientMessage;
 use pollcap::reactor::Interest;
 use serde::Serialize;
 

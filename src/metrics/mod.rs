@@ -1,0 +1,176 @@
+//! Server-wide metrics, each declared once: the plain counters in
+//! [`counters!`] below, every family (labelled, histograms, the store's,
+//! the breaker's, the reactors') in [`families`]. `/health` JSON and
+//! `/metrics` Prometheus text are both rendered by walking that one table
+//! ([`render`]), so a metric cannot be in one and missing from the other.
+//!
+//! The counters are plain atomics bumped per connection event, never per
+//! message, so the hot path stays free of shared cache lines.
+
+mod families;
+mod render;
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+pub use crate::conn::{LingerEnd, TimeoutPhase};
+pub use families::{FAMILIES, Family, HealthAt, Kind, Num, Sample, Values, families};
+pub use render::{BreakerView, Report};
+
+use crate::histogram::Histogram;
+
+/// Close codes the server sends, counted by code.
+pub const CLOSE_CODES: [u16; 8] = [1000, 1001, 1002, 1007, 1008, 1009, 1011, 1013];
+/// HTTP statuses the server answers with, counted by status.
+pub const HTTP_STATUSES: [u16; 11] = [101, 200, 400, 401, 404, 405, 408, 426, 431, 503, 500];
+
+/// Declares each plain counter (or gauge) once: its field in
+/// [`ServerMetrics`], its Prometheus name, its place in `/health` and its
+/// help text. [`families`] lists them with the other families.
+macro_rules! counters {
+    ($($(#[$doc:meta])* $field:ident: $kind:ident $name:literal at $health:literal, $help:literal;)*) => {
+        /// Every counter of the server, shared by the reactor threads.
+        #[derive(Debug, Default)]
+        pub struct ServerMetrics {
+            $($(#[$doc])* pub $field: AtomicU64,)*
+            /// Deadlines that expired, by phase ([`TimeoutPhase`]).
+            pub timeouts: [AtomicU64; TimeoutPhase::ALL.len()],
+            /// Close frames the server began, by code ([`CLOSE_CODES`], then other).
+            pub close_sent: [AtomicU64; CLOSE_CODES.len() + 1],
+            /// HTTP responses, by status ([`HTTP_STATUSES`], then other).
+            pub http_status: [AtomicU64; HTTP_STATUSES.len() + 1],
+            /// TCP accepted → 101 fully written.
+            pub handshake_latency: Histogram,
+            /// Lingering closes after a response, by how they ended.
+            pub lingered: [AtomicU64; LingerEnd::ALL.len()],
+        }
+
+        #[cfg(test)]
+        impl ServerMetrics {
+            /// Gives every counter a value of its own, so that a test can
+            /// tell which one a rendering shows.
+            pub(crate) fn fill_distinct(&self) {
+                let mut n = 100;
+                let mut next = || {
+                    n += 7;
+                    n
+                };
+                $(self.$field.store(next(), Relaxed);)*
+                for a in self
+                    .timeouts
+                    .iter()
+                    .chain(&self.close_sent)
+                    .chain(&self.http_status)
+                    .chain(&self.lingered)
+                {
+                    a.store(next(), Relaxed);
+                }
+                for us in [150, 2_500, 90_000] {
+                    self.handshake_latency.record_us(us);
+                }
+            }
+        }
+
+        /// The plain counters as families, in declaration order.
+        pub(crate) const COUNTERS: &[Family] = &[
+            $(Family {
+                name: $name,
+                help: $help,
+                kind: Kind::$kind,
+                health: HealthAt::Total($health),
+                read: |r| Values::one(r.metrics.$field.load(Relaxed)),
+            },)*
+        ];
+    };
+}
+
+counters! {
+    accepted_total: Counter "pollcap_connections_accepted_total" at "connections.total",
+        "TCP connections accepted.";
+    /// Dropped at accept because the socket limit was reached.
+    rejected_at_accept_total: Counter "pollcap_connections_rejected_at_accept_total"
+        at "connections.rejected_at_accept",
+        "TCP connections dropped at accept (socket limit).";
+    /// accept() failures (EMFILE, ENFILE, ENOBUFS...), each pausing accepts.
+    accept_errors_total: Counter "pollcap_accept_errors_total" at "connections.accept_errors",
+        "accept() failures (e.g. out of file descriptors); each pauses accepting for 100 ms.";
+    upgrades_total: Counter "pollcap_upgrades_total" at "connections.upgrades",
+        "WebSocket upgrades completed (101 written).";
+    /// Open WebSocket sessions (admitted, not yet removed).
+    open: Gauge "pollcap_connections_open" at "connections.open",
+        "Open WebSocket connections.";
+    /// tungstenite swapped for a fresh one to give back burst buffers.
+    buffer_compactions_total: Counter "pollcap_buffer_compactions_total"
+        at "connections.buffer_compactions",
+        "Connections that gave back buffer memory grown by a burst.";
+    missed_deadlines_total: Counter "pollcap_missed_deadlines_total" at "missed_deadlines",
+        "Deadlines found expired by the audit sweep (must stay 0).";
+    /// Runs started (a source took them on).
+    runs_total: Counter "pollcap_handler_runs_total" at "handlers.runs",
+        "Runs started (handler runs queued on the worker pool, and other sources).";
+    /// Runs that went on after their connection was lost (kept for resume).
+    runs_detached_total: Counter "pollcap_runs_detached_total" at "handlers.runs_detached",
+        "Runs that went on after their connection was lost (kept for resume).";
+    /// Runs cancelled because their client sent a Close frame.
+    runs_cancelled_total: Counter "pollcap_runs_cancelled_total" at "handlers.runs_cancelled",
+        "Runs cancelled because their client sent a Close frame.";
+    /// Runs ended with `run_too_large` (past their event or byte budget).
+    runs_too_large_total: Counter "pollcap_runs_too_large_total" at "handlers.runs_too_large",
+        "Runs ended with run_too_large (past --run-max-events or --run-max-bytes).";
+    /// Events a run's source produced that its reactor's mailbox refused
+    /// (it was full): the run ends `overloaded`, nothing is lost unseen.
+    run_events_dropped_total: Counter "pollcap_run_events_dropped_total"
+        at "handlers.run_events_dropped",
+        "Run events refused by a full reactor mailbox (the run ends overloaded).";
+    /// Messages answered `overloaded` (pool or per-connection limit full).
+    overloaded_total: Counter "pollcap_handler_overloaded_total" at "handlers.overloaded",
+        "Messages answered overloaded (pool or per-connection limit full).";
+    handler_panics_total: Counter "pollcap_handler_panics_total" at "handlers.panics",
+        "Handler panics (connection closed 1011).";
+    /// Upgrades refused with 401.
+    auth_failures_total: Counter "pollcap_auth_failures_total" at "auth_failures",
+        "Upgrades refused with 401.";
+    /// TLS handshakes the transport refused (bad or plain-text bytes).
+    tls_handshake_failures_total: Counter "pollcap_tls_handshake_failures_total"
+        at "tls.handshake_failures",
+        "TLS handshakes refused by the transport (bad or plain-text bytes).";
+    /// Plain-text requests on the TLS port (answered 400 in plain text).
+    tls_plaintext_total: Counter "pollcap_tls_plaintext_requests_total"
+        at "tls.plaintext_requests",
+        "Plain-text requests on the TLS port (answered 400).";
+    /// Bytes read and thrown away by lingering closes.
+    linger_discarded_bytes_total: Counter "pollcap_linger_discarded_bytes_total"
+        at "linger.discarded_bytes",
+        "Bytes read and discarded by lingering closes.";
+}
+
+impl ServerMetrics {
+    pub fn timeout(&self, phase: TimeoutPhase) {
+        self.timeouts[phase as usize].fetch_add(1, Relaxed);
+    }
+
+    pub fn timeouts_of(&self, phase: TimeoutPhase) -> u64 {
+        self.timeouts[phase as usize].load(Relaxed)
+    }
+
+    pub fn lingered(&self, end: LingerEnd, discarded: u64) {
+        self.lingered[end as usize].fetch_add(1, Relaxed);
+        self.linger_discarded_bytes_total
+            .fetch_add(discarded, Relaxed);
+    }
+
+    pub fn close_sent(&self, code: u16) {
+        let i = CLOSE_CODES
+            .iter()
+            .position(|c| *c == code)
+            .unwrap_or(CLOSE_CODES.len());
+        self.close_sent[i].fetch_add(1, Relaxed);
+    }
+
+    pub fn http_status(&self, status: u16) {
+        let i = HTTP_STATUSES
+            .iter()
+            .position(|s| *s == status)
+            .unwrap_or(HTTP_STATUSES.len());
+        self.http_status[i].fetch_add(1, Relaxed);
+    }
+}

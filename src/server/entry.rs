@@ -1,0 +1,31 @@
+//! One connection as a worker keeps it: the state machine, its poller
+//! registration and timer, and its session once admitted.
+
+use std::sync::Arc;
+
+use crate::app::Session;
+use crate::conn::Conn;
+use crate::reactor::{Interest, TimerId};
+use crate::runs::ConnRef;
+use crate::stream::Stream;
+
+/// One connection and what the worker keeps beside it. What it follows
+/// is the run layer's to know (`crate::runs`), not kept here.
+pub(super) struct Entry {
+    pub conn: Conn<Stream>,
+    pub timer: TimerId,
+    pub interest: Interest,
+    /// Set once admitted: the connection holds a `max_connections` slot
+    /// and the application's `close` is owed.
+    pub session: Option<Arc<Session>>,
+}
+
+impl Entry {
+    /// This connection as the run layer names it.
+    pub fn at(&self, key: usize) -> ConnRef {
+        ConnRef {
+            key,
+            id: self.conn.id(),
+        }
+    }
+}

@@ -1,0 +1,76 @@
+//! Application messages (SPEC §5): echo inline; for a handler, a `resume`
+//! (when the handler opts in) is asked of the store for the run layer,
+//! and any other message starts a run on the worker pool — or is answered
+//! `overloaded` / `draining` by the run layer.
+
+use std::sync::Arc;
+
+use tungstenite::Message;
+
+use super::Shared;
+use super::entry::Entry;
+use crate::app::{App, Inbound, Outbox};
+use crate::conn::Cx;
+use crate::reactor::WallClock;
+use crate::runs::Runs;
+use crate::source::pool;
+use crate::store::ResumeRequest;
+
+/// What answering a message needs besides the connection.
+pub(super) struct Answer<'a> {
+    pub shared: &'a Shared,
+    /// This reactor's index (where its runs' mail goes).
+    pub reactor: usize,
+    pub wall: WallClock,
+    pub draining: bool,
+    pub runs: &'a mut Runs,
+}
+
+/// Answers one application message of connection `key`.
+pub(super) fn on_message(ax: &mut Answer, key: usize, e: &mut Entry, msg: Message, cx: &mut Cx) {
+    let sh = ax.shared;
+    let (App::Handler(h), Some(pool)) = (&sh.cfg.app, &sh.pool) else {
+        // Echo: copying a frame back is cheaper than any hand-off.
+        return e.conn.send(msg, cx);
+    };
+    let conn = e.at(key);
+    let session = e.session.clone().unwrap_or_default();
+    let input = match msg {
+        Message::Text(t) => {
+            if h.resumable()
+                && let Some(req) = ResumeRequest::parse(t.as_str())
+            {
+                if let Some(ask) = ax.runs.resume(conn, req) {
+                    let subject = session.subject.as_deref();
+                    let answer = sh.store.resume(&ask.req, subject, ask.follower, cx.now);
+                    ax.runs.resumed(ask.follower.token, answer);
+                }
+                return;
+            }
+            Inbound::Text(t.as_str().to_owned())
+        }
+        Message::Binary(b) => Inbound::Binary(b.to_vec()),
+        _ => return,
+    };
+    let bytes = match &input {
+        Inbound::Text(t) => t.len(),
+        Inbound::Binary(b) => b.len(),
+    };
+    let Some(ticket) = ax.runs.prepare(cx.now, conn, ax.draining) else {
+        return;
+    };
+    let budget = sh.cfg.settings.run_budget;
+    let out = Outbox::new(&ticket, sh.mailboxes[ax.reactor].clone(), budget);
+    let job = pool::job(h.clone(), session.clone(), input, out, sh.metrics.clone());
+    if pool.try_submit(job, bytes).is_ok() {
+        let subject = session.subject.as_deref().map(Arc::from);
+        ax.runs.start(ticket, conn, subject);
+    } else {
+        tracing::info!(
+            conn = conn.id,
+            "handler pool full (jobs or message bytes): answering overloaded"
+        );
+        let m = "server busy; retry later";
+        ax.runs.refuse(cx.now, ticket, conn, "overloaded", m);
+    }
+}

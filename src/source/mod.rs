@@ -1,0 +1,8 @@
+//! Run sources: where a run's events come from. Each takes a run's
+//! [`Ticket`](crate::runs::Ticket) and reports its output to the run layer
+//! by run number; the layer seals, stores, forwards, bounds and ends runs
+//! the same way whatever the source.
+//!
+//! - `pool`: a [`Handler`](crate::app::Handler) on the worker pool.
+
+pub mod pool;

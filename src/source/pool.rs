@@ -1,0 +1,291 @@
+//! The worker pool, the run source behind every [`Handler`]: a fixed set
+//! of threads with a bounded queue, each job one `Handler::message` call
+//! under its run's execution deadline (the run layer cancels it; the
+//! handler sees [`Outbox::is_cancelled`]).
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex};
+
+use crate::app::{Handler, Inbound, Outbox, Session};
+use crate::metrics::ServerMetrics;
+use crate::runs::{Failure, SourceEvent};
+
+/// One queued call.
+pub type Job = Box<dyn FnOnce() + Send>;
+
+/// A fixed set of threads with a bounded queue: a full queue is refused
+/// (the caller answers `overloaded`), never grown. Bounded twice: in jobs,
+/// and in the bytes of input that queued and running jobs hold (each job
+/// owns a copy of its message: 1 024 queued 1 MiB messages would be 1 GiB).
+pub struct Pool {
+    tx: SyncSender<(Job, usize)>,
+    queued: Arc<AtomicUsize>,
+    capacity: usize,
+    threads: usize,
+    /// Input bytes of queued and running jobs.
+    held: Arc<AtomicUsize>,
+    byte_budget: usize,
+}
+
+impl Pool {
+    /// `threads` workers, at most `capacity` jobs waiting, at most
+    /// `byte_budget` bytes of input held by waiting and running jobs.
+    pub fn new(threads: usize, capacity: usize, byte_budget: usize) -> std::io::Result<Pool> {
+        let (tx, rx) = sync_channel::<(Job, usize)>(capacity);
+        let rx: Arc<Mutex<Receiver<(Job, usize)>>> = Arc::new(Mutex::new(rx));
+        let queued = Arc::new(AtomicUsize::new(0));
+        let held = Arc::new(AtomicUsize::new(0));
+        for i in 0..threads {
+            let rx = rx.clone();
+            let queued = queued.clone();
+            let held = held.clone();
+            std::thread::Builder::new()
+                .name(format!("pollcap-worker-{i}"))
+                .spawn(move || {
+                    loop {
+                        let (job, bytes) = match rx.lock().unwrap_or_else(|p| p.into_inner()).recv()
+                        {
+                            Ok(job) => job,
+                            Err(_) => return, // pool dropped
+                        };
+                        queued.fetch_sub(1, Ordering::Relaxed);
+                        // Jobs report their own panics; this keeps the thread alive regardless.
+                        let _ = catch_unwind(AssertUnwindSafe(job));
+                        // The job (and the input it owned) is gone.
+                        held.fetch_sub(bytes, Ordering::Relaxed);
+                    }
+                })?;
+        }
+        Ok(Pool {
+            tx,
+            queued,
+            capacity,
+            threads,
+            held,
+            byte_budget,
+        })
+    }
+
+    /// Queues a job that holds `bytes` of input, or gives it back when the
+    /// queue is full or those bytes would take the input held by queued
+    /// and running jobs past the byte budget.
+    pub fn try_submit(&self, job: Job, bytes: usize) -> Result<(), Job> {
+        let before = self.held.fetch_add(bytes, Ordering::Relaxed);
+        if before.saturating_add(bytes) > self.byte_budget {
+            self.held.fetch_sub(bytes, Ordering::Relaxed);
+            return Err(job);
+        }
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        match self.tx.try_send((job, bytes)) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full((job, _))) | Err(TrySendError::Disconnected((job, _))) => {
+                self.queued.fetch_sub(1, Ordering::Relaxed);
+                self.held.fetch_sub(bytes, Ordering::Relaxed);
+                Err(job)
+            }
+        }
+    }
+
+    /// Input bytes held by queued and running jobs.
+    pub fn held_bytes(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    /// True when no job could be queued now.
+    pub fn saturated(&self) -> bool {
+        self.queued.load(Ordering::Relaxed) >= self.capacity
+    }
+
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+}
+
+/// Runs `handler.message` as one pool job, reporting its end through the
+/// outbox: done, or — when it panicked — a `handler_failure` that closes
+/// its connection 1011 (counted in `panics`).
+pub fn job(
+    handler: Arc<dyn Handler>,
+    session: Arc<Session>,
+    input: Inbound,
+    out: Outbox,
+    panics: Arc<ServerMetrics>,
+) -> Job {
+    Box::new(move || {
+        let result = catch_unwind(AssertUnwindSafe(|| handler.message(&session, input, &out)));
+        let what = match result {
+            Ok(()) => SourceEvent::Done,
+            Err(p) => {
+                let msg = p
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| p.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "panic".into());
+                panics.handler_panics_total.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(run_id = out.run_id(), "handler panicked: {msg}; run failed");
+                SourceEvent::Failed(Failure {
+                    code: "handler_failure",
+                    message: "the handler failed".into(),
+                    close: true,
+                })
+            }
+        };
+        out.post(what);
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    use crate::reactor::{BackendKind, CapStrategy, Mailbox, Reactor};
+    use crate::runs::{Mail, RunBudget, Ticket};
+
+    #[test]
+    fn a_full_pool_refuses_instead_of_growing() {
+        let pool = Pool::new(1, 1, 1 << 20).unwrap();
+        let (gate_tx, gate_rx) = std::sync::mpsc::channel::<()>();
+        let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
+        // Occupy the only thread until released.
+        let occupy = Box::new(move || {
+            started_tx.send(()).unwrap();
+            gate_rx.recv().ok();
+        });
+        assert!(pool.try_submit(occupy, 0).is_ok());
+        started_rx.recv().unwrap();
+        assert!(pool.try_submit(Box::new(|| {}), 0).is_ok(), "one queued");
+        assert!(pool.saturated());
+        assert!(pool.try_submit(Box::new(|| {}), 0).is_err(), "queue full");
+        gate_tx.send(()).unwrap();
+    }
+
+    #[test]
+    fn input_bytes_held_by_jobs_are_bounded_and_given_back() {
+        let pool = Pool::new(1, 8, 1000).unwrap();
+        let (gate_tx, gate_rx) = std::sync::mpsc::channel::<()>();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        // A running job holds its 600 bytes until it ends.
+        let running = Box::new(move || {
+            gate_rx.recv().ok();
+        });
+        assert!(pool.try_submit(running, 600).is_ok());
+        let queued = Box::new(move || done_tx.send(()).unwrap());
+        assert!(pool.try_submit(queued, 400).is_ok(), "600 + 400 fit 1000");
+        assert!(
+            pool.try_submit(Box::new(|| {}), 1).is_err(),
+            "one byte over"
+        );
+        assert_eq!(pool.held_bytes(), 1000, "a refusal holds nothing");
+        assert!(pool.queued() < 8, "the job queue is far from full");
+        gate_tx.send(()).unwrap();
+        done_rx.recv().unwrap();
+        // Both ran: their bytes come back (the worker gives them back
+        // right after each job returns).
+        let t0 = std::time::Instant::now();
+        while pool.held_bytes() != 0 {
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "bytes never given back"
+            );
+            std::thread::yield_now();
+        }
+        assert!(pool.try_submit(Box::new(|| {}), 1000).is_ok());
+    }
+
+    #[test]
+    fn a_job_posts_its_events_then_its_end_and_a_panic_fails_the_run() {
+        struct Boom;
+        impl Handler for Boom {
+            fn name(&self) -> &'static str {
+                "boom"
+            }
+            fn subprotocols(&self) -> &'static [&'static str] {
+                &[]
+            }
+            fn message(&self, _: &Session, _: Inbound, out: &Outbox) {
+                out.emit("a", serde_json::json!({}));
+                out.emit("b", serde_json::json!({"x": 1}));
+                panic!("kaboom");
+            }
+        }
+        let r = Reactor::new(BackendKind::Mio, CapStrategy::Spin).unwrap();
+        let mb = Arc::new(Mailbox::new(r.waker()));
+        let ticket = Ticket {
+            run: 9,
+            id: "r9".into(),
+            cancel: Default::default(),
+            deadline: std::time::Instant::now(),
+        };
+        let budget = RunBudget {
+            max_events: 100,
+            max_bytes: 1 << 20,
+        };
+        let metrics = Arc::new(ServerMetrics::default());
+        let out = Outbox::new(&ticket, mb.clone(), budget);
+        job(
+            Arc::new(Boom),
+            Arc::new(Session::default()),
+            Inbound::Text("x".into()),
+            out,
+            metrics.clone(),
+        )();
+        let mail: Vec<Mail> = mb.take();
+        assert_eq!(mail.len(), 3);
+        assert!(mail.iter().all(|m| m.run == 9));
+        assert_eq!(mail[0].what, SourceEvent::Event(r#"{"type":"a"}"#.into()));
+        assert_eq!(
+            mail[1].what,
+            SourceEvent::Event(r#"{"type":"b","x":1}"#.into())
+        );
+        assert!(
+            matches!(&mail[2].what, SourceEvent::Failed(f) if f.code == "handler_failure" && f.close)
+        );
+        assert_eq!(metrics.handler_panics_total.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn an_outbox_stops_at_its_budget_and_a_full_mailbox_ends_the_run() {
+        let r = Reactor::new(BackendKind::Mio, CapStrategy::Spin).unwrap();
+        let ticket = Ticket {
+            run: 1,
+            id: "r1".into(),
+            cancel: Default::default(),
+            deadline: std::time::Instant::now(),
+        };
+        // Two events fit the budget; the third is posted (the run layer
+        // ends the run at it) and cancels the run: nothing follows.
+        let mb = Arc::new(Mailbox::new(r.waker()));
+        let budget = RunBudget {
+            max_events: 2,
+            max_bytes: 1 << 20,
+        };
+        let out = Outbox::new(&ticket, mb.clone(), budget);
+        for _ in 0..10 {
+            out.emit("e", serde_json::json!({}));
+        }
+        assert!(out.is_cancelled());
+        assert_eq!(mb.take().len(), 3);
+        // A mailbox with room for one event: the second is refused, the
+        // run is cancelled and told why; nothing is queued after it.
+        let ticket = Ticket {
+            cancel: Default::default(),
+            ..ticket
+        };
+        let mb = Arc::new(Mailbox::bounded(r.waker(), 16));
+        let out = Outbox::new(&ticket, mb.clone(), budget);
+        out.emit("e", serde_json::json!({}));
+        out.emit("e", serde_json::json!({}));
+        out.emit("e", serde_json::json!({}));
+        let mail = mb.take();
+        assert_eq!(mail.len(), 2);
+        assert_eq!(mail[1].what, SourceEvent::Dropped);
+        assert!(!out.pause(Duration::from_secs(5)), "cancelled: no wait");
+    }
+}
