@@ -32,6 +32,8 @@ pub struct Head {
     pub protocols: Vec<String>,
     /// The `Authorization` header, if any.
     pub authorization: Option<String>,
+    /// The W3C `traceparent` header, if any (not checked here).
+    pub traceparent: Option<String>,
     /// A `Content-Length` other than 0, or any `Transfer-Encoding`.
     pub has_body: bool,
 }
@@ -44,6 +46,8 @@ pub struct UpgradeRequest {
     pub authorization: Option<String>,
     /// Every offered subprotocol, in the client's order.
     pub protocols: Vec<String>,
+    /// The W3C `traceparent` header, if any.
+    pub traceparent: Option<String>,
 }
 
 /// What a complete request head asks for.
@@ -137,6 +141,7 @@ pub fn parse(buf: &[u8], limits: HeadLimits) -> Parsed {
             .filter(|p| !p.is_empty())
             .collect(),
         authorization: header(h, "authorization").map(str::to_string),
+        traceparent: header(h, "traceparent").map(str::to_string),
         has_body: header(h, "content-length").is_some_and(|v| v.trim() != "0")
             || header(h, "transfer-encoding").is_some(),
     };
@@ -236,6 +241,7 @@ fn upgrade(head: &Head) -> Request {
         key,
         authorization: head.authorization.clone(),
         protocols: head.protocols.clone(),
+        traceparent: head.traceparent.clone(),
     })
 }
 

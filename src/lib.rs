@@ -55,3 +55,4 @@ pub mod source;
 pub mod store;
 pub mod stream;
 pub mod tls;
+pub mod trace;

@@ -27,6 +27,16 @@ pub struct BreakerView {
     pub opened_total: u64,
 }
 
+/// The team's agent as reported.
+#[derive(Clone, Debug)]
+pub struct AgentView {
+    /// `http` or `command`.
+    pub kind: &'static str,
+    /// Where (a URL without its query, or the command's first word).
+    pub target: String,
+    pub breaker: BreakerView,
+}
+
 /// Everything `/health` and `/metrics` report, gathered at one `now`.
 pub struct Report<'a> {
     pub settings: &'a Settings,
@@ -47,6 +57,8 @@ pub struct Report<'a> {
     pub store: StoreView,
     /// Log lines the log writer dropped rather than block, when it counts.
     pub log_lines_dropped: Option<u64>,
+    /// The team's agent, when one is configured.
+    pub agent: Option<AgentView>,
 }
 
 /// Sets `value` at the dotted `path` of `root`, making objects on the way.
@@ -110,14 +122,18 @@ fn label_values(values: &Values, label: &str) -> Vec<String> {
 
 impl Report<'_> {
     /// `healthy`, `degraded` (at the connection limit, a deadline was
-    /// missed by the queue, the breaker is not closed, or the run store is
-    /// unreachable) or `draining`.
+    /// missed by the queue, a breaker — the server's or the agent's — is
+    /// not closed, or the run store is unreachable) or `draining`.
     pub fn status(&self) -> &'static str {
         if self.draining {
             "draining"
         } else if self.metrics.open.load(Relaxed) as usize >= self.max_connections
             || self.metrics.missed_deadlines_total.load(Relaxed) > 0
             || self.breaker.state != "closed"
+            || self
+                .agent
+                .as_ref()
+                .is_some_and(|a| a.breaker.state != "closed")
             || !self.store.up
         {
             "degraded"
@@ -188,6 +204,20 @@ impl Report<'_> {
         ];
         for (path, v) in described {
             put(&mut root, path, v);
+        }
+        if let Some(a) = &self.agent {
+            put(&mut root, "agent.kind", a.kind.into());
+            put(&mut root, "agent.target", a.target.clone().into());
+            put(
+                &mut root,
+                "agent.breaker.threshold",
+                a.breaker.threshold.into(),
+            );
+            put(
+                &mut root,
+                "agent.breaker.recovery_s",
+                a.breaker.recovery_s.into(),
+            );
         }
         for f in families() {
             let values = (f.read)(self);

@@ -313,6 +313,7 @@ fn a_source_that_is_not_a_pool_handler_gets_the_same_treatment() {
             code: "upstream_timeout",
             message: "no event for 30 s".into(),
             close: false,
+            ..Failure::default()
         }),
     );
     let got = f.sent(A);
@@ -345,6 +346,7 @@ fn a_failed_handler_closes_its_connection_1011_after_the_error_event() {
             code: "handler_failure",
             message: "the handler failed".into(),
             close: true,
+            ..Failure::default()
         }),
     );
     let order: Vec<&Effect> = f

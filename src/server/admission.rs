@@ -30,7 +30,15 @@ pub(super) fn admit(
 ) -> Result<Admitted, Response> {
     let subject = authenticate(sh, u, now, wall)?;
     let protocol = subprotocol(sh, u)?;
-    let session = Session { conn_id, subject };
+    let trace = u
+        .traceparent
+        .as_deref()
+        .and_then(crate::trace::Trace::parse);
+    let session = Session {
+        conn_id,
+        subject,
+        trace,
+    };
     take_slot(sh, &session, now)?;
     Ok(Admitted {
         session: Arc::new(session),

@@ -137,6 +137,24 @@ pub struct AppSettings {
     pub fail_opens: u32,
 }
 
+/// The team's own agent (SPEC §5 "Bring your own agent"): an HTTP URL or
+/// a command, with its breaker and process limit. Its deadlines are in
+/// [`Timeouts`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentSettings {
+    pub url: Option<crate::httpc::Target>,
+    /// Sent as `Authorization: Bearer …` to the URL.
+    pub token: Option<Secret>,
+    /// The command's words (split like a shell would).
+    pub cmd: Option<Vec<String>>,
+    /// CA certificates for an `https://` URL.
+    pub ca_file: Option<PathBuf>,
+    pub breaker_threshold: u32,
+    pub breaker_recovery: Duration,
+    /// Processes alive at once (`cmd`).
+    pub max_procs: usize,
+}
+
 /// A secret value; its `Debug` never shows it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(pub Vec<u8>);
@@ -185,6 +203,8 @@ pub struct Settings {
     pub resume: ResumeLimits,
     /// What one run may produce.
     pub run_budget: RunBudget,
+    /// The upstream agent, if any.
+    pub agent: AgentSettings,
 }
 
 impl Settings {
@@ -209,6 +229,9 @@ impl Settings {
                 close: zero,
                 cleanup_interval: zero,
                 execution: zero,
+                agent_connect: zero,
+                agent_response: zero,
+                agent_idle: zero,
             },
             limits: Limits {
                 max_message: 0,
@@ -248,6 +271,15 @@ impl Settings {
             run_budget: RunBudget {
                 max_events: 0,
                 max_bytes: 0,
+            },
+            agent: AgentSettings {
+                url: None,
+                token: None,
+                cmd: None,
+                ca_file: None,
+                breaker_threshold: 0,
+                breaker_recovery: zero,
+                max_procs: 0,
             },
         }
     }
@@ -353,6 +385,16 @@ impl Settings {
             )));
         }
         self.resume.validate()?;
+        if self.agent.url.is_some() || self.agent.cmd.is_some() {
+            self.timeouts.validate_agent()?;
+        }
+        if self.agent.url.is_some() && self.agent.cmd.is_some() {
+            return Err(ConfigError::rule(
+                "agent_url (--agent-url) and agent_cmd (--agent-cmd) are both set: choose one \
+                 agent"
+                    .into(),
+            ));
+        }
         let l = &self.limits;
         // Saturating: a max_message near usize::MAX must fail the rule,
         // not overflow past it.

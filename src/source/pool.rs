@@ -133,6 +133,7 @@ pub fn job(
                     code: "handler_failure",
                     message: "the handler failed".into(),
                     close: true,
+                    ..Failure::default()
                 })
             }
         };
@@ -222,6 +223,7 @@ mod tests {
             id: "r9".into(),
             cancel: Default::default(),
             deadline: std::time::Instant::now(),
+            expiry: crate::runs::Expiry::HANDLER,
         };
         let budget = RunBudget {
             max_events: 100,
@@ -258,6 +260,7 @@ mod tests {
             id: "r1".into(),
             cancel: Default::default(),
             deadline: std::time::Instant::now(),
+            expiry: crate::runs::Expiry::HANDLER,
         };
         // Two events fit the budget; the third is posted (the run layer
         // ends the run at it) and cancels the run: nothing follows.

@@ -124,6 +124,19 @@ fn report<'a>(settings: &'a Settings, m: &'a ServerMetrics) -> Report<'a> {
             outages: 71,
         },
         log_lines_dropped: Some(81),
+        agent: Some(AgentView {
+            kind: "http",
+            target: "http://agent:8000".into(),
+            breaker: BreakerView {
+                state: "open",
+                consecutive_failures: 0,
+                threshold: 5,
+                recovery_s: 10.0,
+                failures_total: 91,
+                rejections_total: 92,
+                opened_total: 93,
+            },
+        }),
     }
 }
 
