@@ -559,6 +559,23 @@ pub static DECLS: &[Decl] = &[
         "Bytes read and discarded after a refusal before closing anyway"
     ),
     Decl {
+        name: "log_format",
+        flag: Some("log-format"),
+        env: Some("POLLCAP_LOG_FORMAT"),
+        kind: Kind::Value,
+        value_name: "auto|text|json",
+        help: "Log lines as text, or as one JSON object per line (timestamp, severity, \
+               message, target, fields) for Cloud Logging and Kubernetes pipelines; auto: \
+               JSON in a detected cloud container, text elsewhere",
+        group: Group::Server,
+        default: Default::Fixed("auto"),
+        set: |s, v| {
+            s.log_format = super::LogFormat::parse(v).ok_or("must be auto, text or json")?;
+            Ok(())
+        },
+        show: |s| Some(s.log_format.name().into()),
+    },
+    Decl {
         name: "threads",
         flag: Some("threads"),
         env: Some("POLLCAP_THREADS"),

@@ -127,6 +127,46 @@ impl AppKind {
     }
 }
 
+/// How `pollcap serve` writes its log (setting `log_format`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// JSON in a detected cloud container, text elsewhere.
+    Auto,
+    Text,
+    /// One JSON object per line: `timestamp`, `severity` (Cloud Logging's
+    /// names), `message`, `target` and the event's fields.
+    Json,
+}
+
+impl LogFormat {
+    pub fn parse(v: &str) -> Option<LogFormat> {
+        match v.trim().to_ascii_lowercase().as_str() {
+            "auto" => Some(LogFormat::Auto),
+            "text" => Some(LogFormat::Text),
+            "json" => Some(LogFormat::Json),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            LogFormat::Auto => "auto",
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+
+    /// The format in `environment`: `auto` is JSON in a cloud container
+    /// (whose log pipeline parses one object per line), text elsewhere.
+    pub fn resolved(self, environment: &Environment) -> LogFormat {
+        match self {
+            LogFormat::Auto if environment.is_cloud_container() => LogFormat::Json,
+            LogFormat::Auto => LogFormat::Text,
+            other => other,
+        }
+    }
+}
+
 /// Which built-in application `pollcap serve` runs, and its knobs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AppSettings {
@@ -181,6 +221,8 @@ pub struct Settings {
     pub limits: Limits,
     /// Reactor threads (1..=256).
     pub threads: usize,
+    /// How `pollcap serve` writes its log.
+    pub log_format: LogFormat,
     pub ws_path: String,
     /// The built-in application's settings (read by `crate::apps` only:
     /// the server knows applications through the handler API alone).
@@ -244,6 +286,7 @@ impl Settings {
                 linger_bytes: 0,
             },
             threads: 1,
+            log_format: LogFormat::Auto,
             ws_path: String::new(),
             apps: AppSettings {
                 app: AppKind::AgentChat,
