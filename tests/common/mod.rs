@@ -19,6 +19,9 @@ use tungstenite::protocol::WebSocket;
 pub const MS: Duration = Duration::from_millis(1);
 /// Generous slack for timing assertions on a loaded 2-core machine.
 pub const SLACK: Duration = Duration::from_millis(500);
+/// Slack for one reactor wait timed directly, with no server in between
+/// (tests/reactor.rs): tighter than [`SLACK`].
+pub const WAIT_SLACK: Duration = Duration::from_millis(150);
 
 /// Short timeouts (seconds) that keep the hierarchy valid.
 pub const FAST: &[(&str, &str)] = &[
@@ -126,6 +129,47 @@ pub fn metric(addr: SocketAddr, key: &str) -> f64 {
     *metrics(addr)
         .get(key)
         .unwrap_or_else(|| panic!("metric {key} missing"))
+}
+
+/// Asks `done` until it says yes, for at most `limit`: how long that
+/// took, or `None` if it never did. For what a test can only observe by
+/// asking (a metric, a reload); the pause between asks grows from 5 ms to
+/// 50 ms and never runs past `limit`.
+pub fn eventually(limit: Duration, mut done: impl FnMut() -> bool) -> Option<Duration> {
+    let t0 = Instant::now();
+    let mut pause = 5 * MS;
+    loop {
+        if done() {
+            return Some(t0.elapsed());
+        }
+        let left = limit.saturating_sub(t0.elapsed());
+        if left.is_zero() {
+            return None;
+        }
+        std::thread::sleep(pause.min(left));
+        pause = (pause * 2).min(50 * MS);
+    }
+}
+
+/// Polls `/metrics` until sample `key` is there and satisfies `want`, for
+/// at most `limit`, and returns its value; fails naming the sample and its
+/// last value otherwise.
+pub fn wait_metric(
+    addr: SocketAddr,
+    key: &str,
+    limit: Duration,
+    want: impl Fn(f64) -> bool,
+) -> f64 {
+    let mut last = None;
+    let met = eventually(limit, || {
+        last = metrics(addr).get(key).copied();
+        last.is_some_and(&want)
+    });
+    match (met, last) {
+        (Some(_), Some(v)) => v,
+        (_, Some(v)) => panic!("{key} is {v} after {limit:?}: not the value waited for"),
+        (_, None) => panic!("{key} is missing from /metrics after {limit:?}"),
+    }
 }
 
 pub const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
