@@ -174,11 +174,13 @@ impl<C: Records> Session<C> {
     }
 
     /// The peer ended the session (close_notify), or it is closed.
+    #[inline]
     pub fn peer_closed(&self) -> bool {
         self.peer_closed
     }
 
     /// Decrypted data is waiting for [`Session::read_plaintext`].
+    #[inline]
     pub fn has_plaintext(&self) -> bool {
         !self.plaintext.is_empty()
     }
@@ -192,6 +194,7 @@ impl<C: Records> Session<C> {
     }
 
     /// Records waiting to be sent, in order.
+    #[inline]
     pub fn to_send(&self) -> &[u8] {
         &self.outgoing
     }
@@ -209,6 +212,7 @@ impl<C: Records> Session<C> {
 
     /// True once after rustls produced records that should go out now
     /// (handshake flights), not only when data is written.
+    #[inline]
     pub fn take_transmit(&mut self) -> bool {
         std::mem::take(&mut self.transmit)
     }
@@ -219,7 +223,11 @@ impl<C: Records> Session<C> {
     /// [`Session::read_plaintext`]; handshake replies join
     /// [`Session::to_send`]; an incomplete record is kept.
     pub fn feed(&mut self, fresh: &mut [u8], buf: &mut [u8]) -> io::Result<usize> {
-        let kept = self.read_plaintext(buf);
+        let kept = if self.plaintext.is_empty() {
+            0
+        } else {
+            self.read_plaintext(buf)
+        };
         let mut sink = Sink {
             buf: &mut buf[kept..],
             filled: 0,

@@ -72,10 +72,17 @@ impl Socket {
     /// Sends the records rustls asked to transmit (handshake flights),
     /// as far as the socket takes them now: what it does not take goes
     /// out, exactly once, when it is writable.
+    #[inline]
     fn transmit<C: Records>(&mut self, s: &mut Session<C>) -> io::Result<()> {
-        if !s.take_transmit() {
-            return Ok(());
+        if s.take_transmit() {
+            self.transmit_now(s)
+        } else {
+            Ok(())
         }
+    }
+
+    #[inline(never)]
+    fn transmit_now<C: Records>(&mut self, s: &mut Session<C>) -> io::Result<()> {
         match self.write_out(s) {
             Err(e) if e.kind() != io::ErrorKind::WouldBlock => Err(e),
             _ => Ok(()),
