@@ -9,9 +9,8 @@ use std::time::Instant;
 
 use ::redis::{Client, Connection, ErrorKind, RedisError};
 
-use super::CALL;
+use super::{CALL, Deliveries, ResumeLimits, StoreStats};
 use crate::breaker::Breaker;
-use crate::store::{Deliveries, ResumeLimits, StoreStats};
 
 /// What both helper threads share: the client, the health and the breaker.
 pub(super) struct Link {

@@ -36,8 +36,11 @@ use ::redis::Client;
 use serde::{Deserialize, Serialize};
 use tungstenite::Utf8Bytes;
 
+// The store's types the threads need come through here: a file of this
+// folder names its folder's module, never the store's.
 use super::{
-    Deliveries, Follower, RedisTarget, ResumeLimits, ResumeRequest, Resumed, RunStart, StoreStats,
+    Deliveries, Delivery, Follower, RedisTarget, ResumeLimits, ResumeRequest, Resumed, RunStart,
+    StoreStats, post,
 };
 use crate::breaker::Breaker;
 

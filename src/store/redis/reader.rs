@@ -13,8 +13,7 @@ use tungstenite::Utf8Bytes;
 
 use super::link::Link;
 use super::reply::{Entry, bulk, entries, streams};
-use super::{BATCH, CALL, Meta, meta_key, stream_key};
-use crate::store::{Delivery, Follower, post};
+use super::{BATCH, CALL, Delivery, Follower, Meta, meta_key, post, stream_key};
 
 /// How long one `XREAD` waits for new entries.
 const BLOCK: Duration = Duration::from_millis(100);
