@@ -602,10 +602,11 @@ fn a_flooding_client_cannot_delay_another_connections_deadline() {
         stop_reading.store(true, Relaxed);
         r.join().unwrap().expect("the flood's echoes keep coming");
         eprintln!("flood: {frames} frames written, {during} bytes echoed beside the silent peer");
-        // About a million echoes is usual here; 16 bursts (64 Ki messages)
-        // in half a second is still a flood on a slow machine.
+        // About a million echoes here on Linux, 20 000 to 150 000 under
+        // Wine: at least a burst's worth (4 Ki messages) came back while
+        // the silent peer waited, on any machine.
         assert!(
-            during >= 16 * 3 * BURST as u64,
+            during >= 3 * BURST as u64,
             "the server echoed only {during} bytes of the flood while the silent peer waited"
         );
     });
