@@ -576,9 +576,8 @@ fn a_flooding_client_cannot_delay_another_connections_deadline() {
         });
         // The flood is under way once a burst's worth of echoes is back.
         eventually(Duration::from_secs(5), || {
-            echoed.load(Relaxed) >= 3 * BURST as u64
-        })
-        .expect("the flood is echoed");
+            (echoed.load(Relaxed) >= 3 * BURST as u64).then_some(())
+        });
         // A peer that never answers pings: pinged at 0.3 s (± 10 %),
         // closed 1011 at the pong deadline 0.2 s later.
         let t0 = Instant::now();

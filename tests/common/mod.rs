@@ -131,26 +131,6 @@ pub fn metric(addr: SocketAddr, key: &str) -> f64 {
         .unwrap_or_else(|| panic!("metric {key} missing"))
 }
 
-/// Asks `done` until it says yes, for at most `limit`: how long that
-/// took, or `None` if it never did. For what a test can only observe by
-/// asking (a metric, a reload); the pause between asks grows from 5 ms to
-/// 50 ms and never runs past `limit`.
-pub fn eventually(limit: Duration, mut done: impl FnMut() -> bool) -> Option<Duration> {
-    let t0 = Instant::now();
-    let mut pause = 5 * MS;
-    loop {
-        if done() {
-            return Some(t0.elapsed());
-        }
-        let left = limit.saturating_sub(t0.elapsed());
-        if left.is_zero() {
-            return None;
-        }
-        std::thread::sleep(pause.min(left));
-        pause = (pause * 2).min(50 * MS);
-    }
-}
-
 /// Polls `/metrics` until sample `key` is there and satisfies `want`, for
 /// at most `limit`, and returns its value; fails naming the sample and its
 /// last value otherwise.
@@ -160,16 +140,20 @@ pub fn wait_metric(
     limit: Duration,
     want: impl Fn(f64) -> bool,
 ) -> f64 {
+    let t0 = Instant::now();
     let mut last = None;
     let met = eventually(limit, || {
         last = metrics(addr).get(key).copied();
-        last.is_some_and(&want)
+        match last {
+            Some(v) if want(v) => Some(Some(v)),
+            _ if t0.elapsed() >= limit => Some(None),
+            _ => None,
+        }
     });
-    match (met, last) {
-        (Some(_), Some(v)) => v,
-        (_, Some(v)) => panic!("{key} is {v} after {limit:?}: not the value waited for"),
-        (_, None) => panic!("{key} is missing from /metrics after {limit:?}"),
-    }
+    met.unwrap_or_else(|| match last {
+        Some(v) => panic!("{key} is {v} after {limit:?}: not the value waited for"),
+        None => panic!("{key} is missing from /metrics after {limit:?}"),
+    })
 }
 
 pub const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
@@ -357,4 +341,18 @@ pub fn spawn_server_undrained(
         }
     }
     (spawned, lines)
+}
+
+/// Calls `f` until it returns `Some`, for at most `limit` (then panics
+/// naming the limit): a bounded wait for something the test cannot be
+/// told of directly, such as a metric.
+pub fn eventually<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let t0 = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(t0.elapsed() < limit, "not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
