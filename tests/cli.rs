@@ -552,3 +552,15 @@ fn json_logs_are_one_object_per_line_with_severity_and_message() {
     assert!(serde_json::from_str::<serde_json::Value>(&srv.startup).is_err());
     assert!(srv.startup.contains("INFO"), "{}", srv.startup);
 }
+
+/// What ships is small: the release profile strips the binary (issue 21:
+/// at most 8 MB; 51 MB with line tables). Checked only on a release
+/// build, which is what `scripts/test` builds.
+#[test]
+fn the_release_binary_ships_stripped_under_8_mb() {
+    if cfg!(debug_assertions) {
+        return; // a debug build is not what ships
+    }
+    let size = std::fs::metadata(env!("CARGO_BIN_EXE_pollcap")).unwrap().len();
+    assert!(size <= 8 << 20, "target/release/pollcap is {size} bytes");
+}
