@@ -302,6 +302,55 @@ def test_a_client_close_mid_run_cancels_the_fastapi_generator_within_a_second(
     eventually(5, lambda: health(server)["handlers"]["runs_cancelled"] == 1, "runs_cancelled")
 
 
+def test_the_execution_deadline_ends_the_run_and_cancels_the_generator(agent, server_factory):
+    # Every agent deadline must be <= the execution deadline.
+    server = pollcap(server_factory, agent.url("/sse", pace_ms=100), "--execution-timeout", "1",
+                     *(f"--agent-{p}-timeout=1" for p in ("connect", "response", "idle")))
+    text = " ".join(f"w{i}" for i in range(40))  # 4.5 s of events
+
+    async def go():
+        async with connect(server) as ws:
+            started = time.monotonic()
+            events = await ask(ws, text)
+            ended = time.monotonic()
+            # The connection is still usable: a short run completes.
+            check_run(await ask(ws, "short"), "short")
+        return events, started, ended
+    events, started, ended = run(go())
+    e = events[-1]
+    assert (e["type"], e["code"], e["phase"]) == ("error", "upstream_timeout", "execution"), e
+    assert e["seq"] == len(events) and [x["seq"] for x in events] == list(range(1, len(events) + 1))
+    assert 1.0 <= ended - started < 1.0 + 1.5, "the deadline plus one cap and some slack"
+    got = agent.run(e["run_id"])
+    assert got["end"] == "cancelled" and abs(got["cancelled_at"] - ended) < 1.0, got
+
+
+def test_a_drain_cancels_the_generator(agent, server_factory):
+    server = pollcap(server_factory, agent.url("/jsonl", pace_ms=200))
+    text = " ".join(f"w{i}" for i in range(40))
+
+    async def go():
+        async with connect(server) as ws:
+            await send(ws, text)
+            run_id = (await recv(ws))["run_id"]
+            await recv(ws)  # the agent is streaming
+            draining = time.monotonic()
+            server.terminate()  # SIGTERM: the graceful drain
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                while True:
+                    await recv(ws)
+            assert closed.value.rcvd.code == 1001, closed.value
+        return run_id, draining
+    run_id, draining = run(go())
+    got = eventually(5, lambda: (r := agent.run(run_id)) and r["end"] and r,
+                     "the agent's generator to end")
+    assert got["end"] == "cancelled", got
+    # The drain waits for runs up to the close timeout (1 s here), then
+    # closes their upstream sockets.
+    assert 0 <= got["cancelled_at"] - draining < 1.0 + 1.0, got
+    assert server.proc.wait(timeout=10) == 0
+
+
 def test_two_hundred_concurrent_agent_runs_through_one_instance_all_complete(
         agent, server_factory):
     n = 200
