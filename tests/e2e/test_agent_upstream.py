@@ -29,16 +29,15 @@ TRACEPARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
 
 
 class Agent:
-    """`python -m uvicorn MODULE:app` from `app_dir` on a free loopback
-    port, its output kept in a file for failure messages."""
+    """`python -m uvicorn APP ARGS` from `app_dir` on a free loopback port,
+    its output kept in a file for failure messages."""
 
-    def __init__(self, module="agent_app", app_dir=HERE):
+    def __init__(self, app="agent_app:app", app_dir=HERE, args=("--timeout-graceful-shutdown", "1")):
         self.port = free_port()
         self.out = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", f"{module}:app", "--app-dir", app_dir,
-             "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning",
-             "--timeout-graceful-shutdown", "1"],
+            [sys.executable, "-m", "uvicorn", app, "--app-dir", str(app_dir), *args,
+             "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning"],
             stdout=self.out, stderr=subprocess.STDOUT)
 
         def up():
@@ -389,7 +388,7 @@ def readme_agent(tmp):
 
 def test_the_readme_agent_works_as_printed(tmp_path, server_factory):
     readme_agent(tmp_path)
-    agent = Agent(module="agent", app_dir=str(tmp_path))
+    agent = Agent("agent:app", tmp_path)
     try:
         async def go(server):
             async with connect(server) as ws:
