@@ -3,7 +3,9 @@ uvicorn in a process of its own (`python -m uvicorn agent_app:app`).
 
 It streams the same script of events as Server-Sent Events (`POST /sse`)
 or JSON Lines (`POST /jsonl`), as an agent written with FastAPI would:
-one `StreamingResponse` over an async generator. The query string sets
+one `StreamingResponse` over an async generator; or with FastAPI's own
+`EventSourceResponse` (`POST /native`). `POST /fail?how=` goes wrong as a
+FastAPI app does (refuses, sends its own error, raises). The query string sets
 the pace between events (`pace_ms`) and can hold every run until `gather`
 runs are in flight at once. What each run was asked and how its generator
 ended (completed, or cancelled and when, on `time.monotonic()`: the
@@ -15,6 +17,8 @@ import time
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import StreamingResponse
+from fastapi.sse import EventSourceResponse
+from pydantic import BaseModel
 
 app = FastAPI()
 
@@ -79,18 +83,22 @@ async def events(request, run, pace_ms, gather, keepalive):
         STATS["in_flight"] -= 1
 
 
-async def start(request, pace_ms, gather):
-    run = await request.json()  # run_id, thread_id, text, subject, deadline_ms
+def record(request, run):
     STATS["requests"] += 1
     RUNS[run["run_id"]] = {"headers": dict(request.headers), "body": run,
                            "path": request.url.path, "sent": 0, "end": None,
                            "cancelled_at": None}
+
+
+async def start(request):
+    run = await request.json()  # run_id, thread_id, text, subject, deadline_ms
+    record(request, run)
     return run
 
 
 @app.post("/sse")
 async def sse(request: Request, pace_ms: int = 0, gather: int = 0):
-    run = await start(request, pace_ms, gather)
+    run = await start(request)
 
     async def body():
         yield ": a comment first, as keep-alives are\n\n"
@@ -108,7 +116,7 @@ async def sse(request: Request, pace_ms: int = 0, gather: int = 0):
 
 @app.post("/jsonl")
 async def jsonl(request: Request, pace_ms: int = 0, gather: int = 0):
-    run = await start(request, pace_ms, gather)
+    run = await start(request)
 
     async def body():
         # Each event is split over two chunks: its first half goes with the
@@ -136,3 +144,48 @@ async def runs(run_id: str):
 @app.get("/stats")
 async def stats():
     return STATS
+
+
+class RunRequest(BaseModel):
+    """pollcap's request body, as a FastAPI app would declare it."""
+    run_id: str
+    thread_id: str
+    text: str
+    subject: str | None
+    deadline_ms: int
+
+
+@app.post("/native", response_class=EventSourceResponse)
+async def native(request: Request, body: RunRequest):
+    """FastAPI's own SSE: a path operation that yields; each item is sent
+    as one `data:` field of JSON (with a keep-alive comment every 15 s).
+    The body comes parsed: the request stream is the response's by now."""
+    run = body.model_dump()
+    record(request, run)
+    rec, todo = RUNS[run["run_id"]], list(script(run))
+    for i, e in enumerate(todo):
+        rec["sent"] += 1
+        if i == len(todo) - 1:
+            rec["end"] = "completed"
+        yield e
+
+
+@app.post("/fail")
+async def fail(request: Request, how: str):
+    """An agent that goes wrong the ways a FastAPI app does: refusing the
+    request (HTTPException), its own `error` event, an exception raised in
+    the middle of its stream."""
+    run = await start(request)
+    if how == "refuse":
+        raise HTTPException(403, "not for you")
+
+    async def body():
+        yield json.dumps({"type": "agent_thinking", "delta": "so far "}) + "\n"
+        if how == "error":
+            yield json.dumps({"type": "error", "code": "agent_quota", "message": "out of tokens"}) + "\n"
+            yield json.dumps({"type": "agent_thinking", "delta": "never relayed"}) + "\n"
+        elif how == "raise":
+            await asyncio.sleep(0)
+            raise RuntimeError("the agent's bug")
+
+    return StreamingResponse(body(), media_type="application/x-ndjson")

@@ -156,8 +156,10 @@ def check_run(events, text):
 SCRIPT_LEN = 5  # agent_app's events besides the deltas (its agent_started included)
 
 
-@pytest.mark.parametrize("path", ["/sse", "/jsonl"])
+@pytest.mark.parametrize("path", ["/sse", "/jsonl", "/native"])
 def test_sse_and_json_lines_agents_relay_every_event_in_order(agent, server_factory, path):
+    """/sse and /jsonl: StreamingResponse over a generator; /native:
+    FastAPI's own EventSourceResponse path operation."""
     server = pollcap(server_factory, agent.url(path))
 
     async def go():
@@ -211,6 +213,34 @@ def test_the_agent_gets_the_run_id_as_idempotency_key_the_trace_the_token_and_th
     line = eventually(5, lambda: next((l for l in server.log if traced in l and TRACE_ID in l), None),
                       "a log line with the run id and the trace id")
     assert "agent run started" in line, line
+
+
+@pytest.mark.parametrize("how, code", [
+    ("refuse", "upstream_rejected"),  # HTTPException(403): FastAPI's `detail` is the message
+    ("error", "agent_quota"),  # the agent's own error event ends the run, relayed as it is
+    ("raise", "upstream_truncated"),  # an exception mid-stream: uvicorn cuts the body
+])
+def test_a_fastapi_agent_going_wrong_ends_the_run_with_an_error_and_the_connection_stays(
+        agent, server_factory, how, code):
+    server = pollcap(server_factory, agent.url("/fail", how=how))
+
+    async def go():
+        async with connect(server) as ws:
+            first = await ask(ws, "one")
+            second = await ask(ws, "two")  # the same connection, still usable
+        return first, second
+    for events in run(go()):
+        e = events[-1]
+        assert (e["type"], e["code"]) == ("error", code), events
+        assert [x["seq"] for x in events] == list(range(1, len(events) + 1))
+        if how == "refuse":
+            assert len(events) == 1 and "not for you" in e["message"], events
+        else:
+            assert [x["type"] for x in events] == ["agent_started", "agent_thinking", "error"], events
+        if how == "error":
+            assert e["message"] == "out of tokens"
+    m = metrics(server)
+    assert m["pollcap_agent_requests_total"] == 2
 
 
 async def drop_after(server, token, text, n):
