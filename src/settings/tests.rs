@@ -303,6 +303,15 @@ fn json_lists_every_timeout() {
     assert_eq!(j["limits"]["max_message"], 1 << 20);
     assert_eq!(j["server"]["ws_path"], "/ws");
     assert_eq!(j["auth"]["jwt_secret"], false, "only whether it is set");
+    assert_eq!(j["agent"]["agent_url"], Value::Null);
+    let j = ok(&[
+        ("POLLCAP_AGENT_URL", "http://agent:8000/run?key=k"),
+        ("POLLCAP_AGENT_TOKEN", "s3cret"),
+    ])
+    .to_json();
+    assert_eq!(j["agent"]["agent_url"], "http://agent:8000", "no path or query");
+    assert_eq!(j["agent"]["agent_token"], true, "only whether it is set");
+    assert_eq!(j["agent"]["agent_breaker_threshold"], 5);
 }
 
 #[test]
