@@ -42,7 +42,7 @@ fn profile_table_rows_match_spec() {
     // (profile, connect, handshake, ping, hb_interval, hb_timeout, stale, connection, close,
     //  cleanup, execution, then the upstream agent's: connect, response, idle)
     let table: [(&str, [u64; 13]); 4] = [
-        ("local", [2, 3, 2, 5, 15, 60, 360, 1, 30, 15, 2, 10, 10]),
+        ("local", [2, 3, 2, 5, 15, 60, 360, 1, 30, 15, 2, 10, 15]),
         ("testing", [5, 5, 5, 10, 30, 120, 360, 5, 60, 15, 5, 10, 15]),
         (
             "staging",
@@ -309,7 +309,10 @@ fn json_lists_every_timeout() {
         ("POLLCAP_AGENT_TOKEN", "s3cret"),
     ])
     .to_json();
-    assert_eq!(j["agent"]["agent_url"], "http://agent:8000", "no path or query");
+    assert_eq!(
+        j["agent"]["agent_url"], "http://agent:8000",
+        "no path or query"
+    );
     assert_eq!(j["agent"]["agent_token"], true, "only whether it is set");
     assert_eq!(j["agent"]["agent_breaker_threshold"], 5);
 }
