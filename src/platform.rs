@@ -229,6 +229,19 @@ impl ProcessGroup {
         }
     }
 
+    /// Nobody is left in the group (Unix; zombies count as members). On
+    /// Windows, always: a terminated job has no member left.
+    pub fn is_empty(&self) -> bool {
+        #[cfg(unix)]
+        {
+            matches!(self.signal(0), Ok(false))
+        }
+        #[cfg(windows)]
+        {
+            true
+        }
+    }
+
     #[cfg(unix)]
     fn signal(&self, sig: libc::c_int) -> io::Result<bool> {
         // Never 0 or 1: killpg(0) would signal pollcap's own group.

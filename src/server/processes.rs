@@ -231,6 +231,11 @@ fn perform(p: &mut Proc, a: Action, now: Instant, sh: &Shared) {
             });
             p.process.terminated(reached, now);
         }
+        Action::Probe => {
+            if p.group.is_empty() {
+                p.process.group_empty();
+            }
+        }
         Action::Kill => {
             if let Err(e) = p.group.kill(&mut p.child) {
                 tracing::warn!(run_id = %p.run_id, pid, "cannot kill the agent process: {e}");

@@ -42,6 +42,9 @@ pub enum Action {
     Terminate,
     /// SIGKILL its group.
     Kill,
+    /// Ask whether anyone is left in its group; answer with
+    /// [`AgentProcess::group_empty`] if nobody is.
+    Probe,
     /// Give its stderr log its budget back.
     RefillStderr,
 }
@@ -225,6 +228,15 @@ impl AgentProcess {
         if self.run_over() {
             self.terminate(now); // what it left in its group
         }
+        if self.kill_at.is_some() {
+            self.actions.push(Action::Probe); // stragglers, or nobody?
+        }
+    }
+
+    /// The answer to [`Action::Probe`]: its group is empty, so no SIGKILL
+    /// is due (and nothing is left to wait for).
+    pub fn group_empty(&mut self) {
+        self.kill_at = None;
     }
 
     /// The reason given to [`AgentProcess::exited`], once it was.
@@ -575,8 +587,10 @@ mod tests {
         assert_eq!(p.take_actions(), [Action::Terminate, Action::Reap]);
         p.terminated(true, t0);
         assert_eq!(p.poll_timeout(), Some(t0 + REAP_POLL));
-        // The leader goes at once; the group still gets its SIGKILL.
+        // The leader goes at once; someone is left in its group, who still
+        // gets the SIGKILL.
         p.exited("signal: 15 (SIGTERM)".into(), t0 + REAP_POLL);
+        assert_eq!(p.take_actions(), [Action::Probe]);
         assert!(!p.is_finished());
         assert_eq!(p.poll_timeout(), Some(t0 + KILL_GRACE));
         p.handle_timeout(t0 + KILL_GRACE, &mut out);
@@ -588,6 +602,15 @@ mod tests {
         );
         p.stop(t0 + KILL_GRACE);
         assert!(p.take_actions().is_empty(), "a second stop does nothing");
+        // Nobody left with the leader: done at once, no SIGKILL.
+        let mut p = AgentProcess::new(cfg(), t0);
+        p.stop(t0);
+        p.take_actions();
+        p.terminated(true, t0);
+        p.exited("signal: 15 (SIGTERM)".into(), t0 + REAP_POLL);
+        assert_eq!(p.take_actions(), [Action::Probe]);
+        p.group_empty();
+        assert!(p.is_finished());
     }
 
     #[test]
