@@ -29,6 +29,10 @@
 //! fills its pipe and blocks instead of filling memory; the stderr limit
 //! is refilled by the reactor's timer a second after it ran out.
 //!
+//! The spawn itself is a system call on the reactor: `posix_spawn` on Linux
+//! (a vfork: no copy of pollcap's memory), in the order of a millisecond,
+//! and a command that cannot start is known at once.
+//!
 //! Every blocking call of the helper threads ends when the process does,
 //! and the reactor makes sure it does: SIGTERM to the group at the run's
 //! end, SIGKILL two seconds later (a timer, never a sleep), and `try_wait`
