@@ -16,7 +16,7 @@ use super::worker::Worker;
 use crate::breaker::Permit;
 use crate::runs::{Failure, Mail, SourceEvent};
 use crate::source::command::pipes::{self, Launch, Piped};
-use crate::source::command::process::{Action, AgentProcess};
+use crate::source::command::process::{Action, AgentProcess, GIVE_UP, KILL_GRACE};
 use crate::source::command::{CommandConfig, STDERR_LINES_PER_SEC};
 use crate::source::upstream::call::Output;
 use crate::source::upstream::request_body;
@@ -230,6 +230,19 @@ fn perform(p: &mut Proc, a: Action, now: Instant, sh: &Shared) {
                 false
             });
             p.process.terminated(reached, now);
+        }
+        Action::GiveUp => {
+            tracing::warn!(
+                run_id = %p.run_id,
+                pid,
+                "agent process not reaped {}s after it was told to stop (stuck in the \
+                 kernel?): given up on",
+                (KILL_GRACE + GIVE_UP).as_secs()
+            );
+            if std::mem::take(&mut p.alive) {
+                sh.metrics.agent_processes.fetch_sub(1, Relaxed);
+            }
+            p.process.exited("given up on".into(), now);
         }
         Action::Probe => {
             if p.group.is_empty() {

@@ -28,6 +28,11 @@ use crate::source::upstream::events::{Decoder, Framing, Read as EventRead};
 pub const KILL_GRACE: Duration = Duration::from_secs(2);
 /// How often a process that should be gone is asked whether it is.
 pub const REAP_POLL: Duration = Duration::from_millis(50);
+/// How long a process told to stop may take to be reaped, beyond its
+/// [`KILL_GRACE`], before it is given up on (one in uninterruptible sleep
+/// ignores even SIGKILL): no wait of pollcap's is without an end, a drain's
+/// included.
+pub const GIVE_UP: Duration = Duration::from_secs(10);
 /// How long a process's stderr stays muted once it used its budget.
 pub const STDERR_WINDOW: Duration = Duration::from_secs(1);
 
@@ -47,6 +52,9 @@ pub enum Action {
     Probe,
     /// Give its stderr log its budget back.
     RefillStderr,
+    /// It was told to stop long ago and is still not reaped: log it and
+    /// answer [`AgentProcess::exited`] anyway.
+    GiveUp,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,6 +91,7 @@ pub struct AgentProcess {
     /// SIGTERM went out (or is going out).
     term_sent: bool,
     kill_at: Option<Instant>,
+    give_up_at: Option<Instant>,
     next_reap: Option<Instant>,
     refill_at: Option<Instant>,
     actions: Vec<Action>,
@@ -102,6 +111,7 @@ impl AgentProcess {
             grace_until: None,
             term_sent: false,
             kill_at: None,
+            give_up_at: None,
             next_reap: None,
             refill_at: None,
             actions: Vec::new(),
@@ -135,6 +145,7 @@ impl AgentProcess {
             live,
             self.grace_until.filter(|_| waiting && !self.term_sent),
             self.next_reap.filter(|_| waiting),
+            self.give_up_at.filter(|_| waiting),
             self.kill_at,
             self.refill_at.filter(|_| !self.is_finished()),
         ]
@@ -315,6 +326,10 @@ impl AgentProcess {
             self.kill_at = None;
             self.actions.push(Action::Kill);
         }
+        if self.exited.is_none() && self.give_up_at.is_some_and(|g| now >= g) {
+            self.give_up_at = None;
+            self.actions.push(Action::GiveUp);
+        }
         if self.exited.is_none() && self.next_reap.is_some_and(|r| now >= r) {
             self.actions.push(Action::Reap);
             self.next_reap = Some(now + REAP_POLL);
@@ -356,10 +371,11 @@ impl AgentProcess {
         self.reap_soon(now);
     }
 
-    fn terminate(&mut self, _now: Instant) {
+    fn terminate(&mut self, now: Instant) {
         if !self.term_sent {
             self.term_sent = true;
             self.grace_until = None;
+            self.give_up_at = Some(now + KILL_GRACE + GIVE_UP);
             self.actions.push(Action::Terminate);
         }
     }
@@ -602,6 +618,19 @@ mod tests {
         );
         p.stop(t0 + KILL_GRACE);
         assert!(p.take_actions().is_empty(), "a second stop does nothing");
+        // One that SIGKILL does not end is given up on, in the end.
+        let mut p = AgentProcess::new(cfg(), t0);
+        p.stop(t0);
+        p.take_actions();
+        p.terminated(true, t0);
+        p.handle_timeout(t0 + KILL_GRACE, &mut out);
+        assert_eq!(p.take_actions(), [Action::Kill, Action::Reap]);
+        assert_eq!(p.poll_timeout(), Some(t0 + KILL_GRACE + REAP_POLL));
+        let last = t0 + KILL_GRACE + GIVE_UP;
+        p.handle_timeout(last, &mut out);
+        assert_eq!(p.take_actions(), [Action::GiveUp, Action::Reap]);
+        p.exited("given up".into(), last);
+        assert!(p.is_finished());
         // Nobody left with the leader: done at once, no SIGKILL.
         let mut p = AgentProcess::new(cfg(), t0);
         p.stop(t0);
