@@ -1,5 +1,7 @@
-//! Every platform difference of the crate lives here: OS identity and the
+//! Every platform difference of the crate lives here: OS identity, the
 //! raw-handle glue the `polling` backend needs (fds on Unix, sockets on
+//! Windows), and how an agent process and whatever it starts are stopped
+//! together ([`ProcessGroup`]: a process group on Unix, a job object on
 //! Windows). Signals need nothing here: `ctrlc` covers SIGINT/SIGTERM and the
 //! Windows console with one API.
 
@@ -149,4 +151,179 @@ pub fn catch_sighup() -> io::Result<()> {
 /// True once after each SIGHUP received since the last call.
 pub fn take_sighup() -> bool {
     SIGHUP.swap(false, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// An agent process together with whatever it starts, stopped as one.
+///
+/// Unix: the process leads a process group of its own
+/// ([`own_process_group`] before the spawn), so a signal to the group
+/// reaches its children too; [`ProcessGroup::terminate`] sends SIGTERM,
+/// [`ProcessGroup::kill`] SIGKILL. The group's id stays reserved while any
+/// member lives, even after the leader is reaped, so signalling stragglers
+/// later cannot hit a stranger (only an empty group's number can be reused).
+///
+/// Windows: the process is put in a job object that kills its members when
+/// closed; terminating it is `TerminateJobObject` (or, when no job could be
+/// made, `TerminateProcess` on the process alone, via `Child::kill`). There
+/// is no gentle step: `terminate` and `kill` are the same. A child the
+/// process starts in the instant between its spawn and its assignment to
+/// the job escapes it (std has no suspended spawn).
+pub struct ProcessGroup {
+    #[cfg(unix)]
+    pgid: libc::pid_t,
+    #[cfg(windows)]
+    job: Option<std::os::windows::io::OwnedHandle>,
+}
+
+/// Makes the process `cmd` starts the leader of a group of its own (Unix);
+/// nothing to do on Windows (the job is made after the spawn).
+pub fn own_process_group(cmd: &mut std::process::Command) {
+    #[cfg(unix)]
+    std::os::unix::process::CommandExt::process_group(cmd, 0);
+    #[cfg(windows)]
+    let _ = cmd;
+}
+
+impl ProcessGroup {
+    /// The group of `child`, spawned after [`own_process_group`].
+    pub fn of(child: &std::process::Child) -> ProcessGroup {
+        #[cfg(unix)]
+        {
+            ProcessGroup {
+                pgid: libc::pid_t::try_from(child.id()).unwrap_or(0),
+            }
+        }
+        #[cfg(windows)]
+        {
+            ProcessGroup {
+                job: job_for(child),
+            }
+        }
+    }
+
+    /// Asks every member to stop (SIGTERM); Windows: ends them all.
+    /// `Ok(true)` when a member got it (Unix), so a [`Self::kill`] may be
+    /// needed later; `Ok(false)` when there is nobody left to stop.
+    pub fn terminate(&self, child: &mut std::process::Child) -> io::Result<bool> {
+        #[cfg(unix)]
+        {
+            let _ = child;
+            self.signal(libc::SIGTERM)
+        }
+        #[cfg(windows)]
+        {
+            self.end(child).map(|()| false)
+        }
+    }
+
+    /// Ends every member (SIGKILL; Windows: as [`Self::terminate`]).
+    pub fn kill(&self, child: &mut std::process::Child) -> io::Result<()> {
+        #[cfg(unix)]
+        {
+            let _ = child;
+            self.signal(libc::SIGKILL).map(|_| ())
+        }
+        #[cfg(windows)]
+        {
+            self.end(child)
+        }
+    }
+
+    /// Nobody is left in the group (Unix; zombies count as members). On
+    /// Windows, always: a terminated job has no member left.
+    pub fn is_empty(&self) -> bool {
+        #[cfg(unix)]
+        {
+            matches!(self.signal(0), Ok(false))
+        }
+        #[cfg(windows)]
+        {
+            true
+        }
+    }
+
+    #[cfg(unix)]
+    fn signal(&self, sig: libc::c_int) -> io::Result<bool> {
+        // Never 0 or 1: killpg(0) would signal pollcap's own group.
+        if self.pgid <= 1 {
+            return Ok(false);
+        }
+        // SAFETY: killpg has no memory-safety preconditions.
+        if unsafe { libc::killpg(self.pgid, sig) } == 0 {
+            return Ok(true);
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::ESRCH) => Ok(false),
+            _ => Err(e),
+        }
+    }
+
+    #[cfg(windows)]
+    fn end(&self, child: &mut std::process::Child) -> io::Result<()> {
+        use std::os::windows::io::AsRawHandle;
+        match &self.job {
+            Some(job) => {
+                // SAFETY: `job` is a live job handle owned by `self`.
+                let ok = unsafe {
+                    windows_sys::Win32::System::JobObjects::TerminateJobObject(
+                        job.as_raw_handle(),
+                        1,
+                    )
+                };
+                if ok == 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            }
+            None => match child.kill() {
+                Err(e) if e.kind() == io::ErrorKind::InvalidInput => Ok(()), // exited
+                r => r,
+            },
+        }
+    }
+}
+
+/// A job object holding `child`, whose members die when it is closed; `None`
+/// when the system refuses one (the process is then ended alone).
+#[cfg(windows)]
+fn job_for(child: &std::process::Child) -> Option<std::os::windows::io::OwnedHandle> {
+    use std::os::windows::io::{AsRawHandle, FromRawHandle, OwnedHandle};
+    use windows_sys::Win32::System::JobObjects::{
+        AssignProcessToJobObject, CreateJobObjectW, JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE,
+        JOBOBJECT_EXTENDED_LIMIT_INFORMATION, JobObjectExtendedLimitInformation,
+        SetInformationJobObject,
+    };
+    // SAFETY: null attributes and name are allowed; a non-null result is a
+    // handle we own from here on.
+    let raw = unsafe { CreateJobObjectW(std::ptr::null(), std::ptr::null()) };
+    if raw.is_null() {
+        tracing::warn!(
+            "no job object for an agent process ({}): it is stopped alone",
+            io::Error::last_os_error()
+        );
+        return None;
+    }
+    // SAFETY: `raw` is a fresh handle nobody else owns.
+    let job = unsafe { OwnedHandle::from_raw_handle(raw) };
+    let mut info = JOBOBJECT_EXTENDED_LIMIT_INFORMATION::default();
+    info.BasicLimitInformation.LimitFlags = JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE;
+    // SAFETY: `info` is the structure the class names, with its size.
+    unsafe {
+        SetInformationJobObject(
+            job.as_raw_handle(),
+            JobObjectExtendedLimitInformation,
+            (&raw const info).cast(),
+            u32::try_from(std::mem::size_of_val(&info)).unwrap_or(0),
+        );
+    }
+    // SAFETY: both handles are live for the call.
+    if unsafe { AssignProcessToJobObject(job.as_raw_handle(), child.as_raw_handle()) } == 0 {
+        tracing::warn!(
+            "cannot put an agent process in a job object ({}): it is stopped alone",
+            io::Error::last_os_error()
+        );
+        return None;
+    }
+    Some(job)
 }

@@ -158,6 +158,17 @@ counters! {
     /// Agent calls open now, on every reactor.
     agent_in_flight: Gauge "pollcap_agent_runs_in_flight" at "agent.in_flight",
         "Agent runs whose upstream request (or process) is open now.";
+    /// Agent processes alive now (`--agent-cmd`), at most `agent_max_procs`.
+    agent_processes: Gauge "pollcap_agent_processes" at "agent.processes",
+        "Agent processes alive now (--agent-cmd; at most --agent-max-procs).";
+    /// Lines agent processes wrote to stderr that went to the log.
+    agent_stderr_lines_total: Counter "pollcap_agent_stderr_lines_total"
+        at "agent.stderr_lines",
+        "Lines agent processes wrote to stderr that went to the log.";
+    /// Stderr lines past a process's rate limit, not logged.
+    agent_stderr_dropped_total: Counter "pollcap_agent_stderr_dropped_total"
+        at "agent.stderr_dropped",
+        "Stderr lines of agent processes not logged (past 20 lines a second per process).";
 }
 
 impl ServerMetrics {

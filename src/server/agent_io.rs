@@ -8,7 +8,7 @@
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
-use super::agents::{AGENT, AgentStart, Running};
+use super::agents::{AGENT, AgentStart, PROCESS, Running};
 use super::worker::Worker;
 use crate::breaker::Permit;
 use crate::reactor::Interest;
@@ -26,6 +26,9 @@ impl Worker {
 
     fn start_agent(&mut self, s: AgentStart, now: Instant) {
         let sh = self.shared.clone();
+        if let Some(cmd) = sh.cfg.command.clone() {
+            return self.start_process(cmd, s, now); // `--agent-cmd`: see `processes`
+        }
         let Some(cfg) = sh.cfg.upstream.clone() else {
             let m = "no agent is configured (--agent-url)".into();
             return self.agent_failed(s.run, unavailable(m, None), now);
@@ -120,8 +123,11 @@ impl Worker {
         });
     }
 
-    /// The timer of agent call `key` fired.
+    /// The timer of agent call `key` fired (or of process `key - PROCESS`).
     pub(super) fn agent_timeout(&mut self, key: usize, now: Instant) {
+        if key >= PROCESS {
+            return self.process_timeout(key - PROCESS, now);
+        }
         self.with_call(key, now, |c, now, out| c.handle_timeout(now, out));
     }
 
@@ -137,10 +143,11 @@ impl Worker {
     }
 
     /// The run layer ended run `run` (cancelled, expired, over budget,
-    /// drained): its socket closes, and the agent sees its client go.
+    /// drained): its socket closes, and the agent sees its client go (a
+    /// process is stopped instead).
     pub(super) fn stop_agent(&mut self, run: u64) {
         let Some(key) = self.agents.by_run.remove(&run) else {
-            return;
+            return self.stop_process(run);
         };
         let mut r = self.agents.calls.remove(key);
         if let Some(p) = r.permit.take() {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use crate::app::App;
 use crate::auth::Auth;
 use crate::settings::{ConfigError, Settings};
+use crate::source::command::CommandConfig;
 use crate::source::upstream::UpstreamConfig;
 use crate::tls::{CertError, CertStore};
 
@@ -23,6 +24,9 @@ pub struct ServerConfig {
     /// The team's agent over HTTP (`--agent-url`): where an application's
     /// [`Start::Agent`](crate::app::Start) runs go.
     pub upstream: Option<Arc<UpstreamConfig>>,
+    /// The team's agent as a command (`--agent-cmd`): one process per
+    /// [`Start::Agent`](crate::app::Start) run.
+    pub command: Option<Arc<CommandConfig>>,
     /// Log lines the embedder's log writer dropped rather than block a
     /// reactor (`pollcap serve` writes its log from a thread of its own
     /// through a bounded queue); reported as
@@ -51,6 +55,7 @@ impl ServerConfig {
             auth: None,
             tls: None,
             upstream: None,
+            command: None,
             log_lines_dropped: None,
         }
     }
@@ -58,7 +63,7 @@ impl ServerConfig {
     /// `app` with everything the settings say: their authentication
     /// (`POLLCAP_JWT_SECRET`, `tokens_file`, which is read here), their
     /// TLS pair (`tls_cert`, `tls_key`, loaded and checked here) and their
-    /// agent (`agent_url`). What
+    /// agent (`agent_url` or `agent_cmd`). What
     /// `pollcap serve` runs, with the application its settings name
     /// (`crate::apps::from_settings`).
     pub fn from_settings(settings: Settings, app: App) -> Result<ServerConfig, ConfigError> {
@@ -70,12 +75,14 @@ impl ServerConfig {
             _ => None,
         };
         let upstream = UpstreamConfig::from_settings(&settings)?;
+        let command = CommandConfig::from_settings(&settings);
         Ok(ServerConfig {
             settings,
             app,
             auth,
             tls,
             upstream,
+            command,
             log_lines_dropped: None,
         })
     }

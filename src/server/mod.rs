@@ -11,9 +11,11 @@
 //! answer their events, apply the run layer's effects), `entry` (a
 //! connection as the worker keeps it), `admission` (auth, subprotocol,
 //! breaker, limits, the app's `open`), `messages` (application messages
-//! to runs on the pool, and resumes), `routes` (health, metrics, the token
-//! check), `page` (the built-in client at `/`) and `drain` (graceful
-//! shutdown). Runs themselves are the run layer's (`crate::runs`).
+//! to runs on the pool, and resumes), `agents` with `agent_io` and
+//! `processes` (the team's agent: HTTP calls and processes, per reactor),
+//! `routes` (health, metrics, the token check), `page` (the built-in
+//! client at `/`) and `drain` (graceful shutdown). Runs themselves are
+//! the run layer's (`crate::runs`).
 
 mod admission;
 mod agent_io;
@@ -23,6 +25,7 @@ mod drain;
 mod entry;
 mod messages;
 mod page;
+mod processes;
 mod routes;
 mod worker;
 
@@ -46,6 +49,7 @@ use crate::breaker::Breaker;
 use crate::metrics::ServerMetrics;
 use crate::reactor::{Mailbox, Reactor, ReactorStats, Waker};
 use crate::runs::Mail;
+use crate::source::command::pipes::ProcMail;
 use crate::source::pool::Pool;
 use crate::source::upstream::resolve::{Resolved, Resolver};
 use crate::store::{Deliveries, Store};
@@ -70,6 +74,9 @@ struct Shared {
     /// answers come back through its mailbox.
     resolver: Option<Resolver>,
     resolved: Vec<Arc<Mailbox<Resolved>>>,
+    /// Each reactor's mail from its agent processes' pipes (one chunk in
+    /// flight per process: bounded by `agent_max_procs`).
+    proc_mail: Vec<Arc<Mailbox<ProcMail>>>,
     pool: Option<Pool>,
     draining: AtomicBool,
     started: Instant,
@@ -178,6 +185,10 @@ impl Server {
                 None => None,
             },
             resolved: reactors
+                .iter()
+                .map(|r| Arc::new(Mailbox::new(r.waker())))
+                .collect(),
+            proc_mail: reactors
                 .iter()
                 .map(|r| Arc::new(Mailbox::new(r.waker())))
                 .collect(),

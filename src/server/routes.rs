@@ -31,9 +31,14 @@ pub(super) fn report(sh: &Shared, now: Instant) -> Report<'_> {
         &mut sh.breaker.lock().unwrap_or_else(|p| p.into_inner()),
         now,
     );
-    let agent = sh.cfg.upstream.as_ref().map(|u| AgentView {
-        kind: "http",
-        target: format!("{:?}", u.target),
+    let agent = match (&sh.cfg.upstream, &sh.cfg.command) {
+        (Some(u), _) => Some(("http", format!("{:?}", u.target))),
+        (None, Some(c)) => Some(("command", c.program().to_string())),
+        (None, None) => None,
+    };
+    let agent = agent.map(|(kind, target)| AgentView {
+        kind,
+        target,
         breaker: breaker_view(&mut sh.agent_breaker(), now),
     });
     Report {

@@ -161,6 +161,7 @@ impl Worker {
                 self.take_mail(now);
                 self.take_deliveries(now);
                 self.take_resolved(now);
+                self.take_process_mail(now);
                 if self.drain.is_none() && self.shared.draining.load(Relaxed) {
                     self.start_drain(now);
                 }
@@ -200,12 +201,14 @@ impl Worker {
                 });
             }
             if self.drain.is_some() && self.conns.is_empty() {
-                tracing::debug!(reactor = self.index, "drained");
-                // Runs nobody follows end with the server: their agent
-                // calls close (the agent sees its client go).
+                // Runs nobody follows end with the server: their agent calls
+                // close, their processes are stopped (and reaped, then we go).
                 self.runs.shutdown(now);
                 self.apply_effects(now);
-                return Ok(());
+                if self.agents.procs.is_empty() {
+                    tracing::debug!(reactor = self.index, "drained");
+                    return Ok(());
+                }
             }
         }
     }

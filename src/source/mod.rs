@@ -4,7 +4,10 @@
 //! the same way whatever the source.
 //!
 //! - `pool`: a [`Handler`](crate::app::Handler) on the worker pool;
-//! - `upstream`: the team's agent over HTTP, on the reactor.
+//! - `upstream`: the team's agent over HTTP, on the reactor;
+//! - `command`: the team's agent as a process per run, its deadlines on
+//!   the reactor.
 
+pub mod command;
 pub mod pool;
 pub mod upstream;

@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod certs;
+pub mod chat;
 
 use std::collections::HashMap;
 use std::io::{Read, Write};

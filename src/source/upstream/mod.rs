@@ -62,6 +62,24 @@ struct Body<'a> {
     deadline_ms: u64,
 }
 
+/// The JSON body of an agent request (SPEC §5): the HTTP request's body,
+/// and the line an agent command reads on its stdin.
+pub fn request_body(
+    run_id: &str,
+    req: &AgentRequest,
+    subject: Option<&str>,
+    deadline_ms: u64,
+) -> Vec<u8> {
+    serde_json::to_vec(&Body {
+        run_id,
+        thread_id: &req.thread_id,
+        text: &req.text,
+        subject,
+        deadline_ms,
+    })
+    .unwrap_or_default()
+}
+
 impl UpstreamConfig {
     /// The upstream the settings name, if any (`--agent-url`); a TLS
     /// configuration problem stops start-up.
@@ -113,14 +131,7 @@ impl UpstreamConfig {
         deadline_ms: u64,
         traceparent: &str,
     ) -> Result<Exchange, crate::httpc::Error> {
-        let body = serde_json::to_vec(&Body {
-            run_id,
-            thread_id: &req.thread_id,
-            text: &req.text,
-            subject,
-            deadline_ms,
-        })
-        .unwrap_or_default();
+        let body = request_body(run_id, req, subject, deadline_ms);
         let mut headers = vec![
             ("content-type", "application/json"),
             ("accept", "text/event-stream, application/jsonl"),
