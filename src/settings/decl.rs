@@ -949,7 +949,14 @@ pub static DECLS: &[Decl] = &[
             s.agent.cmd = Some(words.ok_or("must be a command with balanced quotes")?);
             Ok(())
         },
-        show: |s| Some(s.agent.cmd.as_ref().map(|w| w.join(" ")).into()),
+        // Quoted as a shell would need it, so that what is shown resolves
+        // to the same words again.
+        show: |s| {
+            let shown = s.agent.cmd.as_ref().map(|w| {
+                shlex::try_join(w.iter().map(String::as_str)).unwrap_or_else(|_| w.join(" "))
+            });
+            Some(shown.into())
+        },
     },
     Decl {
         name: "agent_ca_file",

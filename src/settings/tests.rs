@@ -497,8 +497,23 @@ fn the_pool_byte_budget_must_hold_the_largest_message() {
 fn an_agent_is_a_url_or_a_command_never_both() {
     let st = ok(&[("POLLCAP_AGENT_URL", "http://127.0.0.1:8000/agent")]);
     assert_eq!(st.agent.url.unwrap().port, 8000);
-    let st = ok(&[("POLLCAP_AGENT_CMD", r#"python3 "my agent.py" --fast"#)]);
-    assert_eq!(st.agent.cmd.unwrap(), ["python3", "my agent.py", "--fast"]);
+    let st = ok(&[("POLLCAP_AGENT_CMD", r#"python3 "my agent.py" --fast a\b"#)]);
+    assert_eq!(
+        st.agent.cmd.as_deref().unwrap(),
+        ["python3", "my agent.py", "--fast", "ab"]
+    );
+    // What is shown resolves to the same words (the fuzz target's rule).
+    let shown = (find("agent_cmd").unwrap().show)(&st).unwrap();
+    let again = ok(&[("POLLCAP_AGENT_CMD", shown.as_str().unwrap())]);
+    assert_eq!(again.agent.cmd, st.agent.cmd);
+    let st = ok(&[("POLLCAP_AGENT_CMD", r#"agent 'a\b' "x y""#)]);
+    let shown = (find("agent_cmd").unwrap().show)(&st).unwrap();
+    assert_eq!(
+        ok(&[("POLLCAP_AGENT_CMD", shown.as_str().unwrap())])
+            .agent
+            .cmd,
+        st.agent.cmd
+    );
     let e = err(&[("POLLCAP_AGENT_URL", "ftp://x/")]);
     assert!(
         e.contains("POLLCAP_AGENT_URL") && e.contains("http://"),
