@@ -60,6 +60,8 @@ use tungstenite::Utf8Bytes;
 
 // The store's types the threads need come through here: a file of this
 // folder names its folder's module, never the store's.
+#[cfg(test)]
+use super::Delivered;
 use super::{
     Deliveries, Delivery, Follower, RedisTarget, ResumeLimits, ResumeRequest, Resumed, RunStart,
     StoreStats, new_run_id, post,
@@ -68,6 +70,8 @@ use crate::breaker::Breaker;
 
 mod lease;
 mod link;
+#[cfg(all(test, unix))]
+mod live_tests;
 mod reader;
 mod reply;
 mod writer;
