@@ -329,6 +329,13 @@ pub const FAMILIES: &[Family] = &[
         read: |r| Values::one(r.store.outages),
     },
     Family {
+        name: "pollcap_store_owner_lost_total",
+        help: "Followed runs ended resume_interrupted because their instance's lease in Redis lapsed.",
+        kind: Kind::Counter,
+        health: HealthAt::Total("store.owner_lost"),
+        read: |r| Values::one(r.store.owner_lost),
+    },
+    Family {
         name: "pollcap_store_up",
         help: "1 while the run store is reachable (0: Redis down; resume unavailable).",
         kind: Kind::Gauge,

@@ -122,7 +122,8 @@ pub enum Delivery {
     /// unreachable); nothing was delivered.
     Unavailable(&'static str),
     /// Events stopped coming after some were delivered (the store became
-    /// unreachable, or the run's instance stopped before its end).
+    /// unreachable, or the run's instance stopped before its end: its
+    /// lease lapsed, or, without one, its deadline passed).
     Interrupted(&'static str),
 }
 
@@ -193,6 +194,9 @@ pub struct StoreStats {
     pub writes_dropped_total: AtomicU64,
     /// Redis: times the connection went down.
     pub outages_total: AtomicU64,
+    /// Redis: followed runs interrupted because their instance's lease
+    /// lapsed (it died, or lost Redis).
+    pub owner_lost_total: AtomicU64,
 }
 
 /// The store as `/health` and `/metrics` show it.
@@ -213,6 +217,7 @@ pub struct StoreView {
     pub errors: u64,
     pub writes_dropped: u64,
     pub outages: u64,
+    pub owner_lost: u64,
 }
 
 /// The configured store.
@@ -333,6 +338,7 @@ impl Store {
             errors: s.errors_total.load(Relaxed),
             writes_dropped: s.writes_dropped_total.load(Relaxed),
             outages: s.outages_total.load(Relaxed),
+            owner_lost: s.owner_lost_total.load(Relaxed),
             ..StoreView::default()
         };
         match self {

@@ -9,6 +9,7 @@ import os
 import shutil
 import socket
 import subprocess
+import time
 
 import pytest
 import websockets
@@ -26,6 +27,31 @@ def ping(port):
             return s.recv(16).startswith(b"+PONG")
     except OSError:
         return False
+
+
+def redis_cmd(port, *args):
+    """One command over RESP; the reply as str, int, list or None."""
+    with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+        words = [str(a).encode() for a in args]
+        s.sendall(b"*%d\r\n" % len(words)
+                  + b"".join(b"$%d\r\n%s\r\n" % (len(w), w) for w in words))
+        return _reply(s.makefile("rb"))
+
+
+def _reply(f):
+    line = f.readline().rstrip(b"\r\n")
+    kind, rest = line[:1], line[1:]
+    if kind == b"+":
+        return rest.decode()
+    if kind == b"-":
+        raise AssertionError("Redis: " + rest.decode())
+    if kind == b":":
+        return int(rest)
+    if kind == b"$":
+        return None if int(rest) < 0 else f.read(int(rest) + 2)[:-2].decode()
+    if kind == b"*":
+        return None if int(rest) < 0 else [_reply(f) for _ in range(int(rest))]
+    raise AssertionError(f"Redis: unexpected reply {line!r}")
 
 
 class Redis:
@@ -97,10 +123,10 @@ def check_whole(events, text):
     assert events[-1]["final"] == deltas and deltas.endswith("Echo: " + text)
 
 
-async def drop_after(server, token, text, n):
+async def drop_after(server, token, text, n, pacing_ms=60):
     """Starts a run, reads n events, then leaves without a Close frame."""
     ws = await connect(server, token=token)
-    await start_run(ws, text)
+    await start_run(ws, text, pacing_ms)
     first = [await recv(ws) for _ in range(n)]
     ws.transport.abort()  # TCP gone: no Close frame
     return first
@@ -205,6 +231,58 @@ def test_redis_killed_mid_test_then_back(redis, server_factory):
     m = metrics(a)
     assert m["pollcap_store_outages_total"] == 1
     assert m["pollcap_store_up"] == 1
+
+
+def test_a_follower_learns_within_5_s_that_the_runs_instance_was_killed(redis, server_factory):
+    """Item 7 of issue 19: a run's owner holds a lease in Redis. A run whose
+    owner lives is followed on another instance to its end however long it
+    is; after a kill -9 of the owner, its follower gets resume_interrupted
+    within 5 s (not at the run's deadline plus a grace, 20 s); the lapsed
+    lease is dropped, and nothing is left in Redis after the window."""
+    window = 5
+    a = server_factory("--store", redis.url, "--resume-window", str(window))
+    b = server_factory("--store", redis.url, "--resume-window", str(window))
+    token = a.token("frank")
+    eventually(5, lambda: len(redis_cmd(redis.port, "ZRANGE", "pollcap:instances", 0, -1)) == 2,
+               "both instances' leases")
+
+    async def go():
+        # A live owner: about 8 s of run (700 ms between events), more than
+        # twice the 3 s lease, followed on B to its end.
+        text = "one two three four five six seven eight nine ten eleven twelve"
+        first = await drop_after(a, token, text, 2, pacing_ms=700)
+        async with connect(b, token=token) as ws:
+            await resume(ws, first[0]["run_id"], 2)
+            check_whole(first + await until_end(ws), text)
+        # The owner killed mid-run, its follower tailing on B.
+        first = await drop_after(a, token, text, 2, pacing_ms=1000)
+        async with connect(b, token=token) as ws:
+            await resume(ws, first[0]["run_id"], 2)
+            e = await recv(ws)
+            assert e["seq"] == 3, e  # tailing the live run through Redis
+            a.proc.kill()  # SIGKILL: no drain, no last write
+            killed = time.monotonic()
+            while e["type"] != "error":
+                e = await recv(ws)
+            took = time.monotonic() - killed
+            print(f"kill -9 of the owner -> resume_interrupted on the follower: {took:.2f} s")
+            assert e["code"] == "resume_interrupted", e
+            assert e["message"] == "the run's instance stopped", e
+            assert "seq" not in e, "no made-up event of the run"
+            assert took < 5, took
+            # The connection goes on, and so does chat on B.
+            await start_run(ws, "B lives", pacing_ms=0)
+            check_whole(await until_end(ws), "B lives")
+    run(go())
+    a.proc.wait(timeout=10)
+    assert metrics(b)["pollcap_store_owner_lost_total"] == 1
+    # B's renewals dropped A's lapsed lease; once B stops too, the run keys
+    # and the lease set expire: nothing is left behind.
+    eventually(5, lambda: len(redis_cmd(redis.port, "ZRANGE", "pollcap:instances", 0, -1)) == 1,
+               "A's lease dropped")
+    b.stop()
+    eventually(window + 5, lambda: redis_cmd(redis.port, "DBSIZE") == 0,
+               "every key expired")
 
 
 def test_a_close_frame_cancels_the_run(server):

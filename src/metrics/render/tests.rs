@@ -122,6 +122,7 @@ fn report<'a>(settings: &'a Settings, m: &'a ServerMetrics) -> Report<'a> {
             errors: 69,
             writes_dropped: 70,
             outages: 71,
+            owner_lost: 72,
         },
         log_lines_dropped: Some(81),
         agent: Some(AgentView {

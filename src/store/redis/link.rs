@@ -16,6 +16,9 @@ use crate::breaker::Breaker;
 pub(super) struct Link {
     pub client: Client,
     pub shown: String,
+    /// This process's id in the lease set (random per start: a restarted
+    /// instance never revives a dead one's lease).
+    pub instance: String,
     pub stats: StoreStats,
     pub up: AtomicBool,
     pub breaker: Mutex<Breaker>,
@@ -63,12 +66,7 @@ impl Link {
     /// the connection); an error reply leaves it up.
     pub fn failed(&self, e: &RedisError, slot: &mut Option<Connection>) {
         self.stats.errors_total.fetch_add(1, Relaxed);
-        if e.is_io_error()
-            || e.is_timeout()
-            || e.is_connection_dropped()
-            || e.is_connection_refusal()
-            || e.kind() == ErrorKind::Io
-        {
+        if lost(e) {
             *slot = None;
             let mut b = self.breaker.lock().unwrap_or_else(|p| p.into_inner());
             if let Ok(p) = b.allow(Instant::now()) {
@@ -77,6 +75,16 @@ impl Link {
             drop(b);
             self.mark_down(e);
         } else {
+            tracing::warn!("run store: Redis answered an error: {e}");
+        }
+    }
+
+    /// An error reply (not a lost connection), counted and logged only
+    /// when `first`: for calls repeated every second whose failure changes
+    /// nothing but themselves (the lease's scripts).
+    pub fn refused(&self, e: &RedisError, first: bool) {
+        self.stats.errors_total.fetch_add(1, Relaxed);
+        if first {
             tracing::warn!("run store: Redis answered an error: {e}");
         }
     }
@@ -104,4 +112,14 @@ impl Link {
     pub fn window_ms(&self) -> u64 {
         self.limits.window.as_millis().max(1) as u64
     }
+}
+
+/// Whether a failed call lost the connection (rather than got an error
+/// reply).
+pub(super) fn lost(e: &RedisError) -> bool {
+    e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.kind() == ErrorKind::Io
 }

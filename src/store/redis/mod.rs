@@ -1,10 +1,30 @@
 //! The Redis run store: a Stream per run (`pollcap:run:{ID}`, entry id
 //! `SEQ-0` per event and `LAST-1` for the end, `MAXLEN ~ resume_run_events`)
-//! and a meta key beside it (`pollcap:run:{ID}:meta`: the owner and the
-//! run's execution deadline), both expiring `resume_window` after the
-//! run's last write. Any instance can resume any run: it reads the stream
-//! (`XRANGE`), then tails it with `XREAD BLOCK` (100 ms at a time, every
-//! followed run in one call) until the end entry.
+//! and a meta key beside it (`pollcap:run:{ID}:meta`: the owner, the run's
+//! execution deadline and the instance that runs it), both expiring
+//! `resume_window` after the run's last write. Any instance can resume any
+//! run: it reads the stream (`XRANGE`), then tails it with `XREAD BLOCK`
+//! (100 ms at a time, every followed run in one call) until the end entry.
+//!
+//! **The lease.** Each instance (a random id per process) holds a lease in
+//! one sorted set, [`LEASES`]: member = instance id, score = when the lease
+//! lapses, in Redis's own clock (`TIME` inside a script), so clock skew
+//! between instances cannot matter. The writer renews it every [`RENEW`]
+//! for [`LEASE`] (one script call a second per instance, however many runs
+//! it has), and names the instance in a run's meta only while it holds the
+//! lease. A follower on another instance checks the owners of the runs it
+//! tails every [`LEASE_CHECK`] (one script call for all of them); when an
+//! owner's lease has lapsed and its stream holds nothing more, the follower
+//! gets `resume_interrupted` ("the run's instance stopped"): within
+//! `LEASE + LEASE_CHECK` (3.5 s) and one `XREAD` of the owner's last
+//! renewal, so 2 to about 3.6 s after it died. Why not a key per instance
+//! with a TTL: under the `volatile-ttl` eviction policy (ours, in
+//! `platform/kubernetes/`) a 3 s key is the first to go, and a lease
+//! evicted from a live instance would interrupt every follower of its
+//! runs. A finished run needs no lease: its end entry ends the tail. The
+//! set itself expires `resume_window` after the last renewal of any
+//! instance, and every renewal drops the lapsed members; it is written
+//! every second, so the TTL and LRU eviction policies reach it last.
 //!
 //! No Redis call runs on a reactor. Two helper threads own one connection
 //! each: the writer batches the reactors' writes into pipelines (order
@@ -18,14 +38,16 @@
 //! resumes are answered `resume_unavailable`, followed runs are told
 //! `resume_interrupted`, `/health` says `degraded`, and one log line marks
 //! each change of state. A breaker (threshold 1, one second) paces the
-//! reconnect attempts; the writer sends `PING` after every idle second, so
-//! an outage and the way back show without traffic. Exactly-once is checked,
-//! not assumed: a resume whose stored events have a gap (writes dropped
-//! during an outage) is refused, and a tail that meets one is interrupted.
+//! reconnect attempts; the writer renews the lease every second even when
+//! idle, so an outage and the way back show without traffic. Exactly-once
+//! is checked, not assumed: a resume whose stored events have a gap
+//! (writes dropped during an outage) is refused, and a tail that meets one
+//! is interrupted.
 //!
 //! One file per job: the store's API, keys and queues (this file); `link`
 //! (the connection, its deadlines, the breaker and the health); `writer`;
-//! `reader` (resumes and tails); `reply` (parsing what Redis answers).
+//! `reader` (resumes and tails); `lease` (renewing this instance's lease,
+//! checking the others'); `reply` (parsing what Redis answers).
 
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
@@ -38,13 +60,18 @@ use tungstenite::Utf8Bytes;
 
 // The store's types the threads need come through here: a file of this
 // folder names its folder's module, never the store's.
+#[cfg(test)]
+use super::Delivered;
 use super::{
     Deliveries, Delivery, Follower, RedisTarget, ResumeLimits, ResumeRequest, Resumed, RunStart,
-    StoreStats, post,
+    StoreStats, new_run_id, post,
 };
 use crate::breaker::Breaker;
 
+mod lease;
 mod link;
+#[cfg(all(test, unix))]
+mod live_tests;
 mod reader;
 mod reply;
 mod writer;
@@ -62,6 +89,15 @@ const WRITE_QUEUE: usize = 65_536;
 const READ_QUEUE: usize = 4096;
 /// Most writes in one pipeline.
 const BATCH: usize = 1024;
+/// How long a renewed lease lasts.
+const LEASE: Duration = Duration::from_secs(3);
+/// How often the writer renews this instance's lease.
+const RENEW: Duration = Duration::from_secs(1);
+/// How often the reader checks the leases of the runs it tails.
+const LEASE_CHECK: Duration = Duration::from_millis(500);
+/// The sorted set of instance leases: member = instance id, score = when
+/// its lease lapses (Unix ms in Redis's clock).
+const LEASES: &str = "pollcap:instances";
 
 fn stream_key(id: &str) -> String {
     // The braces keep both keys of a run in one Redis Cluster slot.
@@ -75,8 +111,13 @@ fn meta_key(id: &str) -> String {
 /// What the meta key holds.
 #[derive(Serialize, Deserialize)]
 struct Meta {
+    /// The subject that may resume the run.
     owner: Option<String>,
     deadline_ms: u64,
+    /// The instance running it, when it held its lease as the run began
+    /// (absent: followers wait for the deadline plus a grace instead).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    instance: Option<String>,
 }
 
 pub struct RedisStore {
@@ -102,6 +143,7 @@ impl RedisStore {
         let link = Arc::new(Link {
             client,
             shown: target.shown.clone(),
+            instance: new_run_id(),
             stats: StoreStats::default(),
             up: AtomicBool::new(true),
             breaker: Mutex::new(Breaker::new(1, Duration::from_secs(1))),
@@ -144,14 +186,11 @@ impl RedisStore {
     }
 
     pub fn begin(&self, run: &RunStart) {
-        let meta = Meta {
-            owner: run.owner.map(str::to_string),
-            deadline_ms: run.deadline_unix_ms,
-        };
-        let meta = serde_json::to_string(&meta).unwrap_or_default();
+        // The writer completes the meta: it knows whether it holds the lease.
         self.write(Write::Begin {
             id: run.id.to_string(),
-            meta,
+            owner: run.owner.map(str::to_string),
+            deadline_ms: run.deadline_unix_ms,
         });
     }
 

@@ -1,9 +1,16 @@
 //! The reader thread: answers resumes (one pipeline reading the run's
 //! meta key, first and last entries and the backlog, refusing a gap or a
 //! foreign run), then tails every followed run in one `XREAD BLOCK` until
-//! its end entry, a gap, its deadline plus [`GRACE`], or an outage.
+//! its end entry, a gap, its owner's lease lapsing, its deadline plus
+//! [`GRACE`] (a run whose meta names no instance), or an outage.
+//!
+//! A lapsed lease ends a tail without a race: the check comes before the
+//! `XREAD` on the same connection, so everything the dead owner wrote is
+//! there for that read. The tail is interrupted only once a read returns
+//! fewer than [`BATCH`] entries of its stream (nothing left unread), and
+//! an end entry among them still ends the run normally.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -11,6 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use ::redis::{Connection, Value};
 use tungstenite::Utf8Bytes;
 
+use super::lease::Watch;
 use super::link::Link;
 use super::reply::{Entry, bulk, entries, streams};
 use super::{BATCH, CALL, Delivery, Follower, Meta, meta_key, post, stream_key};
@@ -41,6 +49,21 @@ struct Tail {
     last_seq: u64,
     /// The run's execution deadline (Unix ms) plus [`GRACE`].
     give_up_ms: u64,
+    /// The instance running it, when that is another one with a lease.
+    owner: Option<String>,
+    /// Its owner's lease has lapsed: the tail ends once the stream holds
+    /// nothing more.
+    orphaned: bool,
+}
+
+/// What a resume found: the backlog, when to give up, the owner.
+#[derive(Debug)]
+pub(super) struct Found {
+    backlog: Vec<Entry>,
+    give_up_ms: u64,
+    /// The instance whose lease to watch (none: this one's own run, or a
+    /// meta that names no instance).
+    pub owner: Option<String>,
 }
 
 fn unix_ms() -> u64 {
@@ -53,6 +76,7 @@ fn unix_ms() -> u64 {
 pub(super) fn reader(link: &Link, rx: &Receiver<Read>) {
     let mut conn: Option<Connection> = None;
     let mut tails: Vec<Tail> = Vec::new();
+    let mut watch = Watch::new();
     loop {
         let mut reqs = Vec::new();
         if tails.is_empty() {
@@ -80,15 +104,17 @@ pub(super) fn reader(link: &Link, rx: &Receiver<Read>) {
                             link.stats.resumes_unavailable_total.fetch_add(1, Relaxed);
                             post(&link.deliveries, &follower, Delivery::Unavailable(why));
                         }
-                        Ok((backlog, give_up_ms)) => {
+                        Ok(found) => {
                             link.stats.resumes_total.fetch_add(1, Relaxed);
                             let mut tail = Tail {
                                 follower,
                                 key: stream_key(&id),
                                 last_seq: after_seq,
-                                give_up_ms,
+                                give_up_ms: found.give_up_ms,
+                                owner: found.owner,
+                                orphaned: false,
                             };
-                            if deliver(link, &mut tail, backlog) {
+                            if deliver(link, &mut tail, found.backlog) {
                                 tails.push(tail);
                             }
                         }
@@ -99,7 +125,7 @@ pub(super) fn reader(link: &Link, rx: &Receiver<Read>) {
         if tails.is_empty() {
             continue;
         }
-        tail_once(link, &mut conn, &mut tails);
+        tail_once(link, &mut conn, &mut tails, &mut watch);
     }
 }
 
@@ -143,15 +169,16 @@ fn deliver(link: &Link, tail: &mut Tail, got: Vec<Entry>) -> bool {
 }
 
 /// Reads what a resume needs in one pipeline: the meta key, the first and
-/// last entries, and the entries after `after_seq`. `Ok`: the backlog and
-/// when to give up tailing; `Err`: why the resume is refused.
-fn resume(
+/// last entries, and the entries after `after_seq`. `Ok`: the backlog,
+/// when to give up tailing, and whose lease to watch; `Err`: why the
+/// resume is refused.
+pub(super) fn resume(
     link: &Link,
     conn: &mut Option<Connection>,
     id: &str,
     subject: Option<&str>,
     after_seq: u64,
-) -> Result<(Vec<Entry>, u64), &'static str> {
+) -> Result<Found, &'static str> {
     let unreachable = "the store (Redis) is unreachable";
     let c = link.connection(conn).ok_or(unreachable)?;
     let key = stream_key(id);
@@ -214,8 +241,14 @@ fn resume(
             return Err("events missing in the store (it dropped writes)");
         }
     }
-    let give_up = meta.deadline_ms.saturating_add(GRACE.as_millis() as u64);
-    Ok((backlog, give_up))
+    let give_up_ms = meta.deadline_ms.saturating_add(GRACE.as_millis() as u64);
+    // A run of this instance needs no check: it is alive while we are.
+    let owner = meta.instance.filter(|i| *i != link.instance);
+    Ok(Found {
+        backlog,
+        give_up_ms,
+        owner,
+    })
 }
 
 /// Ends every tail: Redis cannot be reached, so none can be followed on.
@@ -226,9 +259,42 @@ fn unreachable_for_all(link: &Link, tails: &mut Vec<Tail>) {
     }
 }
 
-/// One `XREAD BLOCK` over every followed run; delivers what came, ends
-/// the tails that are over or past their run's deadline.
-fn tail_once(link: &Link, conn: &mut Option<Connection>, tails: &mut Vec<Tail>) {
+/// Marks the tails whose owner's lease has lapsed (every
+/// [`LEASE_CHECK`](super::LEASE_CHECK)); false if Redis became
+/// unreachable.
+fn check_owners(
+    link: &Link,
+    conn: &mut Option<Connection>,
+    tails: &mut [Tail],
+    watch: &mut Watch,
+) -> bool {
+    if !watch.due() {
+        return true;
+    }
+    let owners: BTreeSet<&str> = tails
+        .iter()
+        .filter(|t| !t.orphaned)
+        .filter_map(|t| t.owner.as_deref())
+        .collect();
+    let owners = owners.into_iter().map(str::to_string).collect();
+    let Ok(lapsed) = watch.lapsed(link, conn, owners) else {
+        return false;
+    };
+    for t in tails.iter_mut() {
+        if t.owner.as_ref().is_some_and(|o| lapsed.contains(o)) {
+            t.orphaned = true;
+        }
+    }
+    true
+}
+
+/// One `XREAD BLOCK` over every followed run, after the owners' leases
+/// are checked; delivers what came, ends the tails that are over, whose
+/// owner died, or past their run's deadline.
+fn tail_once(link: &Link, conn: &mut Option<Connection>, tails: &mut Vec<Tail>, watch: &mut Watch) {
+    if !check_owners(link, conn, tails, watch) {
+        return unreachable_for_all(link, tails);
+    }
     let Some(c) = link.connection(conn) else {
         return unreachable_for_all(link, tails);
     };
@@ -274,7 +340,14 @@ fn tail_once(link: &Link, conn: &mut Option<Connection>, tails: &mut Vec<Tail>) 
                 })
             })
             .collect();
+        let drained = mine.len() < BATCH;
         if !deliver(link, t, mine) {
+            return false;
+        }
+        if t.orphaned && drained {
+            link.stats.owner_lost_total.fetch_add(1, Relaxed);
+            let why = "the run's instance stopped";
+            post(&link.deliveries, &t.follower, Delivery::Interrupted(why));
             return false;
         }
         if now > t.give_up_ms {

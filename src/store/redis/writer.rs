@@ -1,24 +1,29 @@
 //! The writer thread: the reactors' writes, queued without waiting,
 //! batched into one pipeline per round (order kept: one thread), each run
-//! touched renewing its window; an idle second sends `PING`, so an outage
-//! and the way back show without traffic. Writes that cannot be made are
-//! dropped and counted, never retried out of order.
+//! touched renewing its window; and this instance's lease, renewed every
+//! second before the next batch or on its own when idle (so an outage and
+//! the way back show without traffic). A run's meta names this instance
+//! only while the lease is held, and the renewal goes first on a new
+//! connection: no follower sees a run whose owner has not taken its lease.
+//! Writes that cannot be made are dropped and counted, never retried out
+//! of order.
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::time::Duration;
 
 use ::redis::Connection;
 use tungstenite::Utf8Bytes;
 
+use super::lease::Lease;
 use super::link::Link;
-use super::{BATCH, meta_key, stream_key};
+use super::{BATCH, Meta, meta_key, stream_key};
 
 pub(super) enum Write {
     Begin {
         id: String,
-        meta: String,
+        owner: Option<String>,
+        deadline_ms: u64,
     },
     Event {
         id: String,
@@ -39,27 +44,18 @@ impl Write {
     }
 }
 
-/// The writer thread: batches of writes as one pipeline each; probes a
-/// down Redis every second.
+/// The writer thread: batches of writes as one pipeline each, the lease
+/// renewed every second (which also probes a down Redis).
 pub(super) fn writer(link: &Link, rx: &Receiver<Write>) {
     let mut conn: Option<Connection> = None;
-    // Connect at once: an unreachable Redis at start-up is logged now.
-    let _ = link.connection(&mut conn);
+    let mut lease = Lease::new();
     loop {
-        let first = match rx.recv_timeout(Duration::from_secs(1)) {
+        let first = match rx.recv_timeout(lease.wait()) {
             Ok(w) => w,
             Err(RecvTimeoutError::Timeout) => {
-                // Idle: a PING keeps `/health` true on a quiet instance.
-                match conn.as_mut() {
-                    None => {
-                        let _ = link.connection(&mut conn);
-                    }
-                    Some(c) => {
-                        if let Err(e) = ::redis::cmd("PING").query::<()>(c) {
-                            link.failed(&e, &mut conn);
-                        }
-                    }
-                }
+                // Due, and nothing to write: the renewal on its own (at
+                // start-up too: an unreachable Redis is logged at once).
+                lease.renew(link, &mut conn);
                 continue;
             }
             Err(RecvTimeoutError::Disconnected) => return,
@@ -75,30 +71,48 @@ pub(super) fn writer(link: &Link, rx: &Receiver<Write>) {
             .iter()
             .filter(|w| matches!(w, Write::Event { .. }))
             .count() as u64;
+        if lease.due() {
+            lease.renew(link, &mut conn);
+        }
         let Some(c) = link.connection(&mut conn) else {
             link.stats.writes_dropped_total.fetch_add(events, Relaxed);
             continue;
         };
-        let pipe = pipeline(link, &batch);
+        let instance = lease.held.then_some(link.instance.as_str());
+        let pipe = pipeline(link, &batch, instance);
         if let Err(e) = pipe.query::<()>(c) {
             link.stats.writes_dropped_total.fetch_add(events, Relaxed);
             link.failed(&e, &mut conn);
+            if conn.is_none() {
+                lease.lost();
+            }
         }
     }
 }
 
 /// One pipeline for a batch: the writes in order, then the window
-/// renewed once per run touched.
-fn pipeline(link: &Link, batch: &[Write]) -> ::redis::Pipeline {
+/// renewed once per run touched. A run begun names `instance` in its meta
+/// (this one, while it holds its lease).
+fn pipeline(link: &Link, batch: &[Write], instance: Option<&str>) -> ::redis::Pipeline {
     let window = link.window_ms();
     let mut p = ::redis::pipe();
     let mut touched: HashSet<&str> = HashSet::new();
     for w in batch {
         match w {
-            Write::Begin { id, meta } => {
+            Write::Begin {
+                id,
+                owner,
+                deadline_ms,
+            } => {
+                let meta = Meta {
+                    owner: owner.clone(),
+                    deadline_ms: *deadline_ms,
+                    instance: instance.map(str::to_string),
+                };
+                let meta = serde_json::to_string(&meta).unwrap_or_default();
                 p.cmd("SET")
                     .arg(meta_key(id))
-                    .arg(meta.as_str())
+                    .arg(meta)
                     .arg("PX")
                     .arg(window)
                     .ignore();
