@@ -44,6 +44,7 @@ pub mod conn;
 pub mod fuzzing;
 pub mod histogram;
 pub mod http;
+pub mod httpc;
 pub mod metrics;
 pub mod platform;
 pub mod reactor;
