@@ -817,13 +817,7 @@ pub static DECLS: &[Decl] = &[
         default: Default::None,
         set: |s, v| {
             let v = v.trim();
-            let rest = v
-                .strip_prefix("https://")
-                .or_else(|| v.strip_prefix("http://"))
-                .ok_or("must be an http:// or https:// URL")?;
-            if rest.is_empty() || rest.starts_with('/') {
-                return Err("must name a host: https://HOST[:PORT]/PATH".into());
-            }
+            crate::httpc::Target::parse(v).map_err(|e| e.0.to_string())?;
             s.idp.jwks_url = Some(v.to_string());
             Ok(())
         },

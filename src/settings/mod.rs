@@ -20,7 +20,8 @@ use serde_json::{Map, Value};
 pub use decl::{DECLS, Decl, Default, Group, Kind, find, seconds};
 pub use detect::{CloudPlatform, Environment};
 pub use frontdoor::{
-    BURST_SECONDS, Cidr, ClientLimits, Idp, OriginPattern, Origins, canonical, split_origin,
+    BURST_SECONDS, Cidr, ClientLimits, Idp, OriginPattern, Origins, canonical, parse_cidrs,
+    split_origin,
 };
 pub use store::{RedisTarget, ResumeLimits, StoreKind};
 pub use timeouts::{Profile, Timeouts, secs};

@@ -1,0 +1,182 @@
+//! An identity provider's key set (JWKS, RFC 7517) and the verification
+//! of RS256, ES256 and EdDSA tokens against it, by `kid`, with
+//! `jsonwebtoken` on its RustCrypto backend.
+//!
+//! Each key is pinned to one algorithm (its `alg`, or the one its type
+//! and curve allow), and a token is verified only with the algorithm of
+//! the key its `kid` names: a token cannot choose how it is checked
+//! (algorithm confusion: an HS256 token "signed" with the RSA public key
+//! fails here, as does `alg: none`). Symmetric (`oct`) keys, encryption
+//! keys and other algorithms in the set are skipped.
+
+use std::collections::HashMap;
+
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+
+use super::AuthError;
+use super::claims::{Claims, Rules};
+
+/// The algorithms a key from the set may verify.
+pub const ALGORITHMS: [&str; 3] = ["RS256", "ES256", "EdDSA"];
+
+struct Key {
+    /// The one algorithm this key verifies, as a header names it.
+    alg: &'static str,
+    key: DecodingKey,
+    /// Validation pinned to `alg`, the claims left to [`Rules`].
+    validation: Validation,
+}
+
+/// The usable keys of one key set, by `kid`.
+pub struct KeySet {
+    keys: HashMap<String, Key>,
+    /// Keys in the document that could not be used (no `kid`, another
+    /// algorithm, an encryption key, a bad value).
+    pub skipped: usize,
+}
+
+impl std::fmt::Debug for KeySet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut kids: Vec<&String> = self.keys.keys().collect();
+        kids.sort();
+        f.debug_struct("KeySet")
+            .field("kids", &kids)
+            .field("skipped", &self.skipped)
+            .finish()
+    }
+}
+
+fn name(alg: Algorithm) -> &'static str {
+    match alg {
+        Algorithm::RS256 => "RS256",
+        Algorithm::ES256 => "ES256",
+        Algorithm::EdDSA => "EdDSA",
+        _ => "",
+    }
+}
+
+/// The algorithm `jwk` is for, if it is one of [`ALGORITHMS`].
+fn algorithm_of(jwk: &Jwk) -> Option<Algorithm> {
+    let by_type = match &jwk.algorithm {
+        AlgorithmParameters::RSA(_) => Algorithm::RS256,
+        AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P256 => Algorithm::ES256,
+        AlgorithmParameters::OctetKeyPair(p) if p.curve == EllipticCurve::Ed25519 => {
+            Algorithm::EdDSA
+        }
+        _ => return None,
+    };
+    match jwk.common.key_algorithm {
+        None => Some(by_type),
+        Some(KeyAlgorithm::RS256) if by_type == Algorithm::RS256 => Some(by_type),
+        Some(KeyAlgorithm::ES256) if by_type == Algorithm::ES256 => Some(by_type),
+        Some(KeyAlgorithm::EdDSA) if by_type == Algorithm::EdDSA => Some(by_type),
+        Some(_) => None,
+    }
+}
+
+impl KeySet {
+    /// Parses a JWKS document (`{"keys":[…]}`). A key that cannot be used
+    /// is skipped and counted; a document that is not a key set, or has no
+    /// usable key, is an error (the last good set stays in use).
+    pub fn parse(doc: &[u8]) -> Result<KeySet, String> {
+        #[derive(serde::Deserialize)]
+        struct Doc {
+            keys: Vec<serde_json::Value>,
+        }
+        let doc: Doc = serde_json::from_slice(doc).map_err(|e| {
+            let head: String = String::from_utf8_lossy(&doc[..doc.len().min(40)])
+                .chars()
+                .filter(|c| !c.is_control())
+                .collect();
+            format!("not a JWKS document ({e}; it starts {head:?})")
+        })?;
+        let mut keys = HashMap::new();
+        let mut skipped = 0;
+        for v in doc.keys {
+            let usable = serde_json::from_value::<Jwk>(v).ok().and_then(|jwk| {
+                let kid = jwk.common.key_id.clone()?;
+                if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
+                    return None;
+                }
+                let alg = algorithm_of(&jwk)?;
+                let key = DecodingKey::from_jwk(&jwk).ok()?;
+                let mut validation = Validation::new(alg);
+                validation.required_spec_claims.clear();
+                validation.validate_exp = false;
+                validation.validate_nbf = false;
+                validation.validate_aud = false;
+                validation.leeway = 0;
+                Some((
+                    kid,
+                    Key {
+                        alg: name(alg),
+                        key,
+                        validation,
+                    },
+                ))
+            });
+            match usable {
+                Some((kid, key)) => {
+                    keys.insert(kid, key);
+                }
+                None => skipped += 1,
+            }
+        }
+        if keys.is_empty() {
+            return Err(format!(
+                "the key set has no usable key ({skipped} skipped: each needs a kid and an \
+                 RS256, ES256 or EdDSA public key)"
+            ));
+        }
+        Ok(KeySet { keys, skipped })
+    }
+
+    /// No key (a placeholder before the first load).
+    pub fn empty() -> KeySet {
+        KeySet {
+            keys: HashMap::new(),
+            skipped: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    pub fn has(&self, kid: &str) -> bool {
+        self.keys.contains_key(kid)
+    }
+
+    /// Verifies `token` (whose header named `alg` and `kid`) with the key
+    /// `kid` names, then its claims against `rules` at `now_unix`.
+    /// `UnknownKey` when the set has no such key.
+    pub fn verify(
+        &self,
+        token: &str,
+        alg: &str,
+        kid: Option<&str>,
+        rules: &Rules,
+        now_unix: u64,
+    ) -> Result<Claims, AuthError> {
+        let key = kid
+            .and_then(|k| self.keys.get(k))
+            .ok_or(AuthError::UnknownKey)?;
+        if key.alg != alg {
+            return Err(AuthError::Algorithm);
+        }
+        let data = jsonwebtoken::decode::<Claims>(token, &key.key, &key.validation).map_err(
+            |e| match e.kind() {
+                jsonwebtoken::errors::ErrorKind::InvalidSignature => AuthError::Signature,
+                jsonwebtoken::errors::ErrorKind::InvalidAlgorithm => AuthError::Algorithm,
+                _ => AuthError::Malformed,
+            },
+        )?;
+        rules.check(&data.claims, now_unix)?;
+        Ok(data.claims)
+    }
+}
