@@ -592,10 +592,15 @@ mod tests {
             };
             let body = String::from_utf8(resp.bytes).unwrap();
             assert_eq!(resp.status, 400, "{name}");
-            assert!(body.ends_with(&format!("more than one {name} header\n")), "{body}");
+            assert!(
+                body.ends_with(&format!("more than one {name} header\n")),
+                "{body}"
+            );
         }
         // Repeated list headers are one list (RFC 9110 §5.3), not ambiguous.
-        let p = req(&upgrade_req("X-Forwarded-For: 1.1.1.1\r\nX-Forwarded-For: 2.2.2.2\r\n"));
+        let p = req(&upgrade_req(
+            "X-Forwarded-For: 1.1.1.1\r\nX-Forwarded-For: 2.2.2.2\r\n",
+        ));
         let Ok(Request::Upgrade(u)) = p else {
             panic!("{p:?}")
         };
@@ -615,7 +620,10 @@ mod tests {
             "Authorization: Bearer a.b.c\r\nSec-WebSocket-Protocol: agent_chat\r\n",
             "Sec-WebSocket-Protocol: agent_chat, bearer.a.b.c\r\n",
         ] {
-            assert!(matches!(req(&upgrade_req(one)), Ok(Request::Upgrade(_))), "{one}");
+            assert!(
+                matches!(req(&upgrade_req(one)), Ok(Request::Upgrade(_))),
+                "{one}"
+            );
         }
     }
 
@@ -635,7 +643,10 @@ mod tests {
         );
         let ws = upgrade_req("").replace("GET /ws", "GET http://x/ws");
         assert!(matches!(req(&ws), Ok(Request::Upgrade(_))));
-        assert_eq!(status(req("GET ftp://x/health HTTP/1.1\r\nHost: x\r\n\r\n")), 404);
+        assert_eq!(
+            status(req("GET ftp://x/health HTTP/1.1\r\nHost: x\r\n\r\n")),
+            404
+        );
     }
 
     #[test]

@@ -57,7 +57,9 @@ impl Rules {
         if now_unix >= c.exp.saturating_add(self.leeway) {
             return Err(AuthError::Expired);
         }
-        if c.nbf.is_some_and(|nbf| now_unix.saturating_add(self.leeway) < nbf) {
+        if c.nbf
+            .is_some_and(|nbf| now_unix.saturating_add(self.leeway) < nbf)
+        {
             return Err(AuthError::NotYetValid);
         }
         if !self.audience.is_empty()
@@ -95,7 +97,10 @@ mod tests {
             leeway: 30,
         };
         let ok = |extra: &str| {
-            let c = claims(&format!(r#"{{"exp":{},"iss":"https://idp",{extra}}}"#, NOW + 60));
+            let c = claims(&format!(
+                r#"{{"exp":{},"iss":"https://idp",{extra}}}"#,
+                NOW + 60
+            ));
             rules.check(&c, NOW)
         };
         assert_eq!(ok(r#""aud":"app""#), Ok(()));

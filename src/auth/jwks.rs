@@ -19,9 +19,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
-use super::AuthError;
 use super::claims::{Claims, Rules};
 use super::keys::KeySet;
+use super::{AuthError, JwksView};
 use crate::httpc::{self, Target};
 use crate::settings::Idp;
 
@@ -61,18 +61,6 @@ pub struct Jwks {
     /// The file's (size, mtime) when last loaded.
     stamp: Mutex<Option<(u64, SystemTime)>>,
     tls: Option<Arc<rustls::ClientConfig>>,
-}
-
-/// The key set as reported (`/health`, `/metrics`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct JwksView {
-    /// The last fetch (or file check) worked.
-    pub up: bool,
-    pub keys: u64,
-    pub fetches_ok: u64,
-    pub fetches_failed: u64,
-    /// Refreshes started by a token with an unknown `kid`.
-    pub kid_refreshes: u64,
 }
 
 impl std::fmt::Debug for Jwks {
@@ -243,7 +231,10 @@ impl Jwks {
         }
         match outcome {
             Ok(keys) => {
-                tracing::info!("key set from {} is reachable again ({keys} keys)", self.shown)
+                tracing::info!(
+                    "key set from {} is reachable again ({keys} keys)",
+                    self.shown
+                )
             }
             Err(e) => tracing::warn!(
                 "key set from {} could not be refreshed: {e}; the last good set ({} keys) \
@@ -320,9 +311,8 @@ fn refresher(jwks: Weak<Jwks>, signal: Arc<Signal>, every: Duration) {
                     return;
                 }
                 let now = Instant::now();
-                let kick_at = st
-                    .0
-                    .then(|| last_kick.map_or(now, |t| t + KID_REFRESH_EVERY));
+                let kick_at =
+                    st.0.then(|| last_kick.map_or(now, |t| t + KID_REFRESH_EVERY));
                 let due = kick_at.map_or(next, |k| k.min(next));
                 if now >= due {
                     let kicked = kick_at.is_some_and(|k| now >= k);

@@ -73,6 +73,18 @@ impl fmt::Display for AuthError {
     }
 }
 
+/// The key set as reported (`/health`, `/metrics`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct JwksView {
+    /// The last fetch (or file check) worked.
+    pub up: bool,
+    pub keys: u64,
+    pub fetches_ok: u64,
+    pub fetches_failed: u64,
+    /// Refreshes started by a token with an unknown `kid`.
+    pub kid_refreshes: u64,
+}
+
 /// Who a valid token names.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Identity {
@@ -123,13 +135,10 @@ impl Auth {
     }
 
     /// The key set's state, when there is one.
-    #[cfg(feature = "idp")]
-    pub fn jwks_view(&self) -> Option<jwks::JwksView> {
-        self.jwks.as_ref().map(|j| j.view())
-    }
-
-    #[cfg(not(feature = "idp"))]
-    pub fn jwks_view(&self) -> Option<()> {
+    pub fn jwks_view(&self) -> Option<JwksView> {
+        #[cfg(feature = "idp")]
+        return self.jwks.as_ref().map(|j| j.view());
+        #[cfg(not(feature = "idp"))]
         None
     }
 
@@ -170,10 +179,21 @@ impl Auth {
             true => Some(jwks::Jwks::start(&s.idp).map_err(|e| {
                 let (name, shown) = match &s.idp.jwks_url {
                     Some(u) => ("jwks_url", u.clone()),
-                    None => ("jwks_file", s.idp.jwks_file.as_ref().map_or_else(String::new, |p| p.display().to_string())),
+                    None => (
+                        "jwks_file",
+                        s.idp
+                            .jwks_file
+                            .as_ref()
+                            .map_or_else(String::new, |p| p.display().to_string()),
+                    ),
                 };
-                let setting = crate::settings::find(name).map_or_else(|| name.to_string(), |d| d.sources());
-                ConfigError::new(&setting, &shown, &format!("no key set could be loaded: {e}"))
+                let setting =
+                    crate::settings::find(name).map_or_else(|| name.to_string(), |d| d.sources());
+                ConfigError::new(
+                    &setting,
+                    &shown,
+                    &format!("no key set could be loaded: {e}"),
+                )
             })?),
             false => None,
         };

@@ -76,6 +76,9 @@ mod tests {
         let mut b = Bucket::full(100.0, t0);
         assert_eq!(b.take(60.0, 10.0, 100.0, t0), Ok(()));
         assert!(b.take(60.0, 10.0, 100.0, t0).is_err());
-        assert_eq!(b.take(60.0, 10.0, 100.0, t0 + Duration::from_secs(2)), Ok(()));
+        assert_eq!(
+            b.take(60.0, 10.0, 100.0, t0 + Duration::from_secs(2)),
+            Ok(())
+        );
     }
 }

@@ -87,8 +87,7 @@ impl Clients {
         if !t.contains_key(&key) && t.len() >= self.capacity {
             let before = t.len();
             t.retain(|_, s| s.open > 0);
-            self.evictions
-                .fetch_add((before - t.len()) as u64, Relaxed);
+            self.evictions.fetch_add((before - t.len()) as u64, Relaxed);
         }
         let slot = t.entry(key).or_insert_with(|| Slot {
             open: 0,
@@ -201,7 +200,10 @@ mod tests {
         for _ in 0..4 {
             c.admit(held, t).unwrap();
         }
-        assert_eq!(c.admit(held, t + Duration::from_secs(60)), Err(Over::Connections));
+        assert_eq!(
+            c.admit(held, t + Duration::from_secs(60)),
+            Err(Over::Connections)
+        );
         // Once buckets refill, the sweep forgets everything idle.
         c.sweep(t + Duration::from_secs(3600));
         assert_eq!(c.len(), 1);

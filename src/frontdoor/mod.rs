@@ -16,7 +16,7 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-use crate::settings::{Cidr, Origins, canonical, split_origin};
+use crate::settings::{BURST_SECONDS, Cidr, ClientLimits, Origins, canonical, split_origin};
 
 pub use bucket::Bucket;
 pub use clients::{Clients, Over, key_of};
@@ -75,6 +75,13 @@ pub struct RefusalLog {
     /// Per reason: the millisecond (since `epoch`) of the last line + 1.
     last: [AtomicU64; Refused::ALL.len()],
     quiet: [AtomicU64; Refused::ALL.len()],
+}
+
+impl Default for RefusalLog {
+    /// Counting from now (only differences of times are used).
+    fn default() -> RefusalLog {
+        RefusalLog::new(Instant::now())
+    }
 }
 
 impl RefusalLog {
@@ -216,6 +223,66 @@ pub fn client_addr(
     }
 }
 
+/// One connection's message and byte buckets (`conn_messages_per_sec`,
+/// `conn_bytes_per_sec`), checked on every inbound message.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnRate {
+    msgs: Bucket,
+    bytes: Bucket,
+}
+
+impl ConnRate {
+    /// Full buckets for a connection opened at `now`; `None` when both
+    /// limits are off.
+    pub fn new(l: &ClientLimits, max_message: usize, now: Instant) -> Option<ConnRate> {
+        if l.conn_messages_per_sec == 0 && l.conn_bytes_per_sec == 0 {
+            return None;
+        }
+        let (m, b) = capacities(l, max_message);
+        Some(ConnRate {
+            msgs: Bucket::full(m, now),
+            bytes: Bucket::full(b, now),
+        })
+    }
+
+    /// One inbound message of `len` bytes at `now`.
+    pub fn take(
+        &mut self,
+        len: usize,
+        l: &ClientLimits,
+        max_message: usize,
+        now: Instant,
+    ) -> Result<(), Refused> {
+        let (m, b) = capacities(l, max_message);
+        if l.conn_messages_per_sec > 0
+            && self
+                .msgs
+                .take(1.0, f64::from(l.conn_messages_per_sec), m, now)
+                .is_err()
+        {
+            return Err(Refused::ConnMessages);
+        }
+        if l.conn_bytes_per_sec > 0
+            && self
+                .bytes
+                .take(len as f64, l.conn_bytes_per_sec as f64, b, now)
+                .is_err()
+        {
+            return Err(Refused::ConnBytes);
+        }
+        Ok(())
+    }
+}
+
+/// Bucket sizes: [`BURST_SECONDS`] of each rate; the byte bucket holds at
+/// least one message of the largest size.
+fn capacities(l: &ClientLimits, max_message: usize) -> (f64, f64) {
+    let burst = f64::from(BURST_SECONDS);
+    let m = f64::from(l.conn_messages_per_sec) * burst;
+    let b = (l.conn_bytes_per_sec as f64 * burst).max(max_message as f64);
+    (m, b)
+}
+
 /// `Retry-After` for a refusal: whole seconds, at least 1.
 pub fn retry_after(d: Duration) -> u64 {
     d.as_secs_f64().ceil().max(1.0) as u64
@@ -235,15 +302,31 @@ mod tests {
         let none = Origins::default();
         assert!(origin_allowed(&none, None, Some("h:1")));
         assert!(origin_allowed(&none, Some("http://h:1"), Some("h:1")));
-        assert!(origin_allowed(&none, Some("https://example.com"), Some("example.com")));
-        assert!(origin_allowed(&none, Some("https://example.com"), Some("example.com:443")));
+        assert!(origin_allowed(
+            &none,
+            Some("https://example.com"),
+            Some("example.com")
+        ));
+        assert!(origin_allowed(
+            &none,
+            Some("https://example.com"),
+            Some("example.com:443")
+        ));
         assert!(!origin_allowed(&none, Some("http://h:2"), Some("h:1")));
         assert!(!origin_allowed(&none, Some("http://evil.com"), Some("h:1")));
         assert!(!origin_allowed(&none, Some("null"), Some("h:1")));
         assert!(!origin_allowed(&none, Some("http://h:1"), None));
         let some = Origins::parse("https://*.example.com").unwrap();
-        assert!(origin_allowed(&some, Some("https://app.example.com"), Some("h:1")));
-        assert!(!origin_allowed(&some, Some("https://example.com.evil"), Some("h:1")));
+        assert!(origin_allowed(
+            &some,
+            Some("https://app.example.com"),
+            Some("h:1")
+        ));
+        assert!(!origin_allowed(
+            &some,
+            Some("https://example.com.evil"),
+            Some("h:1")
+        ));
         let any = Origins::parse("*").unwrap();
         assert!(origin_allowed(&any, Some("null"), None));
     }
@@ -253,16 +336,31 @@ mod tests {
         let lb = parse_cidrs("10.0.0.0/8").unwrap();
         let peer = ip("10.1.1.1");
         // An untrusted peer's headers are ignored.
-        assert_eq!(client_addr(ip("8.8.8.8"), &lb, Some("1.1.1.1"), None), Ok(ip("8.8.8.8")));
+        assert_eq!(
+            client_addr(ip("8.8.8.8"), &lb, Some("1.1.1.1"), None),
+            Ok(ip("8.8.8.8"))
+        );
         assert_eq!(client_addr(peer, &[], Some("1.1.1.1"), None), Ok(peer));
         // A forged first entry does not win over the hop the proxy saw.
         let xff = "6.6.6.6, 2.2.2.2, 10.2.2.2";
         assert_eq!(client_addr(peer, &lb, Some(xff), None), Ok(ip("2.2.2.2")));
-        assert_eq!(client_addr(peer, &lb, Some("10.3.3.3, 10.4.4.4"), None), Ok(ip("10.3.3.3")));
-        assert_eq!(client_addr(peer, &lb, Some("junk, 10.4.4.4"), None), Ok(ip("10.4.4.4")));
-        assert_eq!(client_addr(peer, &lb, Some("[2001:db8::1]:443"), None), Ok(ip("2001:db8::1")));
+        assert_eq!(
+            client_addr(peer, &lb, Some("10.3.3.3, 10.4.4.4"), None),
+            Ok(ip("10.3.3.3"))
+        );
+        assert_eq!(
+            client_addr(peer, &lb, Some("junk, 10.4.4.4"), None),
+            Ok(ip("10.4.4.4"))
+        );
+        assert_eq!(
+            client_addr(peer, &lb, Some("[2001:db8::1]:443"), None),
+            Ok(ip("2001:db8::1"))
+        );
         let fwd = r#"for=6.6.6.6, for="[2001:db8::7]:4711";proto=https, for=10.9.9.9"#;
-        assert_eq!(client_addr(peer, &lb, None, Some(fwd)), Ok(ip("2001:db8::7")));
+        assert_eq!(
+            client_addr(peer, &lb, None, Some(fwd)),
+            Ok(ip("2001:db8::7"))
+        );
         assert_eq!(client_addr(peer, &lb, None, Some("for=_hidden")), Ok(peer));
         // Both, naming the same client: fine; different ones: ambiguous.
         let same = client_addr(peer, &lb, Some("2.2.2.2"), Some("for=2.2.2.2"));
@@ -272,16 +370,52 @@ mod tests {
     }
 
     #[test]
+    fn connection_buckets() {
+        let l = ClientLimits {
+            max_connections_per_ip: 0,
+            ip_connects_per_sec: 0,
+            conn_messages_per_sec: 2,
+            conn_bytes_per_sec: 10,
+            max_runs_per_subject: 0,
+        };
+        let t = Instant::now();
+        let mut r = ConnRate::new(&l, 150, t).unwrap();
+        // The byte bucket holds one message of the largest size.
+        assert_eq!(r.take(150, &l, 150, t), Ok(()));
+        assert_eq!(r.take(1, &l, 150, t), Err(Refused::ConnBytes));
+        let mut r = ConnRate::new(&l, 1, t).unwrap();
+        for _ in 0..2 * BURST_SECONDS {
+            assert_eq!(r.take(0, &l, 1, t), Ok(()));
+        }
+        assert_eq!(r.take(0, &l, 1, t), Err(Refused::ConnMessages));
+        assert_eq!(r.take(0, &l, 1, t + Duration::from_millis(500)), Ok(()));
+        let off = ClientLimits {
+            conn_messages_per_sec: 0,
+            conn_bytes_per_sec: 0,
+            ..l
+        };
+        assert!(ConnRate::new(&off, 1, t).is_none());
+    }
+
+    #[test]
     fn refusal_lines_at_most_once_a_second() {
         let t0 = Instant::now();
         let log = RefusalLog::new(t0);
         log.note(Refused::Origin, t0, format_args!("a"));
         assert_ne!(log.last[0].load(Relaxed), 0);
         for i in 0..10 {
-            log.note(Refused::Origin, t0 + Duration::from_millis(i * 50), format_args!("b"));
+            log.note(
+                Refused::Origin,
+                t0 + Duration::from_millis(i * 50),
+                format_args!("b"),
+            );
         }
         assert_eq!(log.quiet[0].load(Relaxed), 10);
-        log.note(Refused::Origin, t0 + Duration::from_millis(1001), format_args!("c"));
+        log.note(
+            Refused::Origin,
+            t0 + Duration::from_millis(1001),
+            format_args!("c"),
+        );
         assert_eq!(log.quiet[0].load(Relaxed), 0);
     }
 }

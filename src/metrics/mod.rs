@@ -13,15 +13,20 @@ mod render;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 pub use crate::conn::{LingerEnd, TimeoutPhase};
+pub use crate::frontdoor::Refused;
 pub use families::{FAMILIES, Family, HealthAt, Kind, Num, Sample, Values, families};
-pub use render::{BreakerView, Report};
+pub use render::{BreakerView, FrontDoorView, Report};
+
+use crate::frontdoor::RefusalLog;
 
 use crate::histogram::Histogram;
 
 /// Close codes the server sends, counted by code.
 pub const CLOSE_CODES: [u16; 8] = [1000, 1001, 1002, 1007, 1008, 1009, 1011, 1013];
 /// HTTP statuses the server answers with, counted by status.
-pub const HTTP_STATUSES: [u16; 11] = [101, 200, 400, 401, 404, 405, 408, 426, 431, 503, 500];
+pub const HTTP_STATUSES: [u16; 13] = [
+    101, 200, 400, 401, 403, 404, 405, 408, 426, 429, 431, 503, 500,
+];
 
 /// Declares each plain counter (or gauge) once: its field in
 /// [`ServerMetrics`], its Prometheus name, its place in `/health` and its
@@ -42,6 +47,10 @@ macro_rules! counters {
             pub handshake_latency: Histogram,
             /// Lingering closes after a response, by how they ended.
             pub lingered: [AtomicU64; LingerEnd::ALL.len()],
+            /// Front-door refusals, by reason ([`Refused`]).
+            pub refusals: [AtomicU64; Refused::ALL.len()],
+            /// Their log lines, at most one a second per reason.
+            pub refusal_log: RefusalLog,
         }
 
         #[cfg(test)]
@@ -61,6 +70,7 @@ macro_rules! counters {
                     .chain(&self.close_sent)
                     .chain(&self.http_status)
                     .chain(&self.lingered)
+                    .chain(&self.refusals)
                 {
                     a.store(next(), Relaxed);
                 }
@@ -156,6 +166,14 @@ impl ServerMetrics {
         self.lingered[end as usize].fetch_add(1, Relaxed);
         self.linger_discarded_bytes_total
             .fetch_add(discarded, Relaxed);
+    }
+
+    pub fn refused(&self, why: Refused) {
+        self.refusals[why as usize].fetch_add(1, Relaxed);
+    }
+
+    pub fn refusals_of(&self, why: Refused) -> u64 {
+        self.refusals[why as usize].load(Relaxed)
     }
 
     pub fn close_sent(&self, code: u16) {

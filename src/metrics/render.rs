@@ -11,6 +11,7 @@ use serde_json::{Map, Value};
 
 use super::ServerMetrics;
 use super::families::{HealthAt, Num, Values, families};
+use crate::auth::JwksView;
 use crate::reactor::StatsSnapshot;
 use crate::settings::{Group, Settings};
 use crate::store::StoreView;
@@ -25,6 +26,16 @@ pub struct BreakerView {
     pub failures_total: u64,
     pub rejections_total: u64,
     pub opened_total: u64,
+}
+
+/// The front door as reported: the per-address table, the subjects with
+/// runs, the identity provider's key set (each `None` when not in use).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FrontDoorView {
+    /// (entries, entries evicted because the table was full)
+    pub client_table: Option<(u64, u64)>,
+    pub subjects_with_runs: Option<u64>,
+    pub jwks: Option<JwksView>,
 }
 
 /// Everything `/health` and `/metrics` report, gathered at one `now`.
@@ -47,6 +58,7 @@ pub struct Report<'a> {
     pub store: StoreView,
     /// Log lines the log writer dropped rather than block, when it counts.
     pub log_lines_dropped: Option<u64>,
+    pub front_door: FrontDoorView,
 }
 
 /// Sets `value` at the dotted `path` of `root`, making objects on the way.
@@ -110,8 +122,8 @@ fn label_values(values: &Values, label: &str) -> Vec<String> {
 
 impl Report<'_> {
     /// `healthy`, `degraded` (at the connection limit, a deadline was
-    /// missed by the queue, the breaker is not closed, or the run store is
-    /// unreachable) or `draining`.
+    /// missed by the queue, the breaker is not closed, the run store is
+    /// unreachable, or the key set could not be refreshed) or `draining`.
     pub fn status(&self) -> &'static str {
         if self.draining {
             "draining"
@@ -119,6 +131,7 @@ impl Report<'_> {
             || self.metrics.missed_deadlines_total.load(Relaxed) > 0
             || self.breaker.state != "closed"
             || !self.store.up
+            || self.front_door.jwks.is_some_and(|j| !j.up)
         {
             "degraded"
         } else {

@@ -40,6 +40,7 @@ pub use crate::settings::RunBudget;
 pub use envelope::{ErrorFields, body, error_event, resume_error, seal};
 
 use crate::conn::TimeoutPhase;
+use crate::frontdoor::{Refused, SubjectRuns};
 use crate::metrics::ServerMetrics;
 use crate::reactor::WallClock;
 use crate::store::{Delivery, Follower, ResumeRequest, Resumed, new_run_id};
@@ -102,6 +103,9 @@ pub struct Ticket {
     pub cancel: Arc<AtomicBool>,
     /// Its execution deadline.
     pub deadline: Instant,
+    /// The subject this run is counted against (`max_runs_per_subject`),
+    /// given back when it ends or is refused.
+    pub charged: Option<Arc<str>>,
 }
 
 /// A change to the run store, for the owner to apply.
@@ -180,6 +184,8 @@ struct Run {
     /// Budget used: events and body bytes.
     events: u64,
     bytes: u64,
+    /// See [`Ticket::charged`].
+    charged: Option<Arc<str>>,
 }
 
 /// How a run ends.
@@ -207,6 +213,8 @@ pub struct Runs {
     effects: VecDeque<Effect>,
     /// Run numbers and follow tokens, never reused.
     next: u64,
+    /// Runs per subject across the instance, when limited.
+    subjects: Option<Arc<SubjectRuns>>,
 }
 
 impl Runs {
@@ -220,6 +228,20 @@ impl Runs {
             follows: Follows::default(),
             effects: VecDeque::new(),
             next: 0,
+            subjects: None,
+        }
+    }
+
+    /// Counts each subject's runs in `subjects` (shared by every reactor):
+    /// a subject at its limit gets `overloaded`.
+    pub fn with_subject_limit(mut self, subjects: Option<Arc<SubjectRuns>>) -> Runs {
+        self.subjects = subjects;
+        self
+    }
+
+    fn give_back(&self, charged: Option<&Arc<str>>) {
+        if let (Some(t), Some(s)) = (&self.subjects, charged) {
+            t.give_back(s);
         }
     }
 
@@ -279,10 +301,17 @@ impl Runs {
         self.send(conn, text);
     }
 
-    /// A message of `conn` asks for a run: its ticket, or `None` with the
-    /// refusal queued (draining, or `conn` follows too many runs). Nothing
-    /// is kept until [`Runs::start`].
-    pub fn prepare(&mut self, now: Instant, conn: ConnRef, draining: bool) -> Option<Ticket> {
+    /// A message of `conn` (authenticated as `subject`) asks for a run:
+    /// its ticket, or `None` with the refusal queued (draining, `conn`
+    /// follows too many runs, or the subject has too many in flight). The
+    /// ticket goes to [`Runs::start`] or [`Runs::refuse`].
+    pub fn prepare(
+        &mut self,
+        now: Instant,
+        conn: ConnRef,
+        subject: Option<&Arc<str>>,
+        draining: bool,
+    ) -> Option<Ticket> {
         let id: Arc<str> = new_run_id().into();
         if draining {
             let m = "server shutting down; reconnect elsewhere";
@@ -298,11 +327,27 @@ impl Runs {
             self.refuse_with(now, conn, &id, "overloaded", m);
             return None;
         }
+        let charged = match (&self.subjects, subject) {
+            (Some(t), Some(s)) if !t.try_take(s) => {
+                self.metrics.refused(Refused::SubjectRuns);
+                self.metrics.refusal_log.note(
+                    Refused::SubjectRuns,
+                    now,
+                    format_args!("subject {s:?} has its most runs in flight: overloaded"),
+                );
+                let m = "too many runs in flight for this user; retry later";
+                self.refuse_with(now, conn, &id, "overloaded", m);
+                return None;
+            }
+            (Some(_), Some(s)) => Some(s.clone()),
+            _ => None,
+        };
         Some(Ticket {
             run: self.next_number(),
             id,
             cancel: Arc::new(AtomicBool::new(false)),
             deadline: now + self.cfg.execution,
+            charged,
         })
     }
 
@@ -314,6 +359,7 @@ impl Runs {
             id,
             cancel,
             deadline,
+            charged,
         } = ticket;
         self.store(StoreOp::Begin {
             id: id.clone(),
@@ -340,6 +386,7 @@ impl Runs {
                 cancel,
                 events: 0,
                 bytes: 0,
+                charged,
             },
         );
     }
@@ -354,6 +401,7 @@ impl Runs {
         code: &str,
         message: &str,
     ) {
+        self.give_back(ticket.charged.as_ref());
         self.refuse_with(now, conn, &ticket.id, code, message);
     }
 
@@ -429,6 +477,7 @@ impl Runs {
         };
         self.deadlines.remove(&(run.deadline, number));
         run.cancel.store(true, Relaxed);
+        self.give_back(run.charged.as_ref());
         if !matches!(end, End::Done | End::Failed(_)) {
             self.effects.push_back(Effect::Stop { run: number });
         }

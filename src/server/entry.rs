@@ -1,10 +1,12 @@
 //! One connection as a worker keeps it: the state machine, its poller
 //! registration and timer, and its session once admitted.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::app::Session;
 use crate::conn::Conn;
+use crate::frontdoor::ConnRate;
 use crate::reactor::{Interest, TimerId};
 use crate::runs::ConnRef;
 use crate::stream::Stream;
@@ -18,6 +20,14 @@ pub(super) struct Entry {
     /// Set once admitted: the connection holds a `max_connections` slot
     /// and the application's `close` is owed.
     pub session: Option<Arc<Session>>,
+    /// The TCP peer.
+    pub peer: IpAddr,
+    /// The client address counted in the per-address table, once
+    /// admitted (given back when the connection goes).
+    pub client: Option<IpAddr>,
+    /// Message and byte buckets, when those limits are on (boxed: nothing
+    /// on an idle connection's entry when they are off).
+    pub rate: Option<Box<ConnRate>>,
 }
 
 impl Entry {

@@ -56,14 +56,14 @@ pub(super) fn on_message(ax: &mut Answer, key: usize, e: &mut Entry, msg: Messag
         Inbound::Text(t) => t.len(),
         Inbound::Binary(b) => b.len(),
     };
-    let Some(ticket) = ax.runs.prepare(cx.now, conn, ax.draining) else {
+    let subject = session.subject.as_deref().map(Arc::from);
+    let Some(ticket) = ax.runs.prepare(cx.now, conn, subject.as_ref(), ax.draining) else {
         return;
     };
     let budget = sh.cfg.settings.run_budget;
     let out = Outbox::new(&ticket, sh.mailboxes[ax.reactor].clone(), budget);
     let job = pool::job(h.clone(), session.clone(), input, out, sh.metrics.clone());
     if pool.try_submit(job, bytes).is_ok() {
-        let subject = session.subject.as_deref().map(Arc::from);
         ax.runs.start(ticket, conn, subject);
     } else {
         tracing::info!(

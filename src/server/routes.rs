@@ -8,7 +8,7 @@ use std::time::Instant;
 use super::{Shared, page};
 use crate::auth;
 use crate::http::{self, Head, Response, Route};
-use crate::metrics::{BreakerView, Report};
+use crate::metrics::{BreakerView, FrontDoorView, Report};
 use crate::reactor::WallClock;
 
 /// Everything the server reports, at `now`.
@@ -45,6 +45,14 @@ pub(super) fn report(sh: &Shared, now: Instant) -> Report<'_> {
         }),
         store: sh.store.view(),
         log_lines_dropped: sh.cfg.log_lines_dropped.as_ref().map(|d| (d.0)()),
+        front_door: FrontDoorView {
+            client_table: sh
+                .clients
+                .as_ref()
+                .map(|c| (c.len() as u64, c.evictions.load(Relaxed))),
+            subjects_with_runs: sh.subjects.as_ref().map(|s| s.len() as u64),
+            jwks: sh.cfg.auth.as_ref().and_then(|a| a.jwks_view()),
+        },
     }
 }
 

@@ -109,7 +109,8 @@ impl Worker {
             },
             shared.metrics.clone(),
             reactor.wall(),
-        );
+        )
+        .with_subject_limit(shared.subjects.clone());
         let now = reactor.now();
         Ok(Worker {
             index,
@@ -382,8 +383,8 @@ impl Worker {
             let Some(listener) = self.listener.as_ref() else {
                 return;
             };
-            let stream = match listener.accept() {
-                Ok((s, _peer)) => s,
+            let (stream, peer) = match listener.accept() {
+                Ok((s, peer)) => (s, peer.ip()),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 // The peer gave up before we accepted: nothing to pause for.
                 Err(e)
@@ -430,12 +431,12 @@ impl Worker {
             };
             self.rr = self.rr.wrapping_add(1);
             if target == self.index {
-                self.add(stream, now);
+                self.add(stream, peer, now);
             } else {
                 self.shared.inboxes[target]
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .push(stream);
+                    .push((stream, peer));
                 let _ = self.shared.wakers[target].wake();
             }
         }
@@ -472,8 +473,8 @@ impl Worker {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner()),
         );
-        for s in streams {
-            self.add(s, now);
+        for (s, peer) in streams {
+            self.add(s, peer, now);
         }
     }
 
@@ -485,7 +486,7 @@ impl Worker {
         self.apply_effects(now);
     }
 
-    fn add(&mut self, stream: TcpStream, now: Instant) {
+    fn add(&mut self, stream: TcpStream, peer: std::net::IpAddr, now: Instant) {
         let mut stream = match &self.shared.cfg.tls {
             Some(certs) => Stream::Tls(Box::new(TlsStream::new(stream, certs.config()))),
             None => Stream::Plain(stream),
@@ -509,6 +510,9 @@ impl Worker {
             timer,
             interest: Interest::READABLE,
             session: None,
+            peer,
+            client: None,
+            rate: None,
         });
         self.sync(key);
     }
@@ -547,6 +551,9 @@ impl Worker {
             let _ = self.reactor.deregister_before_close(s);
         }
         self.reactor.timers().remove(e.timer);
+        if let (Some(clients), Some(client)) = (&self.shared.clients, e.client) {
+            clients.release(client, now);
+        }
         if let Some(session) = &e.session {
             self.shared.metrics.open.fetch_sub(1, Relaxed);
             if let App::Handler(h) = &self.shared.cfg.app {
@@ -561,6 +568,11 @@ impl Worker {
     /// the queue holds no earlier-or-equal deadline for it was missed.
     fn audit(&mut self, now: Instant) {
         self.shared.store.sweep(now);
+        if self.index == 0
+            && let Some(clients) = &self.shared.clients
+        {
+            clients.sweep(now);
+        }
         let t = self.shared.cfg.settings.timeouts;
         let slack = self.reactor.slack();
         let mut missed = Vec::new();
@@ -646,13 +658,17 @@ fn answer(ax: &mut Answer, key: usize, e: &mut Entry, ev: Event, cx: &mut Cx) {
                 e.conn.respond(r, cx);
             }
             Request::Reject(r) => e.conn.respond(r, cx),
-            Request::Upgrade(u) => match admission::admit(sh, &u, e.conn.id(), cx.now, ax.wall) {
-                Ok(a) => {
-                    e.session = Some(a.session);
-                    e.conn.accept(a.protocol, cx);
+            Request::Upgrade(u) => {
+                match admission::admit(sh, &u, e.peer, e.conn.id(), cx.now, ax.wall) {
+                    Ok(a) => {
+                        e.session = Some(a.session);
+                        e.client = a.client;
+                        e.rate = a.rate;
+                        e.conn.accept(a.protocol, cx);
+                    }
+                    Err(r) => e.conn.respond(r, cx),
                 }
-                Err(r) => e.conn.respond(r, cx),
-            },
+            }
         },
         Event::Status(status) => m.http_status(status),
         Event::Opened { handshake } => {
@@ -660,7 +676,15 @@ fn answer(ax: &mut Answer, key: usize, e: &mut Entry, ev: Event, cx: &mut Cx) {
             m.upgrades_total.fetch_add(1, Relaxed);
             m.handshake_latency.record_us(handshake.as_micros() as u64);
         }
-        Event::Message(msg) => messages::on_message(ax, key, e, msg, cx),
+        Event::Message(msg) => {
+            if let Some(rate) = &mut e.rate
+                && let Err(why) = admission::rate(sh, rate, msg.len(), e.conn.id(), cx.now)
+            {
+                m.refused(why);
+                return e.conn.close(1008, "rate limit", cx);
+            }
+            messages::on_message(ax, key, e, msg, cx)
+        }
         Event::PeerClosed => ax.runs.peer_closed(cx.now, e.at(key)),
         Event::Timeout(phase) => m.timeout(phase),
         Event::CloseSent(code) => m.close_sent(code),

@@ -862,7 +862,13 @@ pub static DECLS: &[Decl] = &[
             s.idp.audience = auds;
             Ok(())
         },
-        show: |s| Some((!s.idp.audience.is_empty()).then(|| s.idp.audience.join(",")).into()),
+        show: |s| {
+            Some(
+                (!s.idp.audience.is_empty())
+                    .then(|| s.idp.audience.join(","))
+                    .into(),
+            )
+        },
     },
     Decl {
         name: "jwt_issuer",

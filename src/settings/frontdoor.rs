@@ -135,7 +135,11 @@ impl Origins {
     /// A comma-separated list; `*` alone allows any origin; empty allows
     /// only the server's own.
     pub fn parse(v: &str) -> Result<Origins, String> {
-        let items: Vec<&str> = v.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+        let items: Vec<&str> = v
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect();
         if items == ["*"] {
             return Ok(Origins {
                 any: true,
@@ -279,13 +283,22 @@ mod tests {
         assert!(!allowed(list, "http://localhost.evil.com"));
         assert!(allowed("*", "https://anything.example"));
         assert!(allowed("http://[::1]:*", "http://[::1]:8080"));
-        for bad in ["example.com", "ftp://x", "https://x/path", "https://a*.b", "https://*"] {
+        for bad in [
+            "example.com",
+            "ftp://x",
+            "https://x/path",
+            "https://a*.b",
+            "https://*",
+        ] {
             assert!(Origins::parse(bad).is_err(), "{bad}");
         }
         assert_eq!(Origins::parse("").unwrap(), Origins::default());
         assert_eq!(split_origin("null"), None);
         let shown = Origins::parse(list).unwrap().show();
-        assert_eq!(Origins::parse(&shown).unwrap(), Origins::parse(list).unwrap());
+        assert_eq!(
+            Origins::parse(&shown).unwrap(),
+            Origins::parse(list).unwrap()
+        );
     }
 
     #[test]
@@ -301,7 +314,11 @@ mod tests {
         assert!(!has("2001:db9::1"));
         assert!(Cidr::parse("10.0.0.0/33").is_err());
         assert!(Cidr::parse("10.0.0/8").is_err());
-        assert!(Cidr::parse("127.0.0.1/31").unwrap().contains("127.0.0.0".parse().unwrap()));
+        assert!(
+            Cidr::parse("127.0.0.1/31")
+                .unwrap()
+                .contains("127.0.0.0".parse().unwrap())
+        );
         assert!(parse_cidrs("").unwrap().is_empty());
     }
 }

@@ -222,6 +222,7 @@ mod tests {
             id: "r9".into(),
             cancel: Default::default(),
             deadline: std::time::Instant::now(),
+            charged: None,
         };
         let budget = RunBudget {
             max_events: 100,
@@ -258,6 +259,7 @@ mod tests {
             id: "r1".into(),
             cancel: Default::default(),
             deadline: std::time::Instant::now(),
+            charged: None,
         };
         // Two events fit the budget; the third is posted (the run layer
         // ends the run at it) and cancels the run: nothing follows.
