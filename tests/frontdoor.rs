@@ -265,7 +265,7 @@ fn a_message_flood_closes_1008_while_a_polite_client_keeps_its_p99() {
         let srv = start(kind, &env, |_| {});
         let addr = srv.local_addr();
         let (mut polite, _) = ws_connect(addr, None).unwrap();
-        let mut rtt = |c: &mut Client| {
+        let rtt = |c: &mut Client| {
             let t = Instant::now();
             c.send(Message::text("hello")).unwrap();
             match c.read().unwrap() {
