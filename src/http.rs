@@ -196,7 +196,13 @@ fn absolute_form(target: &str) -> Option<(&str, &str)> {
     if authority.is_empty() || authority.contains('@') {
         return None;
     }
-    Some((authority, if path.is_empty() { "/" } else { path }))
+    // `http://h` and `http://h?q` ask for `/`.
+    let path = if path.is_empty() || path.starts_with('?') {
+        "/"
+    } else {
+        path
+    };
+    Some((authority, path))
 }
 
 /// Every line of header `name`, joined as one comma-separated list.
@@ -637,10 +643,10 @@ mod tests {
         assert_eq!(head.path, "/health");
         assert_eq!(head.host.as_deref(), Some("example.com:8080"));
         assert_eq!(classify(&head, "/ws"), Request::Route(Route::Health));
-        assert_eq!(
-            req("GET HTTPS://h HTTP/1.1\r\n\r\n"),
-            Ok(Request::Route(Route::Index))
-        );
+        for target in ["HTTPS://h", "http://h?x=1"] {
+            let r = format!("GET {target} HTTP/1.1\r\n\r\n");
+            assert_eq!(req(&r), Ok(Request::Route(Route::Index)), "{target}");
+        }
         let ws = upgrade_req("").replace("GET /ws", "GET http://x/ws");
         assert!(matches!(req(&ws), Ok(Request::Upgrade(_))));
         assert_eq!(
