@@ -1,6 +1,6 @@
 //! An identity provider's key set (JWKS, RFC 7517) and the verification
 //! of RS256, ES256 and EdDSA tokens against it, by `kid`, with
-//! `jsonwebtoken` on its RustCrypto backend.
+//! `jsonwebtoken` (its signature checks on ring: `ring_provider`).
 //!
 //! Each key is pinned to one algorithm (its `alg`, or the one its type
 //! and curve allow), and a token is verified only with the algorithm of
@@ -80,6 +80,7 @@ impl KeySet {
     /// is skipped and counted; a document that is not a key set, or has no
     /// usable key, is an error (the last good set stays in use).
     pub fn parse(doc: &[u8]) -> Result<KeySet, String> {
+        super::ring_provider::install();
         #[derive(serde::Deserialize)]
         struct Doc {
             keys: Vec<serde_json::Value>,

@@ -8,13 +8,16 @@
 //! input.
 //!
 //! Parts: `claims` (the rules), `keys` (a key set and verification by
-//! `kid`), `jwks` (the key set kept fresh by a helper thread).
+//! `kid`), `jwks` (the key set kept fresh by a helper thread),
+//! `ring_provider` (jsonwebtoken's signature checks on ring).
 
 mod claims;
 #[cfg(feature = "idp")]
 pub mod jwks;
 #[cfg(feature = "idp")]
 pub mod keys;
+#[cfg(feature = "idp")]
+mod ring_provider;
 
 use std::collections::HashSet;
 use std::fmt;
