@@ -157,6 +157,7 @@ pub(super) fn rate(
     let s = &sh.cfg.settings;
     rate.take(len, &s.clients, s.limits.max_message, now)
         .inspect_err(|why| {
+            sh.metrics.refused(*why);
             sh.metrics.refusal_log.note(
                 *why,
                 now,

@@ -20,11 +20,13 @@ pub(super) struct Entry {
     /// Set once admitted: the connection holds a `max_connections` slot
     /// and the application's `close` is owed.
     pub session: Option<Arc<Session>>,
-    /// The TCP peer.
-    pub peer: IpAddr,
-    /// The client address counted in the per-address table, once
-    /// admitted (given back when the connection goes).
-    pub client: Option<IpAddr>,
+    /// The TCP peer until the upgrade is admitted; then the client
+    /// address it was counted under in the per-address table, if
+    /// `counted` (one field for both: 20 bytes on every connection).
+    pub addr: IpAddr,
+    /// `addr` holds a place in the per-address table, given back when the
+    /// connection goes.
+    pub counted: bool,
     /// Message and byte buckets, when those limits are on (boxed: nothing
     /// on an idle connection's entry when they are off).
     pub rate: Option<Box<ConnRate>>,

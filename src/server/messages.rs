@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use tungstenite::Message;
 
-use super::Shared;
 use super::entry::Entry;
+use super::{Shared, admission};
 use crate::app::{App, Inbound, Outbox};
 use crate::conn::Cx;
 use crate::reactor::WallClock;
@@ -26,9 +26,16 @@ pub(super) struct Answer<'a> {
     pub runs: &'a mut Runs,
 }
 
-/// Answers one application message of connection `key`.
+/// Answers one application message of connection `key`: first against
+/// the connection's message and byte buckets (over them: close 1008
+/// `rate limit`), then by the application.
 pub(super) fn on_message(ax: &mut Answer, key: usize, e: &mut Entry, msg: Message, cx: &mut Cx) {
     let sh = ax.shared;
+    if let Some(rate) = &mut e.rate
+        && admission::rate(sh, rate, msg.len(), e.conn.id(), cx.now).is_err()
+    {
+        return e.conn.close(1008, "rate limit", cx);
+    }
     let (App::Handler(h), Some(pool)) = (&sh.cfg.app, &sh.pool) else {
         // Echo: copying a frame back is cheaper than any hand-off.
         return e.conn.send(msg, cx);

@@ -510,8 +510,8 @@ impl Worker {
             timer,
             interest: Interest::READABLE,
             session: None,
-            peer,
-            client: None,
+            addr: peer,
+            counted: false,
             rate: None,
         });
         self.sync(key);
@@ -551,8 +551,8 @@ impl Worker {
             let _ = self.reactor.deregister_before_close(s);
         }
         self.reactor.timers().remove(e.timer);
-        if let (Some(clients), Some(client)) = (&self.shared.clients, e.client) {
-            clients.release(client, now);
+        if let (Some(clients), true) = (&self.shared.clients, e.counted) {
+            clients.release(e.addr, now);
         }
         if let Some(session) = &e.session {
             self.shared.metrics.open.fetch_sub(1, Relaxed);
@@ -659,10 +659,12 @@ fn answer(ax: &mut Answer, key: usize, e: &mut Entry, ev: Event, cx: &mut Cx) {
             }
             Request::Reject(r) => e.conn.respond(r, cx),
             Request::Upgrade(u) => {
-                match admission::admit(sh, &u, e.peer, e.conn.id(), cx.now, ax.wall) {
+                match admission::admit(sh, &u, e.addr, e.conn.id(), cx.now, ax.wall) {
                     Ok(a) => {
                         e.session = Some(a.session);
-                        e.client = a.client;
+                        if let Some(client) = a.client {
+                            (e.addr, e.counted) = (client, true);
+                        }
                         e.rate = a.rate;
                         e.conn.accept(a.protocol, cx);
                     }
@@ -676,15 +678,7 @@ fn answer(ax: &mut Answer, key: usize, e: &mut Entry, ev: Event, cx: &mut Cx) {
             m.upgrades_total.fetch_add(1, Relaxed);
             m.handshake_latency.record_us(handshake.as_micros() as u64);
         }
-        Event::Message(msg) => {
-            if let Some(rate) = &mut e.rate
-                && let Err(why) = admission::rate(sh, rate, msg.len(), e.conn.id(), cx.now)
-            {
-                m.refused(why);
-                return e.conn.close(1008, "rate limit", cx);
-            }
-            messages::on_message(ax, key, e, msg, cx)
-        }
+        Event::Message(msg) => messages::on_message(ax, key, e, msg, cx),
         Event::PeerClosed => ax.runs.peer_closed(cx.now, e.at(key)),
         Event::Timeout(phase) => m.timeout(phase),
         Event::CloseSent(code) => m.close_sent(code),
