@@ -181,3 +181,121 @@ impl KeySet {
         Ok(data.claims)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+    use ring::rand::SystemRandom;
+    use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair};
+
+    use super::*;
+
+    const NOW: u64 = 1_800_000_000;
+
+    fn rules() -> Rules {
+        Rules {
+            audience: vec!["app".into()],
+            issuer: None,
+            leeway: 0,
+        }
+    }
+
+    fn token(alg: &str, kid: &str, sign: impl Fn(&[u8]) -> Vec<u8>) -> String {
+        let h = B64.encode(format!(r#"{{"alg":"{alg}","kid":"{kid}"}}"#));
+        let p = B64.encode(format!(
+            r#"{{"sub":"alice","aud":"app","exp":{}}}"#,
+            NOW + 60
+        ));
+        let sig = B64.encode(sign(format!("{h}.{p}").as_bytes()));
+        format!("{h}.{p}.{sig}")
+    }
+
+    /// An ES256 and an EdDSA key made here, a key set with both, an `oct`
+    /// key and an encryption key, and a signer for each.
+    #[allow(clippy::type_complexity)]
+    fn fixture() -> (
+        KeySet,
+        Box<dyn Fn(&[u8]) -> Vec<u8>>,
+        Box<dyn Fn(&[u8]) -> Vec<u8>>,
+    ) {
+        let rng = SystemRandom::new();
+        let doc = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+        let ec =
+            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, doc.as_ref(), &rng).unwrap();
+        let point = ec.public_key().as_ref().to_vec();
+        let ed = Ed25519KeyPair::from_pkcs8(Ed25519KeyPair::generate_pkcs8(&rng).unwrap().as_ref())
+            .unwrap();
+        let set = serde_json::json!({"keys": [
+            {"kty": "EC", "crv": "P-256", "kid": "ec", "x": B64.encode(&point[1..33]),
+             "y": B64.encode(&point[33..])},
+            {"kty": "OKP", "crv": "Ed25519", "kid": "ed", "alg": "EdDSA",
+             "x": B64.encode(ed.public_key().as_ref())},
+            {"kty": "oct", "kid": "hmac", "k": B64.encode(b"a shared secret")},
+            {"kty": "OKP", "crv": "Ed25519", "kid": "enc", "use": "enc",
+             "x": B64.encode(ed.public_key().as_ref())},
+            {"kty": "EC", "crv": "P-256", "kid": "bad", "x": "!!", "y": "??"},
+            {"kty": "RSA", "n": "AQAB", "e": "AQAB"},
+        ]});
+        let keys = KeySet::parse(set.to_string().as_bytes()).unwrap();
+        let rng2 = SystemRandom::new();
+        let sign_ec = move |m: &[u8]| ec.sign(&rng2, m).unwrap().as_ref().to_vec();
+        let sign_ed = move |m: &[u8]| ed.sign(m).as_ref().to_vec();
+        (keys, Box::new(sign_ec), Box::new(sign_ed))
+    }
+
+    #[test]
+    fn each_key_verifies_its_own_algorithm_only() {
+        let (keys, ec, ed) = fixture();
+        assert_eq!((keys.len(), keys.skipped), (2, 4), "{keys:?}");
+        let ok = |t: &str, alg| keys.verify(t, alg, t_kid(t).as_deref(), &rules(), NOW);
+        let t = token("ES256", "ec", &ec);
+        assert_eq!(ok(&t, "ES256").unwrap().sub.as_deref(), Some("alice"));
+        let t = token("EdDSA", "ed", &ed);
+        assert_eq!(ok(&t, "EdDSA").unwrap().sub.as_deref(), Some("alice"));
+        // A token naming another key's algorithm, an unknown or skipped kid.
+        let t = token("EdDSA", "ec", &ed);
+        assert_eq!(ok(&t, "EdDSA").err(), Some(AuthError::Algorithm));
+        for kid in ["nobody", "hmac", "enc"] {
+            let t = token("EdDSA", kid, &ed);
+            assert_eq!(ok(&t, "EdDSA").err(), Some(AuthError::UnknownKey), "{kid}");
+        }
+        // Signed by another key, or tampered with.
+        let t = token("ES256", "ec", |m: &[u8]| {
+            let mut s = ec(m);
+            s[5] ^= 1;
+            s
+        });
+        assert_eq!(ok(&t, "ES256").err(), Some(AuthError::Signature));
+        let t = token("EdDSA", "ed", &ec);
+        assert!(ok(&t, "EdDSA").is_err());
+        // The claims' rules apply after the signature.
+        let t = token("ES256", "ec", &ec);
+        let other = Rules {
+            audience: vec!["another".into()],
+            ..rules()
+        };
+        assert_eq!(
+            keys.verify(&t, "ES256", Some("ec"), &other, NOW).err(),
+            Some(AuthError::Audience)
+        );
+    }
+
+    fn t_kid(t: &str) -> Option<String> {
+        let h = B64.decode(t.split('.').next()?).ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&h).ok()?;
+        v["kid"].as_str().map(str::to_string)
+    }
+
+    #[test]
+    fn documents_that_are_no_key_set_are_errors() {
+        let e = KeySet::parse(b"<html>Service Unavailable</html>").unwrap_err();
+        assert!(
+            e.contains("not a JWKS document") && e.contains("<html>"),
+            "{e}"
+        );
+        let e = KeySet::parse(br#"{"keys":[{"kty":"oct","kid":"a","k":"AAAA"}]}"#).unwrap_err();
+        assert!(e.contains("no usable key (1 skipped"), "{e}");
+        assert!(KeySet::parse(b"").is_err());
+    }
+}
