@@ -22,6 +22,8 @@ pub struct Session {
     pub conn_id: u64,
     /// The authenticated subject, if authentication is on.
     pub subject: Option<String>,
+    /// The trace the upgrade request came with (W3C `traceparent`), if any.
+    pub trace: Option<crate::trace::Trace>,
 }
 
 /// One inbound application message.
@@ -46,6 +48,13 @@ pub trait Handler: Send + Sync + 'static {
     /// when `out.is_cancelled()` (the execution deadline passed).
     fn message(&self, session: &Session, input: Inbound, out: &Outbox);
     fn close(&self, _session: &Session) {}
+    /// Where the run for `input` comes from: this handler's
+    /// [`Handler::message`] on the worker pool (the default), or the
+    /// team's own agent configured on the server (`--agent-url`,
+    /// `--agent-cmd`). Called on the reactor thread: keep it cheap.
+    fn start(&self, _session: &Session, _input: &Inbound) -> Start {
+        Start::Pool
+    }
     /// Opts into resume (SPEC §5): `true` makes a text message
     /// `{"type":"resume","run_id":…,"after_seq":N}` a resume request,
     /// answered by the run layer (the run's events after `N`, then its
@@ -53,6 +62,23 @@ pub trait Handler: Send + Sync + 'static {
     fn resumable(&self) -> bool {
         false
     }
+}
+
+/// Where a message's run comes from (see [`Handler::start`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Start {
+    /// `Handler::message` on the worker pool.
+    Pool,
+    /// The configured agent, asked this.
+    Agent(AgentRequest),
+}
+
+/// What an agent is asked for one message; the server adds the run id,
+/// the subject and the time left (SPEC §5).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentRequest {
+    pub thread_id: String,
+    pub text: String,
 }
 
 /// Which application a server runs.

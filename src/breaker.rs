@@ -129,6 +129,14 @@ impl Breaker {
         }
     }
 
+    /// The attempt ended with no verdict (its client left): a trial's
+    /// slot is free for the next caller.
+    pub fn release(&mut self, permit: Permit) {
+        if permit == Permit::Trial {
+            self.trial_out = false;
+        }
+    }
+
     /// The upgrade failed through the server's fault.
     pub fn failure(&mut self, permit: Permit, now: Instant) {
         self.total_failures += 1;

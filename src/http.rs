@@ -38,6 +38,8 @@ pub struct Head {
     pub forwarded_for: Option<String>,
     /// Every `Forwarded` line, joined with `,` (one list).
     pub forwarded: Option<String>,
+    /// The W3C `traceparent` header, if any (not checked here).
+    pub traceparent: Option<String>,
     /// A `Content-Length` other than 0, or any `Transfer-Encoding`.
     pub has_body: bool,
 }
@@ -54,7 +56,14 @@ pub struct UpgradeRequest {
     pub origin: Option<String>,
     pub forwarded_for: Option<String>,
     pub forwarded: Option<String>,
+    /// The W3C `traceparent` header, if any.
+    pub traceparent: Option<String>,
 }
+
+/// Prefix of the browser form of a bearer token inside
+/// `Sec-WebSocket-Protocol` (`bearer.<token>`): a credential, never a
+/// protocol.
+pub const SUBPROTOCOL_PREFIX: &str = "bearer.";
 
 /// Headers a request may carry once only: two copies make it ambiguous
 /// (a proxy in front may read the other one), so it gets 400 naming the
@@ -174,6 +183,7 @@ pub fn parse(buf: &[u8], limits: HeadLimits) -> Parsed {
         origin: header(h, "origin").map(|v| v.trim().to_string()),
         forwarded_for: joined(h, "x-forwarded-for"),
         forwarded: joined(h, "forwarded"),
+        traceparent: header(h, "traceparent").map(str::to_string),
         has_body: header(h, "content-length").is_some_and(|v| v.trim() != "0")
             || header(h, "transfer-encoding").is_some(),
     };
@@ -302,7 +312,7 @@ fn upgrade(head: &Head) -> Request {
     let entries = head
         .protocols
         .iter()
-        .filter(|p| p.starts_with(crate::auth::SUBPROTOCOL_PREFIX))
+        .filter(|p| p.starts_with(SUBPROTOCOL_PREFIX))
         .count();
     if entries + usize::from(head.authorization.is_some()) > 1 {
         return Request::Reject(text(
@@ -320,6 +330,7 @@ fn upgrade(head: &Head) -> Request {
         origin: head.origin.clone(),
         forwarded_for: head.forwarded_for.clone(),
         forwarded: head.forwarded.clone(),
+        traceparent: head.traceparent.clone(),
     })
 }
 

@@ -56,3 +56,4 @@ pub mod source;
 pub mod store;
 pub mod stream;
 pub mod tls;
+pub mod trace;

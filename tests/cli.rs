@@ -492,3 +492,69 @@ fn a_stalled_log_pipe_never_blocks_the_server() {
         "12 000 lines fit a 64 KiB pipe and the queue?"
     );
 }
+
+/// `--log-format json`: every line is one JSON object with Cloud
+/// Logging's `severity` and a `message` (the start-up line included), and
+/// an event's fields are kept; `auto` picks JSON in a cloud container.
+#[test]
+fn json_logs_are_one_object_per_line_with_severity_and_message() {
+    let bin = env!("CARGO_BIN_EXE_pollcap");
+    for (args, env) in [
+        (vec!["--log-format", "json"], vec![]),
+        (vec![], vec![("K_SERVICE", "pollcap")]), // auto, on Cloud Run
+    ] {
+        let mut all = vec!["serve", "--listen", "127.0.0.1:0", "--app", "echo"];
+        all.extend(args);
+        let (mut srv, lines) = common::spawn_server_undrained(bin, &all, &env);
+        let startup: serde_json::Value = serde_json::from_str(&srv.startup).expect("JSON start-up");
+        assert_eq!(startup["severity"], "INFO");
+        assert!(
+            startup["message"]
+                .as_str()
+                .unwrap()
+                .contains("listening on")
+        );
+        assert!(startup["timestamp"].as_str().unwrap().contains('T'));
+        // A refusal is a line of its own (read as it comes: the log is
+        // written from a thread of its own).
+        let r = common::raw_exchange(
+            srv.addr,
+            b"GET /health HTTP/1.1\r\n\r\n",
+            std::time::Duration::from_secs(5),
+        );
+        assert_eq!(common::status_of(&r), 400);
+        let mut rest = Vec::new();
+        for line in lines.map_while(Result::ok) {
+            let v: serde_json::Value =
+                serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+            let sev = v["severity"].as_str().unwrap();
+            assert!(
+                ["DEBUG", "INFO", "WARNING", "ERROR"].contains(&sev),
+                "{line}"
+            );
+            assert!(v["message"].is_string(), "{line}");
+            assert!(
+                v["target"].as_str().unwrap().starts_with("pollcap"),
+                "{line}"
+            );
+            let done = v["message"].as_str().unwrap().contains("refus");
+            rest.push(v);
+            if done {
+                break;
+            }
+        }
+        assert!(!rest.is_empty(), "the refusal was logged");
+        if let Some(mut c) = srv.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+    // Text stays text.
+    let srv = common::spawn_server(
+        bin,
+        &["serve", "--listen", "127.0.0.1:0", "--log-format", "text"],
+        &[],
+    );
+    assert!(serde_json::from_str::<serde_json::Value>(&srv.startup).is_err());
+    assert!(srv.startup.contains("INFO"), "{}", srv.startup);
+}

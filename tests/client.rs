@@ -159,7 +159,10 @@ fn a_client_error_status_is_not_retried_and_does_not_trip_the_breaker() {
 
 fn agent_server(env: &[(&str, &str)], pacing: Duration) -> pollcap::server::Server {
     start(BackendKind::Mio, env, move |c| {
-        c.app = App::Handler(Arc::new(AgentChat { pacing }));
+        c.app = App::Handler(Arc::new(AgentChat {
+            pacing,
+            upstream: false,
+        }));
     })
 }
 

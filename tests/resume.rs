@@ -30,6 +30,7 @@ fn chat_server(kind: BackendKind, pacing_ms: u64, env: &[(&str, &str)], auth: bo
     start(kind, env, |c| {
         c.app = App::Handler(Arc::new(AgentChat {
             pacing: Duration::from_millis(pacing_ms),
+            upstream: false,
         }));
         if auth {
             c.auth = Some(Auth::new(Some(SECRET.to_vec()), HashSet::new()));

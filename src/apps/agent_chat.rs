@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::app::{Handler, Inbound, Outbox, Session};
+use crate::app::{AgentRequest, Handler, Inbound, Outbox, Session, Start};
 use crate::runs::ErrorFields;
 
 /// Largest `pacing_ms` a message may ask for.
@@ -74,6 +74,9 @@ pub struct AgentChat {
     /// Pause between events (setting `pacing_ms`, 5 ms by default:
     /// streaming is visible, runs stay short).
     pub pacing: Duration,
+    /// A `user_message` goes to the team's agent (`--agent-url`,
+    /// `--agent-cmd`) instead of the built-in demo.
+    pub upstream: bool,
 }
 
 impl Handler for AgentChat {
@@ -87,6 +90,23 @@ impl Handler for AgentChat {
 
     fn resumable(&self) -> bool {
         true
+    }
+
+    /// With an agent configured, every well-formed `user_message` is its
+    /// run; anything else stays here (and gets `bad_request`).
+    fn start(&self, _session: &Session, input: &Inbound) -> Start {
+        let Inbound::Text(t) = input else {
+            return Start::Pool;
+        };
+        if !self.upstream {
+            return Start::Pool;
+        }
+        match serde_json::from_str(t) {
+            Ok(ClientMessage::UserMessage {
+                text, thread_id, ..
+            }) => Start::Agent(AgentRequest { thread_id, text }),
+            Err(_) => Start::Pool,
+        }
     }
 
     fn message(&self, _session: &Session, input: Inbound, out: &Outbox) {
@@ -150,7 +170,7 @@ impl Handler for AgentChat {
 
 fn bad_request(out: &Outbox, message: &str) {
     let code = "bad_request";
-    out.emit("error", ErrorFields { code, message });
+    out.emit("error", ErrorFields::new(code, message));
 }
 
 /// The tool's result: statistics of a message.
@@ -227,6 +247,7 @@ mod tests {
             cancel: Default::default(),
             deadline: std::time::Instant::now(),
             charged: None,
+            expiry: crate::runs::Expiry::HANDLER,
         };
         let budget = RunBudget {
             max_events: 10_000,
@@ -235,6 +256,7 @@ mod tests {
         let out = Outbox::new(&ticket, mb.clone(), budget);
         AgentChat {
             pacing: Duration::ZERO,
+            upstream: false,
         }
         .message(&Session::default(), input, &out);
         mb.take()
@@ -302,6 +324,7 @@ mod tests {
         let msg = r#"{"type":"user_message","text":"hello deadline world","thread_id":"t"}"#;
         let agent = AgentChat {
             pacing: Duration::ZERO,
+            upstream: false,
         };
         agent.message(&Session::default(), Inbound::Text(msg.into()), &out);
         let mut now = t0;

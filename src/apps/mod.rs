@@ -18,16 +18,19 @@ use agent_chat::AgentChat;
 use flaky_open::FlakyOpen;
 
 /// The application the settings name (`app`, with `pacing_ms` and
-/// `fail_opens`).
+/// `fail_opens`); `agent_chat` asks the team's agent when one is set.
 pub fn from_settings(settings: &Settings) -> App {
     let a = &settings.apps;
-    let pacing = a.pacing;
+    let chat = || AgentChat {
+        pacing: a.pacing,
+        upstream: settings.agent.url.is_some() || settings.agent.cmd.is_some(),
+    };
     match a.app {
-        AppKind::AgentChat => App::Handler(Arc::new(AgentChat { pacing })),
+        AppKind::AgentChat => App::Handler(Arc::new(chat())),
         AppKind::Echo => App::Echo,
         AppKind::FlakyOpen => App::Handler(Arc::new(FlakyOpen {
             remaining: a.fail_opens.into(),
-            inner: AgentChat { pacing },
+            inner: chat(),
         })),
     }
 }

@@ -37,7 +37,7 @@ pub use claims::{Audience, Claims, Rules};
 type HmacSha256 = Hmac<Sha256>;
 
 /// Prefix of the browser form of a token inside `Sec-WebSocket-Protocol`.
-pub const SUBPROTOCOL_PREFIX: &str = "bearer.";
+pub use crate::http::SUBPROTOCOL_PREFIX;
 
 /// Why a token was refused (the 401 body says which, never the token).
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -8,7 +8,8 @@ use tungstenite::Message;
 
 use crate::http::Head;
 
-/// A connection phase whose deadline can expire (SPEC §2).
+/// A phase whose deadline can expire: a connection's (SPEC §2), a run's
+/// (`Execution`), or an agent run's upstream leg (SPEC §5).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TimeoutPhase {
     Connect,
@@ -21,10 +22,17 @@ pub enum TimeoutPhase {
     Execution,
     /// The lingering close after a response that ends the connection.
     Linger,
+    /// Upstream agent: DNS, TCP and TLS.
+    AgentConnect,
+    /// Upstream agent: from the request to the response head (or the
+    /// subprocess's first line).
+    AgentResponse,
+    /// Upstream agent: the longest gap between two reads of its stream.
+    AgentIdle,
 }
 
 impl TimeoutPhase {
-    pub const ALL: [TimeoutPhase; 9] = [
+    pub const ALL: [TimeoutPhase; 12] = [
         TimeoutPhase::Connect,
         TimeoutPhase::Handshake,
         TimeoutPhase::Ping,
@@ -34,6 +42,9 @@ impl TimeoutPhase {
         TimeoutPhase::Close,
         TimeoutPhase::Execution,
         TimeoutPhase::Linger,
+        TimeoutPhase::AgentConnect,
+        TimeoutPhase::AgentResponse,
+        TimeoutPhase::AgentIdle,
     ];
 
     pub fn name(self) -> &'static str {
@@ -47,6 +58,9 @@ impl TimeoutPhase {
             TimeoutPhase::Close => "close",
             TimeoutPhase::Execution => "execution",
             TimeoutPhase::Linger => "linger",
+            TimeoutPhase::AgentConnect => "agent_connect",
+            TimeoutPhase::AgentResponse => "agent_response",
+            TimeoutPhase::AgentIdle => "agent_idle",
         }
     }
 }

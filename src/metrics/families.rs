@@ -5,7 +5,7 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 
-use super::{CLOSE_CODES, COUNTERS, HTTP_STATUSES, LingerEnd, Refused, TimeoutPhase};
+use super::{AGENT_CODES, CLOSE_CODES, COUNTERS, HTTP_STATUSES, LingerEnd, Refused, TimeoutPhase};
 use crate::histogram::Snapshot;
 use crate::metrics::Report;
 
@@ -221,6 +221,49 @@ pub const FAMILIES: &[Family] = &[
                 }),
             )
         },
+    },
+    Family {
+        name: "pollcap_agent_failures_total",
+        help: "Agent runs that failed, by error code.",
+        kind: Kind::Counter,
+        health: HealthAt::ByLabel("agent.failures", "code"),
+        read: |r| {
+            Values::by(
+                "code",
+                AGENT_CODES
+                    .iter()
+                    .zip(&r.metrics.agent_failures)
+                    .map(|(c, n)| (c.to_string(), n.load(Relaxed))),
+            )
+        },
+    },
+    Family {
+        name: "pollcap_agent_breaker_state",
+        help: "The agent's circuit breaker state (1 = current; absent without an agent).",
+        kind: Kind::Gauge,
+        health: HealthAt::Which("agent.breaker.state", "state"),
+        read: |r| match &r.agent {
+            Some(a) => Values::by(
+                "state",
+                ["closed", "open", "half_open"]
+                    .map(|s| (s.to_string(), u64::from(a.breaker.state == s))),
+            ),
+            None => Values::Samples(Vec::new()),
+        },
+    },
+    Family {
+        name: "pollcap_agent_breaker_opened_total",
+        help: "Times the agent's circuit breaker opened.",
+        kind: Kind::Counter,
+        health: HealthAt::Total("agent.breaker.opened_total"),
+        read: |r| Values::maybe(r.agent.as_ref().map(|a| a.breaker.opened_total)),
+    },
+    Family {
+        name: "pollcap_agent_breaker_rejections_total",
+        help: "Agent runs answered upstream_unavailable at once while its breaker was open.",
+        kind: Kind::Counter,
+        health: HealthAt::Total("agent.breaker.rejections_total"),
+        read: |r| Values::maybe(r.agent.as_ref().map(|a| a.breaker.rejections_total)),
     },
     Family {
         name: "pollcap_front_door_refusals_total",

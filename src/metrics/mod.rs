@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 pub use crate::conn::{LingerEnd, TimeoutPhase};
 pub use crate::frontdoor::Refused;
 pub use families::{FAMILIES, Family, HealthAt, Kind, Num, Sample, Values, families};
-pub use render::{BreakerView, FrontDoorView, Report};
+pub use render::{AgentView, BreakerView, FrontDoorView, Report};
 
 use crate::frontdoor::RefusalLog;
 
@@ -23,6 +23,14 @@ use crate::histogram::Histogram;
 
 /// Close codes the server sends, counted by code.
 pub const CLOSE_CODES: [u16; 8] = [1000, 1001, 1002, 1007, 1008, 1009, 1011, 1013];
+/// The error codes of agent runs (SPEC §5), counted by code.
+pub const AGENT_CODES: [&str; 5] = [
+    "upstream_timeout",
+    "upstream_unavailable",
+    "upstream_rejected",
+    "upstream_invalid",
+    "upstream_truncated",
+];
 /// HTTP statuses the server answers with, counted by status.
 pub const HTTP_STATUSES: [u16; 13] = [
     101, 200, 400, 401, 403, 404, 405, 408, 426, 429, 431, 503, 500,
@@ -51,6 +59,8 @@ macro_rules! counters {
             pub refusals: [AtomicU64; Refused::ALL.len()],
             /// Their log lines, at most one a second per reason.
             pub refusal_log: RefusalLog,
+            /// Agent runs that failed, by code ([`AGENT_CODES`]).
+            pub agent_failures: [AtomicU64; AGENT_CODES.len()],
         }
 
         #[cfg(test)]
@@ -71,6 +81,7 @@ macro_rules! counters {
                     .chain(&self.http_status)
                     .chain(&self.lingered)
                     .chain(&self.refusals)
+                    .chain(&self.agent_failures)
                 {
                     a.store(next(), Relaxed);
                 }
@@ -151,6 +162,12 @@ counters! {
     linger_discarded_bytes_total: Counter "pollcap_linger_discarded_bytes_total"
         at "linger.discarded_bytes",
         "Bytes read and discarded by lingering closes.";
+    /// Requests made to the team's agent (or processes spawned).
+    agent_requests_total: Counter "pollcap_agent_requests_total" at "agent.requests",
+        "Runs sent to the team's agent (HTTP requests made, processes spawned).";
+    /// Agent calls open now, on every reactor.
+    agent_in_flight: Gauge "pollcap_agent_runs_in_flight" at "agent.in_flight",
+        "Agent runs whose upstream request (or process) is open now.";
 }
 
 impl ServerMetrics {
@@ -174,6 +191,13 @@ impl ServerMetrics {
 
     pub fn refusals_of(&self, why: Refused) -> u64 {
         self.refusals[why as usize].load(Relaxed)
+    }
+
+    /// An agent run failed with `code` (one of [`AGENT_CODES`]).
+    pub fn agent_failure(&self, code: &str) {
+        if let Some(i) = AGENT_CODES.iter().position(|c| *c == code) {
+            self.agent_failures[i].fetch_add(1, Relaxed);
+        }
     }
 
     pub fn close_sent(&self, code: u16) {

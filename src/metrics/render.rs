@@ -38,6 +38,16 @@ pub struct FrontDoorView {
     pub jwks: Option<JwksView>,
 }
 
+/// The team's agent as reported.
+#[derive(Clone, Debug)]
+pub struct AgentView {
+    /// `http` or `command`.
+    pub kind: &'static str,
+    /// Where (a URL without its query, or the command's first word).
+    pub target: String,
+    pub breaker: BreakerView,
+}
+
 /// Everything `/health` and `/metrics` report, gathered at one `now`.
 pub struct Report<'a> {
     pub settings: &'a Settings,
@@ -59,6 +69,8 @@ pub struct Report<'a> {
     /// Log lines the log writer dropped rather than block, when it counts.
     pub log_lines_dropped: Option<u64>,
     pub front_door: FrontDoorView,
+    /// The team's agent, when one is configured.
+    pub agent: Option<AgentView>,
 }
 
 /// Sets `value` at the dotted `path` of `root`, making objects on the way.
@@ -122,14 +134,19 @@ fn label_values(values: &Values, label: &str) -> Vec<String> {
 
 impl Report<'_> {
     /// `healthy`, `degraded` (at the connection limit, a deadline was
-    /// missed by the queue, the breaker is not closed, the run store is
-    /// unreachable, or the key set could not be refreshed) or `draining`.
+    /// missed by the queue, a breaker — the server's or the agent's — is
+    /// not closed, the run store is unreachable, or the key set could not
+    /// be refreshed) or `draining`.
     pub fn status(&self) -> &'static str {
         if self.draining {
             "draining"
         } else if self.metrics.open.load(Relaxed) as usize >= self.max_connections
             || self.metrics.missed_deadlines_total.load(Relaxed) > 0
             || self.breaker.state != "closed"
+            || self
+                .agent
+                .as_ref()
+                .is_some_and(|a| a.breaker.state != "closed")
             || !self.store.up
             || self.front_door.jwks.is_some_and(|j| !j.up)
         {
@@ -202,6 +219,20 @@ impl Report<'_> {
         for (path, v) in described {
             put(&mut root, path, v);
         }
+        if let Some(a) = &self.agent {
+            put(&mut root, "agent.kind", a.kind.into());
+            put(&mut root, "agent.target", a.target.clone().into());
+            put(
+                &mut root,
+                "agent.breaker.threshold",
+                a.breaker.threshold.into(),
+            );
+            put(
+                &mut root,
+                "agent.breaker.recovery_s",
+                a.breaker.recovery_s.into(),
+            );
+        }
         for f in families() {
             let values = (f.read)(self);
             match f.health {
@@ -221,9 +252,11 @@ impl Report<'_> {
                     put(&mut root, path, Value::Object(m));
                 }
                 HealthAt::Keys(label, keys) => {
+                    // A family with no sample at all (not in use) is null.
+                    let any = values.total().is_some();
                     for (v, path) in keys {
                         let n = total_where(&values, label, v).unwrap_or(Num::U(0));
-                        put(&mut root, path, json(n));
+                        put(&mut root, path, if any { json(n) } else { Value::Null });
                     }
                 }
                 HealthAt::Which(path, label) => {

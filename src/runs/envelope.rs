@@ -6,10 +6,27 @@
 use std::fmt::Write as _;
 
 /// The fields of an `error` event.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct ErrorFields<'a> {
     pub code: &'a str,
     pub message: &'a str,
+    /// Which deadline passed (`upstream_timeout`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub phase: Option<&'a str>,
+    /// When a retry may succeed (`upstream_unavailable`, when known).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
+}
+
+impl<'a> ErrorFields<'a> {
+    /// An error with a code and a message only.
+    pub fn new(code: &'a str, message: &'a str) -> ErrorFields<'a> {
+        ErrorFields {
+            code,
+            message,
+            ..ErrorFields::default()
+        }
+    }
 }
 
 #[derive(serde::Serialize)]

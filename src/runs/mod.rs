@@ -26,6 +26,7 @@
 
 mod envelope;
 mod follows;
+mod subjects;
 #[cfg(test)]
 mod tests;
 
@@ -40,7 +41,7 @@ pub use crate::settings::RunBudget;
 pub use envelope::{ErrorFields, body, error_event, resume_error, seal};
 
 use crate::conn::TimeoutPhase;
-use crate::frontdoor::{Refused, SubjectRuns};
+use crate::frontdoor::SubjectRuns;
 use crate::metrics::ServerMetrics;
 use crate::reactor::WallClock;
 use crate::store::{Delivery, Follower, ResumeRequest, Resumed, new_run_id};
@@ -74,7 +75,7 @@ pub enum SourceEvent {
 }
 
 /// How a source failed.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Failure {
     pub code: &'static str,
     pub message: String,
@@ -82,6 +83,10 @@ pub struct Failure {
     /// handler that panicked: the client would otherwise wait for events
     /// that never come).
     pub close: bool,
+    /// The deadline that passed, when that is the failure.
+    pub phase: Option<&'static str>,
+    /// When a retry may succeed, when the source knows.
+    pub retry_after_ms: Option<u64>,
 }
 
 /// One piece of a source's output for the reactor its run belongs to.
@@ -90,6 +95,26 @@ pub struct Mail {
     /// The run's number (see [`Ticket`]).
     pub run: u64,
     pub what: SourceEvent,
+}
+
+/// The error a run ends with when its execution deadline passes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Expiry {
+    pub code: &'static str,
+    pub phase: Option<&'static str>,
+}
+
+impl Expiry {
+    /// A handler's run: `execution_timeout`.
+    pub const HANDLER: Expiry = Expiry {
+        code: "execution_timeout",
+        phase: None,
+    };
+    /// An agent's run: `upstream_timeout`, phase `execution`.
+    pub const AGENT: Expiry = Expiry {
+        code: "upstream_timeout",
+        phase: Some("execution"),
+    };
 }
 
 /// A run about to start: what its source needs to know.
@@ -106,6 +131,8 @@ pub struct Ticket {
     /// The subject this run is counted against (`max_runs_per_subject`),
     /// given back when it ends or is refused.
     pub charged: Option<Arc<str>>,
+    /// How it ends when that passes.
+    pub expiry: Expiry,
 }
 
 /// A change to the run store, for the owner to apply.
@@ -180,6 +207,7 @@ struct Run {
     /// Last `seq` given out.
     seq: u64,
     deadline: Instant,
+    expiry: Expiry,
     cancel: Arc<AtomicBool>,
     /// Budget used: events and body bytes.
     events: u64,
@@ -200,6 +228,8 @@ enum End {
     Dropped,
     /// Its connection is gone and nobody could resume it (store off).
     Abandoned,
+    /// The server stopped before it ended.
+    Drained,
 }
 
 /// The runs of one reactor and what its connections follow.
@@ -229,19 +259,6 @@ impl Runs {
             effects: VecDeque::new(),
             next: 0,
             subjects: None,
-        }
-    }
-
-    /// Counts each subject's runs in `subjects` (shared by every reactor):
-    /// a subject at its limit gets `overloaded`.
-    pub fn with_subject_limit(mut self, subjects: Option<Arc<SubjectRuns>>) -> Runs {
-        self.subjects = subjects;
-        self
-    }
-
-    fn give_back(&self, charged: Option<&Arc<str>>) {
-        if let (Some(t), Some(s)) = (&self.subjects, charged) {
-            t.give_back(s);
         }
     }
 
@@ -296,8 +313,12 @@ impl Runs {
         if code == "overloaded" {
             self.metrics.overloaded_total.fetch_add(1, Relaxed);
         }
-        let fields = ErrorFields { code, message };
-        let text = error_event(id, 1, self.wall.unix_ms(now), &fields);
+        let text = error_event(
+            id,
+            1,
+            self.wall.unix_ms(now),
+            &ErrorFields::new(code, message),
+        );
         self.send(conn, text);
     }
 
@@ -327,27 +348,14 @@ impl Runs {
             self.refuse_with(now, conn, &id, "overloaded", m);
             return None;
         }
-        let charged = match (&self.subjects, subject) {
-            (Some(t), Some(s)) if !t.try_take(s) => {
-                self.metrics.refused(Refused::SubjectRuns);
-                self.metrics.refusal_log.note(
-                    Refused::SubjectRuns,
-                    now,
-                    format_args!("subject {s:?} has its most runs in flight: overloaded"),
-                );
-                let m = "too many runs in flight for this user; retry later";
-                self.refuse_with(now, conn, &id, "overloaded", m);
-                return None;
-            }
-            (Some(_), Some(s)) => Some(s.clone()),
-            _ => None,
-        };
+        let charged = self.charge(now, conn, &id, subject)?;
         Some(Ticket {
             run: self.next_number(),
             id,
             cancel: Arc::new(AtomicBool::new(false)),
             deadline: now + self.cfg.execution,
             charged,
+            expiry: Expiry::HANDLER,
         })
     }
 
@@ -360,6 +368,7 @@ impl Runs {
             cancel,
             deadline,
             charged,
+            expiry,
         } = ticket;
         self.store(StoreOp::Begin {
             id: id.clone(),
@@ -383,6 +392,7 @@ impl Runs {
                 subject,
                 seq: 0,
                 deadline,
+                expiry,
                 cancel,
                 events: 0,
                 bytes: 0,
@@ -483,9 +493,14 @@ impl Runs {
         }
         let m = &self.metrics;
         let execution;
-        let error: Option<(&str, &str)> = match &end {
+        let error: Option<ErrorFields> = match &end {
             End::Done | End::Abandoned => None,
-            End::Failed(f) => Some((f.code, &f.message)),
+            End::Failed(f) => Some(ErrorFields {
+                code: f.code,
+                message: &f.message,
+                phase: f.phase,
+                retry_after_ms: f.retry_after_ms,
+            }),
             End::Expired => {
                 m.timeout(TimeoutPhase::Execution);
                 tracing::info!(run_id = %run.id, "execution deadline passed; run cancelled");
@@ -493,28 +508,39 @@ impl Runs {
                     "the run did not finish within {}",
                     crate::settings::secs(self.cfg.execution)
                 );
-                Some(("execution_timeout", &execution))
+                Some(ErrorFields {
+                    code: run.expiry.code,
+                    message: &execution,
+                    phase: run.expiry.phase,
+                    retry_after_ms: None,
+                })
             }
             End::TooLarge(why) => {
                 m.runs_too_large_total.fetch_add(1, Relaxed);
                 tracing::info!(run_id = %run.id, "{why}; run cancelled");
-                Some(("run_too_large", why))
+                Some(ErrorFields::new("run_too_large", why))
             }
             End::Cancelled => {
                 m.runs_cancelled_total.fetch_add(1, Relaxed);
-                Some(("cancelled", "the client closed the connection"))
+                Some(ErrorFields::new(
+                    "cancelled",
+                    "the client closed the connection",
+                ))
             }
+            End::Drained => Some(ErrorFields::new(
+                "draining",
+                "the server shut down before the run ended; retry elsewhere",
+            )),
             End::Dropped => {
                 m.run_events_dropped_total.fetch_add(1, Relaxed);
                 tracing::warn!(run_id = %run.id, "an event found the mailbox full; run ended");
                 let why = "the server could not keep up with this run's events";
-                Some(("overloaded", why))
+                Some(ErrorFields::new("overloaded", why))
             }
         };
         let mut last = run.seq;
-        if let Some((code, message)) = error {
+        if let Some(fields) = error {
             last += 1;
-            let fields = ErrorFields { code, message };
             let text = Utf8Bytes::from(error_event(&run.id, last, self.wall.unix_ms(now), &fields));
             self.store(StoreOp::Append {
                 id: run.id.clone(),
@@ -538,6 +564,16 @@ impl Runs {
                 });
             }
             self.settle(f.conn, left);
+        }
+    }
+
+    /// The server stops: every run still here ends with a `draining`
+    /// error (stored, so a resume elsewhere learns how it ended) and its
+    /// source is stopped.
+    pub fn shutdown(&mut self, now: Instant) {
+        let numbers: Vec<u64> = self.runs.keys().copied().collect();
+        for n in numbers {
+            self.end(now, n, End::Drained);
         }
     }
 

@@ -316,6 +316,7 @@ fn a_source_that_is_not_a_pool_handler_gets_the_same_treatment() {
             code: "upstream_timeout",
             message: "no event for 30 s".into(),
             close: false,
+            ..Failure::default()
         }),
     );
     let got = f.sent(A);
@@ -348,6 +349,7 @@ fn a_failed_handler_closes_its_connection_1011_after_the_error_event() {
             code: "handler_failure",
             message: "the handler failed".into(),
             close: true,
+            ..Failure::default()
         }),
     );
     let order: Vec<&Effect> = f
@@ -456,7 +458,11 @@ fn a_subject_has_at_most_its_runs_across_reactors() {
     assert!(one.runs.prepare(one.t0, A, Some(&alice), false).is_none());
     one.settle();
     assert_eq!(one.sent(A).last().unwrap()["code"], "overloaded");
-    assert_eq!(one.metrics.refusals_of(Refused::SubjectRuns), 1);
+    assert_eq!(
+        one.metrics
+            .refusals_of(crate::frontdoor::Refused::SubjectRuns),
+        1
+    );
     // Others are not affected, nor requests without a subject.
     assert!(one.runs.prepare(one.t0, A, Some(&bob), false).is_some());
     assert!(one.runs.prepare(one.t0, A, None, false).is_some());

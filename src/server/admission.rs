@@ -13,8 +13,10 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use super::Shared;
+use super::entry::Entry;
 use crate::app::{App, Session};
 use crate::auth;
+use crate::conn::Cx;
 use crate::frontdoor::{self, ConnRate, Over, Refused};
 use crate::http::{self, Response, UpgradeRequest};
 use crate::reactor::WallClock;
@@ -29,7 +31,7 @@ pub(super) struct Admitted {
 }
 
 /// Decides an upgrade request of connection `conn_id` from `peer` at `now`.
-pub(super) fn admit(
+fn admit(
     sh: &Shared,
     u: &UpgradeRequest,
     peer: IpAddr,
@@ -47,7 +49,15 @@ pub(super) fn admit(
     };
     let subject = authenticate(sh, u, now, wall).map_err(give_back)?;
     let protocol = subprotocol(sh, u).map_err(give_back)?;
-    let session = Session { conn_id, subject };
+    let trace = u
+        .traceparent
+        .as_deref()
+        .and_then(crate::trace::Trace::parse);
+    let session = Session {
+        conn_id,
+        subject,
+        trace,
+    };
     take_slot(sh, &session, now).map_err(give_back)?;
     let s = &sh.cfg.settings;
     Ok(Admitted {
@@ -56,6 +66,22 @@ pub(super) fn admit(
         client,
         rate: ConnRate::new(&s.clients, s.limits.max_message, now).map(Box::new),
     })
+}
+
+/// Answers upgrade request `u` of connection `e`: the 101 (its session,
+/// its counted address and rate buckets kept on `e`) or the refusal.
+pub(super) fn answer(sh: &Shared, u: &UpgradeRequest, e: &mut Entry, cx: &mut Cx, wall: WallClock) {
+    match admit(sh, u, e.addr, e.conn.id(), cx.now, wall) {
+        Ok(a) => {
+            e.session = Some(a.session);
+            if let Some(client) = a.client {
+                (e.addr, e.counted) = (client, true);
+            }
+            e.rate = a.rate;
+            e.conn.accept(a.protocol, cx);
+        }
+        Err(r) => e.conn.respond(r, cx),
+    }
 }
 
 /// Counts and logs (at most once a second) a front-door refusal.

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use crate::app::App;
 use crate::auth::Auth;
 use crate::settings::{ConfigError, Settings};
+use crate::source::upstream::UpstreamConfig;
 use crate::tls::{CertError, CertStore};
 
 /// Everything needed to start a server.
@@ -19,6 +20,9 @@ pub struct ServerConfig {
     pub auth: Option<Auth>,
     /// The TLS certificate pair; `None` serves plain `ws://` and `http://`.
     pub tls: Option<Arc<CertStore>>,
+    /// The team's agent over HTTP (`--agent-url`): where an application's
+    /// [`Start::Agent`](crate::app::Start) runs go.
+    pub upstream: Option<Arc<UpstreamConfig>>,
     /// Log lines the embedder's log writer dropped rather than block a
     /// reactor (`pollcap serve` writes its log from a thread of its own
     /// through a bounded queue); reported as
@@ -46,13 +50,15 @@ impl ServerConfig {
             app: App::Echo,
             auth: None,
             tls: None,
+            upstream: None,
             log_lines_dropped: None,
         }
     }
 
     /// `app` with everything the settings say: their authentication
-    /// (`POLLCAP_JWT_SECRET`, `tokens_file`, which is read here) and their
-    /// TLS pair (`tls_cert`, `tls_key`, loaded and checked here). What
+    /// (`POLLCAP_JWT_SECRET`, `tokens_file`, which is read here), their
+    /// TLS pair (`tls_cert`, `tls_key`, loaded and checked here) and their
+    /// agent (`agent_url`). What
     /// `pollcap serve` runs, with the application its settings name
     /// (`crate::apps::from_settings`).
     pub fn from_settings(settings: Settings, app: App) -> Result<ServerConfig, ConfigError> {
@@ -63,11 +69,13 @@ impl ServerConfig {
             )),
             _ => None,
         };
+        let upstream = UpstreamConfig::from_settings(&settings)?;
         Ok(ServerConfig {
             settings,
             app,
             auth,
             tls,
+            upstream,
             log_lines_dropped: None,
         })
     }

@@ -3,7 +3,9 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
+use super::Shared;
 use crate::app::Session;
 use crate::conn::Conn;
 use crate::frontdoor::ConnRate;
@@ -33,6 +35,27 @@ pub(super) struct Entry {
 }
 
 impl Entry {
+    /// A connection from `peer`, not admitted yet.
+    pub fn new(conn: Conn<Stream>, timer: TimerId, peer: IpAddr) -> Entry {
+        Entry {
+            conn,
+            timer,
+            interest: Interest::READABLE,
+            session: None,
+            addr: peer,
+            counted: false,
+            rate: None,
+        }
+    }
+
+    /// Gives the connection's place in the per-address table back (when it
+    /// goes).
+    pub fn give_back_address(&self, sh: &Shared, now: Instant) {
+        if let (Some(clients), true) = (&sh.clients, self.counted) {
+            clients.release(self.addr, now);
+        }
+    }
+
     /// This connection as the run layer names it.
     pub fn at(&self, key: usize) -> ConnRef {
         ConnRef {

@@ -7,12 +7,13 @@ use std::sync::Arc;
 
 use tungstenite::Message;
 
+use super::agents::AgentStart;
 use super::entry::Entry;
 use super::{Shared, admission};
-use crate::app::{App, Inbound, Outbox};
+use crate::app::{App, Inbound, Outbox, Start};
 use crate::conn::Cx;
 use crate::reactor::WallClock;
-use crate::runs::Runs;
+use crate::runs::{Expiry, Runs};
 use crate::source::pool;
 use crate::store::ResumeRequest;
 
@@ -24,6 +25,8 @@ pub(super) struct Answer<'a> {
     pub wall: WallClock,
     pub draining: bool,
     pub runs: &'a mut Runs,
+    /// Agent runs to start once the drive is over (they need the reactor).
+    pub agents: &'a mut Vec<AgentStart>,
 }
 
 /// Answers one application message of connection `key`: first against
@@ -64,9 +67,23 @@ pub(super) fn on_message(ax: &mut Answer, key: usize, e: &mut Entry, msg: Messag
         Inbound::Binary(b) => b.len(),
     };
     let subject = session.subject.as_deref().map(Arc::from);
-    let Some(ticket) = ax.runs.prepare(cx.now, conn, subject.as_ref(), ax.draining) else {
+    let Some(mut ticket) = ax.runs.prepare(cx.now, conn, subject.as_ref(), ax.draining) else {
         return;
     };
+    if let Start::Agent(req) = h.start(&session, &input) {
+        // The team's agent: the run starts now (it is followed from its
+        // first event), its upstream call once the drive is over.
+        ticket.expiry = Expiry::AGENT;
+        ax.agents.push(AgentStart {
+            run: ticket.run,
+            run_id: ticket.id.clone(),
+            req,
+            subject: session.subject.clone(),
+            trace: session.trace,
+            deadline: ticket.deadline,
+        });
+        return ax.runs.start(ticket, conn, subject);
+    }
     let budget = sh.cfg.settings.run_budget;
     let out = Outbox::new(&ticket, sh.mailboxes[ax.reactor].clone(), budget);
     let job = pool::job(h.clone(), session.clone(), input, out, sh.metrics.clone());

@@ -16,6 +16,8 @@
 //! shutdown). Runs themselves are the run layer's (`crate::runs`).
 
 mod admission;
+mod agent_io;
+mod agents;
 mod config;
 mod drain;
 mod entry;
@@ -46,6 +48,7 @@ use crate::metrics::ServerMetrics;
 use crate::reactor::{Mailbox, Reactor, ReactorStats, Waker};
 use crate::runs::Mail;
 use crate::source::pool::Pool;
+use crate::source::upstream::resolve::{Resolved, Resolver};
 use crate::store::{Deliveries, Store};
 use worker::Worker;
 
@@ -63,6 +66,12 @@ struct Shared {
     deliveries: Deliveries,
     store: Store,
     breaker: Mutex<Breaker>,
+    /// The agent's circuit breaker (SPEC §5), shared by every reactor.
+    agent_breaker: Mutex<Breaker>,
+    /// Name lookups for agent calls, off the reactors; each reactor's
+    /// answers come back through its mailbox.
+    resolver: Option<Resolver>,
+    resolved: Vec<Arc<Mailbox<Resolved>>>,
     pool: Option<Pool>,
     draining: AtomicBool,
     started: Instant,
@@ -74,6 +83,12 @@ struct Shared {
     clients: Option<Clients>,
     /// Runs per subject across reactors, when limited.
     subjects: Option<Arc<SubjectRuns>>,
+}
+
+impl Shared {
+    fn agent_breaker(&self) -> std::sync::MutexGuard<'_, Breaker> {
+        self.agent_breaker.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// Starts a drain from any thread (signal handler, tests, embedding code).
@@ -161,6 +176,18 @@ impl Server {
                 .map(|r| Arc::new(Mailbox::bounded(r.waker(), mail_budget)))
                 .collect(),
             breaker: Mutex::new(Breaker::new(s.breaker_threshold, s.breaker_recovery)),
+            agent_breaker: Mutex::new(Breaker::new(
+                s.agent.breaker_threshold,
+                s.agent.breaker_recovery,
+            )),
+            resolver: match cfg.upstream {
+                Some(_) => Some(Resolver::start()?),
+                None => None,
+            },
+            resolved: reactors
+                .iter()
+                .map(|r| Arc::new(Mailbox::new(r.waker())))
+                .collect(),
             pool,
             draining: AtomicBool::new(false),
             started: reactors[0].now(),

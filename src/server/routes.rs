@@ -7,24 +7,35 @@ use std::time::Instant;
 
 use super::{Shared, page};
 use crate::auth;
+use crate::breaker::Breaker;
 use crate::http::{self, Head, Response, Route};
-use crate::metrics::{BreakerView, FrontDoorView, Report};
+use crate::metrics::{AgentView, BreakerView, FrontDoorView, Report};
 use crate::reactor::WallClock;
+
+/// A breaker as reported, at `now`.
+fn breaker_view(b: &mut Breaker, now: Instant) -> BreakerView {
+    BreakerView {
+        state: b.state(now).name(),
+        consecutive_failures: b.consecutive_failures(),
+        threshold: b.threshold(),
+        recovery_s: b.recovery().as_secs_f64(),
+        failures_total: b.total_failures,
+        rejections_total: b.total_rejections,
+        opened_total: b.times_opened,
+    }
+}
 
 /// Everything the server reports, at `now`.
 pub(super) fn report(sh: &Shared, now: Instant) -> Report<'_> {
-    let breaker = {
-        let mut b = sh.breaker.lock().unwrap_or_else(|p| p.into_inner());
-        BreakerView {
-            state: b.state(now).name(),
-            consecutive_failures: b.consecutive_failures(),
-            threshold: b.threshold(),
-            recovery_s: b.recovery().as_secs_f64(),
-            failures_total: b.total_failures,
-            rejections_total: b.total_rejections,
-            opened_total: b.times_opened,
-        }
-    };
+    let breaker = breaker_view(
+        &mut sh.breaker.lock().unwrap_or_else(|p| p.into_inner()),
+        now,
+    );
+    let agent = sh.cfg.upstream.as_ref().map(|u| AgentView {
+        kind: "http",
+        target: format!("{:?}", u.target),
+        breaker: breaker_view(&mut sh.agent_breaker(), now),
+    });
     Report {
         settings: &sh.cfg.settings,
         metrics: &sh.metrics,
@@ -53,6 +64,7 @@ pub(super) fn report(sh: &Shared, now: Instant) -> Report<'_> {
             subjects_with_runs: sh.subjects.as_ref().map(|s| s.len() as u64),
             jwks: sh.cfg.auth.as_ref().and_then(|a| a.jwks_view()),
         },
+        agent,
     }
 }
 

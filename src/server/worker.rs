@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use mio::net::{TcpListener, TcpStream};
 use slab::Slab;
 
+use super::agents::{AGENT, AgentStart, Agents};
 use super::entry::Entry;
 use super::messages::{self, Answer};
 use super::{Shared, admission, routes};
@@ -70,7 +71,7 @@ pub(super) struct Worker {
     /// The run layer: the runs started on this reactor and what each
     /// connection follows; its one timer (the earliest execution
     /// deadline) and where that timer is armed now.
-    runs: Runs,
+    pub(super) runs: Runs,
     runs_timer: TimerId,
     runs_armed: Option<Instant>,
     /// Effects of the run layer are being applied (applying them drives
@@ -78,6 +79,10 @@ pub(super) struct Worker {
     applying: bool,
     /// Effects taken out of the run layer, in order, not applied yet.
     deferred: VecDeque<Effect>,
+    /// Agent runs asked for during a drive, started after it.
+    pub(super) agent_starts: Vec<AgentStart>,
+    /// The agent calls of this reactor.
+    pub(super) agents: Agents,
     /// This turn's clock reading.
     now: Instant,
 }
@@ -132,6 +137,8 @@ impl Worker {
             runs_armed: None,
             applying: false,
             deferred: VecDeque::new(),
+            agent_starts: Vec::new(),
+            agents: Agents::default(),
             now,
         })
     }
@@ -139,7 +146,7 @@ impl Worker {
     pub(super) fn run(mut self) -> io::Result<()> {
         tracing::debug!(reactor = self.index, "reactor started");
         loop {
-            let turn = if self.backlog.is_empty() {
+            let turn = if self.backlog.is_empty() && self.agents.backlog.is_empty() {
                 self.reactor.turn()?
             } else {
                 self.reactor.turn_busy()?
@@ -154,6 +161,7 @@ impl Worker {
                 self.take_inbox(now);
                 self.take_mail(now);
                 self.take_deliveries(now);
+                self.take_resolved(now);
                 if self.drain.is_none() && self.shared.draining.load(Relaxed) {
                     self.start_drain(now);
                 }
@@ -162,6 +170,8 @@ impl Worker {
                 let ev = self.reactor.events()[i];
                 if ev.token == LISTENER {
                     self.accept(now);
+                } else if (AGENT..DRAIN).contains(&ev.token) {
+                    self.agent_io(ev.token - AGENT, ev.readable, ev.writable, now);
                 } else {
                     self.drive(ev.token, now, |e, cx| {
                         e.conn.handle_io(ev.readable, ev.writable, cx)
@@ -178,9 +188,11 @@ impl Worker {
                         self.runs.expire(now);
                         self.apply_effects(now);
                     }
+                    key if key >= AGENT => self.agent_timeout(key - AGENT, now),
                     key => self.drive(key, now, |e, cx| e.conn.handle_timeout(cx)),
                 }
             }
+            self.agent_backlog(now);
             for key in std::mem::take(&mut self.backlog) {
                 self.drive(key, now, |e, cx| {
                     if e.conn.has_more_input() {
@@ -190,6 +202,10 @@ impl Worker {
             }
             if self.drain.is_some() && self.conns.is_empty() {
                 tracing::debug!(reactor = self.index, "drained");
+                // Runs nobody follows end with the server: their agent
+                // calls close (the agent sees its client go).
+                self.runs.shutdown(now);
+                self.apply_effects(now);
                 return Ok(());
             }
         }
@@ -213,6 +229,7 @@ impl Worker {
             backlog,
             runs,
             deferred,
+            agent_starts,
             ..
         } = self;
         let Some(e) = conns.get_mut(key) else {
@@ -231,6 +248,7 @@ impl Worker {
             wall,
             draining: drain.is_some(),
             runs,
+            agents: agent_starts,
         };
         let here = e.at(key);
         // Inline only when no older effect waits: effects apply in order.
@@ -273,6 +291,9 @@ impl Worker {
         self.sync(key);
         self.deferred.extend(later);
         self.apply_effects(now);
+        if !self.agent_starts.is_empty() {
+            self.start_agents(now);
+        }
     }
 
     /// [`Worker::drive`] on connection `conn` if it is still there (the
@@ -290,7 +311,7 @@ impl Worker {
     /// Applies the run layer's effects until none is left, then arms its
     /// timer. Sends to one connection that come in a row go out in one
     /// drive (one flush).
-    fn apply_effects(&mut self, now: Instant) {
+    pub(super) fn apply_effects(&mut self, now: Instant) {
         if self.applying {
             return; // the loop below, further up the stack, takes them
         }
@@ -321,8 +342,9 @@ impl Worker {
                     });
                 }
                 Effect::Store(op) => self.store(op, now),
-                // Pool runs stop at their cancel flag, already set.
-                Effect::Stop { .. } => {}
+                // Pool runs stop at their cancel flag, already set; an
+                // agent call closes its socket.
+                Effect::Stop { run } => self.stop_agent(run),
                 Effect::Settled { conn } => {
                     self.drive_conn(conn, now, |e, cx| e.conn.runs_settled(cx))
                 }
@@ -505,15 +527,7 @@ impl Worker {
         let jitter = 0.9 + 0.2 * (self.rng >> 11) as f64 / (1u64 << 53) as f64;
         let conn = Conn::new(self.next_id, stream, now, jitter);
         let timer = self.reactor.timers().insert(key);
-        self.conns.insert(Entry {
-            conn,
-            timer,
-            interest: Interest::READABLE,
-            session: None,
-            addr: peer,
-            counted: false,
-            rate: None,
-        });
+        self.conns.insert(Entry::new(conn, timer, peer));
         self.sync(key);
     }
 
@@ -551,9 +565,7 @@ impl Worker {
             let _ = self.reactor.deregister_before_close(s);
         }
         self.reactor.timers().remove(e.timer);
-        if let (Some(clients), true) = (&self.shared.clients, e.counted) {
-            clients.release(e.addr, now);
-        }
+        e.give_back_address(&self.shared, now);
         if let Some(session) = &e.session {
             self.shared.metrics.open.fetch_sub(1, Relaxed);
             if let App::Handler(h) = &self.shared.cfg.app {
@@ -658,19 +670,7 @@ fn answer(ax: &mut Answer, key: usize, e: &mut Entry, ev: Event, cx: &mut Cx) {
                 e.conn.respond(r, cx);
             }
             Request::Reject(r) => e.conn.respond(r, cx),
-            Request::Upgrade(u) => {
-                match admission::admit(sh, &u, e.addr, e.conn.id(), cx.now, ax.wall) {
-                    Ok(a) => {
-                        e.session = Some(a.session);
-                        if let Some(client) = a.client {
-                            (e.addr, e.counted) = (client, true);
-                        }
-                        e.rate = a.rate;
-                        e.conn.accept(a.protocol, cx);
-                    }
-                    Err(r) => e.conn.respond(r, cx),
-                }
-            }
+            Request::Upgrade(u) => admission::answer(sh, &u, e, cx, ax.wall),
         },
         Event::Status(status) => m.http_status(status),
         Event::Opened { handshake } => {

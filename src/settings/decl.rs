@@ -26,6 +26,8 @@ pub enum Group {
     Tls,
     /// The run store and resume (SPEC §5 "Resume").
     Resume,
+    /// The upstream agent (SPEC §5 "Bring your own agent").
+    Agent,
 }
 
 impl Group {
@@ -39,6 +41,7 @@ impl Group {
             Group::Auth => Some("auth"),
             Group::Tls => Some("tls"),
             Group::Resume => Some("resume"),
+            Group::Agent => Some("agent"),
         }
     }
 }
@@ -493,7 +496,30 @@ pub static DECLS: &[Decl] = &[
         "execution-timeout",
         "AGENT_EXECUTION_TIMEOUT",
         ["15", "15", "30", "300"],
-        "Seconds a handler may run for one message"
+        "Seconds a run may take, whatever its source (a handler, an upstream agent)"
+    ),
+    timeout!(
+        agent_connect,
+        "agent-connect-timeout",
+        "AGENT_CONNECT_TIMEOUT",
+        ["2", "5", "5", "5"],
+        "Upstream agent: seconds for DNS, TCP and TLS"
+    ),
+    timeout!(
+        agent_response,
+        "agent-response-timeout",
+        "AGENT_RESPONSE_TIMEOUT",
+        ["10", "10", "15", "30"],
+        "Upstream agent: seconds from the request to the response head (a subprocess: \
+         from spawn to its first line)"
+    ),
+    timeout!(
+        agent_idle,
+        "agent-idle-timeout",
+        "AGENT_IDLE_TIMEOUT",
+        ["10", "15", "30", "60"],
+        "Upstream agent: the longest gap in seconds between two reads of its stream \
+         (keep-alive comments count)"
     ),
     count!(
         Limits,
@@ -578,6 +604,23 @@ pub static DECLS: &[Decl] = &[
         "67108864",
         "Bytes read and discarded after a refusal before closing anyway"
     ),
+    Decl {
+        name: "log_format",
+        flag: Some("log-format"),
+        env: Some("POLLCAP_LOG_FORMAT"),
+        kind: Kind::Value,
+        value_name: "auto|text|json",
+        help: "Log lines as text, or as one JSON object per line (timestamp, severity, \
+               message, target, fields) for Cloud Logging and Kubernetes pipelines; auto: \
+               JSON in a detected cloud container, text elsewhere",
+        group: Group::Server,
+        default: Default::Fixed("auto"),
+        set: |s, v| {
+            s.log_format = super::LogFormat::parse(v).ok_or("must be auto, text or json")?;
+            Ok(())
+        },
+        show: |s| Some(s.log_format.name().into()),
+    },
     Decl {
         name: "threads",
         flag: Some("threads"),
@@ -1109,6 +1152,114 @@ pub static DECLS: &[Decl] = &[
         "POLLCAP_RESUME_TOTAL_BYTES",
         "67108864",
         "Bytes kept in all, events and run records (memory store)"
+    ),
+    Decl {
+        name: "agent_url",
+        flag: Some("agent-url"),
+        env: Some("POLLCAP_AGENT_URL"),
+        kind: Kind::Value,
+        value_name: "URL",
+        help: "Your agent: each agent_chat user_message becomes one POST here, answered \
+               with Server-Sent Events or JSON Lines",
+        group: Group::Agent,
+        default: Default::None,
+        set: |s, v| {
+            s.agent.url = Some(crate::httpc::Target::parse(v).map_err(|e| e.0)?);
+            Ok(())
+        },
+        show: |s| Some(s.agent.url.as_ref().map(|t| format!("{t:?}")).into()),
+    },
+    // A secret: environment only, never printed.
+    Decl {
+        name: "agent_token",
+        flag: None,
+        env: Some("POLLCAP_AGENT_TOKEN"),
+        kind: Kind::Value,
+        value_name: "SECRET",
+        help: "Bearer secret sent to the agent URL (Authorization: Bearer ...)",
+        group: Group::Agent,
+        default: Default::None,
+        set: |s, v| {
+            if v.trim().is_empty() || v.contains(['\r', '\n']) {
+                return Err("must be a non-empty single line".into());
+            }
+            s.agent.token = Some(super::Secret(v.as_bytes().to_vec()));
+            Ok(())
+        },
+        show: |s| Some(s.agent.token.is_some().into()),
+    },
+    Decl {
+        name: "agent_cmd",
+        flag: Some("agent-cmd"),
+        env: Some("POLLCAP_AGENT_CMD"),
+        kind: Kind::Value,
+        value_name: "\"CMD ARGS\"",
+        help: "Your agent as a command: one process per run, the request on stdin, one \
+               JSON event per stdout line (split like a shell would, run without one)",
+        group: Group::Agent,
+        default: Default::None,
+        set: |s, v| {
+            let words = shlex::split(v).filter(|w| !w.is_empty());
+            s.agent.cmd = Some(words.ok_or("must be a command with balanced quotes")?);
+            Ok(())
+        },
+        show: |s| Some(s.agent.cmd.as_ref().map(|w| w.join(" ")).into()),
+    },
+    Decl {
+        name: "agent_ca_file",
+        flag: Some("agent-ca-file"),
+        env: Some("POLLCAP_AGENT_CA_FILE"),
+        kind: Kind::Value,
+        value_name: "PATH",
+        help: "PEM CA certificates that an https:// agent URL is checked against (default: \
+               the built-in web roots)",
+        group: Group::Agent,
+        default: Default::None,
+        set: |s, v| {
+            s.agent.ca_file = Some(path(v)?);
+            Ok(())
+        },
+        show: |s| show_path(&s.agent.ca_file),
+    },
+    Decl {
+        name: "agent_breaker_threshold",
+        flag: Some("agent-breaker-threshold"),
+        env: Some("POLLCAP_AGENT_BREAKER_THRESHOLD"),
+        kind: Kind::Value,
+        value_name: "N",
+        help: "Upstream circuit breaker: failures in a row (connect, timeouts, 5xx/429, \
+               truncations) before runs are answered upstream_unavailable without a request",
+        group: Group::Agent,
+        default: Default::Fixed("5"),
+        set: |s, v| {
+            s.agent.breaker_threshold = u32::try_from(positive(v)?).map_err(|_| "is too large")?;
+            Ok(())
+        },
+        show: |s| Some(s.agent.breaker_threshold.into()),
+    },
+    Decl {
+        name: "agent_breaker_recovery",
+        flag: Some("agent-breaker-recovery"),
+        env: Some("POLLCAP_AGENT_BREAKER_RECOVERY"),
+        kind: Kind::Value,
+        value_name: "SECS",
+        help: "Upstream circuit breaker: seconds open before one trial request",
+        group: Group::Agent,
+        default: Default::Fixed("10"),
+        set: |s, v| {
+            s.agent.breaker_recovery = seconds(v)?;
+            Ok(())
+        },
+        show: |s| secs_value(s.agent.breaker_recovery),
+    },
+    count!(
+        "agent_max_procs",
+        Agent,
+        agent.max_procs,
+        "agent-max-procs",
+        "POLLCAP_AGENT_MAX_PROCS",
+        "64",
+        "Agent command: most processes alive at once (more runs get overloaded)"
     ),
     budget!(
         max_events,

@@ -132,6 +132,46 @@ impl AppKind {
     }
 }
 
+/// How `pollcap serve` writes its log (setting `log_format`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// JSON in a detected cloud container, text elsewhere.
+    Auto,
+    Text,
+    /// One JSON object per line: `timestamp`, `severity` (Cloud Logging's
+    /// names), `message`, `target` and the event's fields.
+    Json,
+}
+
+impl LogFormat {
+    pub fn parse(v: &str) -> Option<LogFormat> {
+        match v.trim().to_ascii_lowercase().as_str() {
+            "auto" => Some(LogFormat::Auto),
+            "text" => Some(LogFormat::Text),
+            "json" => Some(LogFormat::Json),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            LogFormat::Auto => "auto",
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+
+    /// The format in `environment`: `auto` is JSON in a cloud container
+    /// (whose log pipeline parses one object per line), text elsewhere.
+    pub fn resolved(self, environment: &Environment) -> LogFormat {
+        match self {
+            LogFormat::Auto if environment.is_cloud_container() => LogFormat::Json,
+            LogFormat::Auto => LogFormat::Text,
+            other => other,
+        }
+    }
+}
+
 /// Which built-in application `pollcap serve` runs, and its knobs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AppSettings {
@@ -140,6 +180,24 @@ pub struct AppSettings {
     pub pacing: Duration,
     /// `flaky-open`: session opens that fail before it behaves.
     pub fail_opens: u32,
+}
+
+/// The team's own agent (SPEC §5 "Bring your own agent"): an HTTP URL or
+/// a command, with its breaker and process limit. Its deadlines are in
+/// [`Timeouts`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentSettings {
+    pub url: Option<crate::httpc::Target>,
+    /// Sent as `Authorization: Bearer …` to the URL.
+    pub token: Option<Secret>,
+    /// The command's words (split like a shell would).
+    pub cmd: Option<Vec<String>>,
+    /// CA certificates for an `https://` URL.
+    pub ca_file: Option<PathBuf>,
+    pub breaker_threshold: u32,
+    pub breaker_recovery: Duration,
+    /// Processes alive at once (`cmd`).
+    pub max_procs: usize,
 }
 
 /// A secret value; its `Debug` never shows it.
@@ -168,6 +226,8 @@ pub struct Settings {
     pub limits: Limits,
     /// Reactor threads (1..=256).
     pub threads: usize,
+    /// How `pollcap serve` writes its log.
+    pub log_format: LogFormat,
     pub ws_path: String,
     /// The built-in application's settings (read by `crate::apps` only:
     /// the server knows applications through the handler API alone).
@@ -198,6 +258,8 @@ pub struct Settings {
     pub trust_proxy: Vec<Cidr>,
     /// Per-client limits (0 = off).
     pub clients: ClientLimits,
+    /// The upstream agent, if any.
+    pub agent: AgentSettings,
 }
 
 impl Settings {
@@ -222,6 +284,9 @@ impl Settings {
                 close: zero,
                 cleanup_interval: zero,
                 execution: zero,
+                agent_connect: zero,
+                agent_response: zero,
+                agent_idle: zero,
             },
             limits: Limits {
                 max_message: 0,
@@ -234,6 +299,7 @@ impl Settings {
                 linger_bytes: 0,
             },
             threads: 1,
+            log_format: LogFormat::Auto,
             ws_path: String::new(),
             apps: AppSettings {
                 app: AppKind::AgentChat,
@@ -278,6 +344,15 @@ impl Settings {
                 conn_messages_per_sec: 0,
                 conn_bytes_per_sec: 0,
                 max_runs_per_subject: 0,
+            },
+            agent: AgentSettings {
+                url: None,
+                token: None,
+                cmd: None,
+                ca_file: None,
+                breaker_threshold: 0,
+                breaker_recovery: zero,
+                max_procs: 0,
             },
         }
     }
@@ -384,6 +459,16 @@ impl Settings {
         }
         self.resume.validate()?;
         self.validate_idp()?;
+        if self.agent.url.is_some() || self.agent.cmd.is_some() {
+            self.timeouts.validate_agent()?;
+        }
+        if self.agent.url.is_some() && self.agent.cmd.is_some() {
+            return Err(ConfigError::rule(
+                "agent_url (--agent-url) and agent_cmd (--agent-cmd) are both set: choose one \
+                 agent"
+                    .into(),
+            ));
+        }
         let l = &self.limits;
         // Saturating: a max_message near usize::MAX must fail the rule,
         // not overflow past it.

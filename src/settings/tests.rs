@@ -39,18 +39,25 @@ fn s(n: u64) -> Duration {
 
 #[test]
 fn profile_table_rows_match_spec() {
-    // (profile, connect, handshake, ping, hb_interval, hb_timeout, stale, connection, close, cleanup, execution)
-    let table: [(&str, [u64; 10]); 4] = [
-        ("local", [2, 3, 2, 5, 15, 60, 360, 1, 30, 15]),
-        ("testing", [5, 5, 5, 10, 30, 120, 360, 5, 60, 15]),
-        ("staging", [10, 15, 5, 15, 45, 360, 360, 10, 120, 30]),
-        ("production", [10, 15, 5, 15, 45, 360, 3300, 10, 120, 300]),
+    // (profile, connect, handshake, ping, hb_interval, hb_timeout, stale, connection, close,
+    //  cleanup, execution, then the upstream agent's: connect, response, idle)
+    let table: [(&str, [u64; 13]); 4] = [
+        ("local", [2, 3, 2, 5, 15, 60, 360, 1, 30, 15, 2, 10, 10]),
+        ("testing", [5, 5, 5, 10, 30, 120, 360, 5, 60, 15, 5, 10, 15]),
+        (
+            "staging",
+            [10, 15, 5, 15, 45, 360, 360, 10, 120, 30, 5, 15, 30],
+        ),
+        (
+            "production",
+            [10, 15, 5, 15, 45, 360, 3300, 10, 120, 300, 5, 30, 60],
+        ),
     ];
     for (name, row) in table {
         let st = ok(&[("ENVIRONMENT", name)]);
         assert_eq!(st.profile.name(), name);
         let decls = timeout_decls();
-        assert_eq!(decls.len(), 10);
+        assert_eq!(decls.len(), 13);
         for (d, want) in decls.iter().zip(row) {
             assert_eq!(secs_of(&st, d), want as f64, "{name}.{}", d.name);
         }
@@ -130,9 +137,26 @@ fn every_env_var_is_read() {
         ("WEBSOCKET_CLOSE_TIMEOUT", "3"),
         ("WEBSOCKET_CLEANUP_INTERVAL", "7"),
         ("AGENT_EXECUTION_TIMEOUT", "9"),
+        ("AGENT_CONNECT_TIMEOUT", "1"),
+        ("AGENT_RESPONSE_TIMEOUT", "8"),
+        ("AGENT_IDLE_TIMEOUT", "8.5"),
     ]);
     let got: Vec<f64> = timeout_decls().iter().map(|d| secs_of(&st, d)).collect();
-    assert_eq!(got, [1.5, 2.5, 1.5, 4.0, 14.0, 50.0, 300.0, 3.0, 7.0, 9.0]);
+    assert_eq!(
+        got,
+        [
+            1.5, 2.5, 1.5, 4.0, 14.0, 50.0, 300.0, 3.0, 7.0, 9.0, 1.0, 8.0, 8.5
+        ]
+    );
+    // An upstream wait past the run's own deadline could never end it
+    // (checked when there is an agent to wait for).
+    ok(&[("AGENT_EXECUTION_TIMEOUT", "0.2")]);
+    let agent = ("POLLCAP_AGENT_URL", "http://127.0.0.1:9/");
+    let e = err(&[("AGENT_IDLE_TIMEOUT", "16"), agent]);
+    assert!(
+        e.contains("agent_idle (16s) must be <= execution (15s)"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -455,4 +479,26 @@ fn the_pool_byte_budget_must_hold_the_largest_message() {
         ("POLLCAP_MAX_MESSAGE", "1000"),
     ]);
     assert_eq!(st.pool_queue_bytes, 1000);
+}
+
+#[test]
+fn an_agent_is_a_url_or_a_command_never_both() {
+    let st = ok(&[("POLLCAP_AGENT_URL", "http://127.0.0.1:8000/agent")]);
+    assert_eq!(st.agent.url.unwrap().port, 8000);
+    let st = ok(&[("POLLCAP_AGENT_CMD", r#"python3 "my agent.py" --fast"#)]);
+    assert_eq!(st.agent.cmd.unwrap(), ["python3", "my agent.py", "--fast"]);
+    let e = err(&[("POLLCAP_AGENT_URL", "ftp://x/")]);
+    assert!(
+        e.contains("POLLCAP_AGENT_URL") && e.contains("http://"),
+        "{e}"
+    );
+    let e = err(&[("POLLCAP_AGENT_CMD", "python3 'unbalanced")]);
+    assert!(e.contains("balanced quotes"), "{e}");
+    let e = err(&[
+        ("POLLCAP_AGENT_URL", "http://a/"),
+        ("POLLCAP_AGENT_CMD", "agent"),
+    ]);
+    assert!(e.contains("choose one"), "{e}");
+    let e = err(&[("POLLCAP_AGENT_TOKEN", "a\nb")]);
+    assert!(e.contains("single line"), "{e}");
 }

@@ -68,10 +68,37 @@ pub struct Timeouts {
     pub connection: Duration,
     pub close: Duration,
     pub cleanup_interval: Duration,
+    /// A run's whole life, whatever its source.
     pub execution: Duration,
+    /// Upstream agent: DNS, TCP and TLS.
+    pub agent_connect: Duration,
+    /// Upstream agent: the request to the response head.
+    pub agent_response: Duration,
+    /// Upstream agent: the longest gap between two reads.
+    pub agent_idle: Duration,
 }
 
 impl Timeouts {
+    /// An upstream wait longer than the whole run could never end it: each
+    /// agent deadline `<= execution` (checked when an agent is set).
+    pub fn validate_agent(&self) -> Result<(), ConfigError> {
+        let t = self;
+        for (a, av) in [
+            ("agent_connect", t.agent_connect),
+            ("agent_response", t.agent_response),
+            ("agent_idle", t.agent_idle),
+        ] {
+            if av > t.execution {
+                return Err(ConfigError::rule(format!(
+                    "{a} ({}) must be <= execution ({}): rule {a} <= execution",
+                    secs(av),
+                    secs(t.execution)
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Checks the SPEC §3 hierarchy; the error names both settings and values.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let t = self;
@@ -86,6 +113,9 @@ impl Timeouts {
             ("close", t.close),
             ("cleanup_interval", t.cleanup_interval),
             ("execution", t.execution),
+            ("agent_connect", t.agent_connect),
+            ("agent_response", t.agent_response),
+            ("agent_idle", t.agent_idle),
         ];
         for (name, d) in all {
             if d.is_zero() {

@@ -3,6 +3,8 @@
 //! by run number; the layer seals, stores, forwards, bounds and ends runs
 //! the same way whatever the source.
 //!
-//! - `pool`: a [`Handler`](crate::app::Handler) on the worker pool.
+//! - `pool`: a [`Handler`](crate::app::Handler) on the worker pool;
+//! - `upstream`: the team's agent over HTTP, on the reactor.
 
 pub mod pool;
+pub mod upstream;

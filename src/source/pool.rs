@@ -133,6 +133,7 @@ pub fn job(
                     code: "handler_failure",
                     message: "the handler failed".into(),
                     close: true,
+                    ..Failure::default()
                 })
             }
         };
@@ -223,6 +224,7 @@ mod tests {
             cancel: Default::default(),
             deadline: std::time::Instant::now(),
             charged: None,
+            expiry: crate::runs::Expiry::HANDLER,
         };
         let budget = RunBudget {
             max_events: 100,
@@ -260,6 +262,7 @@ mod tests {
             cancel: Default::default(),
             deadline: std::time::Instant::now(),
             charged: None,
+            expiry: crate::runs::Expiry::HANDLER,
         };
         // Two events fit the budget; the third is posted (the run layer
         // ends the run at it) and cancels the run: nothing follows.

@@ -3,6 +3,7 @@
 //! clients that misbehave on purpose.
 #![allow(dead_code)]
 
+pub mod agent;
 pub mod certs;
 
 use std::collections::HashMap;

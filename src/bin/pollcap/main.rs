@@ -6,6 +6,7 @@
 mod bench;
 mod child;
 mod load;
+mod logs;
 mod probe;
 mod serve;
 mod sys;
@@ -14,7 +15,7 @@ use std::process::ExitCode;
 
 use clap::{Arg, ArgAction, ArgMatches, Parser, Subcommand};
 
-use pollcap::settings::{DECLS, Decl, Kind, Settings, display};
+use pollcap::settings::{DECLS, Decl, Kind, LogFormat, Settings, display};
 
 #[derive(Parser)]
 #[command(
@@ -126,34 +127,6 @@ impl SettingsArgs {
     }
 }
 
-/// How many log lines may wait for the writer thread; past that, lines
-/// are dropped and counted (`pollcap_log_lines_dropped_total`), so that a
-/// stalled stderr (a full pipe to a log collector) never blocks a reactor
-/// and the queue stays bounded (about 2 MB of lines at most).
-const LOG_QUEUE_LINES: usize = 8192;
-
-/// Logging to stderr from a writer thread of its own. The guard flushes
-/// what is queued when dropped (at the end of `main`); the counter reads
-/// the lines dropped so far.
-fn init_logging() -> (
-    tracing_appender::non_blocking::WorkerGuard,
-    tracing_appender::non_blocking::ErrorCounter,
-) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .buffered_lines_limit(LOG_QUEUE_LINES)
-        .lossy(true)
-        .thread_name("pollcap-log")
-        .finish(std::io::stderr());
-    let dropped = writer.error_counter();
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(writer)
-        .init();
-    (guard, dropped)
-}
-
 /// A usage or configuration error: one line, exit status 2.
 fn fail(msg: String) -> ExitCode {
     eprintln!("pollcap: {msg}");
@@ -228,9 +201,24 @@ fn token(sub: &str, ttl: &str) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let (_log_flushed_on_drop, log_dropped) = init_logging();
-    match cli.command {
+    let command = Cli::parse().command;
+    // The server's log follows its settings (`log_format`); the tools log
+    // as text. A settings error is printed before any log exists.
+    let settings = match &command {
+        Command::Serve { settings } => match settings.resolve() {
+            Ok(s) => Some(s),
+            Err(code) => return code,
+        },
+        _ => None,
+    };
+    let format = settings
+        .as_ref()
+        .map_or(LogFormat::Text, |s| s.log_format.resolved(&s.environment));
+    let (_flushed_on_drop, log_dropped) = logs::init(format);
+    if let Some(s) = settings {
+        return serve::run(s, log_dropped);
+    }
+    match command {
         Command::Config { settings, json } => {
             let s = match settings.resolve() {
                 Ok(s) => s,
@@ -250,9 +238,6 @@ fn main() -> ExitCode {
         Command::Token { sub, ttl } => token(&sub, &ttl),
         Command::Probe(args) => probe::command(args),
         Command::Bench(args) => bench::command(args),
-        Command::Serve { settings } => match settings.resolve() {
-            Ok(s) => serve::run(s, log_dropped),
-            Err(code) => code,
-        },
+        Command::Serve { .. } => ExitCode::SUCCESS, // served above
     }
 }

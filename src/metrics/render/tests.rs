@@ -135,6 +135,19 @@ fn report<'a>(settings: &'a Settings, m: &'a ServerMetrics) -> Report<'a> {
                 kid_refreshes: 97,
             }),
         },
+        agent: Some(AgentView {
+            kind: "http",
+            target: "http://agent:8000".into(),
+            breaker: BreakerView {
+                state: "open",
+                consecutive_failures: 0,
+                threshold: 5,
+                recovery_s: 10.0,
+                failures_total: 91,
+                rejections_total: 92,
+                opened_total: 93,
+            },
+        }),
     }
 }
 
