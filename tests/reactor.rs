@@ -2,22 +2,14 @@
 //! capped idle waits, deadline-ended waits, the waker, a suppressed (lost)
 //! wakeup recovered by the cap, and readiness of accepted sockets.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::TcpStream as StdStream;
 use std::time::{Duration, Instant};
 
+use common::{MS, WAIT_SLACK as SLACK, each_backend};
 use pollcap::reactor::{BackendKind, CapStrategy, Interest, Reactor, WakeReason};
-
-const MS: Duration = Duration::from_millis(1);
-/// Generous scheduling slack for a loaded 2-core CI machine.
-const SLACK: Duration = Duration::from_millis(150);
-
-fn each_backend(test: impl Fn(BackendKind)) {
-    for kind in BackendKind::ALL {
-        eprintln!("backend {}", kind.name());
-        test(kind);
-    }
-}
 
 fn fixed(ms: u32) -> CapStrategy {
     CapStrategy::Fixed(ms * MS)

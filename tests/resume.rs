@@ -11,7 +11,7 @@ mod common;
 use std::collections::HashSet;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use pollcap::app::App;
@@ -24,6 +24,8 @@ use tungstenite::Message;
 use tungstenite::client::IntoClientRequest;
 
 const SECRET: &[u8] = b"resume-test-secret-0123456789";
+/// How long a test waits for what the server notices by itself.
+const FIVE_S: Duration = Duration::from_secs(5);
 
 /// An agent_chat server whose runs take about `pacing` × 10 events.
 fn chat_server(kind: BackendKind, pacing_ms: u64, env: &[(&str, &str)], auth: bool) -> Server {
@@ -173,11 +175,7 @@ fn a_run_dropped_after_3_events_resumes_exactly_once_then_replays_whole() {
         assert_eq!(run_id.len(), 22, "a random id: {run_id}");
         c.drop_tcp();
         // The server notices the loss and keeps the run going.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while metric(a, "pollcap_runs_detached_total") < 1.0 {
-            assert!(Instant::now() < deadline, "the loss was never noticed");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_metric(a, "pollcap_runs_detached_total", FIVE_S, |n| n >= 1.0);
         let mut c = Chat::open(a, None);
         c.resume(&run_id, 3);
         let rest = c.until_end();
@@ -208,11 +206,9 @@ fn a_run_outlives_a_heartbeat_timeout() {
     c.ask("slow and steady");
     let first = c.next();
     let run_id = first["run_id"].as_str().unwrap().to_string();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while metric(a, "pollcap_timeouts_total{phase=\"ping\"}") < 1.0 {
-        assert!(Instant::now() < deadline, "no ping timeout");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_metric(a, "pollcap_timeouts_total{phase=\"ping\"}", FIVE_S, |n| {
+        n >= 1.0
+    });
     // What the silent client had not read yet is in the store.
     let mut c2 = Chat::open(a, None);
     c2.resume(&run_id, 1);
@@ -256,11 +252,7 @@ fn a_close_frame_still_cancels_the_run() {
     let run_id = first[0]["run_id"].as_str().unwrap().to_string();
     c.0.close(None).unwrap();
     while c.0.read().is_ok() {} // until the server's Close and EOF
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while metric(a, "pollcap_runs_cancelled_total") < 1.0 {
-        assert!(Instant::now() < deadline, "the run was not cancelled");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_metric(a, "pollcap_runs_cancelled_total", FIVE_S, |n| n >= 1.0);
     // Its stored events end with `cancelled`, right after what was sent.
     let mut d = Chat::open(a, None);
     d.resume(&run_id, 0);

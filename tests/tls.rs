@@ -243,15 +243,12 @@ fn stalled_tls_handshakes_are_cut_at_their_deadlines() {
 
 /// Connects until the server presents a certificate `ca` trusts, within
 /// `limit`; returns how long that took.
-fn until_trusted(addr: SocketAddr, ca: &Path, limit: Duration) -> Option<Duration> {
+fn until_trusted(addr: SocketAddr, ca: &Path, limit: Duration) -> Duration {
     let t0 = Instant::now();
-    while t0.elapsed() < limit {
-        if client(ca).connect(&wss(addr, "localhost")).is_ok() {
-            return Some(t0.elapsed());
-        }
-        std::thread::sleep(Duration::from_millis(50)); // polling interval, bounded by `limit`
-    }
-    None
+    eventually(limit, || {
+        let trusted = client(ca).connect(&wss(addr, "localhost")).is_ok();
+        trusted.then(|| t0.elapsed())
+    })
 }
 
 #[test]
@@ -269,8 +266,8 @@ fn replaced_certificate_files_are_served_after_the_next_sweep_and_bad_ones_refus
             .is_err()
     );
     next.write_leaf(&["localhost"], &cert, &key);
-    let took = until_trusted(addr, &dir.path("next.pem"), Duration::from_secs(5))
-        .expect("the rotated certificate is served");
+    // The rotated certificate is served.
+    let took = until_trusted(addr, &dir.path("next.pem"), Duration::from_secs(5));
     assert!(
         took < Duration::from_secs(3),
         "within a sweep or two: {took:?}"
@@ -282,14 +279,10 @@ fn replaced_certificate_files_are_served_after_the_next_sweep_and_bad_ones_refus
     );
     // A broken replacement: refused, counted, and the rotated pair stays.
     std::fs::write(&cert, "-----BEGIN CERTIFICATE-----\nnot base64\n").unwrap();
-    let t0 = Instant::now();
-    while https_metric(addr, &next_ca, "pollcap_tls_reload_failures_total") < 1.0 {
-        assert!(
-            t0.elapsed() < Duration::from_secs(5),
-            "reload never attempted"
-        );
-        std::thread::sleep(Duration::from_millis(50)); // polling interval
-    }
+    // The reload is attempted.
+    eventually(Duration::from_secs(5), || {
+        (https_metric(addr, &next_ca, "pollcap_tls_reload_failures_total") >= 1.0).then_some(())
+    });
     let (mut conn, _) = client(&next_ca).connect(&wss(addr, "localhost")).unwrap();
     conn.send(Message::text("old pair")).unwrap();
     assert_eq!(conn.recv().unwrap(), Message::text("old pair"));
@@ -346,15 +339,11 @@ fn a_refusal_over_tls_ends_with_close_notify_then_fin_and_lingers() {
         assert_eq!(status_of(&r), 200, "{r}");
         assert!(r.ends_with("\r\n\r\n"), "no body: {r:?}");
         drop(tls);
-        let t0 = Instant::now();
-        while https_metric(
-            addr,
-            &ca,
-            "pollcap_lingering_closes_total{end=\"peer_closed\"}",
-        ) < 2.0
-        {
-            assert!(t0.elapsed() < Duration::from_secs(5), "lingers never ended");
-        }
+        let lingers = "pollcap_lingering_closes_total{end=\"peer_closed\"}";
+        // Both lingers end.
+        eventually(Duration::from_secs(5), || {
+            (https_metric(addr, &ca, lingers) >= 2.0).then_some(())
+        });
         assert!(https_metric(addr, &ca, "pollcap_linger_discarded_bytes_total") > 100_000.0);
     });
 }

@@ -109,20 +109,27 @@ pub fn load(cert: &Path, key: &Path) -> Result<ServerConfig, CertError> {
     }
     let private = PrivateKeyDer::from_pem_file(key)
         .map_err(|e| fail(Which::Key, key, pem_problem(e, "PRIVATE KEY")))?;
+    server_config(chain, private).map_err(|e| match e {
+        rustls::Error::InconsistentKeys(_) => fail(
+            Which::Key,
+            key,
+            format!("does not match the certificate in {} ({e})", cert.display()),
+        ),
+        rustls::Error::General(m) if m.contains("private key") => fail(Which::Key, key, m),
+        other => fail(Which::Cert, cert, other.to_string()),
+    })
+}
+
+/// The server configuration for a certificate chain and its key: the
+/// server's suites, TLS 1.3 and 1.2, ALPN `http/1.1`, the server's order.
+pub(super) fn server_config(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<ServerConfig, rustls::Error> {
     let mut config = ServerConfig::builder_with_provider(server_provider())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| fail(Which::Cert, cert, e.to_string()))?
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
-        .with_single_cert(chain, private)
-        .map_err(|e| match e {
-            rustls::Error::InconsistentKeys(_) => fail(
-                Which::Key,
-                key,
-                format!("does not match the certificate in {} ({e})", cert.display()),
-            ),
-            rustls::Error::General(m) if m.contains("private key") => fail(Which::Key, key, m),
-            other => fail(Which::Cert, cert, other.to_string()),
-        })?;
+        .with_single_cert(chain, key)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     config.ignore_client_order = true;
     Ok(config)

@@ -1,16 +1,13 @@
-//! A non-blocking TLS transport: rustls' unbuffered (sans-IO) connection
-//! over a non-blocking TCP socket, driven by the reactor like the plain
-//! socket, with no thread per connection. The server's side, and the
-//! client side for event-driven clients (the load tool).
+//! The TLS transport on a non-blocking socket: moves bytes between a
+//! sans-IO [`Session`] (`session.rs`) and the mio socket, driven by the
+//! reactor like the plain socket, with no thread per connection. The
+//! server's side, and the client side for event-driven clients (the load
+//! tool). Deadlines are the connection's, not this module's.
 //!
-//! Buffers are this module's, not rustls': records are read into a stack
-//! buffer and decrypted in place there, and plaintext and ciphertext go
-//! straight to the caller and the socket when they fit. Only what cannot
-//! be handed on at once — half a record, plaintext beyond the caller's
-//! buffer, records the socket did not take — spills into a heap buffer,
-//! which is freed as soon as it is empty. An idle TLS connection therefore
-//! holds no buffer at all (rustls' buffered API keeps a 4 KiB read buffer
-//! per connection for its whole life).
+//! Socket reads go into a per-thread scratch buffer and are fed to the
+//! session from there; a sealed record goes straight to the socket, and
+//! only what the socket does not take is kept (by the session, freed once
+//! sent), so an idle TLS connection holds no buffer.
 //!
 //! Reads return plaintext until none is left and the socket says
 //! `WouldBlock`, so decrypted data is never stranded waiting for a
@@ -27,309 +24,113 @@ use std::io::{self, Read, Write};
 use std::sync::Arc;
 
 use mio::net::TcpStream;
-use rustls::client::{ClientConnectionData, UnbufferedClientConnection};
-use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
-use rustls::unbuffered::{
-    ConnectionState, EncodeError, EncryptError, InsufficientSizeError, UnbufferedStatus,
-};
+use rustls::client::UnbufferedClientConnection;
+use rustls::server::UnbufferedServerConnection;
 use rustls::{ClientConfig, ServerConfig};
 
+use super::session::{RECORD_BUF, Records, Sealed, Session, invalid};
 use crate::conn::Transport;
 
 /// The record type of a TLS handshake message: every ClientHello starts so.
 const HANDSHAKE_RECORD: u8 = 0x16;
 /// Bytes read from the socket per call (one full TLS record fits).
 const READ_CHUNK: usize = 18 * 1024;
-/// Plaintext encrypted per write call: one record.
-const WRITE_CHUNK: usize = 16 * 1024;
-/// Room for one record's header, content type, padding and tag.
-const RECORD_OVERHEAD: usize = 256;
 /// Records waiting for the socket beyond which writes say `WouldBlock`.
 pub const OUT_LIMIT: usize = 64 * 1024;
 
-/// What the stream needs of either side's unbuffered connection.
-trait Records {
-    type Data;
-    fn process<'c, 'i>(
-        &'c mut self,
-        incoming: &'i mut [u8],
-    ) -> UnbufferedStatus<'c, 'i, Self::Data>;
-    fn handshaking(&self) -> bool;
-    fn version_alpn(&self) -> (Option<rustls::ProtocolVersion>, Option<Vec<u8>>);
-}
-
-impl Records for UnbufferedServerConnection {
-    type Data = ServerConnectionData;
-    fn process<'c, 'i>(
-        &'c mut self,
-        incoming: &'i mut [u8],
-    ) -> UnbufferedStatus<'c, 'i, Self::Data> {
-        self.process_tls_records(incoming)
-    }
-    fn handshaking(&self) -> bool {
-        self.is_handshaking()
-    }
-    fn version_alpn(&self) -> (Option<rustls::ProtocolVersion>, Option<Vec<u8>>) {
-        (
-            self.protocol_version(),
-            self.alpn_protocol().map(<[u8]>::to_vec),
-        )
-    }
-}
-
-impl Records for UnbufferedClientConnection {
-    type Data = ClientConnectionData;
-    fn process<'c, 'i>(
-        &'c mut self,
-        incoming: &'i mut [u8],
-    ) -> UnbufferedStatus<'c, 'i, Self::Data> {
-        self.process_tls_records(incoming)
-    }
-    fn handshaking(&self) -> bool {
-        self.is_handshaking()
-    }
-    fn version_alpn(&self) -> (Option<rustls::ProtocolVersion>, Option<Vec<u8>>) {
-        (
-            self.protocol_version(),
-            self.alpn_protocol().map(<[u8]>::to_vec),
-        )
-    }
-}
-
 thread_local! {
-    /// Scratch for socket reads and for encrypting one record: reused on
+    /// Scratch for socket reads and for sealing one record: reused on
     /// each thread, so no call zero-fills a 17 KiB buffer (about 1 µs).
     static READ_SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; READ_CHUNK]);
     static RECORD_SCRATCH: std::cell::RefCell<Vec<u8>> =
-        std::cell::RefCell::new(vec![0; WRITE_CHUNK + RECORD_OVERHEAD]);
+        std::cell::RefCell::new(vec![0; RECORD_BUF]);
 }
 
-fn invalid(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, e)
+/// The socket side of a TLS stream.
+struct Socket {
+    tcp: TcpStream,
+    /// Bytes read from the socket (records, the handshake included).
+    received: u64,
+    /// The last socket read was short (Unix: nothing more is waiting).
+    drained: bool,
 }
 
-/// Removes `n` bytes from the front of a spill buffer, freeing it once empty.
-fn consume(buf: &mut Vec<u8>, n: usize) {
-    if n >= buf.len() {
-        *buf = Vec::new();
-    } else {
-        buf.drain(..n);
-    }
-}
-
-/// Writes spilled records; `WouldBlock` while some are left.
-fn write_out(outgoing: &mut Vec<u8>, tcp: &mut TcpStream) -> io::Result<()> {
-    while !outgoing.is_empty() {
-        match tcp.write(outgoing) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => consume(outgoing, n),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-/// Sends `records` now where the socket takes them (after anything
-/// already waiting); the rest spills into `outgoing`.
-fn send_records(outgoing: &mut Vec<u8>, tcp: &mut TcpStream, records: &[u8]) -> io::Result<()> {
-    let mut sent = 0;
-    if outgoing.is_empty() {
-        while sent < records.len() {
-            match tcp.write(&records[sent..]) {
+impl Socket {
+    /// Sends the records the session keeps; `WouldBlock` while some are left.
+    fn write_out<C: Records>(&mut self, s: &mut Session<C>) -> io::Result<()> {
+        while !s.to_send().is_empty() {
+            match self.tcp.write(s.to_send()) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => sent += n,
+                Ok(n) => s.sent(n),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => return Err(e),
             }
         }
+        Ok(())
     }
-    outgoing.extend_from_slice(&records[sent..]);
-    Ok(())
-}
 
-/// One TLS session and the bytes it could not hand on yet.
-struct Session<C> {
-    conn: C,
-    /// Records (or half of one) read but not yet processed.
-    incoming: Vec<u8>,
-    /// Decrypted data the caller has not read yet.
-    plaintext: Vec<u8>,
-    /// Encoded records the socket has not taken yet.
-    outgoing: Vec<u8>,
-    peer_closed: bool,
-    eof: bool,
-    /// The last socket read was short (Unix: nothing more is waiting).
-    drained: bool,
-    failed: bool,
-    /// close_notify was queued: it is sent once.
-    notified: bool,
-}
-
-/// Where decrypted data goes while records are processed.
-struct Sink<'a> {
-    buf: &'a mut [u8],
-    filled: usize,
-}
-
-/// Why processing stopped.
-enum Stop {
-    /// The handshake needs more input.
-    Blocked,
-    /// Established, nothing to do until more input or data to send.
-    Idle,
-    /// This many bytes of the data to send were encrypted and sent.
-    Sent(usize),
-    /// Both sides closed.
-    Closed,
-}
-
-impl<C: Records> Session<C> {
-    fn new(conn: C) -> Session<C> {
-        Session {
-            conn,
-            incoming: Vec::new(),
-            plaintext: Vec::new(),
-            outgoing: Vec::new(),
-            peer_closed: false,
-            eof: false,
-            drained: false,
-            failed: false,
-            notified: false,
+    /// Sends the records rustls asked to transmit (handshake flights),
+    /// as far as the socket takes them now: what it does not take goes
+    /// out, exactly once, when it is writable.
+    #[inline]
+    fn transmit<C: Records>(&mut self, s: &mut Session<C>) -> io::Result<()> {
+        if s.take_transmit() {
+            self.transmit_now(s)
+        } else {
+            Ok(())
         }
     }
 
-    /// Writes spilled records; `WouldBlock` while some are left.
-    fn write_out(&mut self, tcp: &mut TcpStream) -> io::Result<()> {
-        write_out(&mut self.outgoing, tcp)
+    #[inline(never)]
+    fn transmit_now<C: Records>(&mut self, s: &mut Session<C>) -> io::Result<()> {
+        match self.write_out(s) {
+            Err(e) if e.kind() != io::ErrorKind::WouldBlock => Err(e),
+            _ => Ok(()),
+        }
     }
 
-    /// Processes `input` (records, in order): decrypted data goes to
-    /// `sink` then to the plaintext spill, handshake records are encoded
-    /// and sent, and once established up to one record of `send` is
-    /// encrypted and sent. Every state rustls reports is handled before it
-    /// is asked again. Returns how many bytes of `input` were used up (the
-    /// rest is an incomplete record or handshake message) and why it
-    /// stopped.
-    fn process(
-        &mut self,
-        tcp: &mut TcpStream,
-        input: &mut [u8],
-        sink: &mut Sink,
-        send: Option<&[u8]>,
-    ) -> io::Result<(usize, Stop)> {
-        let mut used = 0;
-        loop {
-            let UnbufferedStatus { mut discard, state } = self.conn.process(&mut input[used..]);
-            let state = match state {
-                Ok(s) => s,
-                Err(e) => {
-                    self.failed = true;
-                    return Err(invalid(e));
+    /// Sends a sealed `record` now where the socket takes it (after
+    /// anything already waiting); the session keeps the rest.
+    fn send_record<C: Records>(&mut self, s: &mut Session<C>, record: &[u8]) -> io::Result<()> {
+        let mut sent = 0;
+        if s.to_send().is_empty() {
+            while sent < record.len() {
+                match self.tcp.write(&record[sent..]) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(n) => sent += n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(e),
                 }
-            };
-            let stop = match state {
-                ConnectionState::ReadTraffic(mut r) => {
-                    while let Some(record) = r.next_record() {
-                        let record = record.map_err(invalid)?;
-                        discard += record.discard;
-                        let p = record.payload;
-                        let room = (sink.buf.len() - sink.filled).min(p.len());
-                        sink.buf[sink.filled..sink.filled + room].copy_from_slice(&p[..room]);
-                        sink.filled += room;
-                        self.plaintext.extend_from_slice(&p[room..]);
-                    }
-                    None
-                }
-                ConnectionState::EncodeTlsData(mut e) => {
-                    let at = self.outgoing.len();
-                    let written = match e.encode(&mut self.outgoing[at..]) {
-                        Ok(n) => n,
-                        Err(EncodeError::InsufficientSize(InsufficientSizeError {
-                            required_size,
-                        })) => {
-                            self.outgoing.resize(at + required_size, 0);
-                            e.encode(&mut self.outgoing[at..]).map_err(invalid)?
-                        }
-                        Err(other) => return Err(invalid(other)),
-                    };
-                    self.outgoing.truncate(at + written);
-                    None
-                }
-                ConnectionState::TransmitTlsData(t) => {
-                    // What the socket does not take now stays spilled and
-                    // goes out exactly once, later: done() may be called.
-                    match write_out(&mut self.outgoing, tcp) {
-                        Ok(()) => {}
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                        Err(e) => return Err(e),
-                    }
-                    t.done();
-                    None
-                }
-                ConnectionState::PeerClosed => {
-                    self.peer_closed = true;
-                    None
-                }
-                ConnectionState::WriteTraffic(mut w) => match send {
-                    Some(data) if !data.is_empty() => {
-                        let take = data.len().min(WRITE_CHUNK);
-                        RECORD_SCRATCH.with_borrow_mut(|record| {
-                            let n = w.encrypt(&data[..take], record).map_err(|e| match e {
-                                EncryptError::InsufficientSize(s) => invalid(format!(
-                                    "record buffer too small ({} needed)",
-                                    s.required_size
-                                )),
-                                other => invalid(other),
-                            })?;
-                            send_records(&mut self.outgoing, tcp, &record[..n])
-                        })?;
-                        Some(Stop::Sent(take))
-                    }
-                    _ => Some(Stop::Idle),
-                },
-                ConnectionState::BlockedHandshake => Some(Stop::Blocked),
-                ConnectionState::Closed => Some(Stop::Closed),
-                // 0-RTT is not enabled; anything newer: wait for input.
-                _ => Some(Stop::Blocked),
-            };
-            used += discard;
-            if let Some(stop) = stop {
-                return Ok((used, stop));
             }
         }
+        s.queue(&record[sent..]);
+        Ok(())
     }
 
     /// Reads one chunk from the socket into `chunk`: the byte count, or
     /// `WouldBlock` (after sending any waiting records) or an EOF error.
-    fn recv(
-        &mut self,
-        tcp: &mut TcpStream,
-        chunk: &mut [u8],
-        received: &mut u64,
-    ) -> io::Result<usize> {
+    fn recv<C: Records>(&mut self, s: &mut Session<C>, chunk: &mut [u8]) -> io::Result<usize> {
         if std::mem::take(&mut self.drained) {
             return Err(io::ErrorKind::WouldBlock.into());
         }
         loop {
-            match tcp.read(chunk) {
+            match self.tcp.read(chunk) {
                 Ok(0) => {
-                    self.eof = true;
                     return Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
                         "peer closed the connection without sending TLS close_notify",
                     ));
                 }
                 Ok(n) => {
-                    *received += n as u64;
+                    self.received += n as u64;
                     self.drained = crate::platform::SHORT_READ_MEANS_DRAINED && n < chunk.len();
                     return Ok(n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     // Handshake replies go out before waiting.
-                    match self.write_out(tcp) {
+                    match self.write_out(s) {
                         Ok(()) => {}
                         Err(w) if w.kind() == io::ErrorKind::WouldBlock => {}
                         Err(w) => return Err(w),
@@ -341,65 +142,33 @@ impl<C: Records> Session<C> {
         }
     }
 
-    /// Processes the spill, then `fresh` bytes from the socket: whole
-    /// records in place when nothing is spilled, the rest spilled.
-    fn take_in(
-        &mut self,
-        tcp: &mut TcpStream,
-        fresh: &mut [u8],
-        sink: &mut Sink,
-        send: Option<&[u8]>,
-    ) -> io::Result<Stop> {
-        if self.incoming.is_empty() {
-            let (used, stop) = self.process(tcp, fresh, sink, send)?;
-            self.incoming.extend_from_slice(&fresh[used..]);
-            Ok(stop)
-        } else {
-            let mut pending = std::mem::take(&mut self.incoming);
-            pending.extend_from_slice(fresh);
-            let (used, stop) = self.process(tcp, &mut pending, sink, send)?;
-            consume(&mut pending, used);
-            self.incoming = pending;
-            Ok(stop)
-        }
-    }
-
     /// Decrypted data into `buf`, until some arrives, the peer closes, or
     /// the socket says `WouldBlock`.
-    fn read(
-        &mut self,
-        tcp: &mut TcpStream,
-        buf: &mut [u8],
-        received: &mut u64,
-    ) -> io::Result<usize> {
-        if !self.plaintext.is_empty() {
-            let n = buf.len().min(self.plaintext.len());
-            buf[..n].copy_from_slice(&self.plaintext[..n]);
-            consume(&mut self.plaintext, n);
-            return Ok(n);
+    fn read<C: Records>(&mut self, s: &mut Session<C>, buf: &mut [u8]) -> io::Result<usize> {
+        if s.has_plaintext() {
+            return Ok(s.read_plaintext(buf));
         }
-        let mut sink = Sink { buf, filled: 0 };
-        self.take_in(tcp, &mut [], &mut sink, None)?;
+        let mut filled = s.feed(&mut [], buf)?;
+        self.transmit(s)?;
         READ_SCRATCH.with_borrow_mut(|chunk| {
             loop {
-                if sink.filled > 0 {
-                    return Ok(sink.filled);
+                if filled > 0 {
+                    return Ok(filled);
                 }
-                if self.peer_closed {
+                if s.peer_closed() {
                     return Ok(0);
                 }
-                let n = self.recv(tcp, chunk, received)?;
-                if let Stop::Closed = self.take_in(tcp, &mut chunk[..n], &mut sink, None)? {
-                    self.peer_closed = true;
-                }
+                let n = self.recv(s, chunk)?;
+                filled = s.feed(&mut chunk[..n], buf)?;
+                self.transmit(s)?;
             }
         })
     }
 
-    /// Encrypts up to one record of `buf` and sends it; `WouldBlock`
-    /// while the handshake is not finished or too much waits to be sent.
-    fn write(&mut self, tcp: &mut TcpStream, buf: &[u8], received: &mut u64) -> io::Result<usize> {
-        let r = self.write_record(tcp, buf, received);
+    /// Seals up to one record of `buf` and sends it; `WouldBlock` while
+    /// the handshake is not finished or too much waits to be sent.
+    fn write<C: Records>(&mut self, s: &mut Session<C>, buf: &[u8]) -> io::Result<usize> {
+        let r = self.write_record(s, buf);
         // Reads made here to push the handshake are incidental: the caller
         // did not read, so it will wait for readiness, and a short read
         // here must not answer its next read with `WouldBlock`.
@@ -407,55 +176,42 @@ impl<C: Records> Session<C> {
         r
     }
 
-    fn write_record(
-        &mut self,
-        tcp: &mut TcpStream,
-        buf: &[u8],
-        received: &mut u64,
-    ) -> io::Result<usize> {
-        match self.write_out(tcp) {
+    fn write_record<C: Records>(&mut self, s: &mut Session<C>, buf: &[u8]) -> io::Result<usize> {
+        match self.write_out(s) {
             Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock && self.outgoing.len() < OUT_LIMIT => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && s.to_send().len() < OUT_LIMIT => {}
             Err(e) => return Err(e),
         }
         // Data that arrives meanwhile (e.g. during the handshake) is kept.
-        let mut none = [0u8; 0];
-        let mut sink = Sink {
-            buf: &mut none,
-            filled: 0,
-        };
         let mut fresh = 0;
         READ_SCRATCH.with_borrow_mut(|chunk| {
-            loop {
-                match self.take_in(tcp, &mut chunk[..fresh], &mut sink, Some(buf))? {
-                    Stop::Sent(n) => return Ok(n),
-                    Stop::Idle => return Ok(0), // `buf` was empty
-                    Stop::Closed => return Err(io::ErrorKind::BrokenPipe.into()),
-                    Stop::Blocked => {
-                        // Not established yet: read on to push the handshake.
-                        fresh = self.recv(tcp, chunk, received)?;
+            RECORD_SCRATCH.with_borrow_mut(|record| {
+                loop {
+                    let sealed = s.seal(&mut chunk[..fresh], buf, record)?;
+                    self.transmit(s)?;
+                    match sealed {
+                        Sealed::Record { taken, len } => {
+                            self.send_record(s, &record[..len])?;
+                            return Ok(taken);
+                        }
+                        Sealed::Nothing => return Ok(0), // `buf` was empty
+                        Sealed::Closed => return Err(io::ErrorKind::BrokenPipe.into()),
+                        Sealed::Handshaking => {
+                            // Not established yet: read on to push the handshake.
+                            fresh = self.recv(s, chunk)?;
+                        }
                     }
                 }
-            }
+            })
         })
     }
 
     /// Queues close_notify once, after everything written before it, and
     /// writes out what it can: `WouldBlock` while records wait for the
-    /// socket. A failed or unfinished session has nothing to notify.
-    fn close_notify(&mut self, tcp: &mut TcpStream) -> io::Result<()> {
-        if !self.notified && !self.failed && !self.conn.handshaking() {
-            self.notified = true;
-            let mut pending = std::mem::take(&mut self.incoming);
-            let status = self.conn.process(&mut pending);
-            if let Ok(ConnectionState::WriteTraffic(mut w)) = status.state {
-                let mut record = [0u8; RECORD_OVERHEAD]; // small: an alert
-                if let Ok(n) = w.queue_close_notify(&mut record) {
-                    send_records(&mut self.outgoing, tcp, &record[..n])?;
-                }
-            }
-        }
-        self.write_out(tcp)
+    /// socket.
+    fn close_notify<C: Records>(&mut self, s: &mut Session<C>) -> io::Result<()> {
+        s.close_notify();
+        self.write_out(s)
     }
 }
 
@@ -469,15 +225,14 @@ enum Mode {
 }
 
 pub struct TlsStream {
-    tcp: TcpStream,
+    sock: Socket,
     mode: Mode,
-    received: u64,
 }
 
 /// Calls `$f` on the session of either side.
 macro_rules! session {
-    ($self:ident, $s:ident => $f:expr, plain => $p:expr) => {
-        match &mut $self.mode {
+    ($mode:expr, $s:ident => $f:expr, plain => $p:expr) => {
+        match $mode {
             Mode::Server($s) => $f,
             Mode::Client($s) => $f,
             Mode::Plain | Mode::Sniff(_) => $p,
@@ -486,13 +241,20 @@ macro_rules! session {
 }
 
 impl TlsStream {
+    fn with(tcp: TcpStream, mode: Mode) -> TlsStream {
+        TlsStream {
+            sock: Socket {
+                tcp,
+                received: 0,
+                drained: false,
+            },
+            mode,
+        }
+    }
+
     /// A TLS session to be negotiated on an accepted socket.
     pub fn new(tcp: TcpStream, config: Arc<ServerConfig>) -> TlsStream {
-        TlsStream {
-            tcp,
-            mode: Mode::Sniff(config),
-            received: 0,
-        }
+        TlsStream::with(tcp, Mode::Sniff(config))
     }
 
     /// The client side of a session on a connected socket, for `name`
@@ -504,19 +266,18 @@ impl TlsStream {
         name: rustls::pki_types::ServerName<'static>,
     ) -> io::Result<TlsStream> {
         let conn = UnbufferedClientConnection::new(config, name).map_err(invalid)?;
-        Ok(TlsStream {
+        Ok(TlsStream::with(
             tcp,
-            mode: Mode::Client(Box::new(Session::new(conn))),
-            received: 0,
-        })
+            Mode::Client(Box::new(Session::new(conn))),
+        ))
     }
 
     pub fn tcp(&self) -> &TcpStream {
-        &self.tcp
+        &self.sock.tcp
     }
 
     pub fn tcp_mut(&mut self) -> &mut TcpStream {
-        &mut self.tcp
+        &mut self.sock.tcp
     }
 
     /// The client spoke plain text to this TLS port.
@@ -526,25 +287,12 @@ impl TlsStream {
 
     /// The negotiated protocol version and ALPN protocol, once established.
     pub fn negotiated(&self) -> Option<(rustls::ProtocolVersion, Option<Vec<u8>>)> {
-        let (version, alpn) = match &self.mode {
-            Mode::Server(s) if !s.conn.handshaking() => s.conn.version_alpn(),
-            Mode::Client(s) if !s.conn.handshaking() => s.conn.version_alpn(),
-            _ => return None,
-        };
-        Some((version?, alpn))
+        session!(&self.mode, s => s.negotiated(), plain => None)
     }
 
     /// Heap bytes held for data not yet handed on (0 when idle).
     pub fn buffered(&self) -> usize {
-        match &self.mode {
-            Mode::Server(s) => {
-                s.incoming.capacity() + s.plaintext.capacity() + s.outgoing.capacity()
-            }
-            Mode::Client(s) => {
-                s.incoming.capacity() + s.plaintext.capacity() + s.outgoing.capacity()
-            }
-            _ => 0,
-        }
+        session!(&self.mode, s => s.buffered(), plain => 0)
     }
 
     /// Decides the mode from the first byte, without consuming it.
@@ -553,7 +301,7 @@ impl TlsStream {
             return Ok(());
         };
         let mut first = [0u8; 1];
-        match self.tcp.peek(&mut first)? {
+        match self.sock.tcp.peek(&mut first)? {
             0 => {} // EOF: the read that follows reports it
             _ if first[0] == HANDSHAKE_RECORD => {
                 let conn = UnbufferedServerConnection::new(config.clone()).map_err(invalid)?;
@@ -568,10 +316,10 @@ impl TlsStream {
 impl Read for TlsStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.sniff()?;
-        let (tcp, received) = (&mut self.tcp, &mut self.received);
-        session!(self, s => s.read(tcp, buf, received), plain => {
-            let n = tcp.read(buf)?;
-            *received += n as u64;
+        let sock = &mut self.sock;
+        session!(&mut self.mode, s => sock.read(s, buf), plain => {
+            let n = sock.tcp.read(buf)?;
+            sock.received += n as u64;
             Ok(n)
         })
     }
@@ -580,61 +328,61 @@ impl Read for TlsStream {
 impl Write for TlsStream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.sniff()?;
-        let (tcp, received) = (&mut self.tcp, &mut self.received);
-        session!(self, s => s.write(tcp, buf, received), plain => tcp.write(buf))
+        let sock = &mut self.sock;
+        session!(&mut self.mode, s => sock.write(s, buf), plain => sock.tcp.write(buf))
     }
 
     fn flush(&mut self) -> io::Result<()> {
         // A caller that flushes is done with this round of reading
         // (tungstenite-driven clients never call `end_reading`).
         self.end_reading();
-        let tcp = &mut self.tcp;
-        session!(self, s => s.write_out(tcp), plain => Ok(()))
+        let sock = &mut self.sock;
+        session!(&mut self.mode, s => sock.write_out(s), plain => Ok(()))
     }
 }
 
 impl Transport for TlsStream {
     fn received(&self) -> u64 {
-        self.received
+        self.sock.received
     }
 
     fn short_read_drains(&self) -> bool {
         // A short read of plaintext says nothing about the socket; the
-        // session keeps its own note of short socket reads.
+        // stream keeps its own note of short socket reads.
         matches!(self.mode, Mode::Plain) && crate::platform::SHORT_READ_MEANS_DRAINED
     }
 
     fn handshaking(&self) -> bool {
         match &self.mode {
-            Mode::Server(s) => s.conn.handshaking(),
-            Mode::Client(s) => s.conn.handshaking(),
+            Mode::Server(s) => s.handshaking(),
+            Mode::Client(s) => s.handshaking(),
             Mode::Sniff(_) => true,
             Mode::Plain => false,
         }
     }
 
     fn shut_down(&mut self) {
-        let tcp = &mut self.tcp;
-        let _ = session!(self, s => s.close_notify(tcp), plain => Ok(()));
+        let sock = &mut self.sock;
+        let _ = session!(&mut self.mode, s => sock.close_notify(s), plain => Ok(()));
     }
 
     /// close_notify after everything written, then the socket's FIN: the
     /// peer reads the whole response, the end of the session, then EOF.
     fn close_write(&mut self) -> io::Result<()> {
-        let tcp = &mut self.tcp;
-        session!(self, s => s.close_notify(tcp), plain => Ok(()))?;
-        self.tcp.shutdown(std::net::Shutdown::Write)
+        let sock = &mut self.sock;
+        session!(&mut self.mode, s => sock.close_notify(s), plain => Ok(()))?;
+        self.sock.tcp.shutdown(std::net::Shutdown::Write)
     }
 
     /// Raw bytes from the socket: a lingering close decrypts nothing.
     fn discard(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.tcp.read(buf)?;
-        self.received += n as u64;
+        let n = self.sock.tcp.read(buf)?;
+        self.sock.received += n as u64;
         Ok(n)
     }
 
     fn end_reading(&mut self) {
-        session!(self, s => s.drained = false, plain => ())
+        self.sock.drained = false;
     }
 }
 
@@ -643,30 +391,10 @@ mod tests {
     use super::*;
     use std::time::{Duration, Instant};
 
-    /// A connected pair of non-blocking TLS streams over loopback.
+    /// A connected pair of non-blocking TLS streams over loopback (the
+    /// certificates made in memory).
     fn pair() -> (TlsStream, TlsStream) {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
-            .unwrap()
-            .self_signed(&key)
-            .unwrap();
-        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("pollcap-stream-{}-{n}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let (c, k) = (dir.join("cert.pem"), dir.join("key.pem"));
-        std::fs::write(&c, cert.pem()).unwrap();
-        std::fs::write(&k, key.serialize_pem()).unwrap();
-        let server_cfg = Arc::new(crate::tls::load(&c, &k).unwrap());
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(cert.der().clone()).unwrap();
-        let client_cfg = Arc::new(
-            ClientConfig::builder_with_provider(crate::tls::provider())
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_root_certificates(roots)
-                .with_no_client_auth(),
-        );
+        let (server_cfg, client_cfg) = crate::tls::session::tests::configs(&[]);
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let client_tcp = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (server_tcp, _) = listener.accept().unwrap();

@@ -5,7 +5,6 @@ one works; a network blip mid-run is resumed with no delta lost or
 repeated; 1001 on shutdown is announced; nothing loads from other hosts.
 Screenshots land in target/browser/."""
 import asyncio
-import json
 import os
 import re
 import ssl
@@ -17,6 +16,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from conftest import SHOTS
+from pollcap_server import health, metrics
 
 TYPES = ["agent_started", "agent_thinking", "tool_executing", "tool_completed", "agent_completed"]
 
@@ -192,8 +192,7 @@ def test_wrong_token_is_named_and_the_right_token_completes(browser, server_fact
     evs = events(browser)
     second = evs[[i for i, e in enumerate(evs) if e["type"] == "user_message"][1]:]
     check_run(second, "second try")
-    with urllib.request.urlopen(srv.http + "/health", timeout=5) as r:
-        assert json.load(r)["auth_failures"] == 1
+    assert health(srv)["auth_failures"] == 1
 
 
 def test_network_blip_mid_run_reconnects_and_resumes(browser, server_factory, proxy_factory):
@@ -297,11 +296,8 @@ def test_the_page_runs_over_https_and_wss(browser, server_factory, tmp_path):
         # Every byte on this port is TLS (a plain-text request gets a 400),
         # so the 101 the server counted was a wss:// upgrade.
         ctx = ssl.create_default_context(cafile=str(cert))
-        with urllib.request.urlopen(f"https://localhost:{port}/metrics", timeout=5,
-                                    context=ctx) as r:
-            metrics = r.read().decode()
-        upgrades = re.search(r'^pollcap_http_responses_total\{status="101"\} (\d+)', metrics, re.M)
-        assert upgrades and int(upgrades.group(1)) >= 1, metrics
+        m = metrics(f"https://localhost:{port}", context=ctx)
+        assert m['pollcap_http_responses_total{status="101"}'] >= 1, m
     finally:
         browser.execute_cdp_cmd("Security.setIgnoreCertificateErrors", {"ignore": False})
         browser.get("about:blank")

@@ -20,6 +20,9 @@ use tungstenite::protocol::WebSocket;
 pub const MS: Duration = Duration::from_millis(1);
 /// Generous slack for timing assertions on a loaded 2-core machine.
 pub const SLACK: Duration = Duration::from_millis(500);
+/// Slack for one reactor wait timed directly, with no server in between
+/// (tests/reactor.rs): tighter than [`SLACK`].
+pub const WAIT_SLACK: Duration = Duration::from_millis(150);
 
 /// Short timeouts (seconds) that keep the hierarchy valid.
 pub const FAST: &[(&str, &str)] = &[
@@ -127,6 +130,31 @@ pub fn metric(addr: SocketAddr, key: &str) -> f64 {
     *metrics(addr)
         .get(key)
         .unwrap_or_else(|| panic!("metric {key} missing"))
+}
+
+/// Polls `/metrics` until sample `key` is there and satisfies `want`, for
+/// at most `limit`, and returns its value; fails naming the sample and its
+/// last value otherwise.
+pub fn wait_metric(
+    addr: SocketAddr,
+    key: &str,
+    limit: Duration,
+    want: impl Fn(f64) -> bool,
+) -> f64 {
+    let t0 = Instant::now();
+    let mut last = None;
+    let met = eventually(limit, || {
+        last = metrics(addr).get(key).copied();
+        match last {
+            Some(v) if want(v) => Some(Some(v)),
+            _ if t0.elapsed() >= limit => Some(None),
+            _ => None,
+        }
+    });
+    met.unwrap_or_else(|| match last {
+        Some(v) => panic!("{key} is {v} after {limit:?}: not the value waited for"),
+        None => panic!("{key} is missing from /metrics after {limit:?}"),
+    })
 }
 
 pub const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";

@@ -6,13 +6,13 @@ import hashlib
 import hmac
 import json
 import time
-import urllib.request
 
 import pytest
 import websockets
 from websockets.exceptions import InvalidStatus
 
 from conftest import SECRET
+from pollcap_server import eventually_async, health, metrics
 
 TYPES = ["agent_started", "agent_thinking", "tool_executing", "tool_completed", "agent_completed"]
 
@@ -192,8 +192,7 @@ def test_execution_deadline_then_the_connection_still_works(server_factory):
             assert err["seq"] == events[-2]["seq"] + 1, "the error continues the run's sequence"
             check_run(await one_run(ws, "fast one", pacing_ms=0), "fast one")
     run(go())
-    metrics = urllib.request.urlopen(f"http://{server.addr}/metrics", timeout=5).read().decode()
-    assert 'pollcap_timeouts_total{phase="execution"} 1' in metrics
+    assert metrics(server)['pollcap_timeouts_total{phase="execution"}'] == 1
 
 
 def test_malformed_json_gets_bad_request_and_connection_works(server):
@@ -223,14 +222,13 @@ def test_breaker_opens_on_failing_opens_then_recovers(server_factory):
             assert (await status_of_connect())[0] == 500
         status, retry_after = await status_of_connect()
         assert status == 503 and retry_after is not None and int(retry_after) >= 1
-        health = json.loads(urllib.request.urlopen(f"http://{server.addr}/health", timeout=5).read())
-        assert health["breaker"]["state"] == "open"
+        assert health(server)["breaker"]["state"] == "open"
+
         # Waiting out the recovery timer (1 s) is the point: poll, bounded.
-        deadline = time.monotonic() + 5
-        while (await status_of_connect())[0] != 101:
-            assert time.monotonic() < deadline, "breaker never recovered"
-            await asyncio.sleep(0.2)
-        health = json.loads(urllib.request.urlopen(f"http://{server.addr}/health", timeout=5).read())
-        assert health["breaker"]["state"] == "closed"
-        assert health["breaker"]["opened_total"] == 1
+        async def recovered():
+            return (await status_of_connect())[0] == 101
+        await eventually_async(5, recovered, "the breaker recovers")
+        h = health(server)
+        assert h["breaker"]["state"] == "closed"
+        assert h["breaker"]["opened_total"] == 1
     run(go())

@@ -21,6 +21,7 @@ import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from hostile_peers import raise_fd_limit
+from pollcap_server import eventually_async, health, metrics, wait_metric
 from test_agent_chat import check_run, connect, one_run, run
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -32,31 +33,10 @@ def setup_module():
     raise_fd_limit()
 
 
-def metrics(server):
-    """Every sample of /metrics, name{labels} -> value."""
-    text = urllib.request.urlopen(f"http://{server.addr}/metrics", timeout=5).read().decode()
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, value = line.rsplit(" ", 1)
-            out[name] = float(value)
-    return out
-
-
-def wait_metric(server, key, want, limit=10):
-    """Polls /metrics until `key` reaches `want` (bounded)."""
-    deadline = time.monotonic() + limit
-    while True:
-        v = metrics(server).get(key, 0.0)
-        if v >= want:
-            return v
-        assert time.monotonic() < deadline, f"{key} = {v}, expected >= {want}"
-        time.sleep(0.05)  # polling interval, bounded by `limit`
-
-
 def still_serves(server):
     """/health answers 200 and a full agent_chat run completes."""
-    assert urllib.request.urlopen(f"http://{server.addr}/health", timeout=5).status == 200
+    with urllib.request.urlopen(f"{server.http}/health", timeout=5) as r:
+        assert r.status == 200
 
     async def go():
         async with connect(server) as ws:
@@ -225,19 +205,16 @@ def test_a_flood_over_max_connections_gets_503_with_retry_after(server_factory):
         answers = await asyncio.gather(*(refused() for _ in range(300)))
         assert all(status == 503 for status, _ in answers), answers
         assert all(r is not None and int(r) >= 1 for _, r in answers), answers
-        health = json.loads(urllib.request.urlopen(f"http://{server.addr}/health", timeout=5).read())
-        assert health["connections"]["open"] == 50
-        assert health["status"] == "degraded", "at the limit"
+        h = health(server)
+        assert h["connections"]["open"] == 50
+        assert h["status"] == "degraded", "at the limit"
         for ws in held[:5]:
             await ws.close()
+
         # Slots free again: a new client gets in.
-        deadline = time.monotonic() + 5
-        while True:
-            status, _ = await refused()
-            if status == 101:
-                break
-            assert time.monotonic() < deadline, "slots never freed"
-            await asyncio.sleep(0.05)  # polling interval, bounded
+        async def admitted():
+            return (await refused())[0] == 101
+        await eventually_async(5, admitted, "a slot is freed")
         for ws in held[5:]:
             await ws.close()
     run(go())

@@ -6,13 +6,13 @@ import json
 import os
 import re
 import subprocess
-import time
 import urllib.error
 import urllib.request
 
 import yaml
 
 from conftest import BIN, ROOT
+from pollcap_server import eventually, free_port, health
 
 PLATFORM = os.path.join(ROOT, "platform")
 
@@ -112,11 +112,7 @@ def test_dockerfile_is_multistage_nonroot_production_with_healthcheck(server):
 
 def redis_down_server(server_factory):
     """A server whose Redis is unreachable (nothing listens on the port)."""
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return server_factory("--store", f"redis://127.0.0.1:{port}")
+    return server_factory("--store", f"redis://127.0.0.1:{free_port()}")
 
 
 def test_kubernetes_multi_instance_shares_one_redis(server_factory):
@@ -165,12 +161,9 @@ def test_cloudrun_multi_instance_reaches_redis_through_the_connector(server_fact
     server = redis_down_server(server_factory)
     for probe in ("startupProbe", "livenessProbe"):
         assert probe_status(server, c[probe]["httpGet"]["path"]) == 200
-    health = lambda: json.loads(urllib.request.urlopen(f"http://{server.addr}/health", timeout=5).read())
-    deadline = time.monotonic() + 5
-    while health()["store"]["up"]:  # the first connect attempt is under way
-        assert time.monotonic() < deadline, "an unreachable Redis was never noticed"
-        time.sleep(0.05)
-    assert health()["status"] == "degraded"
+    # The first connect attempt may still be under way.
+    eventually(5, lambda: not health(server)["store"]["up"], "the unreachable Redis is noticed")
+    assert health(server)["status"] == "degraded"
 
 
 def test_load_balancers_probing_with_head_get_the_head_of_get(server):

@@ -9,21 +9,14 @@ import os
 import shutil
 import socket
 import subprocess
-import time
-import urllib.request
 
 import pytest
 import websockets
 
+from pollcap_server import eventually, free_port, health, metrics
 from test_agent_chat import connect, run
 
 REDIS = shutil.which("redis-server")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def ping(port):
@@ -49,11 +42,11 @@ class Redis:
             [REDIS, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while not ping(self.port):
+
+        def answers():
             assert self.proc.poll() is None, "redis-server exited"
-            assert time.monotonic() < deadline, "redis-server did not answer PING"
-            time.sleep(0.05)
+            return ping(self.port)
+        eventually(10, answers, "redis-server answers PING")
 
     def stop(self):
         if self.proc and self.proc.poll() is None:
@@ -70,17 +63,6 @@ def redis():
     r = Redis()
     yield r
     r.stop()
-
-
-def health(server):
-    return json.loads(urllib.request.urlopen(f"http://{server.addr}/health", timeout=5).read())
-
-
-def wait_for(what, check, limit=10):
-    deadline = time.monotonic() + limit
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 async def recv(ws, timeout=10):
@@ -197,16 +179,16 @@ def test_redis_killed_mid_test_then_back(redis, server_factory):
         async with connect(a, token=token) as ws:
             await start_run(ws, "while down", pacing_ms=0)
             check_whole(await until_end(ws), "while down")
-        wait_for("/health degraded", lambda: health(a)["status"] == "degraded")
+        eventually(10, lambda: health(a)["status"] == "degraded", "/health degraded")
         assert health(a)["store"]["up"] is False
         # B, idle meanwhile, notices by its own PING.
-        wait_for("B to notice", lambda: health(b)["status"] == "degraded")
+        eventually(10, lambda: health(b)["status"] == "degraded", "B to notice")
         async with connect(b, token=token) as ws:
             await resume(ws, old, 0)
             await assert_unavailable(ws, old)
         redis.start()
-        wait_for("A healthy again", lambda: health(a)["status"] == "healthy")
-        wait_for("B healthy again", lambda: health(b)["status"] == "healthy")
+        eventually(10, lambda: health(a)["status"] == "healthy", "A healthy again")
+        eventually(10, lambda: health(b)["status"] == "healthy", "B healthy again")
         text = "after the outage"
         first = await drop_after(a, token, text, 3)
         async with connect(b, token=token) as ws:
@@ -220,9 +202,9 @@ def test_redis_killed_mid_test_then_back(redis, server_factory):
         assert log.count("chat goes on, resume is unavailable") == 1, log
         assert log.count("reachable; resume available") == 1, log
         assert s.proc.poll() is None, "still running"
-    metrics = urllib.request.urlopen(f"http://{a.addr}/metrics", timeout=5).read().decode()
-    assert "pollcap_store_outages_total 1" in metrics
-    assert "pollcap_store_up 1" in metrics
+    m = metrics(a)
+    assert m["pollcap_store_outages_total"] == 1
+    assert m["pollcap_store_up"] == 1
 
 
 def test_a_close_frame_cancels_the_run(server):

@@ -3,15 +3,14 @@
 a localhost certificate made by openssl for each test session (SPEC §4
 "TLS"). Every wait is bounded by a timeout."""
 import asyncio
-import json
 import ssl
 import subprocess
 import time
-import urllib.request
 
 import pytest
 import websockets
 
+from pollcap_server import health
 from test_agent_chat import check_run, one_run, run
 
 
@@ -73,11 +72,9 @@ def test_agent_chat_over_wss(tls_server, certs):
 
 
 def test_health_over_https(tls_server, certs):
-    url = f"https://localhost:{port(tls_server)}/health"
-    with urllib.request.urlopen(url, context=context(certs["ca"]), timeout=5) as r:
-        health = json.loads(r.read())
-    assert health["status"] == "healthy"
-    assert health["tls"]["enabled"] is True
+    h = health(f"https://localhost:{port(tls_server)}", context=context(certs["ca"]))
+    assert h["status"] == "healthy"
+    assert h["tls"]["enabled"] is True
 
 
 def test_an_untrusted_certificate_is_refused_by_the_client(tls_server, certs):

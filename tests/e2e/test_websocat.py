@@ -8,11 +8,11 @@ import queue
 import subprocess
 import threading
 import time
-import urllib.request
 
 import pytest
 
 from conftest import ROOT
+from pollcap_server import metrics
 from test_agent_chat import check_run
 
 WEBSOCAT = os.environ.get("WEBSOCAT", os.path.join(ROOT, ".cache", "websocat", "bin", "websocat"))
@@ -63,16 +63,12 @@ def test_websocat_runs_agent_chat(server):
 
 
 def test_websocat_is_refused_an_unknown_subprotocol(server):
-    with urllib.request.urlopen(f"http://{server.addr}/metrics", timeout=5) as r:
-        before = r.read().decode()
+    key = 'pollcap_http_responses_total{status="400"}'
+    before = metrics(server)[key]
     out = subprocess.run(
         [websocat(), "--protocol", "chat.v2", server.url,
          "-H", f"Authorization: Bearer {server.token()}"],
         stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=15)
     assert out.returncode != 0, out
     assert "400" in out.stderr, out.stderr
-    with urllib.request.urlopen(f"http://{server.addr}/metrics", timeout=5) as r:
-        after = r.read().decode()
-    count = lambda text: float(next(l.split()[-1] for l in text.splitlines()
-                                    if l.startswith('pollcap_http_responses_total{status="400"}')))
-    assert count(after) == count(before) + 1
+    assert metrics(server)[key] == before + 1
