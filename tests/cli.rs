@@ -561,6 +561,8 @@ fn the_release_binary_ships_stripped_under_8_mb() {
     if cfg!(debug_assertions) {
         return; // a debug build is not what ships
     }
-    let size = std::fs::metadata(env!("CARGO_BIN_EXE_pollcap")).unwrap().len();
+    let size = std::fs::metadata(env!("CARGO_BIN_EXE_pollcap"))
+        .unwrap()
+        .len();
     assert!(size <= 8 << 20, "target/release/pollcap is {size} bytes");
 }
