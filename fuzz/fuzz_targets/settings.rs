@@ -200,6 +200,11 @@ fn run(data: &[u8]) {
                 Some(k) => String::from_utf8(k.0.clone()).expect("given as a string"),
                 None => continue,
             },
+            // Shown as whether it is set, like the JWT secret: given back as is.
+            "agent_token" => match &s.agent.token {
+                Some(k) => String::from_utf8(k.0.clone()).expect("given as a string"),
+                None => continue,
+            },
             // Derived unless given: given back only when it was given.
             "poll_cap" if !explicit_cap => continue,
             "poll_cap" => match s.poll_cap {

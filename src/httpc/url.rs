@@ -27,9 +27,13 @@ impl fmt::Display for TargetError {
 
 impl fmt::Debug for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // No query string in logs: it may hold a key.
+        // No query string in logs: it may hold a key. An IPv6 host keeps
+        // its brackets, so what is shown can be set again.
         let scheme = if self.tls { "https" } else { "http" };
-        write!(f, "{scheme}://{}:{}", self.host, self.port)
+        match self.host.contains(':') {
+            true => write!(f, "{scheme}://[{}]:{}", self.host, self.port),
+            false => write!(f, "{scheme}://{}:{}", self.host, self.port),
+        }
     }
 }
 
@@ -80,6 +84,11 @@ mod tests {
         assert_eq!((t.tls, t.port), (true, 443));
         let t = Target::parse("http://[::1]/run").unwrap();
         assert_eq!((t.host.as_str(), t.port), ("::1", 80));
+        assert_eq!(format!("{t:?}"), "http://[::1]:80");
+        assert!(
+            Target::parse(&format!("{t:?}")).is_ok(),
+            "shown can be set again"
+        );
         for bad in [
             "ftp://h/x",
             "http://",

@@ -517,7 +517,7 @@ pub static DECLS: &[Decl] = &[
         agent_idle,
         "agent-idle-timeout",
         "AGENT_IDLE_TIMEOUT",
-        ["10", "15", "30", "60"],
+        ["15", "15", "30", "60"],
         "Upstream agent: the longest gap in seconds between two reads of its stream \
          (keep-alive comments count)"
     ),

@@ -558,6 +558,7 @@ impl Settings {
             Group::Auth,
             Group::Tls,
             Group::Resume,
+            Group::Agent,
         ] {
             if let Some(key) = g.key() {
                 o.insert(key.into(), Value::Object(self.group(g)));

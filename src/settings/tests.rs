@@ -42,7 +42,7 @@ fn profile_table_rows_match_spec() {
     // (profile, connect, handshake, ping, hb_interval, hb_timeout, stale, connection, close,
     //  cleanup, execution, then the upstream agent's: connect, response, idle)
     let table: [(&str, [u64; 13]); 4] = [
-        ("local", [2, 3, 2, 5, 15, 60, 360, 1, 30, 15, 2, 10, 10]),
+        ("local", [2, 3, 2, 5, 15, 60, 360, 1, 30, 15, 2, 10, 15]),
         ("testing", [5, 5, 5, 10, 30, 120, 360, 5, 60, 15, 5, 10, 15]),
         (
             "staging",
@@ -303,6 +303,18 @@ fn json_lists_every_timeout() {
     assert_eq!(j["limits"]["max_message"], 1 << 20);
     assert_eq!(j["server"]["ws_path"], "/ws");
     assert_eq!(j["auth"]["jwt_secret"], false, "only whether it is set");
+    assert_eq!(j["agent"]["agent_url"], Value::Null);
+    let j = ok(&[
+        ("POLLCAP_AGENT_URL", "http://agent:8000/run?key=k"),
+        ("POLLCAP_AGENT_TOKEN", "s3cret"),
+    ])
+    .to_json();
+    assert_eq!(
+        j["agent"]["agent_url"], "http://agent:8000",
+        "no path or query"
+    );
+    assert_eq!(j["agent"]["agent_token"], true, "only whether it is set");
+    assert_eq!(j["agent"]["agent_breaker_threshold"], 5);
 }
 
 #[test]

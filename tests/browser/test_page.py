@@ -150,7 +150,7 @@ def test_health_panel_shows_live_figures(browser, server_factory):
     phases = browser.execute_script(
         "return [...document.querySelectorAll('#timeouts tr')].map(r => r.dataset.row)")
     assert phases == ["connect", "handshake", "ping", "heartbeat", "stale", "lifetime", "close",
-                      "execution", "linger"], phases
+                      "execution", "linger", "agent_connect", "agent_response", "agent_idle"], phases
     causes = browser.execute_script(
         "return [...document.querySelectorAll('#wakeups tr')].map(r => r.dataset.row)")
     assert {"by_io", "by_waker", "by_deadline", "by_cap"} <= set(causes), causes

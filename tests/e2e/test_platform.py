@@ -13,6 +13,7 @@ import yaml
 
 from conftest import BIN, ROOT
 from pollcap_server import eventually, free_port, health
+from test_agent_upstream import Agent, ask, connect, readme_agent, run
 
 PLATFORM = os.path.join(ROOT, "platform")
 
@@ -36,6 +37,24 @@ def probe_status(server, path):
 
 def env_list(container):
     return {e["name"]: e.get("value") for e in container.get("env", [])}
+
+
+def secret_refs(container):
+    """The container's variables read from secrets: name -> (secret, key)."""
+    return {e["name"]: (e["valueFrom"]["secretKeyRef"]["name"], e["valueFrom"]["secretKeyRef"]["key"])
+            for e in container.get("env", []) if "secretKeyRef" in e.get("valueFrom", {})}
+
+
+def arg(command, flag):
+    return command[command.index(flag) + 1]
+
+
+def agent_config(env, extra):
+    """`pollcap config --json` under a manifest's environment with its agent
+    URL, and a stand-in for the agent's bearer secret (a secret's value is
+    not in the manifest)."""
+    keys = ("ENVIRONMENT", "POLLCAP_STORE", "POLLCAP_RESUME_WINDOW", "POLLCAP_AGENT_URL")
+    return config({k: env[k] for k in keys} | {"POLLCAP_AGENT_TOKEN": "from-the-secret"} | extra)
 
 
 def test_every_target_has_a_readme():
@@ -142,6 +161,84 @@ def test_kubernetes_multi_instance_shares_one_redis(server_factory):
     server = redis_down_server(server_factory)
     assert probe_status(server, c["readinessProbe"]["httpGet"]["path"]) == 200
     assert "tcpSocket" in c["livenessProbe"]
+
+
+def test_kubernetes_multi_instance_sends_its_runs_to_the_agent_service(server_factory, tmp_path):
+    docs = list(yaml.safe_load_all(open(os.path.join(PLATFORM, "kubernetes", "multi-instance.yaml"))))
+    deps = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
+    svcs = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
+    c = deps["pollcap"]["spec"]["template"]["spec"]["containers"][0]
+    env = env_list(c)
+    # The URL names the agent Service and one of its ports ...
+    url = env["POLLCAP_AGENT_URL"]
+    m = re.fullmatch(r"http://([^:/]+):(\d+)(/\S*)", url)
+    assert m, url
+    host, port, path = m.group(1), int(m.group(2)), m.group(3)
+    assert host in svcs, f"{url} names no Service of the manifest"
+    svc = svcs[host]["spec"]
+    svc_port = next(p for p in svc["ports"] if p["port"] == port)
+    # ... which selects the agent's pods and reaches the port uvicorn serves.
+    dep = next(d for d in deps.values()
+               if svc["selector"].items() <= d["spec"]["template"]["metadata"]["labels"].items())
+    assert dep["metadata"]["name"] == "pollcap-agent"
+    pod = dep["spec"]["template"]["spec"]
+    a = pod["containers"][0]
+    target = next(p["containerPort"] for p in a["ports"]
+                  if svc_port["targetPort"] in (p.get("name"), p["containerPort"]))
+    cmd = a["command"]
+    assert cmd[0] == "uvicorn" and int(arg(cmd, "--port")) == target, cmd
+    assert arg(cmd, "--host") == "0.0.0.0", "reachable through the Service"
+    # Both sides read the bearer secret from the same key.
+    assert secret_refs(c)["POLLCAP_AGENT_TOKEN"] in secret_refs(a).values()
+    # pollcap takes the environment as it is.
+    cfg = agent_config(env, {"KUBERNETES_SERVICE_HOST": "10.0.0.1"})
+    assert cfg["profile"] == "production"
+    assert cfg["agent"]["agent_url"] == f"http://{host}:{port}"
+    assert cfg["agent"]["agent_token"] is True
+    # Replacing an agent pod lets its runs finish: uvicorn waits for them
+    # up to the execution deadline, and Kubernetes waits for uvicorn.
+    grace = int(arg(cmd, "--timeout-graceful-shutdown"))
+    assert cfg["timeouts_s"]["execution"] <= grace < pod["terminationGracePeriodSeconds"]
+    # The agent's command serving README's agent answers the URL's path:
+    # one run through pollcap (on loopback; uvicorn's --host/--port given last win).
+    readme_agent(tmp_path)
+    agent = Agent(cmd[1], tmp_path, args=cmd[2:])
+    try:
+        server = server_factory("--agent-url", f"http://127.0.0.1:{agent.port}{path}")
+
+        async def go():
+            async with connect(server) as ws:
+                return await ask(ws, "deployed")
+        events = run(go())
+        assert events[-1] == events[-1] | {"type": "agent_completed", "final": "deployed "}, events
+    finally:
+        agent.stop()
+
+
+def test_cloudrun_multi_instance_sends_its_runs_to_the_internal_agent_service():
+    svc = yaml.safe_load(open(os.path.join(PLATFORM, "cloudrun", "multi-instance.yaml")))
+    agent = yaml.safe_load(open(os.path.join(PLATFORM, "cloudrun", "agent.yaml")))
+    notes = svc["spec"]["template"]["metadata"]["annotations"]
+    c = svc["spec"]["template"]["spec"]["containers"][0]
+    env = env_list(c)
+    name = agent["metadata"]["name"]
+    # The URL is the agent service's own run.app URL, on the README's path
+    # (the Kubernetes test runs a request on it).
+    m = re.fullmatch(rf"https://({re.escape(name)}-[\w.-]+\.run\.app)(/\S*)", env["POLLCAP_AGENT_URL"])
+    assert m and m.group(2) == "/agent", env["POLLCAP_AGENT_URL"]
+    cfg = agent_config(env, {"K_SERVICE": "pollcap"})
+    assert cfg["agent"]["agent_url"] == f"https://{m.group(1)}:443"
+    assert cfg["agent"]["agent_token"] is True
+    # Internal ingress: pollcap's requests must come from the VPC.
+    assert agent["metadata"]["annotations"]["run.googleapis.com/ingress"] == "internal"
+    assert notes["run.googleapis.com/vpc-access-connector"]
+    assert notes["run.googleapis.com/vpc-access-egress"] == "all-traffic"
+    a = agent["spec"]["template"]["spec"]
+    assert secret_refs(c)["POLLCAP_AGENT_TOKEN"] in secret_refs(a["containers"][0]).values()
+    # Cloud Run never cuts a run that pollcap would let finish.
+    assert a["timeoutSeconds"] > cfg["timeouts_s"]["execution"]
+    cmd = a["containers"][0]["command"]
+    assert int(arg(cmd, "--port")) == a["containers"][0]["ports"][0]["containerPort"]
 
 
 def test_cloudrun_multi_instance_reaches_redis_through_the_connector(server_factory):

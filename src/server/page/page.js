@@ -432,7 +432,8 @@
   const CAUSES = [['by_io', 'I/O ready'], ['by_waker', 'waker'], ['by_deadline', 'hard deadline'],
     ['by_soft_deadline', 'soft deadline'], ['by_cap', 'cap'], ['busy', 'busy turn'], ['interrupted', 'interrupted']];
   // The order a connection meets them (the JSON object is sorted by name).
-  const PHASES = ['connect', 'handshake', 'ping', 'heartbeat', 'stale', 'lifetime', 'close', 'execution'];
+  const PHASES = ['connect', 'handshake', 'ping', 'heartbeat', 'stale', 'lifetime', 'close', 'execution',
+    'linger', 'agent_connect', 'agent_response', 'agent_idle'];
   const HISTORY = 150; // 5 minutes at one sample per 2 s
   const samples = [];
   let last = null;
