@@ -32,6 +32,12 @@ pub struct Head {
     pub protocols: Vec<String>,
     /// The `Authorization` header, if any.
     pub authorization: Option<String>,
+    /// The `Origin` header, if any (a browser's request).
+    pub origin: Option<String>,
+    /// Every `X-Forwarded-For` line, joined with `,` (one list).
+    pub forwarded_for: Option<String>,
+    /// Every `Forwarded` line, joined with `,` (one list).
+    pub forwarded: Option<String>,
     /// The W3C `traceparent` header, if any (not checked here).
     pub traceparent: Option<String>,
     /// A `Content-Length` other than 0, or any `Transfer-Encoding`.
@@ -46,9 +52,30 @@ pub struct UpgradeRequest {
     pub authorization: Option<String>,
     /// Every offered subprotocol, in the client's order.
     pub protocols: Vec<String>,
+    pub host: Option<String>,
+    pub origin: Option<String>,
+    pub forwarded_for: Option<String>,
+    pub forwarded: Option<String>,
     /// The W3C `traceparent` header, if any.
     pub traceparent: Option<String>,
 }
+
+/// Prefix of the browser form of a bearer token inside
+/// `Sec-WebSocket-Protocol` (`bearer.<token>`): a credential, never a
+/// protocol.
+pub const SUBPROTOCOL_PREFIX: &str = "bearer.";
+
+/// Headers a request may carry once only: two copies make it ambiguous
+/// (a proxy in front may read the other one), so it gets 400 naming the
+/// header. `Host` is RFC 9112 §3.2's; the rest carry a credential, the
+/// browser's origin or the handshake itself.
+pub const SINGLE_HEADERS: [&str; 5] = [
+    "Host",
+    "Authorization",
+    "Origin",
+    "Sec-WebSocket-Key",
+    "Sec-WebSocket-Version",
+];
 
 /// What a complete request head asks for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -115,13 +142,23 @@ pub fn parse(buf: &[u8], limits: HeadLimits) -> Parsed {
     if len > limits.max_bytes {
         return Parsed::Invalid(too_large());
     }
-    let path = req.path.unwrap_or("/");
     let h = req.headers;
     // RFC 9112 §3.2: more than one Host is a 400 whatever the version
-    // (which one would the request be for?).
-    if values(h, "host").nth(1).is_some() {
-        return Parsed::Invalid(text(400, "Bad Request", "more than one Host header\n"));
+    // (which one would the request be for?); so is any other header whose
+    // copies could be read differently by a proxy and by this server.
+    for name in SINGLE_HEADERS {
+        if values(h, name).nth(1).is_some() {
+            let body = format!("more than one {name} header\n");
+            return Parsed::Invalid(text(400, "Bad Request", &body));
+        }
     }
+    let target = req.path.unwrap_or("/");
+    // RFC 9112 §3.2.2: a server accepts the absolute form
+    // (`GET http://host/health`), and its authority replaces Host.
+    let (authority, path) = match absolute_form(target) {
+        Some((authority, path)) => (Some(authority), path),
+        None => (None, target),
+    };
     let has_token = |name: &str, token: &str| {
         values(h, name)
             .flat_map(|v| v.split(','))
@@ -131,7 +168,9 @@ pub fn parse(buf: &[u8], limits: HeadLimits) -> Parsed {
         method: req.method.unwrap_or("").to_string(),
         path: path.split('?').next().unwrap_or(path).to_string(),
         minor_version: req.version.unwrap_or(1),
-        host: header(h, "host").map(|v| v.trim().to_string()),
+        host: authority
+            .map(str::to_string)
+            .or_else(|| header(h, "host").map(|v| v.trim().to_string())),
         wants_websocket: has_token("upgrade", "websocket") && has_token("connection", "upgrade"),
         ws_version: header(h, "sec-websocket-version").map(|v| v.trim().to_string()),
         ws_key: header(h, "sec-websocket-key").map(|v| v.trim().to_string()),
@@ -141,6 +180,9 @@ pub fn parse(buf: &[u8], limits: HeadLimits) -> Parsed {
             .filter(|p| !p.is_empty())
             .collect(),
         authorization: header(h, "authorization").map(str::to_string),
+        origin: header(h, "origin").map(|v| v.trim().to_string()),
+        forwarded_for: joined(h, "x-forwarded-for"),
+        forwarded: joined(h, "forwarded"),
         traceparent: header(h, "traceparent").map(str::to_string),
         has_body: header(h, "content-length").is_some_and(|v| v.trim() != "0")
             || header(h, "transfer-encoding").is_some(),
@@ -149,6 +191,34 @@ pub fn parse(buf: &[u8], limits: HeadLimits) -> Parsed {
         head: Box::new(head),
         len,
     }
+}
+
+/// `scheme://authority/path?query` → (authority, `/path?query`), for
+/// http and https targets; `None` for the origin form (`/path`).
+fn absolute_form(target: &str) -> Option<(&str, &str)> {
+    let (scheme, rest) = target.split_once("://")?;
+    if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+        return None;
+    }
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(end);
+    // The authority never carries user info for http(s) (RFC 9110 §4.2.4).
+    if authority.is_empty() || authority.contains('@') {
+        return None;
+    }
+    // `http://h` and `http://h?q` ask for `/`.
+    let path = if path.is_empty() || path.starts_with('?') {
+        "/"
+    } else {
+        path
+    };
+    Some((authority, path))
+}
+
+/// Every line of header `name`, joined as one comma-separated list.
+fn joined(headers: &[httparse::Header], name: &str) -> Option<String> {
+    let v: Vec<&str> = values(headers, name).map(str::trim).collect();
+    (!v.is_empty()).then(|| v.join(","))
 }
 
 /// Decides what a head asks of a server whose WebSocket path is `ws_path`.
@@ -237,10 +307,29 @@ fn upgrade(head: &Head) -> Request {
             ));
         }
     };
+    // Two credentials are ambiguous: which one would a gateway in front
+    // have checked?
+    let entries = head
+        .protocols
+        .iter()
+        .filter(|p| p.starts_with(SUBPROTOCOL_PREFIX))
+        .count();
+    if entries + usize::from(head.authorization.is_some()) > 1 {
+        return Request::Reject(text(
+            400,
+            "Bad Request",
+            "two credentials: send one token, in Authorization or as one bearer.<token> \
+             subprotocol entry\n",
+        ));
+    }
     Request::Upgrade(UpgradeRequest {
         key,
         authorization: head.authorization.clone(),
         protocols: head.protocols.clone(),
+        host: head.host.clone(),
+        origin: head.origin.clone(),
+        forwarded_for: head.forwarded_for.clone(),
+        forwarded: head.forwarded.clone(),
         traceparent: head.traceparent.clone(),
     })
 }
@@ -497,6 +586,84 @@ mod tests {
         assert_eq!(status(req(&no_key)), 400);
         let body = upgrade_req("Content-Length: 5\r\n");
         assert_eq!(status(req(&body)), 400);
+    }
+
+    #[test]
+    fn ambiguous_requests_get_400_naming_the_header() {
+        for name in SINGLE_HEADERS {
+            let value = match name {
+                "Sec-WebSocket-Key" => KEY,
+                "Sec-WebSocket-Version" => "13",
+                "Origin" => "http://x",
+                _ => "Bearer a.b.c",
+            };
+            // A second copy, in another case, after the first.
+            let r = upgrade_req(&format!("{}: {value}\r\n", name.to_ascii_lowercase()));
+            let r = if matches!(name, "Host" | "Sec-WebSocket-Key" | "Sec-WebSocket-Version") {
+                r
+            } else {
+                r.replace("\r\n\r\n", &format!("\r\n{name}: {value}\r\n\r\n"))
+            };
+            let Err(Parsed::Invalid(resp)) = req(&r) else {
+                panic!("{name}: {r:?} passed")
+            };
+            let body = String::from_utf8(resp.bytes).unwrap();
+            assert_eq!(resp.status, 400, "{name}");
+            assert!(
+                body.ends_with(&format!("more than one {name} header\n")),
+                "{body}"
+            );
+        }
+        // Repeated list headers are one list (RFC 9110 §5.3), not ambiguous.
+        let p = req(&upgrade_req(
+            "X-Forwarded-For: 1.1.1.1\r\nX-Forwarded-For: 2.2.2.2\r\n",
+        ));
+        let Ok(Request::Upgrade(u)) = p else {
+            panic!("{p:?}")
+        };
+        assert_eq!(u.forwarded_for.as_deref(), Some("1.1.1.1,2.2.2.2"));
+    }
+
+    #[test]
+    fn two_credentials_get_400() {
+        for extra in [
+            "Authorization: Bearer a.b.c\r\nSec-WebSocket-Protocol: agent_chat, bearer.d.e.f\r\n",
+            "Authorization: Bearer a.b.c\r\nSec-WebSocket-Protocol: bearer.a.b.c\r\n",
+            "Sec-WebSocket-Protocol: bearer.x, agent_chat, bearer.y\r\n",
+        ] {
+            assert_eq!(status(req(&upgrade_req(extra))), 400, "{extra}");
+        }
+        for one in [
+            "Authorization: Bearer a.b.c\r\nSec-WebSocket-Protocol: agent_chat\r\n",
+            "Sec-WebSocket-Protocol: agent_chat, bearer.a.b.c\r\n",
+        ] {
+            assert!(
+                matches!(req(&upgrade_req(one)), Ok(Request::Upgrade(_))),
+                "{one}"
+            );
+        }
+    }
+
+    #[test]
+    fn absolute_form_targets_are_accepted() {
+        // RFC 9112 §3.2.2: the target's authority replaces Host.
+        let r = "GET http://example.com:8080/health?x=1 HTTP/1.1\r\nHost: other\r\n\r\n";
+        let Parsed::Complete { head, .. } = parse(r.as_bytes(), LIMITS) else {
+            panic!()
+        };
+        assert_eq!(head.path, "/health");
+        assert_eq!(head.host.as_deref(), Some("example.com:8080"));
+        assert_eq!(classify(&head, "/ws"), Request::Route(Route::Health));
+        for target in ["HTTPS://h", "http://h?x=1"] {
+            let r = format!("GET {target} HTTP/1.1\r\n\r\n");
+            assert_eq!(req(&r), Ok(Request::Route(Route::Index)), "{target}");
+        }
+        let ws = upgrade_req("").replace("GET /ws", "GET http://x/ws");
+        assert!(matches!(req(&ws), Ok(Request::Upgrade(_))));
+        assert_eq!(
+            status(req("GET ftp://x/health HTTP/1.1\r\nHost: x\r\n\r\n")),
+            404
+        );
     }
 
     #[test]

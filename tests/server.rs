@@ -652,8 +652,9 @@ fn health_and_metrics_carry_every_declared_family() {
                 absent.push(f.name);
             }
         }
-        // The echo app has no pool and no agent: their families are the
-        // absent ones.
+        // The echo app has no pool and no agent, and this server has no
+        // per-address or per-subject limits and no key set: their
+        // families are the absent ones.
         absent.sort();
         assert_eq!(
             absent,
@@ -661,8 +662,15 @@ fn health_and_metrics_carry_every_declared_family() {
                 "pollcap_agent_breaker_opened_total",
                 "pollcap_agent_breaker_rejections_total",
                 "pollcap_agent_breaker_state",
+                "pollcap_client_table_entries",
+                "pollcap_client_table_evictions_total",
+                "pollcap_jwks_fetches_total",
+                "pollcap_jwks_keys",
+                "pollcap_jwks_kid_refreshes_total",
+                "pollcap_jwks_up",
                 "pollcap_pool_queued",
-                "pollcap_pool_threads"
+                "pollcap_pool_threads",
+                "pollcap_subjects_with_runs",
             ]
         );
         assert!(health["handlers"]["pool_threads"].is_null());

@@ -13,7 +13,11 @@
 //! - `Auth::check` accepts only a listed static token or a valid JWT;
 //! - a bearer token comes from `Authorization: Bearer` (trimmed) when that
 //!   header is present, else from a `bearer.` subprotocol entry;
-//! - `parse_ttl` returns only positive seconds, `N` times its unit.
+//! - `parse_ttl` returns only positive seconds, `N` times its unit;
+//! - a key set parsed from arbitrary bytes has a usable key or is an
+//!   error, and no token is accepted by an empty one; the client address
+//!   behind arbitrary forwarding headers is the peer unless the peer is
+//!   trusted, and allowed origins never panic.
 
 #![no_main]
 
@@ -167,6 +171,30 @@ fn run(data: &[u8]) {
                 "{t:?} from nowhere"
             ),
         }
+    }
+
+    // Key sets, forwarding headers and origins from arbitrary text.
+    if let Ok(keys) = pollcap::auth::keys::KeySet::parse(token.as_bytes()) {
+        assert!(!keys.is_empty(), "a key set without a usable key");
+    }
+    let rules = auth::Rules::default();
+    assert!(
+        pollcap::auth::keys::KeySet::empty()
+            .verify(&token, "ES256", Some(&sub), &rules, now)
+            .is_err()
+    );
+    let peer: std::net::IpAddr = [10, 0, 0, 1].into();
+    let trusted = pollcap::settings::parse_cidrs("10.0.0.0/8").unwrap();
+    let header = authorization.as_deref();
+    let proto = protocols.first().map(String::as_str);
+    let outside: std::net::IpAddr = [192, 0, 2, 1].into();
+    assert_eq!(
+        pollcap::frontdoor::client_addr(outside, &trusted, header, proto),
+        Ok(outside)
+    );
+    let _ = pollcap::frontdoor::client_addr(peer, &trusted, header, proto);
+    if let Ok(origins) = pollcap::settings::Origins::parse(&ttl_text) {
+        let _ = pollcap::frontdoor::origin_allowed(&origins, Some(&sub), header);
     }
 
     // Token lifetimes.

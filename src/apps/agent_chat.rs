@@ -246,6 +246,7 @@ mod tests {
             id: "r1".into(),
             cancel: Default::default(),
             deadline: std::time::Instant::now(),
+            charged: None,
             expiry: crate::runs::Expiry::HANDLER,
         };
         let budget = RunBudget {
@@ -315,7 +316,7 @@ mod tests {
         };
         let mut runs = Runs::new(cfg, Arc::default(), WallClock::new(t0, 1_000_000));
         let conn = ConnRef { key: 1, id: 7 };
-        let ticket = runs.prepare(t0, conn, false).unwrap();
+        let ticket = runs.prepare(t0, conn, None, false).unwrap();
         runs.start(ticket.clone(), conn, None);
         let r = Reactor::new(BackendKind::Mio, CapStrategy::Spin).unwrap();
         let mb = Arc::new(Mailbox::new(r.waker()));

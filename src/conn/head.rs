@@ -190,7 +190,10 @@ impl<S: Transport> Conn<S> {
             After::Upgrade { .. } => self.accepted + cx.timeouts.handshake,
             After::Close => {
                 cx.events.push(Event::Status(r.status));
-                if r.status >= 400 {
+                // 403 and 429 are the front door's: its owner logs them at
+                // most once a second per reason, so a flood of them cannot
+                // flood the log one line per connection.
+                if r.status >= 400 && !matches!(r.status, 403 | 429) {
                     tracing::info!(conn = self.id, status = r.status, "refused request");
                 }
                 cx.now + cx.timeouts.close

@@ -5,7 +5,7 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 
-use super::{AGENT_CODES, CLOSE_CODES, COUNTERS, HTTP_STATUSES, LingerEnd, TimeoutPhase};
+use super::{AGENT_CODES, CLOSE_CODES, COUNTERS, HTTP_STATUSES, LingerEnd, Refused, TimeoutPhase};
 use crate::histogram::Snapshot;
 use crate::metrics::Report;
 
@@ -264,6 +264,84 @@ pub const FAMILIES: &[Family] = &[
         kind: Kind::Counter,
         health: HealthAt::Total("agent.breaker.rejections_total"),
         read: |r| Values::maybe(r.agent.as_ref().map(|a| a.breaker.rejections_total)),
+    },
+    Family {
+        name: "pollcap_front_door_refusals_total",
+        help: "Requests, connections and messages the front door refused, by reason \
+               (origin 403; ip_connections, ip_rate 429; forwarded 400; conn_messages, \
+               conn_bytes close 1008; subject_runs overloaded).",
+        kind: Kind::Counter,
+        health: HealthAt::ByLabel("front_door.refusals", "reason"),
+        read: |r| {
+            Values::by(
+                "reason",
+                Refused::ALL
+                    .iter()
+                    .map(|why| (why.name().to_string(), r.metrics.refusals_of(*why))),
+            )
+        },
+    },
+    Family {
+        name: "pollcap_client_table_entries",
+        help: "Client addresses remembered by the per-address limits (bounded).",
+        kind: Kind::Gauge,
+        health: HealthAt::Total("front_door.client_table.entries"),
+        read: |r| Values::maybe(r.front_door.client_table.map(|t| t.0)),
+    },
+    Family {
+        name: "pollcap_client_table_evictions_total",
+        help: "Idle client addresses dropped because the per-address table was full.",
+        kind: Kind::Counter,
+        health: HealthAt::Total("front_door.client_table.evictions"),
+        read: |r| Values::maybe(r.front_door.client_table.map(|t| t.1)),
+    },
+    Family {
+        name: "pollcap_subjects_with_runs",
+        help: "Subjects with a run in flight (counted for --max-runs-per-subject).",
+        kind: Kind::Gauge,
+        health: HealthAt::Total("front_door.subjects_with_runs"),
+        read: |r| Values::maybe(r.front_door.subjects_with_runs),
+    },
+    Family {
+        name: "pollcap_jwks_up",
+        help: "1 while the identity provider's key set refreshes (0: the last good set is in \
+               use; /health degraded).",
+        kind: Kind::Gauge,
+        health: HealthAt::Total("jwks.up"),
+        read: |r| Values::maybe(r.front_door.jwks.map(|j| u64::from(j.up))),
+    },
+    Family {
+        name: "pollcap_jwks_keys",
+        help: "Usable keys in the key set in use.",
+        kind: Kind::Gauge,
+        health: HealthAt::Total("jwks.keys"),
+        read: |r| Values::maybe(r.front_door.jwks.map(|j| j.keys)),
+    },
+    Family {
+        name: "pollcap_jwks_fetches_total",
+        help: "Key set fetches (or file reloads), by result.",
+        kind: Kind::Counter,
+        health: HealthAt::Keys(
+            "result",
+            &[("ok", "jwks.fetches_ok"), ("failed", "jwks.fetches_failed")],
+        ),
+        read: |r| match r.front_door.jwks {
+            Some(j) => Values::by(
+                "result",
+                [
+                    ("ok".to_string(), j.fetches_ok),
+                    ("failed".to_string(), j.fetches_failed),
+                ],
+            ),
+            None => Values::Samples(Vec::new()),
+        },
+    },
+    Family {
+        name: "pollcap_jwks_kid_refreshes_total",
+        help: "Key set refreshes started by a token naming an unknown kid (at most one per 30 s).",
+        kind: Kind::Counter,
+        health: HealthAt::Total("jwks.kid_refreshes"),
+        read: |r| Values::maybe(r.front_door.jwks.map(|j| j.kid_refreshes)),
     },
     Family {
         name: "pollcap_handshake_duration_seconds",

@@ -13,8 +13,11 @@ mod render;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 pub use crate::conn::{LingerEnd, TimeoutPhase};
+pub use crate::frontdoor::Refused;
 pub use families::{FAMILIES, Family, HealthAt, Kind, Num, Sample, Values, families};
-pub use render::{AgentView, BreakerView, Report};
+pub use render::{AgentView, BreakerView, FrontDoorView, Report};
+
+use crate::frontdoor::RefusalLog;
 
 use crate::histogram::Histogram;
 
@@ -29,7 +32,9 @@ pub const AGENT_CODES: [&str; 5] = [
     "upstream_truncated",
 ];
 /// HTTP statuses the server answers with, counted by status.
-pub const HTTP_STATUSES: [u16; 11] = [101, 200, 400, 401, 404, 405, 408, 426, 431, 503, 500];
+pub const HTTP_STATUSES: [u16; 13] = [
+    101, 200, 400, 401, 403, 404, 405, 408, 426, 429, 431, 503, 500,
+];
 
 /// Declares each plain counter (or gauge) once: its field in
 /// [`ServerMetrics`], its Prometheus name, its place in `/health` and its
@@ -50,6 +55,10 @@ macro_rules! counters {
             pub handshake_latency: Histogram,
             /// Lingering closes after a response, by how they ended.
             pub lingered: [AtomicU64; LingerEnd::ALL.len()],
+            /// Front-door refusals, by reason ([`Refused`]).
+            pub refusals: [AtomicU64; Refused::ALL.len()],
+            /// Their log lines, at most one a second per reason.
+            pub refusal_log: RefusalLog,
             /// Agent runs that failed, by code ([`AGENT_CODES`]).
             pub agent_failures: [AtomicU64; AGENT_CODES.len()],
         }
@@ -71,6 +80,7 @@ macro_rules! counters {
                     .chain(&self.close_sent)
                     .chain(&self.http_status)
                     .chain(&self.lingered)
+                    .chain(&self.refusals)
                     .chain(&self.agent_failures)
                 {
                     a.store(next(), Relaxed);
@@ -184,6 +194,14 @@ impl ServerMetrics {
         self.lingered[end as usize].fetch_add(1, Relaxed);
         self.linger_discarded_bytes_total
             .fetch_add(discarded, Relaxed);
+    }
+
+    pub fn refused(&self, why: Refused) {
+        self.refusals[why as usize].fetch_add(1, Relaxed);
+    }
+
+    pub fn refusals_of(&self, why: Refused) -> u64 {
+        self.refusals[why as usize].load(Relaxed)
     }
 
     /// An agent run failed with `code` (one of [`AGENT_CODES`]).

@@ -11,6 +11,7 @@ use serde_json::{Map, Value};
 
 use super::ServerMetrics;
 use super::families::{HealthAt, Num, Values, families};
+use crate::auth::JwksView;
 use crate::reactor::StatsSnapshot;
 use crate::settings::{Group, Settings};
 use crate::store::StoreView;
@@ -25,6 +26,16 @@ pub struct BreakerView {
     pub failures_total: u64,
     pub rejections_total: u64,
     pub opened_total: u64,
+}
+
+/// The front door as reported: the per-address table, the subjects with
+/// runs, the identity provider's key set (each `None` when not in use).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FrontDoorView {
+    /// (entries, entries evicted because the table was full)
+    pub client_table: Option<(u64, u64)>,
+    pub subjects_with_runs: Option<u64>,
+    pub jwks: Option<JwksView>,
 }
 
 /// The team's agent as reported.
@@ -57,6 +68,7 @@ pub struct Report<'a> {
     pub store: StoreView,
     /// Log lines the log writer dropped rather than block, when it counts.
     pub log_lines_dropped: Option<u64>,
+    pub front_door: FrontDoorView,
     /// The team's agent, when one is configured.
     pub agent: Option<AgentView>,
 }
@@ -123,7 +135,8 @@ fn label_values(values: &Values, label: &str) -> Vec<String> {
 impl Report<'_> {
     /// `healthy`, `degraded` (at the connection limit, a deadline was
     /// missed by the queue, a breaker — the server's or the agent's — is
-    /// not closed, or the run store is unreachable) or `draining`.
+    /// not closed, the run store is unreachable, or the key set could not
+    /// be refreshed) or `draining`.
     pub fn status(&self) -> &'static str {
         if self.draining {
             "draining"
@@ -135,6 +148,7 @@ impl Report<'_> {
                 .as_ref()
                 .is_some_and(|a| a.breaker.state != "closed")
             || !self.store.up
+            || self.front_door.jwks.is_some_and(|j| !j.up)
         {
             "degraded"
         } else {
@@ -238,9 +252,11 @@ impl Report<'_> {
                     put(&mut root, path, Value::Object(m));
                 }
                 HealthAt::Keys(label, keys) => {
+                    // A family with no sample at all (not in use) is null.
+                    let any = values.total().is_some();
                     for (v, path) in keys {
                         let n = total_where(&values, label, v).unwrap_or(Num::U(0));
-                        put(&mut root, path, json(n));
+                        put(&mut root, path, if any { json(n) } else { Value::Null });
                     }
                 }
                 HealthAt::Which(path, label) => {

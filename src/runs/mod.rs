@@ -26,6 +26,7 @@
 
 mod envelope;
 mod follows;
+mod subjects;
 #[cfg(test)]
 mod tests;
 
@@ -40,6 +41,7 @@ pub use crate::settings::RunBudget;
 pub use envelope::{ErrorFields, body, error_event, resume_error, seal};
 
 use crate::conn::TimeoutPhase;
+use crate::frontdoor::SubjectRuns;
 use crate::metrics::ServerMetrics;
 use crate::reactor::WallClock;
 use crate::store::{Delivery, Follower, ResumeRequest, Resumed, new_run_id};
@@ -126,6 +128,9 @@ pub struct Ticket {
     pub cancel: Arc<AtomicBool>,
     /// Its execution deadline.
     pub deadline: Instant,
+    /// The subject this run is counted against (`max_runs_per_subject`),
+    /// given back when it ends or is refused.
+    pub charged: Option<Arc<str>>,
     /// How it ends when that passes.
     pub expiry: Expiry,
 }
@@ -207,6 +212,8 @@ struct Run {
     /// Budget used: events and body bytes.
     events: u64,
     bytes: u64,
+    /// See [`Ticket::charged`].
+    charged: Option<Arc<str>>,
 }
 
 /// How a run ends.
@@ -236,6 +243,8 @@ pub struct Runs {
     effects: VecDeque<Effect>,
     /// Run numbers and follow tokens, never reused.
     next: u64,
+    /// Runs per subject across the instance, when limited.
+    subjects: Option<Arc<SubjectRuns>>,
 }
 
 impl Runs {
@@ -249,6 +258,7 @@ impl Runs {
             follows: Follows::default(),
             effects: VecDeque::new(),
             next: 0,
+            subjects: None,
         }
     }
 
@@ -312,10 +322,17 @@ impl Runs {
         self.send(conn, text);
     }
 
-    /// A message of `conn` asks for a run: its ticket, or `None` with the
-    /// refusal queued (draining, or `conn` follows too many runs). Nothing
-    /// is kept until [`Runs::start`].
-    pub fn prepare(&mut self, now: Instant, conn: ConnRef, draining: bool) -> Option<Ticket> {
+    /// A message of `conn` (authenticated as `subject`) asks for a run:
+    /// its ticket, or `None` with the refusal queued (draining, `conn`
+    /// follows too many runs, or the subject has too many in flight). The
+    /// ticket goes to [`Runs::start`] or [`Runs::refuse`].
+    pub fn prepare(
+        &mut self,
+        now: Instant,
+        conn: ConnRef,
+        subject: Option<&Arc<str>>,
+        draining: bool,
+    ) -> Option<Ticket> {
         let id: Arc<str> = new_run_id().into();
         if draining {
             let m = "server shutting down; reconnect elsewhere";
@@ -331,11 +348,13 @@ impl Runs {
             self.refuse_with(now, conn, &id, "overloaded", m);
             return None;
         }
+        let charged = self.charge(now, conn, &id, subject)?;
         Some(Ticket {
             run: self.next_number(),
             id,
             cancel: Arc::new(AtomicBool::new(false)),
             deadline: now + self.cfg.execution,
+            charged,
             expiry: Expiry::HANDLER,
         })
     }
@@ -348,6 +367,7 @@ impl Runs {
             id,
             cancel,
             deadline,
+            charged,
             expiry,
         } = ticket;
         self.store(StoreOp::Begin {
@@ -376,6 +396,7 @@ impl Runs {
                 cancel,
                 events: 0,
                 bytes: 0,
+                charged,
             },
         );
     }
@@ -390,6 +411,7 @@ impl Runs {
         code: &str,
         message: &str,
     ) {
+        self.give_back(ticket.charged.as_ref());
         self.refuse_with(now, conn, &ticket.id, code, message);
     }
 
@@ -465,6 +487,7 @@ impl Runs {
         };
         self.deadlines.remove(&(run.deadline, number));
         run.cancel.store(true, Relaxed);
+        self.give_back(run.charged.as_ref());
         if !matches!(end, End::Done | End::Failed(_)) {
             self.effects.push_back(Effect::Stop { run: number });
         }

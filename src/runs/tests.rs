@@ -115,7 +115,10 @@ impl Fix {
 
     /// Starts a run for `conn` as the worker does, with no source yet.
     fn start(&mut self, conn: ConnRef, subject: Option<&str>) -> Ticket {
-        let t = self.runs.prepare(self.t0, conn, false).expect("a ticket");
+        let t = self
+            .runs
+            .prepare(self.t0, conn, None, false)
+            .expect("a ticket");
         self.runs.start(t.clone(), conn, subject.map(Arc::from));
         self.settle();
         t
@@ -389,7 +392,7 @@ fn a_connection_follows_at_most_its_share_and_draining_refuses_new_runs() {
     for _ in 0..MAX_RUNS_PER_CONN {
         f.start(A, None);
     }
-    assert!(f.runs.prepare(f.t0, A, false).is_none());
+    assert!(f.runs.prepare(f.t0, A, None, false).is_none());
     assert!(f.runs.resume(A, ResumeRequest::new("x", 0)).is_none());
     f.settle();
     let got = f.sent(A);
@@ -397,9 +400,81 @@ fn a_connection_follows_at_most_its_share_and_draining_refuses_new_runs() {
     assert!(got.iter().all(|e| e["code"] == "overloaded"));
     assert_eq!(f.metrics.overloaded_total.load(Relaxed), 2);
     // Another connection is not affected, unless the server drains.
-    assert!(f.runs.prepare(f.t0, B, false).is_some());
-    assert!(f.runs.prepare(f.t0, B, true).is_none());
+    assert!(f.runs.prepare(f.t0, B, None, false).is_some());
+    assert!(f.runs.prepare(f.t0, B, None, true).is_none());
     f.settle();
     assert_eq!(f.sent(B)[0]["code"], "draining");
     assert_eq!(f.sent(B)[0]["seq"], 1);
+}
+
+/// Two reactors' run layers share one count per subject: a subject at its
+/// limit gets `overloaded` on either, and a run that ends (or a ticket
+/// that no source took) gives its place back.
+#[test]
+fn a_subject_has_at_most_its_runs_across_reactors() {
+    let shared = crate::frontdoor::SubjectRuns::new(3);
+    let mut one = fix(roomy(), true);
+    let mut two = fix(roomy(), true);
+    one.runs = std::mem::replace(
+        &mut one.runs,
+        Runs::new(
+            RunConfig {
+                reactor: 0,
+                execution: Duration::from_secs(15),
+                budget: roomy(),
+                keeps_runs: true,
+            },
+            one.metrics.clone(),
+            WallClock::new(one.t0, 1_000_000),
+        ),
+    )
+    .with_subject_limit(shared.clone());
+    two.runs = std::mem::replace(
+        &mut two.runs,
+        Runs::new(
+            RunConfig {
+                reactor: 1,
+                execution: Duration::from_secs(15),
+                budget: roomy(),
+                keeps_runs: true,
+            },
+            two.metrics.clone(),
+            WallClock::new(two.t0, 1_000_000),
+        ),
+    )
+    .with_subject_limit(shared.clone());
+    let alice: Arc<str> = "alice".into();
+    let bob: Arc<str> = "bob".into();
+    let a1 = one.runs.prepare(one.t0, A, Some(&alice), false).unwrap();
+    one.runs.start(a1.clone(), A, Some(alice.clone()));
+    let a2 = two.runs.prepare(two.t0, B, Some(&alice), false).unwrap();
+    two.runs.start(a2, B, Some(alice.clone()));
+    // A ticket no source took gives its place back.
+    let refused = two.runs.prepare(two.t0, B, Some(&alice), false).unwrap();
+    two.runs
+        .refuse(two.t0, refused, B, "overloaded", "pool full");
+    let a3 = two.runs.prepare(two.t0, B, Some(&alice), false).unwrap();
+    two.runs.start(a3, B, Some(alice.clone()));
+    assert!(one.runs.prepare(one.t0, A, Some(&alice), false).is_none());
+    one.settle();
+    assert_eq!(one.sent(A).last().unwrap()["code"], "overloaded");
+    assert_eq!(
+        one.metrics
+            .refusals_of(crate::frontdoor::Refused::SubjectRuns),
+        1
+    );
+    // Others are not affected, nor requests without a subject.
+    assert!(one.runs.prepare(one.t0, A, Some(&bob), false).is_some());
+    assert!(one.runs.prepare(one.t0, A, None, false).is_some());
+    // The run on reactor one ends: alice may start one again.
+    one.runs.source(
+        one.t0,
+        Mail {
+            run: a1.run,
+            what: SourceEvent::Done,
+        },
+    );
+    let shared = shared.unwrap();
+    assert_eq!(shared.of("alice"), 2);
+    assert!(two.runs.prepare(two.t0, B, Some(&alice), false).is_some());
 }

@@ -1,16 +1,23 @@
-//! Admission of an upgrade request: the bearer token (401), the
-//! subprotocol (400), then one WebSocket slot — not draining, circuit
-//! breaker closed, under `max_connections`, handler pool not saturated, the
-//! application's `open` accepting (503/500). The answer is a session and
-//! the protocol to select, or the refusal to send.
+//! Admission of an upgrade request, cheapest refusal first: the browser
+//! origin (403), the client address's connections and connection rate
+//! (429), the bearer token (401), the subprotocol (400), then one
+//! WebSocket slot — not draining, circuit breaker closed, under
+//! `max_connections`, handler pool not saturated, the application's
+//! `open` accepting (503/500). The answer is a session and the protocol
+//! to select, or the refusal to send. Also the per-message rate check of
+//! an open connection ([`rate`]).
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use super::Shared;
+use super::entry::Entry;
 use crate::app::{App, Session};
 use crate::auth;
+use crate::conn::Cx;
+use crate::frontdoor::{self, ConnRate, Over, Refused};
 use crate::http::{self, Response, UpgradeRequest};
 use crate::reactor::WallClock;
 
@@ -18,18 +25,30 @@ use crate::reactor::WallClock;
 pub(super) struct Admitted {
     pub session: Arc<Session>,
     pub protocol: Option<&'static str>,
+    /// The client address counted in the per-address table.
+    pub client: Option<IpAddr>,
+    pub rate: Option<Box<ConnRate>>,
 }
 
-/// Decides an upgrade request of connection `conn_id` at `now`.
-pub(super) fn admit(
+/// Decides an upgrade request of connection `conn_id` from `peer` at `now`.
+fn admit(
     sh: &Shared,
     u: &UpgradeRequest,
+    peer: IpAddr,
     conn_id: u64,
     now: Instant,
     wall: WallClock,
 ) -> Result<Admitted, Response> {
-    let subject = authenticate(sh, u, now, wall)?;
-    let protocol = subprotocol(sh, u)?;
+    origin(sh, u, now)?;
+    let client = client_slot(sh, u, peer, now)?;
+    let give_back = |r: Response| {
+        if let (Some(c), Some(key)) = (&sh.clients, client) {
+            c.release(key, now);
+        }
+        r
+    };
+    let subject = authenticate(sh, u, now, wall).map_err(give_back)?;
+    let protocol = subprotocol(sh, u).map_err(give_back)?;
     let trace = u
         .traceparent
         .as_deref()
@@ -39,11 +58,138 @@ pub(super) fn admit(
         subject,
         trace,
     };
-    take_slot(sh, &session, now)?;
+    take_slot(sh, &session, now).map_err(give_back)?;
+    let s = &sh.cfg.settings;
     Ok(Admitted {
         session: Arc::new(session),
         protocol,
+        client,
+        rate: ConnRate::new(&s.clients, s.limits.max_message, now).map(Box::new),
     })
+}
+
+/// Answers upgrade request `u` of connection `e`: the 101 (its session,
+/// its counted address and rate buckets kept on `e`) or the refusal.
+pub(super) fn answer(sh: &Shared, u: &UpgradeRequest, e: &mut Entry, cx: &mut Cx, wall: WallClock) {
+    match admit(sh, u, e.addr, e.conn.id(), cx.now, wall) {
+        Ok(a) => {
+            e.session = Some(a.session);
+            if let Some(client) = a.client {
+                (e.addr, e.counted) = (client, true);
+            }
+            e.rate = a.rate;
+            e.conn.accept(a.protocol, cx);
+        }
+        Err(r) => e.conn.respond(r, cx),
+    }
+}
+
+/// Counts and logs (at most once a second) a front-door refusal.
+fn refuse(sh: &Shared, why: Refused, now: Instant, what: std::fmt::Arguments) {
+    sh.metrics.refused(why);
+    sh.metrics.refusal_log.note(why, now, what);
+}
+
+/// A browser's request from an origin that is not allowed: 403, before
+/// any token is looked at (cross-site WebSocket hijacking).
+fn origin(sh: &Shared, u: &UpgradeRequest, now: Instant) -> Result<(), Response> {
+    let allowed = &sh.cfg.settings.allowed_origins;
+    if frontdoor::origin_allowed(allowed, u.origin.as_deref(), u.host.as_deref()) {
+        return Ok(());
+    }
+    let origin = u.origin.as_deref().unwrap_or_default();
+    refuse(
+        sh,
+        Refused::Origin,
+        now,
+        format_args!("origin {origin:?} is not allowed (403)"),
+    );
+    Err(http::text(
+        403,
+        "Forbidden",
+        "this origin may not open a WebSocket here (--allowed-origins)\n",
+    ))
+}
+
+/// The client address (through trusted proxies) counted against the
+/// per-address limits: its key in the table, `None` when they are off, or
+/// the 429 (400 for forwarding headers that disagree).
+fn client_slot(
+    sh: &Shared,
+    u: &UpgradeRequest,
+    peer: IpAddr,
+    now: Instant,
+) -> Result<Option<IpAddr>, Response> {
+    let s = &sh.cfg.settings;
+    let client = frontdoor::client_addr(
+        peer,
+        &s.trust_proxy,
+        u.forwarded_for.as_deref(),
+        u.forwarded.as_deref(),
+    )
+    .map_err(|why| {
+        refuse(
+            sh,
+            why,
+            now,
+            format_args!("X-Forwarded-For and Forwarded from {peer} name different clients (400)"),
+        );
+        http::text(
+            400,
+            "Bad Request",
+            "X-Forwarded-For and Forwarded name different clients\n",
+        )
+    })?;
+    let Some(clients) = &sh.clients else {
+        return Ok(None);
+    };
+    let key = frontdoor::key_of(client);
+    match clients.admit(key, now) {
+        Ok(()) => Ok(Some(key)),
+        Err(over) => {
+            let (why, retry, body) = match over {
+                Over::Connections => (
+                    Refused::IpConnections,
+                    5,
+                    "too many connections from your address\n",
+                ),
+                Over::Rate(secs) => (
+                    Refused::IpRate,
+                    secs,
+                    "too many new connections from your address; slow down\n",
+                ),
+            };
+            refuse(
+                sh,
+                why,
+                now,
+                format_args!("client {client} (429, {})", why.name()),
+            );
+            let r = http::text(429, "Too Many Requests", body);
+            Err(http::with_header(r, "Retry-After", &retry.to_string()))
+        }
+    }
+}
+
+/// An open connection's inbound message of `len` bytes against its
+/// buckets: `Err` (counted, logged) means close 1008 `rate limit`.
+pub(super) fn rate(
+    sh: &Shared,
+    rate: &mut ConnRate,
+    len: usize,
+    conn: u64,
+    now: Instant,
+) -> Result<(), Refused> {
+    let s = &sh.cfg.settings;
+    rate.take(len, &s.clients, s.limits.max_message, now)
+        .inspect_err(|why| {
+            sh.metrics.refused(*why);
+            sh.metrics.refusal_log.note(
+                *why,
+                now,
+                format_args!("connection {conn} over its {} rate: close 1008", why.name()),
+            )
+        })
 }
 
 /// The token's subject (`None` when authentication is off), or the 401.

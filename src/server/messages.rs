@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use tungstenite::Message;
 
-use super::Shared;
 use super::agents::AgentStart;
 use super::entry::Entry;
+use super::{Shared, admission};
 use crate::app::{App, Inbound, Outbox, Start};
 use crate::conn::Cx;
 use crate::reactor::WallClock;
@@ -29,9 +29,16 @@ pub(super) struct Answer<'a> {
     pub agents: &'a mut Vec<AgentStart>,
 }
 
-/// Answers one application message of connection `key`.
+/// Answers one application message of connection `key`: first against
+/// the connection's message and byte buckets (over them: close 1008
+/// `rate limit`), then by the application.
 pub(super) fn on_message(ax: &mut Answer, key: usize, e: &mut Entry, msg: Message, cx: &mut Cx) {
     let sh = ax.shared;
+    if let Some(rate) = &mut e.rate
+        && admission::rate(sh, rate, msg.len(), e.conn.id(), cx.now).is_err()
+    {
+        return e.conn.close(1008, "rate limit", cx);
+    }
     let (App::Handler(h), Some(pool)) = (&sh.cfg.app, &sh.pool) else {
         // Echo: copying a frame back is cheaper than any hand-off.
         return e.conn.send(msg, cx);
@@ -59,7 +66,8 @@ pub(super) fn on_message(ax: &mut Answer, key: usize, e: &mut Entry, msg: Messag
         Inbound::Text(t) => t.len(),
         Inbound::Binary(b) => b.len(),
     };
-    let Some(mut ticket) = ax.runs.prepare(cx.now, conn, ax.draining) else {
+    let subject = session.subject.as_deref().map(Arc::from);
+    let Some(mut ticket) = ax.runs.prepare(cx.now, conn, subject.as_ref(), ax.draining) else {
         return;
     };
     if let Start::Agent(req) = h.start(&session, &input) {
@@ -74,14 +82,12 @@ pub(super) fn on_message(ax: &mut Answer, key: usize, e: &mut Entry, msg: Messag
             trace: session.trace,
             deadline: ticket.deadline,
         });
-        let subject = session.subject.as_deref().map(Arc::from);
         return ax.runs.start(ticket, conn, subject);
     }
     let budget = sh.cfg.settings.run_budget;
     let out = Outbox::new(&ticket, sh.mailboxes[ax.reactor].clone(), budget);
     let job = pool::job(h.clone(), session.clone(), input, out, sh.metrics.clone());
     if pool.try_submit(job, bytes).is_ok() {
-        let subject = session.subject.as_deref().map(Arc::from);
         ax.runs.start(ticket, conn, subject);
     } else {
         tracing::info!(

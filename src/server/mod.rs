@@ -30,7 +30,7 @@ mod routes;
 mod worker;
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -46,6 +46,7 @@ pub use worker::ACCEPT_PAUSE;
 
 use crate::app::App;
 use crate::breaker::Breaker;
+use crate::frontdoor::{Clients, SubjectRuns};
 use crate::metrics::ServerMetrics;
 use crate::reactor::{Mailbox, Reactor, ReactorStats, Waker};
 use crate::runs::Mail;
@@ -61,7 +62,8 @@ struct Shared {
     metrics: Arc<ServerMetrics>,
     stats: Vec<Arc<ReactorStats>>,
     wakers: Vec<Arc<Waker>>,
-    inboxes: Vec<Mutex<Vec<TcpStream>>>,
+    /// Accepted sockets (and their peers) handed to each reactor.
+    inboxes: Vec<Mutex<Vec<(TcpStream, IpAddr)>>>,
     /// Each reactor's mail from its runs' sources, bounded in bytes.
     mailboxes: Vec<Arc<Mailbox<Mail>>>,
     /// Each reactor's deliveries from the run store.
@@ -83,6 +85,11 @@ struct Shared {
     /// Live TCP sockets (any phase); bounded by `max_sockets`.
     sockets: AtomicUsize,
     max_sockets: usize,
+    /// Open connections and new-connection buckets per client address,
+    /// when those limits are on.
+    clients: Option<Clients>,
+    /// Runs per subject across reactors, when limited.
+    subjects: Option<Arc<SubjectRuns>>,
 }
 
 impl Shared {
@@ -197,6 +204,8 @@ impl Server {
             started: reactors[0].now(),
             sockets: AtomicUsize::new(0),
             max_sockets,
+            clients: Clients::new(&s.clients, s.limits.max_connections),
+            subjects: SubjectRuns::new(s.clients.max_runs_per_subject),
             cfg,
         });
 

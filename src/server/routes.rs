@@ -9,7 +9,7 @@ use super::{Shared, page};
 use crate::auth;
 use crate::breaker::Breaker;
 use crate::http::{self, Head, Response, Route};
-use crate::metrics::{AgentView, BreakerView, Report};
+use crate::metrics::{AgentView, BreakerView, FrontDoorView, Report};
 use crate::reactor::WallClock;
 
 /// A breaker as reported, at `now`.
@@ -61,6 +61,14 @@ pub(super) fn report(sh: &Shared, now: Instant) -> Report<'_> {
         }),
         store: sh.store.view(),
         log_lines_dropped: sh.cfg.log_lines_dropped.as_ref().map(|d| (d.0)()),
+        front_door: FrontDoorView {
+            client_table: sh
+                .clients
+                .as_ref()
+                .map(|c| (c.len() as u64, c.evictions.load(Relaxed))),
+            subjects_with_runs: sh.subjects.as_ref().map(|s| s.len() as u64),
+            jwks: sh.cfg.auth.as_ref().and_then(|a| a.jwks_view()),
+        },
         agent,
     }
 }

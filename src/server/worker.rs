@@ -114,7 +114,8 @@ impl Worker {
             },
             shared.metrics.clone(),
             reactor.wall(),
-        );
+        )
+        .with_subject_limit(shared.subjects.clone());
         let now = reactor.now();
         Ok(Worker {
             index,
@@ -407,8 +408,8 @@ impl Worker {
             let Some(listener) = self.listener.as_ref() else {
                 return;
             };
-            let stream = match listener.accept() {
-                Ok((s, _peer)) => s,
+            let (stream, peer) = match listener.accept() {
+                Ok((s, peer)) => (s, peer.ip()),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 // The peer gave up before we accepted: nothing to pause for.
                 Err(e)
@@ -455,12 +456,12 @@ impl Worker {
             };
             self.rr = self.rr.wrapping_add(1);
             if target == self.index {
-                self.add(stream, now);
+                self.add(stream, peer, now);
             } else {
                 self.shared.inboxes[target]
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .push(stream);
+                    .push((stream, peer));
                 let _ = self.shared.wakers[target].wake();
             }
         }
@@ -497,8 +498,8 @@ impl Worker {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner()),
         );
-        for s in streams {
-            self.add(s, now);
+        for (s, peer) in streams {
+            self.add(s, peer, now);
         }
     }
 
@@ -510,7 +511,7 @@ impl Worker {
         self.apply_effects(now);
     }
 
-    fn add(&mut self, stream: TcpStream, now: Instant) {
+    fn add(&mut self, stream: TcpStream, peer: std::net::IpAddr, now: Instant) {
         let mut stream = match &self.shared.cfg.tls {
             Some(certs) => Stream::Tls(Box::new(TlsStream::new(stream, certs.config()))),
             None => Stream::Plain(stream),
@@ -529,12 +530,7 @@ impl Worker {
         let jitter = 0.9 + 0.2 * (self.rng >> 11) as f64 / (1u64 << 53) as f64;
         let conn = Conn::new(self.next_id, stream, now, jitter);
         let timer = self.reactor.timers().insert(key);
-        self.conns.insert(Entry {
-            conn,
-            timer,
-            interest: Interest::READABLE,
-            session: None,
-        });
+        self.conns.insert(Entry::new(conn, timer, peer));
         self.sync(key);
     }
 
@@ -572,6 +568,7 @@ impl Worker {
             let _ = self.reactor.deregister_before_close(s);
         }
         self.reactor.timers().remove(e.timer);
+        e.give_back_address(&self.shared, now);
         if let Some(session) = &e.session {
             self.shared.metrics.open.fetch_sub(1, Relaxed);
             if let App::Handler(h) = &self.shared.cfg.app {
@@ -586,6 +583,11 @@ impl Worker {
     /// the queue holds no earlier-or-equal deadline for it was missed.
     fn audit(&mut self, now: Instant) {
         self.shared.store.sweep(now);
+        if self.index == 0
+            && let Some(clients) = &self.shared.clients
+        {
+            clients.sweep(now);
+        }
         let t = self.shared.cfg.settings.timeouts;
         let slack = self.reactor.slack();
         let mut missed = Vec::new();
@@ -671,13 +673,7 @@ fn answer(ax: &mut Answer, key: usize, e: &mut Entry, ev: Event, cx: &mut Cx) {
                 e.conn.respond(r, cx);
             }
             Request::Reject(r) => e.conn.respond(r, cx),
-            Request::Upgrade(u) => match admission::admit(sh, &u, e.conn.id(), cx.now, ax.wall) {
-                Ok(a) => {
-                    e.session = Some(a.session);
-                    e.conn.accept(a.protocol, cx);
-                }
-                Err(r) => e.conn.respond(r, cx),
-            },
+            Request::Upgrade(u) => admission::answer(sh, &u, e, cx, ax.wall),
         },
         Event::Status(status) => m.http_status(status),
         Event::Opened { handshake } => {

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use super::frontdoor::{Origins, parse_cidrs};
 use super::{AppKind, Profile, Settings, StoreKind};
 use crate::reactor::{BackendKind, CapStrategy};
 
@@ -153,6 +154,28 @@ fn at_most(n: usize, max: usize) -> Result<usize, String> {
     Ok(n)
 }
 
+/// A whole number where 0 turns a limit off.
+fn limit(value: &str) -> Result<u64, String> {
+    value
+        .trim()
+        .parse::<u64>()
+        .map_err(|_| "must be a whole number >= 0 (0 = off)".to_string())
+}
+
+/// A limit that counts in memory-sized units (`usize`, at most 2^32).
+fn limit_usize(value: &str) -> Result<usize, String> {
+    let n = limit(value)?;
+    usize::try_from(n)
+        .ok()
+        .filter(|n| *n <= u32::MAX as usize)
+        .ok_or_else(|| "must be at most 4294967295".to_string())
+}
+
+/// A rate (per second, a token bucket's refill); 0 turns it off.
+fn rate(value: &str) -> Result<u32, String> {
+    u32::try_from(limit(value)?).map_err(|_| "must be at most 4294967295".to_string())
+}
+
 fn switch(value: &str) -> Result<bool, String> {
     match value.trim().to_ascii_lowercase().as_str() {
         "true" | "1" | "yes" | "on" => Ok(true),
@@ -243,6 +266,29 @@ macro_rules! count {
                 Ok(())
             },
             show: |s| Some(s.$path.$field.into()),
+        }
+    };
+}
+
+/// A per-client limit (SPEC §4 "The front door"): off in `local` and
+/// `testing` (one machine, every client on loopback), on in `staging` and
+/// `production`.
+macro_rules! client_limit {
+    ($field:ident, $flag:literal, $env:literal, [$a:literal, $b:literal, $c:literal, $d:literal], $parse:ident, $help:literal) => {
+        Decl {
+            name: stringify!($field),
+            flag: Some($flag),
+            env: Some($env),
+            kind: Kind::Value,
+            value_name: "N",
+            help: $help,
+            group: Group::Limits,
+            default: Default::Profile([$a, $b, $c, $d]),
+            set: |s, v| {
+                s.clients.$field = $parse(v)?;
+                Ok(())
+            },
+            show: |s| Some(s.clients.$field.into()),
         }
     };
 }
@@ -800,6 +846,214 @@ pub static DECLS: &[Decl] = &[
         },
         show: |s| Some(s.jwt_secret.is_some().into()),
     },
+    // Identity-provider tokens (SPEC §4 "The front door").
+    Decl {
+        name: "jwks_url",
+        flag: Some("jwks-url"),
+        env: Some("POLLCAP_JWKS_URL"),
+        kind: Kind::Value,
+        value_name: "URL",
+        help: "Identity provider's key set (JWKS): enables RS256, ES256 and EdDSA tokens, \
+               looked up by kid; fetched at start-up, every --jwks-refresh and on an unknown \
+               kid (at most once every 30 s); needs --jwt-audience",
+        group: Group::Auth,
+        default: Default::None,
+        set: |s, v| {
+            let v = v.trim();
+            crate::httpc::Target::parse(v).map_err(|e| e.0.to_string())?;
+            s.idp.jwks_url = Some(v.to_string());
+            Ok(())
+        },
+        show: |s| Some(s.idp.jwks_url.clone().into()),
+    },
+    Decl {
+        name: "jwks_file",
+        flag: Some("jwks-file"),
+        env: Some("POLLCAP_JWKS_FILE"),
+        kind: Kind::Value,
+        value_name: "PATH",
+        help: "A local key set (JWKS JSON) instead of --jwks-url; reloaded when the file \
+               changes (size or modification time), like the TLS files",
+        group: Group::Auth,
+        default: Default::None,
+        set: |s, v| {
+            s.idp.jwks_file = Some(path(v)?);
+            Ok(())
+        },
+        show: |s| show_path(&s.idp.jwks_file),
+    },
+    Decl {
+        name: "jwt_audience",
+        flag: Some("jwt-audience"),
+        env: Some("POLLCAP_JWT_AUDIENCE"),
+        kind: Kind::Value,
+        value_name: "AUD[,AUD]",
+        help: "Accepted aud claim (any one of a comma-separated list), checked on every JWT; \
+               required with a key set",
+        group: Group::Auth,
+        default: Default::None,
+        set: |s, v| {
+            let auds: Vec<String> = v
+                .split(',')
+                .map(str::trim)
+                .filter(|a| !a.is_empty())
+                .map(str::to_string)
+                .collect();
+            if auds.is_empty() {
+                return Err("must name at least one audience".into());
+            }
+            s.idp.audience = auds;
+            Ok(())
+        },
+        show: |s| {
+            Some(
+                (!s.idp.audience.is_empty())
+                    .then(|| s.idp.audience.join(","))
+                    .into(),
+            )
+        },
+    },
+    Decl {
+        name: "jwt_issuer",
+        flag: Some("jwt-issuer"),
+        env: Some("POLLCAP_JWT_ISSUER"),
+        kind: Kind::Value,
+        value_name: "ISS",
+        help: "Required iss claim, checked on every JWT",
+        group: Group::Auth,
+        default: Default::None,
+        set: |s, v| {
+            if v.trim().is_empty() {
+                return Err("must not be empty".into());
+            }
+            s.idp.issuer = Some(v.trim().to_string());
+            Ok(())
+        },
+        show: |s| Some(s.idp.issuer.clone().into()),
+    },
+    Decl {
+        name: "jwt_leeway",
+        flag: Some("jwt-leeway"),
+        env: Some("POLLCAP_JWT_LEEWAY"),
+        kind: Kind::Value,
+        value_name: "SECS",
+        help: "Seconds of clock skew allowed on exp and nbf (every JWT)",
+        group: Group::Auth,
+        default: Default::Fixed("30"),
+        set: |s, v| {
+            let n: u64 = v
+                .trim()
+                .parse()
+                .ok()
+                .filter(|n| *n <= 3600)
+                .ok_or("must be a whole number of seconds, 0 to 3600")?;
+            s.idp.leeway = Duration::from_secs(n);
+            Ok(())
+        },
+        show: |s| Some(s.idp.leeway.as_secs().into()),
+    },
+    Decl {
+        name: "jwks_refresh",
+        flag: Some("jwks-refresh"),
+        env: Some("POLLCAP_JWKS_REFRESH"),
+        kind: Kind::Value,
+        value_name: "SECS",
+        help: "Seconds between scheduled key set fetches (or file checks)",
+        group: Group::Auth,
+        default: Default::Fixed("600"),
+        set: |s, v| {
+            s.idp.jwks_refresh = seconds(v)?;
+            Ok(())
+        },
+        show: |s| secs_value(s.idp.jwks_refresh),
+    },
+    Decl {
+        name: "allowed_origins",
+        flag: Some("allowed-origins"),
+        env: Some("POLLCAP_ALLOWED_ORIGINS"),
+        kind: Kind::Value,
+        value_name: "ORIGIN[,ORIGIN]",
+        help: "Browser origins that may open a WebSocket besides the server's own (always \
+               allowed): exact (https://app.example.com), https://*.example.com, \
+               http://localhost:* (any port), or * (any); others get 403. Default: loopback \
+               origins in local, the server's own only elsewhere",
+        group: Group::Server,
+        default: Default::Profile([
+            "http://localhost:*,http://127.0.0.1:*,http://[::1]:*",
+            "",
+            "",
+            "",
+        ]),
+        set: |s, v| {
+            s.allowed_origins = Origins::parse(v)?;
+            Ok(())
+        },
+        show: |s| Some(s.allowed_origins.show().into()),
+    },
+    Decl {
+        name: "trust_proxy",
+        flag: Some("trust-proxy"),
+        env: Some("POLLCAP_TRUST_PROXY"),
+        kind: Kind::Value,
+        value_name: "CIDR[,CIDR]",
+        help: "Proxies (load balancers) whose X-Forwarded-For / Forwarded name the client: \
+               the client is the last hop not in these ranges",
+        group: Group::Server,
+        default: Default::Fixed(""),
+        set: |s, v| {
+            s.trust_proxy = parse_cidrs(v)?;
+            Ok(())
+        },
+        show: |s| {
+            let v: Vec<String> = s.trust_proxy.iter().map(|c| c.to_string()).collect();
+            Some(v.join(",").into())
+        },
+    },
+    client_limit!(
+        max_connections_per_ip,
+        "max-connections-per-ip",
+        "POLLCAP_MAX_CONNECTIONS_PER_IP",
+        ["0", "0", "1000", "1000"],
+        limit_usize,
+        "Open WebSocket connections per client address, IPv6 per /64 (over it: 429 + \
+         Retry-After); 0 = off"
+    ),
+    client_limit!(
+        ip_connects_per_sec,
+        "ip-connects-per-sec",
+        "POLLCAP_IP_CONNECTS_PER_SEC",
+        ["0", "0", "50", "50"],
+        rate,
+        "New WebSocket connections per client address per second, a token bucket holding 10 \
+         s worth (over it: 429 + Retry-After); 0 = off"
+    ),
+    client_limit!(
+        conn_messages_per_sec,
+        "conn-messages-per-sec",
+        "POLLCAP_CONN_MESSAGES_PER_SEC",
+        ["0", "0", "100", "100"],
+        rate,
+        "Messages per connection per second, a token bucket holding 10 s worth (over it: \
+         close 1008 \"rate limit\"); 0 = off"
+    ),
+    client_limit!(
+        conn_bytes_per_sec,
+        "conn-bytes-per-sec",
+        "POLLCAP_CONN_BYTES_PER_SEC",
+        ["0", "0", "1048576", "1048576"],
+        limit,
+        "Message bytes per connection per second, a token bucket holding 10 s worth and at \
+         least --max-message (over it: close 1008 \"rate limit\"); 0 = off"
+    ),
+    client_limit!(
+        max_runs_per_subject,
+        "max-runs-per-subject",
+        "POLLCAP_MAX_RUNS_PER_SUBJECT",
+        ["0", "0", "100", "100"],
+        limit_usize,
+        "Runs one authenticated subject may have in flight on this instance (over it: an \
+         overloaded error event); 0 = off"
+    ),
     Decl {
         name: "tls_cert",
         flag: Some("tls-cert"),

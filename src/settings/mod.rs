@@ -6,6 +6,7 @@
 
 mod decl;
 mod detect;
+mod frontdoor;
 mod store;
 mod timeouts;
 
@@ -18,6 +19,10 @@ use serde_json::{Map, Value};
 
 pub use decl::{DECLS, Decl, Default, Group, Kind, find, seconds};
 pub use detect::{CloudPlatform, Environment};
+pub use frontdoor::{
+    BURST_SECONDS, Cidr, ClientLimits, Idp, OriginPattern, Origins, canonical, parse_cidrs,
+    split_origin,
+};
 pub use store::{RedisTarget, ResumeLimits, StoreKind};
 pub use timeouts::{Profile, Timeouts, secs};
 
@@ -245,6 +250,14 @@ pub struct Settings {
     pub resume: ResumeLimits,
     /// What one run may produce.
     pub run_budget: RunBudget,
+    /// Identity-provider tokens and the claim rules of every JWT.
+    pub idp: Idp,
+    /// Browser origins allowed to upgrade besides the server's own.
+    pub allowed_origins: Origins,
+    /// Proxies whose `X-Forwarded-For` / `Forwarded` name the client.
+    pub trust_proxy: Vec<Cidr>,
+    /// Per-client limits (0 = off).
+    pub clients: ClientLimits,
     /// The upstream agent, if any.
     pub agent: AgentSettings,
 }
@@ -314,6 +327,23 @@ impl Settings {
             run_budget: RunBudget {
                 max_events: 0,
                 max_bytes: 0,
+            },
+            idp: Idp {
+                jwks_url: None,
+                jwks_file: None,
+                audience: Vec::new(),
+                issuer: None,
+                leeway: zero,
+                jwks_refresh: zero,
+            },
+            allowed_origins: Origins::default(),
+            trust_proxy: Vec::new(),
+            clients: ClientLimits {
+                max_connections_per_ip: 0,
+                ip_connects_per_sec: 0,
+                conn_messages_per_sec: 0,
+                conn_bytes_per_sec: 0,
+                max_runs_per_subject: 0,
             },
             agent: AgentSettings {
                 url: None,
@@ -428,6 +458,7 @@ impl Settings {
             )));
         }
         self.resume.validate()?;
+        self.validate_idp()?;
         if self.agent.url.is_some() || self.agent.cmd.is_some() {
             self.timeouts.validate_agent()?;
         }
@@ -461,6 +492,35 @@ impl Settings {
                      never reach a handler",
                     l.max_message
                 ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A key set needs an audience (a token another application got from
+    /// the same provider must not pass), and comes from one place.
+    fn validate_idp(&self) -> Result<(), ConfigError> {
+        let idp = &self.idp;
+        if idp.jwks_url.is_some() && idp.jwks_file.is_some() {
+            return Err(ConfigError::rule(
+                "--jwks-url and --jwks-file are both set: the key set comes from one of them"
+                    .into(),
+            ));
+        }
+        if idp.has_jwks() && idp.audience.is_empty() {
+            let (flag, v) = match (&idp.jwks_url, &idp.jwks_file) {
+                (Some(u), _) => ("jwks_url (--jwks-url, POLLCAP_JWKS_URL)", u.clone()),
+                (_, Some(f)) => (
+                    "jwks_file (--jwks-file, POLLCAP_JWKS_FILE)",
+                    f.display().to_string(),
+                ),
+                _ => unreachable!("has_jwks"),
+            };
+            return Err(ConfigError::new(
+                flag,
+                &v,
+                "needs --jwt-audience (POLLCAP_JWT_AUDIENCE): without an audience check, a \
+                 token the same provider issued for another application would pass",
             ));
         }
         Ok(())

@@ -223,6 +223,7 @@ mod tests {
             id: "r9".into(),
             cancel: Default::default(),
             deadline: std::time::Instant::now(),
+            charged: None,
             expiry: crate::runs::Expiry::HANDLER,
         };
         let budget = RunBudget {
@@ -260,6 +261,7 @@ mod tests {
             id: "r1".into(),
             cancel: Default::default(),
             deadline: std::time::Instant::now(),
+            charged: None,
             expiry: crate::runs::Expiry::HANDLER,
         };
         // Two events fit the budget; the third is posted (the run layer

@@ -25,7 +25,8 @@ pub fn run(
     if cfg.auth.is_none() && !s.listen.ip().is_loopback() && !s.insecure_no_auth {
         return fail(format!(
             "refusing to listen on non-loopback address {} without authentication \
-             (rule: auth may be off only on loopback); set POLLCAP_JWT_SECRET or \
+             (rule: auth may be off only on loopback); set POLLCAP_JWT_SECRET, \
+             POLLCAP_JWKS_URL (with POLLCAP_JWT_AUDIENCE) or \
              POLLCAP_TOKENS_FILE, or pass --insecure-no-auth to accept the risk",
             s.listen
         ));
@@ -41,6 +42,14 @@ pub fn run(
             "open-file limit {n} is below max_connections {} + 64: accepts will fail \
              (and pause) before the connection limit is reached; raise LimitNOFILE / ulimit -n",
             s.limits.max_connections
+        );
+    }
+    let per_address = s.clients.max_connections_per_ip > 0 || s.clients.ip_connects_per_sec > 0;
+    if per_address && s.trust_proxy.is_empty() && s.environment.is_cloud_container() {
+        tracing::warn!(
+            "per-address limits are on but --trust-proxy is not set: behind the platform's \
+             load balancer every client has its address and shares one limit; set \
+             --trust-proxy to the balancer's ranges (SECURITY.md)"
         );
     }
     let listen = s.listen;

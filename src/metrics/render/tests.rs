@@ -125,6 +125,17 @@ fn report<'a>(settings: &'a Settings, m: &'a ServerMetrics) -> Report<'a> {
             owner_lost: 72,
         },
         log_lines_dropped: Some(81),
+        front_door: FrontDoorView {
+            client_table: Some((91, 92)),
+            subjects_with_runs: Some(93),
+            jwks: Some(crate::auth::JwksView {
+                up: true,
+                keys: 94,
+                fetches_ok: 95,
+                fetches_failed: 96,
+                kid_refreshes: 97,
+            }),
+        },
         agent: Some(AgentView {
             kind: "http",
             target: "http://agent:8000".into(),

@@ -60,12 +60,15 @@ enum LoadMode {
         #[arg(long, env = "POLLCAP_TOKEN", hide_env_values = true)]
         token: Option<String>,
     },
-    /// K handshakes from P parallel clients: handshakes/s, p99.
+    /// K handshakes from P parallel clients: handshakes/s, p99. With a
+    /// token (--token or POLLCAP_TOKEN), each upgrade carries it.
     Storm {
         #[arg(long, default_value_t = 5000)]
         count: usize,
         #[arg(long, default_value_t = 4)]
         parallel: usize,
+        #[arg(long, env = "POLLCAP_TOKEN", hide_env_values = true)]
+        token: Option<String>,
     },
     /// K idle connections held for H seconds: server RSS per connection.
     Idle {
@@ -217,9 +220,11 @@ pub fn command(args: LoadArgs) -> ExitCode {
             token,
         } => agent(url, token.as_deref(), connections, duration, pid)
             .map(|r| json(&r.report(connections))),
-        LoadMode::Storm { count, parallel } => {
-            storm(url, count, parallel, pid).map(|r| json(&r.report(parallel)))
-        }
+        LoadMode::Storm {
+            count,
+            parallel,
+            token,
+        } => storm(url, count, parallel, token.as_deref(), pid).map(|r| json(&r.report(parallel))),
         LoadMode::Idle { count, hold, ramp } => {
             idle(url, count, hold, ramp, pid).map(|r| json(&r.report()))
         }

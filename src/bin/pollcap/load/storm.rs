@@ -37,14 +37,16 @@ pub fn storm(
     url: &str,
     count: usize,
     parallel: usize,
+    token: Option<&str>,
     pid: Option<u32>,
 ) -> io::Result<StormResult> {
     use std::io::{Read, Write};
     let target = &Target::parse(url)?;
     let (authority, path) = (&target.authority, &target.path);
+    let auth = token.map_or_else(String::new, |t| format!("Authorization: Bearer {t}\r\n"));
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {authority}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{auth}\r\n"
     );
     // A masked Close frame with no payload (mask key 0).
     let close = [0x88u8, 0x80, 0, 0, 0, 0];

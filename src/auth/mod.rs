@@ -1,25 +1,43 @@
 //! Authentication of upgrade requests (SPEC §4): a bearer token from the
 //! `Authorization` header or, for browsers, a `bearer.<token>` subprotocol
-//! entry; checked as an HS256 JWT (`POLLCAP_JWT_SECRET`: signature, `exp`,
-//! `nbf`) or against static tokens (`POLLCAP_TOKENS_FILE`). No fallback:
-//! anything else is a 401. Wall-clock time is an input.
+//! entry; checked as an HS256 JWT (`POLLCAP_JWT_SECRET`), as an RS256,
+//! ES256 or EdDSA JWT from an identity provider's key set (`jwks`, feature
+//! `idp`), or against static tokens (`POLLCAP_TOKENS_FILE`). Every JWT
+//! meets the same claim rules (`claims`: `exp`, `nbf`, leeway, `aud`,
+//! `iss`). No fallback: anything else is a 401. Wall-clock time is an
+//! input.
+//!
+//! Parts: `claims` (the rules), `keys` (a key set and verification by
+//! `kid`), `jwks` (the key set kept fresh by a helper thread),
+//! `ring_provider` (jsonwebtoken's signature checks on ring).
+
+mod claims;
+#[cfg(feature = "idp")]
+pub mod jwks;
+#[cfg(feature = "idp")]
+pub mod keys;
+#[cfg(feature = "idp")]
+mod ring_provider;
 
 use std::collections::HashSet;
 use std::fmt;
+#[cfg(feature = "idp")]
+use std::sync::Arc;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::settings::{ConfigError, Settings};
+pub use claims::{Audience, Claims, Rules};
 
 type HmacSha256 = Hmac<Sha256>;
 
 /// Prefix of the browser form of a token inside `Sec-WebSocket-Protocol`.
-pub const SUBPROTOCOL_PREFIX: &str = "bearer.";
+pub use crate::http::SUBPROTOCOL_PREFIX;
 
 /// Why a token was refused (the 401 body says which, never the token).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,6 +49,12 @@ pub enum AuthError {
     Expired,
     NotYetValid,
     Unknown,
+    /// `aud` is not one of the accepted audiences.
+    Audience,
+    /// `iss` is not the configured issuer.
+    Issuer,
+    /// The `kid` names no key of the identity provider's set.
+    UnknownKey,
 }
 
 impl fmt::Display for AuthError {
@@ -40,13 +64,28 @@ impl fmt::Display for AuthError {
                 "missing bearer token (Authorization: Bearer <token> or subprotocol bearer.<token>)"
             }
             AuthError::Malformed => "malformed token",
-            AuthError::Algorithm => "unsupported token algorithm (HS256 only)",
+            AuthError::Algorithm => "unsupported token algorithm for this server",
             AuthError::Signature => "invalid token signature",
             AuthError::Expired => "token expired",
             AuthError::NotYetValid => "token not yet valid",
             AuthError::Unknown => "unknown token",
+            AuthError::Audience => "token audience (aud) not accepted",
+            AuthError::Issuer => "token issuer (iss) not accepted",
+            AuthError::UnknownKey => "unknown token signing key (kid)",
         })
     }
+}
+
+/// The key set as reported (`/health`, `/metrics`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct JwksView {
+    /// The last fetch (or file check) worked.
+    pub up: bool,
+    pub keys: u64,
+    pub fetches_ok: u64,
+    pub fetches_failed: u64,
+    /// Refreshes started by a token with an unknown `kid`.
+    pub kid_refreshes: u64,
 }
 
 /// Who a valid token names.
@@ -60,6 +99,11 @@ pub struct Identity {
 pub struct Auth {
     jwt_secret: Option<Vec<u8>>,
     tokens: HashSet<String>,
+    /// The claims every JWT must meet.
+    rules: Rules,
+    /// The identity provider's key set.
+    #[cfg(feature = "idp")]
+    jwks: Option<Arc<jwks::Jwks>>,
 }
 
 impl fmt::Debug for Auth {
@@ -68,17 +112,42 @@ impl fmt::Debug for Auth {
         f.debug_struct("Auth")
             .field("jwt", &self.jwt_secret.is_some())
             .field("static_tokens", &self.tokens.len())
+            .field("rules", &self.rules)
+            .field("jwks", &self.jwks_view())
             .finish()
     }
 }
 
 impl Auth {
     pub fn new(jwt_secret: Option<Vec<u8>>, tokens: HashSet<String>) -> Auth {
-        Auth { jwt_secret, tokens }
+        Auth {
+            jwt_secret,
+            tokens,
+            ..Auth::default()
+        }
+    }
+
+    /// The same checks with these claim rules.
+    pub fn with_rules(mut self, rules: Rules) -> Auth {
+        self.rules = rules;
+        self
+    }
+
+    pub fn rules(&self) -> &Rules {
+        &self.rules
+    }
+
+    /// The key set's state, when there is one.
+    pub fn jwks_view(&self) -> Option<JwksView> {
+        #[cfg(feature = "idp")]
+        return self.jwks.as_ref().map(|j| j.view());
+        #[cfg(not(feature = "idp"))]
+        None
     }
 
     /// The checks the settings ask for (`jwt_secret`, `tokens_file`, which
-    /// is read here); `None` when neither is set (authentication off).
+    /// is read here, the key set, which is loaded here and kept fresh by a
+    /// helper thread); `None` when none is set (authentication off).
     pub fn from_settings(s: &Settings) -> Result<Option<Auth>, ConfigError> {
         let mut tokens = HashSet::new();
         if let Some(path) = &s.tokens_file {
@@ -103,12 +172,53 @@ impl Auth {
             }
         }
         let secret = s.jwt_secret.as_ref().map(|k| k.0.clone());
-        if secret.is_none() && tokens.is_empty() {
+        let rules = Rules {
+            audience: s.idp.audience.clone(),
+            issuer: s.idp.issuer.clone(),
+            leeway: s.idp.leeway.as_secs(),
+        };
+        #[cfg(feature = "idp")]
+        let jwks = match s.idp.has_jwks() {
+            true => Some(jwks::Jwks::start(&s.idp).map_err(|e| {
+                let (name, shown) = match &s.idp.jwks_url {
+                    Some(u) => ("jwks_url", u.clone()),
+                    None => (
+                        "jwks_file",
+                        s.idp
+                            .jwks_file
+                            .as_ref()
+                            .map_or_else(String::new, |p| p.display().to_string()),
+                    ),
+                };
+                let setting =
+                    crate::settings::find(name).map_or_else(|| name.to_string(), |d| d.sources());
+                ConfigError::new(
+                    &setting,
+                    &shown,
+                    &format!("no key set could be loaded: {e}"),
+                )
+            })?),
+            false => None,
+        };
+        #[cfg(not(feature = "idp"))]
+        if s.idp.has_jwks() {
+            return Err(ConfigError::rule(
+                "--jwks-url/--jwks-file need pollcap built with the `idp` feature".into(),
+            ));
+        }
+        #[cfg(feature = "idp")]
+        let idp = jwks.is_some();
+        #[cfg(not(feature = "idp"))]
+        let idp = false;
+        if secret.is_none() && tokens.is_empty() && !idp {
             return Ok(None);
         }
         Ok(Some(Auth {
             jwt_secret: secret,
             tokens,
+            rules,
+            #[cfg(feature = "idp")]
+            jwks,
         }))
     }
 
@@ -124,10 +234,22 @@ impl Auth {
                 subject: static_identity(token),
             });
         }
-        match &self.jwt_secret {
-            Some(secret) if token.matches('.').count() == 2 => verify(secret, token, now_unix),
-            _ => Err(AuthError::Unknown),
+        if token.matches('.').count() != 2 {
+            return Err(AuthError::Unknown);
         }
+        let header: Header = decode_json(token.split('.').next().unwrap_or(""))?;
+        let claims = match (header.alg.as_deref(), &self.jwt_secret) {
+            (Some("HS256"), Some(secret)) => hs256(secret, token, &self.rules, now_unix)?,
+            #[cfg(feature = "idp")]
+            (Some(alg), _) if keys::ALGORITHMS.contains(&alg) => match &self.jwks {
+                Some(j) => j.verify(token, alg, header.kid.as_deref(), &self.rules, now_unix)?,
+                None => return Err(AuthError::Algorithm),
+            },
+            _ => return Err(AuthError::Algorithm),
+        };
+        Ok(Identity {
+            subject: claims.sub.unwrap_or_default(),
+        })
     }
 }
 
@@ -157,8 +279,18 @@ pub fn token_from<'a>(authorization: Option<&'a str>, protocols: &'a [String]) -
         .find_map(|p| p.strip_prefix(SUBPROTOCOL_PREFIX))
 }
 
-/// Verifies an HS256 JWT.
+/// Verifies an HS256 JWT: signature, `exp` and `nbf` exactly (no
+/// leeway, no audience or issuer: see [`Auth::check`] for the configured
+/// rules).
 pub fn verify(secret: &[u8], token: &str, now_unix: u64) -> Result<Identity, AuthError> {
+    let claims = hs256(secret, token, &Rules::default(), now_unix)?;
+    Ok(Identity {
+        subject: claims.sub.unwrap_or_default(),
+    })
+}
+
+/// Verifies an HS256 JWT's signature, then its claims against `rules`.
+fn hs256(secret: &[u8], token: &str, rules: &Rules, now_unix: u64) -> Result<Claims, AuthError> {
     let mut parts = token.split('.');
     let (Some(h), Some(p), Some(sig), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
@@ -177,33 +309,16 @@ pub fn verify(secret: &[u8], token: &str, now_unix: u64) -> Result<Identity, Aut
     // Constant-time comparison.
     mac.verify_slice(&sig).map_err(|_| AuthError::Signature)?;
     let claims: Claims = decode_json(p)?;
-    if now_unix >= claims.exp {
-        return Err(AuthError::Expired);
-    }
-    if claims.nbf.is_some_and(|nbf| now_unix < nbf) {
-        return Err(AuthError::NotYetValid);
-    }
-    Ok(Identity {
-        subject: claims.sub.unwrap_or_default(),
-    })
+    rules.check(&claims, now_unix)?;
+    Ok(claims)
 }
 
 /// The JOSE header fields this server reads.
 #[derive(Deserialize)]
 struct Header {
     alg: Option<String>,
-}
-
-/// The claims this server reads and mints: `exp` is required.
-#[derive(Deserialize, Serialize)]
-struct Claims {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    sub: Option<String>,
-    exp: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    nbf: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    iat: Option<u64>,
+    #[cfg_attr(not(feature = "idp"), allow(dead_code))]
+    kid: Option<String>,
 }
 
 fn decode_json<T: for<'de> Deserialize<'de>>(part: &str) -> Result<T, AuthError> {
@@ -221,6 +336,8 @@ pub fn mint(secret: &[u8], sub: &str, now_unix: u64, ttl_secs: u64) -> String {
         iat: Some(now_unix),
         nbf: Some(now_unix),
         exp: now_unix.saturating_add(ttl_secs),
+        aud: None,
+        iss: None,
     };
     let payload = B64.encode(serde_json::to_string(&claims).expect("plain claims serialize"));
     let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC takes any key length");
