@@ -121,7 +121,8 @@ fn check_good_run(events: &[Value]) {
             "agent_thinking",
             "tool_executing",
             "agent_completed"
-        ]
+        ],
+        "events: {events:?}"
     );
     let run_id = events[0]["run_id"].as_str().unwrap();
     for (i, e) in events.iter().enumerate() {
@@ -463,10 +464,20 @@ fn two_hundred_concurrent_agent_runs_all_complete() {
         Some("jsonl") => good_jsonl(),
         _ => good_sse(),
     });
+    // This test is about concurrency, not deadlines: on a loaded CI host
+    // 200 connects at once to the fake agent's single accept thread can
+    // overflow its backlog, and a dropped SYN is retried after 1 s, past
+    // the 0.5 s deadlines the other tests use.
     let srv = agent_server(
         BackendKind::Mio,
         &agent.url(),
-        &[("POLLCAP_MAX_CONNECTIONS", "1000")],
+        &[
+            ("POLLCAP_MAX_CONNECTIONS", "1000"),
+            ("AGENT_CONNECT_TIMEOUT", "5"),
+            ("AGENT_RESPONSE_TIMEOUT", "5"),
+            ("AGENT_IDLE_TIMEOUT", "5"),
+            ("AGENT_EXECUTION_TIMEOUT", "20"),
+        ],
     );
     let a = srv.local_addr();
     let clients: Vec<_> = (0..200)
