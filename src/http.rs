@@ -34,6 +34,12 @@ pub struct Head {
     pub authorization: Option<String>,
     /// A `Content-Length` other than 0, or any `Transfer-Encoding`.
     pub has_body: bool,
+    /// Every `Sec-WebSocket-Extensions` value, in order (the client's
+    /// extension offers, e.g. permessage-deflate).
+    pub extensions: Vec<String>,
+    /// The `User-Agent` header, if any (a client whose compression is
+    /// known broken is not offered it).
+    pub user_agent: Option<String>,
 }
 
 /// The parts of an upgrade request the server acts on.
@@ -139,6 +145,10 @@ pub fn parse(buf: &[u8], limits: HeadLimits) -> Parsed {
         authorization: header(h, "authorization").map(str::to_string),
         has_body: header(h, "content-length").is_some_and(|v| v.trim() != "0")
             || header(h, "transfer-encoding").is_some(),
+        extensions: values(h, "sec-websocket-extensions")
+            .map(str::to_string)
+            .collect(),
+        user_agent: header(h, "user-agent").map(str::to_string),
     };
     Parsed::Complete {
         head: Box::new(head),
@@ -279,6 +289,16 @@ pub fn select_protocol<'a>(offered: &[String], supported: &[&'a str]) -> Option<
 
 /// The `101 Switching Protocols` response.
 pub fn switching_protocols(key: &str, protocol: Option<&str>) -> Vec<u8> {
+    switching_protocols_with(key, protocol, None)
+}
+
+/// The `101 Switching Protocols` response, with the negotiated
+/// `Sec-WebSocket-Extensions` value if any.
+pub fn switching_protocols_with(
+    key: &str,
+    protocol: Option<&str>,
+    extensions: Option<&str>,
+) -> Vec<u8> {
     let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
     let mut s = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
@@ -286,6 +306,9 @@ pub fn switching_protocols(key: &str, protocol: Option<&str>) -> Vec<u8> {
     );
     if let Some(p) = protocol {
         let _ = write!(s, "Sec-WebSocket-Protocol: {p}\r\n");
+    }
+    if let Some(e) = extensions {
+        let _ = write!(s, "Sec-WebSocket-Extensions: {e}\r\n");
     }
     s.push_str("\r\n");
     s.into_bytes()

@@ -8,6 +8,7 @@ use std::io::{self, Read, Write};
 use tungstenite::protocol::WebSocketConfig;
 
 use super::boundary::FrameBoundary;
+use crate::deflate::Agreed;
 use crate::settings::Limits;
 
 /// A burst (one inbound frame, or outbound bytes queued between two moments
@@ -98,6 +99,9 @@ pub struct Io<S> {
     drained: bool,
     pub(super) bytes_in: u64,
     pub(super) frames: FrameBoundary,
+    /// The permessage-deflate agreement: offered in the 101 while the
+    /// request waits for its answer, in force once open.
+    pub(super) deflate: Option<Agreed>,
     spill: Vec<u8>,
     spill_at: usize,
 }
@@ -118,6 +122,7 @@ impl<S> Io<S> {
             drained: false,
             bytes_in: 0,
             frames: FrameBoundary::default(),
+            deflate: None,
             spill: Vec::new(),
             spill_at: 0,
         }
@@ -128,17 +133,12 @@ impl<S> Io<S> {
         self.spill.capacity()
     }
 
-    fn take_spill(&mut self, buf: &mut [u8]) -> usize {
-        let rest = &self.spill[self.spill_at..];
-        let n = rest.len().min(buf.len());
-        buf[..n].copy_from_slice(&rest[..n]);
-        self.spill_at += n;
-        if self.spill_at == self.spill.len() {
-            // Give the memory back: an idle connection holds no spill.
-            self.spill = Vec::new();
-            self.spill_at = 0;
-        }
-        n
+    /// Bytes that arrived with the request head: read before the socket,
+    /// through the frame tracker like any other.
+    pub(super) fn unread(&mut self, bytes: Vec<u8>) {
+        debug_assert!(self.spill_at == self.spill.len());
+        self.spill = bytes;
+        self.spill_at = 0;
     }
 }
 
@@ -166,25 +166,42 @@ impl<S: Transport> Read for Io<S> {
             // all go to the spill).
             return Ok(0);
         }
-        let n = if self.spill_at < self.spill.len() {
-            self.take_spill(buf)
-        } else if std::mem::take(&mut self.drained) {
+        // What the frame tracker does not take (it stops at the end of a
+        // data message under permessage-deflate) waits in the spill.
+        if self.spill_at < self.spill.len() {
+            let rest = &self.spill[self.spill_at..];
+            let n = rest.len().min(buf.len());
+            buf[..n].copy_from_slice(&rest[..n]);
+            let kept = self.frames.feed(&mut buf[..n]);
+            self.spill_at += kept;
+            if self.spill_at == self.spill.len() {
+                // Give the memory back: an idle connection holds no spill.
+                self.spill = Vec::new();
+                self.spill_at = 0;
+            }
+            return Ok(kept);
+        }
+        if std::mem::take(&mut self.drained) {
             return Err(io::ErrorKind::WouldBlock.into());
-        } else if buf.len() >= SCRATCH / 4 {
-            self.read_socket(buf)?
-        } else {
-            SCRATCH_BUF.with_borrow_mut(|scratch| -> io::Result<usize> {
-                let got = self.read_socket(scratch)?;
-                let n = got.min(buf.len());
-                buf[..n].copy_from_slice(&scratch[..n]);
-                if got > n {
-                    self.spill = scratch[n..got].to_vec();
-                }
-                Ok(n)
-            })?
-        };
-        self.frames.feed(&buf[..n]);
-        Ok(n)
+        }
+        if buf.len() >= SCRATCH / 4 {
+            let n = self.read_socket(buf)?;
+            let kept = self.frames.feed(&mut buf[..n]);
+            if kept < n {
+                self.spill = buf[kept..n].to_vec();
+            }
+            return Ok(kept);
+        }
+        SCRATCH_BUF.with_borrow_mut(|scratch| -> io::Result<usize> {
+            let got = self.read_socket(scratch)?;
+            let n = got.min(buf.len());
+            buf[..n].copy_from_slice(&scratch[..n]);
+            let kept = self.frames.feed(&mut buf[..n]);
+            if got > kept {
+                self.spill = scratch[kept..got].to_vec();
+            }
+            Ok(kept)
+        })
     }
 }
 

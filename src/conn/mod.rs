@@ -20,9 +20,11 @@
 //! `linger` (the lingering close after a response that ends the
 //! connection), `ws` (the open and closing phases over tungstenite), `runs`
 //! (the runs whose events it forwards), `io` (the transport wrapper and
-//! buffer sizing), `boundary` (frame boundaries, for giving buffers back).
+//! buffer sizing), `boundary` (frame boundaries, for giving buffers back
+//! and for the permessage-deflate rewrite), `deflate` (compression).
 
 pub(crate) mod boundary;
+mod deflate;
 mod event;
 mod head;
 mod io;

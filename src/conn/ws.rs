@@ -13,7 +13,7 @@ use tungstenite::protocol::{Role, WebSocket};
 use tungstenite::{Error as WsError, Message};
 
 use super::io::COMPACT_OVER;
-use super::{Conn, Cx, Event, Phase, TimeoutPhase};
+use super::{Conn, Cx, Event, Phase, TimeoutPhase, deflate};
 
 /// Frames read in one call without a message to report (control frames;
 /// anything while closing) before the owner gets the connection back.
@@ -84,7 +84,10 @@ impl<S: Transport> Conn<S> {
                 Message::Text(_) | Message::Binary(_) => {
                     open.last_app = cx.now;
                     open.more_input = true;
-                    cx.events.push(Event::Message(msg));
+                    match deflate::inbound(ws.get_ref(), msg, cx.limits) {
+                        Ok(msg) => cx.events.push(Event::Message(msg)),
+                        Err(refused) => self.refuse(refused, cx),
+                    }
                     break;
                 }
                 Message::Close(_) => {
@@ -135,6 +138,7 @@ impl<S: Transport> Conn<S> {
             return;
         };
         open.last_app = cx.now;
+        let msg = deflate::outbound(ws.get_ref(), msg, cx.limits);
         open.pushed = open.pushed.saturating_add(msg.len());
         match ws.write(msg) {
             Ok(()) => {}

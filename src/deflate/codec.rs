@@ -1,0 +1,282 @@
+//! Compressing and inflating whole messages (RFC 7692 §7.2) with one
+//! compressor per window size and one decompressor per thread, reset for
+//! every message: no state is kept between messages, so nothing is kept
+//! per connection. zlib-rs through `flate2` (pure Rust, honours the window
+//! size; `miniz_oxide` does not).
+
+use std::cell::RefCell;
+
+use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
+use tungstenite::Bytes;
+
+/// What RFC 7692 §7.2.1 strips from the end of every compressed message
+/// and §7.2.2 appends again before inflating.
+const TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
+
+/// zlib's compression level. Measured on agent_chat events and JSON of
+/// 32 B to 16 KiB (BENCHMARKS.md, "permessage-deflate"): level 1 costs
+/// about half the CPU of the default 6 and its output is within a few per
+/// cent on messages this size.
+pub const LEVEL: u32 = 1;
+
+/// Messages compressed for sharing are kept (one per thread) only up to
+/// this size, so the cache never holds a large message after it is sent.
+const SHARE_MAX: usize = 64 * 1024;
+
+/// Why an inbound message could not be inflated.
+#[derive(Debug, PartialEq, Eq)]
+pub enum InflateError {
+    /// It inflates past the message limit (close 1009). Found before more
+    /// than the limit was allocated.
+    TooBig,
+    /// Not valid deflate data (close 1007), with zlib's reason.
+    Invalid(String),
+}
+
+#[derive(Default)]
+struct Codec {
+    /// One compressor per window size (index `bits - 9`), made on first
+    /// use and reset before every message.
+    deflaters: [Option<Box<Compress>>; 7],
+    inflater: Option<Box<Decompress>>,
+    /// The last message compressed with [`compress_shared`]: the source
+    /// (held, so its address cannot be reused for other bytes), the
+    /// window, and the result.
+    shared: Option<(Bytes, u8, Bytes)>,
+}
+
+thread_local! {
+    static CODEC: RefCell<Codec> = RefCell::new(Codec::default());
+}
+
+/// A compressor with a `bits` window (9..=15) at [`LEVEL`], for a caller
+/// that keeps its context between messages (the takeover mode).
+pub fn new_compressor(bits: u8) -> Compress {
+    Compress::new_with_window_bits(Compression::new(LEVEL), false, bits.clamp(9, 15))
+}
+
+/// Compresses one whole message with this thread's compressor for a
+/// `bits` window (9..=15), starting from an empty window: the payload of a
+/// frame with RSV1 set.
+pub fn compress(data: &[u8], bits: u8) -> Vec<u8> {
+    let bits = bits.clamp(9, 15);
+    CODEC.with_borrow_mut(|c| {
+        let d = c.deflaters[usize::from(bits - 9)]
+            .get_or_insert_with(|| Box::new(new_compressor(bits)));
+        d.reset();
+        compress_with(d, data)
+    })
+}
+
+/// [`compress`] for a message that may go to several connections (a run
+/// followed by several clients): the same bytes sent again with the same
+/// window are compressed once per thread. `Bytes` are immutable, and the
+/// source is held while it is cached, so the same address and length mean
+/// the same bytes.
+pub fn compress_shared(data: &Bytes, bits: u8) -> Bytes {
+    if data.len() > SHARE_MAX {
+        return compress(data, bits).into();
+    }
+    let hit = CODEC.with_borrow(|c| match &c.shared {
+        Some((src, b, out))
+            if *b == bits && src.as_ptr() == data.as_ptr() && src.len() == data.len() =>
+        {
+            Some(out.clone())
+        }
+        _ => None,
+    });
+    if let Some(out) = hit {
+        super::stats::add(super::stats::Counter::SharedHits, 1);
+        return out;
+    }
+    let out = Bytes::from(compress(data, bits));
+    CODEC.with_borrow_mut(|c| c.shared = Some((data.clone(), bits, out.clone())));
+    out
+}
+
+/// Compresses `data` as one message with `d` as it stands (its window
+/// kept from earlier messages or not): sync flush, tail removed.
+pub fn compress_with(d: &mut Compress, data: &[u8]) -> Vec<u8> {
+    // Deflate's worst case is the input plus 5 bytes per stored block of
+    // up to 64 KiB; the sync flush adds at most one empty stored block.
+    let mut out = Vec::with_capacity(data.len() + data.len() / 8192 * 5 + 16);
+    let start = d.total_in();
+    loop {
+        let done = (d.total_in() - start) as usize;
+        match d.compress_vec(&data[done..], &mut out, FlushCompress::Sync) {
+            // The flush is complete once the output has room left over.
+            Ok(_) if out.len() < out.capacity() => break,
+            Ok(_) => out.reserve(out.capacity().max(64)),
+            // Only a misuse of the stream can fail; none is possible here.
+            Err(e) => unreachable!("deflate failed: {e}"),
+        }
+    }
+    if out.ends_with(&TAIL) {
+        out.truncate(out.len() - TAIL.len());
+    }
+    out
+}
+
+/// Inflates one whole message (the payload of its frames, RSV1 set on the
+/// first) with this thread's decompressor, in one pass, under `max` bytes
+/// of output. The window is 15 bits whatever the client used: a larger
+/// window inflates anything a smaller one made.
+pub fn inflate(data: &[u8], max: usize) -> Result<Vec<u8>, InflateError> {
+    CODEC.with_borrow_mut(|c| {
+        let d = c
+            .inflater
+            .get_or_insert_with(|| Box::new(Decompress::new_with_window_bits(false, 15)));
+        d.reset(false);
+        let r = inflate_with(d, data, max);
+        // A failed or refused message may leave the stream mid-block.
+        if r.is_err() {
+            d.reset(false);
+        }
+        r
+    })
+}
+
+/// Inflates `data` then the tail with `d` as it stands, under `max`.
+pub fn inflate_with(d: &mut Decompress, data: &[u8], max: usize) -> Result<Vec<u8>, InflateError> {
+    let limit = max.saturating_add(1);
+    // Typical JSON inflates 3–10×; grow by doubling from there, never past
+    // one byte over the limit (that byte proves the message too big).
+    let mut out = Vec::with_capacity(data.len().saturating_mul(4).max(256).min(limit));
+    for (i, input) in [data, &TAIL[..]].into_iter().enumerate() {
+        let mut at = 0;
+        loop {
+            if out.len() == out.capacity() {
+                if out.len() >= limit {
+                    return Err(InflateError::TooBig);
+                }
+                let grow = out.capacity().min(limit - out.len());
+                out.reserve_exact(grow);
+            }
+            let (in0, out0) = (d.total_in(), out.len());
+            let status = d
+                .decompress_vec(&input[at..], &mut out, FlushDecompress::Sync)
+                .map_err(|e| InflateError::Invalid(e.to_string()))?;
+            let consumed = (d.total_in() - in0) as usize;
+            at += consumed;
+            if out.len() > max {
+                return Err(InflateError::TooBig);
+            }
+            let stalled = consumed == 0 && out.len() == out0;
+            match status {
+                Status::StreamEnd => {
+                    // A final block ends the message; the peer's bytes
+                    // after it are not deflate data.
+                    if i == 0 && at < data.len() {
+                        return Err(InflateError::Invalid("data after the final block".into()));
+                    }
+                    return Ok(out);
+                }
+                // Everything read, and the output was not what stopped it.
+                _ if at == input.len() && (out.len() < out.capacity() || stalled) => break,
+                // Input left and room to write, yet nothing moved.
+                _ if stalled => return Err(InflateError::Invalid("inflate stalled".into())),
+                _ => {}
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn json(n: usize) -> Vec<u8> {
+        let mut s = String::from("{\"type\":\"agent_thinking\",\"items\":[");
+        let mut i = 0;
+        while s.len() < n {
+            s.push_str(&format!("{{\"i\":{i},\"delta\":\"tok{}\"}},", i % 7));
+            i += 1;
+        }
+        s.truncate(n);
+        s.into_bytes()
+    }
+
+    #[test]
+    fn round_trips_at_every_window_and_size() {
+        for bits in 9..=15 {
+            for n in [0, 1, 32, 1024, 16 * 1024, 200_000] {
+                let data = json(n);
+                let z = compress(&data, bits);
+                assert!(!z.ends_with(&TAIL), "the tail is stripped");
+                assert_eq!(
+                    inflate(&z, 1 << 20).unwrap(),
+                    data,
+                    "bits {bits}, {n} bytes"
+                );
+            }
+        }
+        assert!(compress(&json(16 * 1024), 15).len() < 16 * 1024 / 4);
+    }
+
+    #[test]
+    fn each_message_starts_afresh() {
+        // The same message twice compresses to the same bytes: nothing of
+        // the first is referenced by the second.
+        let m = json(2000);
+        assert_eq!(compress(&m, 15), compress(&m, 15));
+        // And it inflates on a decompressor that never saw the first.
+        let z = compress(&m, 15);
+        let mut fresh = Decompress::new(false);
+        assert_eq!(inflate_with(&mut fresh, &z, 1 << 20).unwrap(), m);
+    }
+
+    #[test]
+    fn a_bomb_is_refused_before_its_size_is_allocated() {
+        // Level 9 reaches deflate's ratio ceiling (about 1030:1).
+        let zeros = vec![0u8; 8 << 20];
+        let mut c = Compress::new(Compression::best(), false);
+        let z = compress_with(&mut c, &zeros);
+        assert!(z.len() < 16 * 1024, "{}", z.len());
+        assert_eq!(inflate(&z, 1 << 20), Err(InflateError::TooBig));
+        assert_eq!(
+            inflate(&z, 8 << 20).unwrap().len(),
+            8 << 20,
+            "exactly the limit passes"
+        );
+        assert_eq!(inflate(&z, (8 << 20) - 1), Err(InflateError::TooBig));
+        // The thread's decompressor is usable again at once.
+        assert_eq!(inflate(&compress(b"ok", 15), 10).unwrap(), b"ok");
+    }
+
+    #[test]
+    fn invalid_data_is_named() {
+        for bad in [&[0xff, 0xff, 0xff][..], &[0x07], &[0x04, 0x00, 0xff]] {
+            assert!(
+                matches!(inflate(bad, 1 << 20), Err(InflateError::Invalid(_))),
+                "{bad:?}"
+            );
+        }
+        // A stream that ends with a final block, then garbage.
+        let mut d = Compress::new(Compression::new(1), false);
+        let mut z = Vec::with_capacity(64);
+        d.compress_vec(b"hello", &mut z, FlushCompress::Finish)
+            .unwrap();
+        assert_eq!(inflate(&z, 100).unwrap(), b"hello");
+        z.push(0x42);
+        assert!(matches!(inflate(&z, 100), Err(InflateError::Invalid(_))));
+    }
+
+    #[test]
+    fn shared_compression_reuses_the_result_for_the_same_bytes() {
+        let m = Bytes::from(json(3000));
+        let a = compress_shared(&m, 15);
+        let b = compress_shared(&m.clone(), 15);
+        assert_eq!(a.as_ptr(), b.as_ptr(), "compressed once");
+        let c = compress_shared(&m, 12);
+        assert_ne!(a.as_ptr(), c.as_ptr(), "another window is another result");
+        let other = Bytes::from(json(3000));
+        let d = compress_shared(&other, 12);
+        assert_ne!(
+            c.as_ptr(),
+            d.as_ptr(),
+            "equal bytes elsewhere are compressed again"
+        );
+        assert_eq!(inflate(&d, 1 << 20).unwrap(), &other[..]);
+    }
+}

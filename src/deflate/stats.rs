@@ -1,0 +1,191 @@
+//! Compression counters, per process: messages and bytes before and after
+//! compression in each direction, negotiations, refusals. Counted per
+//! message, so each thread writes only its own slot (no shared cache line
+//! on the hot path, no read-modify-write); `/health` and `/metrics` sum
+//! the slots when they render.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+
+/// One counter of [`Counts`].
+#[derive(Clone, Copy, Debug)]
+pub enum Counter {
+    /// Connections that negotiated the extension.
+    Negotiated,
+    /// Upgrade requests whose offers were all declined (or came from a
+    /// client whose compression is known broken).
+    Declined,
+    /// Messages sent compressed, their bytes before and after.
+    OutMessages,
+    OutBytes,
+    OutWire,
+    /// Messages sent uncompressed on a connection that negotiated the
+    /// extension (under `--deflate-threshold`).
+    OutSkipped,
+    /// Compressed messages received, their bytes on the wire and inflated.
+    InMessages,
+    InWire,
+    InBytes,
+    /// Sends that reused a compression made for another connection.
+    SharedHits,
+    /// Inbound messages refused: inflating past `--max-message` (1009).
+    TooBig,
+    /// Inbound messages refused: invalid deflate data or UTF-8 (1007).
+    Invalid,
+}
+
+const N: usize = Counter::Invalid as usize + 1;
+
+struct Slot([AtomicU64; N]);
+
+static SLOTS: Mutex<Vec<Arc<Slot>>> = Mutex::new(Vec::new());
+
+thread_local! {
+    static SLOT: Arc<Slot> = {
+        let slot = Arc::new(Slot(std::array::from_fn(|_| AtomicU64::new(0))));
+        SLOTS.lock().unwrap_or_else(|p| p.into_inner()).push(slot.clone());
+        slot
+    };
+}
+
+/// Adds `n` to this thread's `c`.
+pub fn add(c: Counter, n: u64) {
+    SLOT.with(|s| {
+        let a = &s.0[c as usize];
+        // Only this thread writes its slot: no read-modify-write needed.
+        a.store(a.load(Relaxed).wrapping_add(n), Relaxed);
+    });
+}
+
+/// The counters summed over every thread.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Counts {
+    pub negotiated: u64,
+    pub declined: u64,
+    pub out_messages: u64,
+    pub out_bytes: u64,
+    pub out_wire_bytes: u64,
+    pub out_skipped: u64,
+    pub in_messages: u64,
+    pub in_wire_bytes: u64,
+    pub in_bytes: u64,
+    pub shared_hits: u64,
+    pub refused_too_big: u64,
+    pub refused_invalid: u64,
+}
+
+/// Every thread's counters, summed.
+pub fn snapshot() -> Counts {
+    let mut t = [0u64; N];
+    for slot in SLOTS.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        for (sum, a) in t.iter_mut().zip(&slot.0) {
+            *sum = sum.wrapping_add(a.load(Relaxed));
+        }
+    }
+    use Counter::*;
+    let g = |c: Counter| t[c as usize];
+    Counts {
+        negotiated: g(Negotiated),
+        declined: g(Declined),
+        out_messages: g(OutMessages),
+        out_bytes: g(OutBytes),
+        out_wire_bytes: g(OutWire),
+        out_skipped: g(OutSkipped),
+        in_messages: g(InMessages),
+        in_wire_bytes: g(InWire),
+        in_bytes: g(InBytes),
+        shared_hits: g(SharedHits),
+        refused_too_big: g(TooBig),
+        refused_invalid: g(Invalid),
+    }
+}
+
+impl Counts {
+    /// The Prometheus text of these counters, appended to `o`.
+    pub fn prometheus(&self, o: &mut String) {
+        let mut family = |name: &str, help: &str, rows: &[(&str, u64)]| {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter");
+            for (labels, v) in rows {
+                let _ = writeln!(o, "{name}{labels} {v}");
+            }
+        };
+        family(
+            "pollcap_deflate_negotiated_total",
+            "Connections that negotiated permessage-deflate.",
+            &[("", self.negotiated)],
+        );
+        family(
+            "pollcap_deflate_declined_total",
+            "Upgrades that offered permessage-deflate and were answered without it.",
+            &[("", self.declined)],
+        );
+        family(
+            "pollcap_deflate_messages_total",
+            "Messages compressed (out) and inflated (in).",
+            &[
+                ("{direction=\"out\"}", self.out_messages),
+                ("{direction=\"in\"}", self.in_messages),
+            ],
+        );
+        family(
+            "pollcap_deflate_bytes_total",
+            "Payload bytes of those messages, uncompressed and compressed (on the wire).",
+            &[
+                ("{direction=\"out\",form=\"uncompressed\"}", self.out_bytes),
+                (
+                    "{direction=\"out\",form=\"compressed\"}",
+                    self.out_wire_bytes,
+                ),
+                ("{direction=\"in\",form=\"uncompressed\"}", self.in_bytes),
+                ("{direction=\"in\",form=\"compressed\"}", self.in_wire_bytes),
+            ],
+        );
+        family(
+            "pollcap_deflate_skipped_total",
+            "Messages sent uncompressed on a deflate connection (under --deflate-threshold).",
+            &[("", self.out_skipped)],
+        );
+        family(
+            "pollcap_deflate_shared_total",
+            "Sends that reused a compression made for another connection.",
+            &[("", self.shared_hits)],
+        );
+        family(
+            "pollcap_deflate_refused_total",
+            "Inbound compressed messages refused: too big once inflated (1009), invalid (1007).",
+            &[
+                ("{reason=\"too_big\"}", self.refused_too_big),
+                ("{reason=\"invalid\"}", self.refused_invalid),
+            ],
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn threads_count_in_their_own_slots_and_the_snapshot_sums_them() {
+        let before = snapshot();
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..1000 {
+                        add(Counter::SharedHits, 1);
+                    }
+                });
+            }
+        });
+        add(Counter::SharedHits, 5);
+        // Other tests count in parallel: at least ours arrived.
+        assert!(snapshot().shared_hits >= before.shared_hits + 4005);
+        let mut o = String::new();
+        snapshot().prometheus(&mut o);
+        assert!(o.contains("pollcap_deflate_shared_total "), "{o}");
+        assert!(o.contains("pollcap_deflate_bytes_total{direction=\"in\",form=\"compressed\"} "));
+    }
+}
