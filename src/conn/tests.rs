@@ -1287,3 +1287,5 @@ fn a_peer_fault_found_mid_burst_stops_the_reading_at_once() {
     assert_eq!(ws.read().unwrap(), Message::text("vvvvv"), "the echo first");
     expect_close(&mut ws, 1009, "message too big");
 }
+
+mod deflate;
