@@ -1,7 +1,7 @@
 //! What the connection needs of the byte stream under it ([`Transport`]),
 //! the wrapper it puts between that stream and tungstenite ([`Io`]), and
 //! the buffer sizing that goes with it: batching thresholds, and giving
-//! back the buffers a burst grew ([`COMPACT_OVER`]).
+//! back the buffers a message grew ([`KEEP_GROWN`]).
 
 use std::io::{self, Read, Write};
 
@@ -11,11 +11,17 @@ use super::boundary::FrameBoundary;
 use crate::deflate::Agreed;
 use crate::settings::Limits;
 
-/// A burst (one inbound frame, or outbound bytes queued between two moments
-/// of an empty write buffer) above this leaves tungstenite's buffers grown;
-/// the connection then swaps tungstenite for a fresh one at the next point
-/// where nothing is buffered either way. Below it, capacity is kept.
-pub(super) const COMPACT_OVER: usize = 32 * 1024;
+/// What tungstenite may keep, per connection, of the buffer capacity a
+/// message grew: its read buffer keeps the size of the largest frame read
+/// (the frame is split off the same allocation) and its write buffer that
+/// of the largest batch written. When a frame or a batch was larger, the
+/// connection swaps tungstenite for a fresh one at the next point where
+/// nothing is buffered either way, so that a quiet connection is back to
+/// its idle footprint. tungstenite offers no way to shrink its buffers, and
+/// a fresh one costs about what a message costs the allocator anyway: a
+/// `Box` and a read buffer allocated, the grown buffers freed (measured in
+/// BENCHMARKS.md, "Idle means idle").
+pub(super) const KEEP_GROWN: usize = 256;
 
 /// Batching threshold for outbound frames: below it, frames queue and go
 /// out in one write when the owner flushes.
