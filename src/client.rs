@@ -28,6 +28,7 @@ use tungstenite::{Error as WsError, Message};
 use std::sync::Arc;
 
 use crate::breaker::{Breaker, BreakerState};
+use crate::deflate::client::DeflateStream;
 use crate::tls::{self, ClientTls, TlsProblem};
 
 /// Per-attempt connect timeouts of SPEC §6; the last repeats.
@@ -67,6 +68,9 @@ pub struct ClientConfig {
     /// PEM file of the CA(s) to trust for `wss://` (a private CA);
     /// `None` trusts the built-in web roots (`webpki-roots`).
     pub ca_file: Option<std::path::PathBuf>,
+    /// Offer permessage-deflate (on by default); what the server answered
+    /// is in [`ConnectReport::deflate`].
+    pub deflate: bool,
 }
 
 impl Default for ClientConfig {
@@ -85,6 +89,7 @@ impl Default for ClientConfig {
             breaker_recovery: Duration::from_secs(30),
             tls_timeout: Duration::from_secs(5),
             ca_file: None,
+            deflate: true,
         }
     }
 }
@@ -384,24 +389,31 @@ pub struct ConnectReport {
     pub handshake: Duration,
     /// The subprotocol the server selected.
     pub subprotocol: Option<String>,
+    /// The permessage-deflate agreement, as the server answered it
+    /// (`None`: not negotiated, or not offered).
+    pub deflate: Option<String>,
 }
 
 /// An open connection; every call has its deadline.
 #[derive(Debug)]
 pub struct Connection {
-    ws: WebSocket<ClientStream>,
+    ws: WebSocket<DeflateStream<ClientStream>>,
     receive_timeout: Duration,
     close_timeout: Duration,
 }
 
 impl Connection {
     fn set_deadline(&mut self, d: Duration) {
-        self.ws.get_mut().set_deadline(Instant::now() + d);
+        self.ws.get_mut().get_mut().set_deadline(Instant::now() + d);
     }
 
     /// Sends one message, completing within the receive timeout.
     pub fn send(&mut self, msg: Message) -> Result<(), ClientError> {
         self.set_deadline(self.receive_timeout);
+        let msg = self
+            .ws
+            .get_ref()
+            .outbound(msg, crate::deflate::DEFAULT_THRESHOLD);
         match self.ws.send(msg) {
             Ok(()) => Ok(()),
             Err(e) if timed_out(&e) => Err(ClientError::SendTimeout(self.receive_timeout)),
@@ -415,7 +427,13 @@ impl Connection {
         self.set_deadline(self.receive_timeout);
         loop {
             match self.ws.read() {
-                Ok(m @ (Message::Text(_) | Message::Binary(_))) => return Ok(m),
+                Ok(m @ (Message::Text(_) | Message::Binary(_))) => {
+                    let max = WebSocketConfig::default()
+                        .max_message_size
+                        .unwrap_or(usize::MAX);
+                    return (self.ws.get_mut().inbound(m, max))
+                        .map_err(|e| ClientError::Protocol(e.to_string()));
+                }
                 Ok(Message::Close(frame)) => return Err(ClientError::Closed(frame)),
                 Ok(_) => {} // Ping (answered by tungstenite), Pong, raw frame
                 Err(e) if timed_out(&e) => {
@@ -440,7 +458,12 @@ impl Connection {
     /// down both ways. The server keeps this connection's runs going (a
     /// Close frame would cancel them), ready to be resumed.
     pub fn abort(self) {
-        let _ = self.ws.get_ref().tcp().shutdown(std::net::Shutdown::Both);
+        let _ = self
+            .ws
+            .get_ref()
+            .get_ref()
+            .tcp()
+            .shutdown(std::net::Shutdown::Both);
     }
 
     /// Sends a normal Close and waits for the server's, within the close
@@ -596,6 +619,10 @@ impl Client {
                 .map_err(|e| ClientError::InvalidUrl(format!("subprotocols {list:?}: {e}")))?;
             headers.insert("Sec-WebSocket-Protocol", value);
         }
+        if self.cfg.deflate {
+            let offer = HeaderValue::from_static(crate::deflate::negotiate::CLIENT_OFFER);
+            headers.insert("Sec-WebSocket-Extensions", offer);
+        }
 
         let t0 = Instant::now();
         let addrs = resolve(&host, port, connect_in)?;
@@ -646,7 +673,10 @@ impl Client {
         let t2 = Instant::now();
         stream.set_deadline(t2 + self.cfg.handshake_timeout);
         let config = WebSocketConfig::default().read_buffer_size(16 * 1024);
-        let (ws, response) =
+        // Under tungstenite: lets compressed messages through (see
+        // `deflate::client`).
+        let stream = DeflateStream::new(stream);
+        let (mut ws, response) =
             match tungstenite::client::client_with_config(request, stream, Some(config)) {
                 Ok(ok) => ok,
                 Err(HandshakeError::Failure(WsError::Http(resp))) => {
@@ -682,6 +712,12 @@ impl Client {
             .get("Sec-WebSocket-Protocol")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
+        let answer = crate::deflate::client::answer_values(&response);
+        let deflate = ws
+            .get_mut()
+            .accept_answer(self.cfg.deflate, &answer)
+            .map_err(ClientError::Handshake)?
+            .map(|a| a.header_value());
         let report = ConnectReport {
             attempts: 1,
             addr,
@@ -691,6 +727,7 @@ impl Client {
             tls_version,
             handshake: t2.elapsed(),
             subprotocol,
+            deflate,
         };
         let conn = Connection {
             ws,

@@ -57,6 +57,8 @@ pub struct ServerMetrics {
     pub lingered: [AtomicU64; LingerEnd::ALL.len()],
     /// Bytes read and thrown away by lingering closes.
     pub linger_discarded_bytes_total: AtomicU64,
+    /// permessage-deflate counters, one slot per reactor thread.
+    pub deflate: crate::deflate::stats::Registry,
 }
 
 impl ServerMetrics {
@@ -128,6 +130,8 @@ struct Health<'a> {
     tls: TlsView,
     /// The run store (resume): `up` false while Redis is unreachable.
     store: &'a StoreView,
+    /// permessage-deflate counters.
+    compression: crate::deflate::stats::Counts,
     reactor: ReactorView,
     uptime_s: f64,
 }
@@ -291,6 +295,7 @@ impl Report<'_> {
                 plaintext_requests: m.tls_plaintext_total.load(Relaxed),
             },
             store: &self.store,
+            compression: m.deflate.snapshot(),
             reactor: ReactorView {
                 waits: r.waits,
                 by_io: r.by_io,
@@ -627,6 +632,7 @@ impl Report<'_> {
             "# HELP pollcap_uptime_seconds Seconds since start.\n# TYPE pollcap_uptime_seconds gauge\npollcap_uptime_seconds {}",
             self.uptime.as_secs_f64()
         );
+        m.deflate.snapshot().prometheus(&mut o);
         o
     }
 }

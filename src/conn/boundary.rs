@@ -152,10 +152,6 @@ impl FrameBoundary {
         self.flags |= DEFLATE;
     }
 
-    pub fn deflate(&self) -> bool {
-        self.flags & DEFLATE != 0
-    }
-
     /// How the data message begun last arrived, if compressed. Called
     /// when tungstenite reports it complete: reading stopped at its end,
     /// so no later message has begun.

@@ -115,6 +115,22 @@ impl<S> DeflateStream<S> {
     /// its `101`. An answer the client may not accept is an error, and the
     /// client must fail the connection (RFC 7692 §5).
     pub fn accept(&mut self, values: &[&str]) -> Result<Option<Agreed>, String> {
+        self.accept_answer(true, values)
+    }
+
+    /// [`DeflateStream::accept`] for a client that may not have offered
+    /// the extension: then any extension in the answer is an error.
+    pub fn accept_answer(
+        &mut self,
+        offered: bool,
+        values: &[&str],
+    ) -> Result<Option<Agreed>, String> {
+        if !offered && values.iter().any(|v| !v.trim().is_empty()) {
+            return Err(format!(
+                "the server answered an extension that was not offered: {:?}",
+                values.join(", ")
+            ));
+        }
         let agreed = negotiate::client_accept(values)?;
         self.agreed = agreed;
         self.head = None;
@@ -172,6 +188,16 @@ impl<S> DeflateStream<S> {
                 .map_err(|_| InboundError::Utf8),
         }
     }
+}
+
+/// The `Sec-WebSocket-Extensions` values of a handshake response.
+pub fn answer_values(response: &tungstenite::handshake::client::Response) -> Vec<&str> {
+    response
+        .headers()
+        .get_all("Sec-WebSocket-Extensions")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect()
 }
 
 /// Why a compressed message from the server could not be read.

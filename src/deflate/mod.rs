@@ -25,6 +25,10 @@ pub mod stats;
 
 pub use negotiate::{Agreed, ServerMode};
 
+/// The default `--deflate-threshold`, which the clients use too: messages
+/// shorter than this go uncompressed (measured, BENCHMARKS.md).
+pub const DEFAULT_THRESHOLD: usize = 256;
+
 /// Whether and how the server negotiates the extension (`--deflate`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {

@@ -118,6 +118,7 @@ impl Worker {
 
     pub(super) fn run(mut self) -> io::Result<()> {
         tracing::debug!(reactor = self.index, "reactor started");
+        crate::deflate::stats::bind(&self.shared.metrics.deflate);
         loop {
             let turn = if self.backlog.is_empty() {
                 self.reactor.turn()?
