@@ -49,26 +49,46 @@ pub(super) fn negotiate(head: &Head, limits: &Limits) -> Option<Agreed> {
 /// What to hand tungstenite for `msg`: compressed, as one frame with RSV1
 /// set, when the connection negotiated the extension, the message is at
 /// least `--deflate-threshold` long and compression makes it smaller.
-pub(super) fn outbound<S>(io: &Io<S>, msg: Message, limits: &Limits) -> Message {
+/// `streaming`: the connection follows a run. In the takeover mode such a
+/// connection keeps a history of what it sent compressed and compresses
+/// every message against it (the threshold does not apply: a 100-byte
+/// event repeating the last one's envelope shrinks to a quarter).
+pub(super) fn outbound<S>(io: &mut Io<S>, msg: Message, limits: &Limits, streaming: bool) -> Message {
     let Some(agreed) = io.deflate else {
         return msg;
     };
+    let takeover = streaming
+        && !agreed.server_no_context_takeover
+        && limits.deflate.mode == crate::deflate::Mode::Takeover;
+    if takeover && io.history.is_none() {
+        io.history = Some(Box::default());
+    }
+    let threshold = if io.history.is_some() { 0 } else { limits.deflate.threshold };
     let (opcode, data) = match msg {
-        Message::Text(t) if t.len() >= limits.deflate.threshold => (OpData::Text, Bytes::from(t)),
-        Message::Binary(b) if b.len() >= limits.deflate.threshold => (OpData::Binary, b),
+        Message::Text(t) if t.len() >= threshold => (OpData::Text, Bytes::from(t)),
+        Message::Binary(b) if b.len() >= threshold => (OpData::Binary, b),
         Message::Text(_) | Message::Binary(_) => {
             stats::add(Counter::OutSkipped, 1);
             return msg;
         }
         other => return other,
     };
-    let z = codec::compress_shared(&data, agreed.server_window());
-    if z.len() >= data.len() {
+    let bits = agreed.server_window();
+    let (z, seeds) = match io.history.as_deref_mut() {
+        Some(h) => {
+            let z = codec::compress_after(h, &data, bits);
+            // Sent compressed even when it does not shrink (a run's first
+            // small event): the client inflates it, so its window, and
+            // our history, gain what the next events repeat.
+            h.push(&data, bits);
+            (Bytes::from(z), true)
+        }
+        None => (codec::compress_shared(&data, bits), false),
+    };
+    if z.len() >= data.len() && !seeds {
         // Incompressible: the peer is spared inflating it.
         stats::add(Counter::OutSkipped, 1);
-        let mut f = Frame::message(data, OpCode::Data(opcode), true);
-        f.header_mut().rsv1 = false;
-        return Message::Frame(f);
+        return Message::Frame(Frame::message(data, OpCode::Data(opcode), true));
     }
     stats::add(Counter::OutMessages, 1);
     stats::add(Counter::OutBytes, data.len() as u64);
@@ -76,6 +96,12 @@ pub(super) fn outbound<S>(io: &Io<S>, msg: Message, limits: &Limits) -> Message 
     let mut f = Frame::message(z, OpCode::Data(opcode), true);
     f.header_mut().rsv1 = true;
     Message::Frame(f)
+}
+
+/// The connection has gone quiet (no run left to follow): what it
+/// remembered for the takeover mode is let go.
+pub(super) fn quiet<S>(io: &mut Io<S>) {
+    io.history = None;
 }
 
 /// Why an inbound compressed message was refused: the close code and

@@ -9,6 +9,7 @@ use tungstenite::protocol::WebSocketConfig;
 
 use super::boundary::FrameBoundary;
 use crate::deflate::Agreed;
+use crate::deflate::codec::History;
 use crate::settings::Limits;
 
 /// What tungstenite may keep, per connection, of the buffer capacity a
@@ -108,6 +109,9 @@ pub struct Io<S> {
     /// The permessage-deflate agreement: offered in the 101 while the
     /// request waits for its answer, in force once open.
     pub(super) deflate: Option<Agreed>,
+    /// `--deflate takeover` only: what this connection sent compressed
+    /// last, while it follows a run (dropped when it has none left).
+    pub(super) history: Option<Box<History>>,
     spill: Vec<u8>,
     spill_at: usize,
 }
@@ -129,6 +133,7 @@ impl<S> Io<S> {
             bytes_in: 0,
             frames: FrameBoundary::default(),
             deflate: None,
+            history: None,
             spill: Vec::new(),
             spill_at: 0,
         }

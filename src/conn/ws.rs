@@ -138,7 +138,7 @@ impl<S: Transport> Conn<S> {
             return;
         };
         open.last_app = cx.now;
-        let msg = deflate::outbound(ws.get_ref(), msg, cx.limits);
+        let msg = deflate::outbound(ws.get_mut(), msg, cx.limits, !open.runs.is_empty());
         open.pushed = open.pushed.saturating_add(msg.len());
         match ws.write(msg) {
             Ok(()) => {}
@@ -205,6 +205,9 @@ impl<S: Transport> Conn<S> {
         let Phase::Open { ws, open } = &mut self.phase else {
             return;
         };
+        if open.runs.is_empty() {
+            deflate::quiet(ws.get_mut());
+        }
         let frames = &ws.get_ref().frames;
         let burst = frames.largest() > KEEP_GROWN as u64 || open.pushed > KEEP_GROWN;
         if !burst {

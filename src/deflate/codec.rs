@@ -19,6 +19,20 @@ const TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
 /// cent on messages this size.
 pub const LEVEL: u32 = 1;
 
+/// How much of what it sent compressed a connection in the takeover mode
+/// remembers to compress the next message against (at most the client's
+/// window). Measured on agent_chat runs (BENCHMARKS.md): 4 KiB holds the
+/// last several events, whose envelope and text the next one repeats.
+pub const HISTORY: usize = 4096;
+
+/// What a connection in the takeover mode sent compressed last: the tail
+/// of the client's inflate window, byte for byte (messages sent without
+/// RSV1 never enter it).
+#[derive(Debug, Default)]
+pub struct History {
+    bytes: Vec<u8>,
+}
+
 /// Messages compressed for sharing are kept (one per thread) only up to
 /// this size, so the cache never holds a large message after it is sent.
 const SHARE_MAX: usize = 64 * 1024;
@@ -66,6 +80,50 @@ pub fn compress(data: &[u8], bits: u8) -> Vec<u8> {
         d.reset();
         compress_with(d, data)
     })
+}
+
+/// Compresses one message against `history` (the client's window holds
+/// the same bytes, since it inflates what we send in order) with this
+/// thread's compressor for a `bits` window, and appends the message to
+/// the history. A compressor primed with a dictionary is as good as one
+/// that kept its context, and holds nothing between messages: what a
+/// connection keeps is the history alone.
+pub fn compress_after(history: &mut History, data: &[u8], bits: u8) -> Vec<u8> {
+    let bits = bits.clamp(9, 15);
+    CODEC.with_borrow_mut(|c| {
+        let d = c.deflaters[usize::from(bits - 9)].get_or_insert_with(|| Box::new(new_compressor(bits)));
+        d.reset();
+        if !history.bytes.is_empty() {
+            // It cannot fail right after a reset; were it to, the message
+            // would still be valid, referring only to itself.
+            let _ = d.set_dictionary(&history.bytes);
+        }
+        compress_with(d, data)
+    })
+}
+
+impl History {
+    /// Appends a message the client will inflate, keeping the last
+    /// `HISTORY` bytes (at most the `bits` window).
+    pub fn push(&mut self, data: &[u8], bits: u8) {
+        let keep = HISTORY.min(1 << bits.clamp(9, 15));
+        if data.len() >= keep {
+            self.bytes.clear();
+            self.bytes.extend_from_slice(&data[data.len() - keep..]);
+        } else {
+            let drop = (self.bytes.len() + data.len()).saturating_sub(keep);
+            self.bytes.drain(..drop);
+            self.bytes.extend_from_slice(data);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
 }
 
 /// [`compress`] for a message that may go to several connections (a run
@@ -260,6 +318,32 @@ mod tests {
         assert_eq!(inflate(&z, 100).unwrap(), b"hello");
         z.push(0x42);
         assert!(matches!(inflate(&z, 100), Err(InflateError::Invalid(_))));
+    }
+
+    #[test]
+    fn messages_compressed_against_the_history_inflate_with_a_kept_window() {
+        // The client's side: one decompressor for the whole stream.
+        let mut client = Decompress::new_with_window_bits(false, 15);
+        let mut h = History::default();
+        let mut plain_total = 0;
+        let mut wire_total = 0;
+        for i in 0..50 {
+            let m = format!(
+                "{{\"type\":\"agent_thinking\",\"run_id\":\"Zq3kP0aX\",\"seq\":{i},\"delta\":\"token {}\"}}",
+                i * 7
+            );
+            let z = compress_after(&mut h, m.as_bytes(), 15);
+            h.push(m.as_bytes(), 15);
+            assert!(h.len() <= HISTORY);
+            plain_total += m.len();
+            wire_total += z.len();
+            assert_eq!(inflate_with(&mut client, &z, 1 << 20).unwrap(), m.as_bytes(), "{i}");
+        }
+        assert!(wire_total * 3 < plain_total, "{wire_total} of {plain_total}");
+        // A small window keeps a small history.
+        let mut h = History::default();
+        h.push(&json(3000), 9);
+        assert_eq!(h.len(), 512);
     }
 
     #[test]

@@ -33,8 +33,14 @@ pub const DEFAULT_THRESHOLD: usize = 256;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
     Off,
-    /// No context takeover either way (`on`, the default).
+    /// No context takeover either way (`on`): every message is compressed
+    /// on its own by the thread's compressor.
     On,
+    /// The server keeps its context while a connection follows a run
+    /// (`takeover`): it remembers the last [`codec::HISTORY`] bytes it
+    /// sent compressed and compresses the next message against them, and
+    /// forgets them when the connection has no run left.
+    Takeover,
 }
 
 impl Mode {
@@ -42,7 +48,8 @@ impl Mode {
         match v.trim().to_ascii_lowercase().as_str() {
             "on" | "true" | "1" | "yes" => Ok(Mode::On),
             "off" | "false" | "0" | "no" => Ok(Mode::Off),
-            _ => Err("must be on or off".into()),
+            "takeover" => Ok(Mode::Takeover),
+            _ => Err("must be on, off or takeover".into()),
         }
     }
 
@@ -50,6 +57,7 @@ impl Mode {
         match self {
             Mode::Off => "off",
             Mode::On => "on",
+            Mode::Takeover => "takeover",
         }
     }
 
@@ -58,6 +66,7 @@ impl Mode {
         match self {
             Mode::Off => None,
             Mode::On => Some(ServerMode::Shared),
+            Mode::Takeover => Some(ServerMode::Takeover),
         }
     }
 }

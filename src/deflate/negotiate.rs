@@ -97,7 +97,10 @@ pub fn answer(values: &[String], mode: ServerMode) -> Option<Agreed> {
             Some(Agreed {
                 server_max_window_bits: params.server_max_window_bits,
                 client_max_window_bits: None,
-                server_no_context_takeover: mode == ServerMode::Shared,
+                // A client that asks the server to start every message
+                // afresh is answered so, whatever the mode.
+                server_no_context_takeover: mode == ServerMode::Shared
+                    || params.server_no_context_takeover,
                 client_no_context_takeover: true,
             })
         })
@@ -170,7 +173,7 @@ struct Params {
     server_no_context_takeover: bool,
     client_no_context_takeover: bool,
     server_max_window_bits: Option<u8>,
-    /// `Some(None)`: named without a value (an offer only).
+    /// Its value, when one was given (an offer may name it without one).
     client_max_window_bits: Option<u8>,
     client_bits_named: bool,
 }
@@ -352,6 +355,9 @@ mod tests {
             a.header_value(),
             "permessage-deflate; client_no_context_takeover"
         );
+        let v = vec!["permessage-deflate; server_no_context_takeover".to_string()];
+        let a = answer(&v, ServerMode::Takeover).unwrap();
+        assert!(a.server_no_context_takeover, "asked for, so answered");
     }
 
     #[test]

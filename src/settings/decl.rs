@@ -523,8 +523,9 @@ pub static DECLS: &[Decl] = &[
         flag: Some("deflate"),
         env: Some("POLLCAP_DEFLATE"),
         kind: Kind::Value,
-        value_name: "on|off",
-        help: "Negotiate permessage-deflate compression when a client offers it",
+        value_name: "on|off|takeover",
+        help: "Negotiate permessage-deflate compression when a client offers it (takeover: \
+               keep the context while a connection follows a run)",
         group: Group::Limits,
         default: Default::Fixed("on"),
         set: |s, v| {
