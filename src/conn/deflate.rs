@@ -53,7 +53,12 @@ pub(super) fn negotiate(head: &Head, limits: &Limits) -> Option<Agreed> {
 /// connection keeps a history of what it sent compressed and compresses
 /// every message against it (the threshold does not apply: a 100-byte
 /// event repeating the last one's envelope shrinks to a quarter).
-pub(super) fn outbound<S>(io: &mut Io<S>, msg: Message, limits: &Limits, streaming: bool) -> Message {
+pub(super) fn outbound<S>(
+    io: &mut Io<S>,
+    msg: Message,
+    limits: &Limits,
+    streaming: bool,
+) -> Message {
     let Some(agreed) = io.deflate else {
         return msg;
     };
@@ -63,7 +68,11 @@ pub(super) fn outbound<S>(io: &mut Io<S>, msg: Message, limits: &Limits, streami
     if takeover && io.history.is_none() {
         io.history = Some(Box::default());
     }
-    let threshold = if io.history.is_some() { 0 } else { limits.deflate.threshold };
+    let threshold = if io.history.is_some() {
+        0
+    } else {
+        limits.deflate.threshold
+    };
     let (opcode, data) = match msg {
         Message::Text(t) if t.len() >= threshold => (OpData::Text, Bytes::from(t)),
         Message::Binary(b) if b.len() >= threshold => (OpData::Binary, b),

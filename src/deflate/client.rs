@@ -47,6 +47,8 @@ pub struct DeflateStream<S> {
     /// The server keeps its window between messages (no
     /// `server_no_context_takeover` in its answer): so must the inflater.
     inflater: Option<Box<Decompress>>,
+    /// Bytes read from the stream below (the wire, for a plain stream).
+    received: u64,
 }
 
 #[derive(Debug, Default)]
@@ -95,7 +97,13 @@ impl<S> DeflateStream<S> {
             spill_at: 0,
             agreed: None,
             inflater: None,
+            received: 0,
         }
+    }
+
+    /// Bytes read from the stream below so far, the handshake included.
+    pub fn received(&self) -> u64 {
+        self.received
     }
 
     pub fn get_ref(&self) -> &S {
@@ -235,7 +243,9 @@ impl<S: Read> Read for DeflateStream<S> {
             buf[..n].copy_from_slice(&rest[..n]);
             n
         } else {
-            self.inner.read(buf)?
+            let n = self.inner.read(buf)?;
+            self.received += n as u64;
+            n
         };
         let kept = match &mut self.head {
             Some(scan) => match scan.scan(&buf[..n]) {

@@ -13,11 +13,17 @@ use tungstenite::Bytes;
 /// and §7.2.2 appends again before inflating.
 const TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
 
-/// zlib's compression level. Measured on agent_chat events and JSON of
-/// 32 B to 16 KiB (BENCHMARKS.md, "permessage-deflate"): level 1 costs
-/// about half the CPU of the default 6 and its output is within a few per
-/// cent on messages this size.
+/// Compression levels, by message size (BENCHMARKS.md, "permessage-deflate",
+/// JSON of 256 B to 16 KiB). zlib-rs' level 1 (zlib-ng's "quick": static
+/// Huffman codes) costs about half of level 2 (dynamic codes) on small
+/// messages, where dynamic codes hardly pay for themselves: a 1 KiB
+/// message compresses to 0.68 at level 1 and 0.50 at level 2, for about
+/// 8.5 and 19 µs. From [`LARGE`] bytes on, level 2's codes pay (16 KiB:
+/// 0.42 at level 1, 0.31 at level 2), still under Bun's CPU for the same.
 pub const LEVEL: u32 = 1;
+pub const LEVEL_LARGE: u32 = 2;
+/// Messages of at least this many bytes are compressed at [`LEVEL_LARGE`].
+pub const LARGE: usize = 4096;
 
 /// How much of what it sent compressed a connection in the takeover mode
 /// remembers to compress the next message against (at most the client's
@@ -49,9 +55,10 @@ pub enum InflateError {
 
 #[derive(Default)]
 struct Codec {
-    /// One compressor per window size (index `bits - 9`), made on first
-    /// use and reset before every message.
-    deflaters: [Option<Box<Compress>>; 7],
+    /// One compressor per window size and level (index
+    /// `(bits - 9) * 2 + large`), made on first use and reset before every
+    /// message.
+    deflaters: [Option<Box<Compress>>; 14],
     inflater: Option<Box<Decompress>>,
     /// The last message compressed with [`compress_shared`]: the source
     /// (held, so its address cannot be reused for other bytes), the
@@ -63,23 +70,28 @@ thread_local! {
     static CODEC: RefCell<Codec> = RefCell::new(Codec::default());
 }
 
-/// A compressor with a `bits` window (9..=15) at [`LEVEL`], for a caller
-/// that keeps its context between messages (the takeover mode).
-pub fn new_compressor(bits: u8) -> Compress {
-    Compress::new_with_window_bits(Compression::new(LEVEL), false, bits.clamp(9, 15))
+/// A compressor with a `bits` window (9..=15) at `level`.
+pub fn new_compressor(bits: u8, level: u32) -> Compress {
+    Compress::new_with_window_bits(Compression::new(level), false, bits.clamp(9, 15))
+}
+
+/// This thread's compressor for a `bits` window and a message of `len`
+/// bytes, reset.
+fn deflater(c: &mut Codec, bits: u8, len: usize) -> &mut Compress {
+    let bits = bits.clamp(9, 15);
+    let large = len >= LARGE;
+    let level = if large { LEVEL_LARGE } else { LEVEL };
+    let d = c.deflaters[usize::from(bits - 9) * 2 + usize::from(large)]
+        .get_or_insert_with(|| Box::new(new_compressor(bits, level)));
+    d.reset();
+    d
 }
 
 /// Compresses one whole message with this thread's compressor for a
 /// `bits` window (9..=15), starting from an empty window: the payload of a
 /// frame with RSV1 set.
 pub fn compress(data: &[u8], bits: u8) -> Vec<u8> {
-    let bits = bits.clamp(9, 15);
-    CODEC.with_borrow_mut(|c| {
-        let d = c.deflaters[usize::from(bits - 9)]
-            .get_or_insert_with(|| Box::new(new_compressor(bits)));
-        d.reset();
-        compress_with(d, data)
-    })
+    CODEC.with_borrow_mut(|c| compress_with(deflater(c, bits, data.len()), data))
 }
 
 /// Compresses one message against `history` (the client's window holds
@@ -89,10 +101,8 @@ pub fn compress(data: &[u8], bits: u8) -> Vec<u8> {
 /// that kept its context, and holds nothing between messages: what a
 /// connection keeps is the history alone.
 pub fn compress_after(history: &mut History, data: &[u8], bits: u8) -> Vec<u8> {
-    let bits = bits.clamp(9, 15);
     CODEC.with_borrow_mut(|c| {
-        let d = c.deflaters[usize::from(bits - 9)].get_or_insert_with(|| Box::new(new_compressor(bits)));
-        d.reset();
+        let d = deflater(c, bits, data.len());
         if !history.bytes.is_empty() {
             // It cannot fail right after a reset; were it to, the message
             // would still be valid, referring only to itself.
@@ -337,9 +347,16 @@ mod tests {
             assert!(h.len() <= HISTORY);
             plain_total += m.len();
             wire_total += z.len();
-            assert_eq!(inflate_with(&mut client, &z, 1 << 20).unwrap(), m.as_bytes(), "{i}");
+            assert_eq!(
+                inflate_with(&mut client, &z, 1 << 20).unwrap(),
+                m.as_bytes(),
+                "{i}"
+            );
         }
-        assert!(wire_total * 3 < plain_total, "{wire_total} of {plain_total}");
+        assert!(
+            wire_total * 3 < plain_total,
+            "{wire_total} of {plain_total}"
+        );
         // A small window keeps a small history.
         let mut h = History::default();
         h.push(&json(3000), 9);

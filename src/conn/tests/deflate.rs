@@ -317,8 +317,16 @@ fn the_takeover_mode_compresses_a_run_against_its_history_and_forgets_it_after()
     let mut h = owner();
     h.limits.deflate.mode = crate::deflate::Mode::Takeover;
     let t0 = Instant::now();
-    let (mut c, head, end) = upgrade(&mut h, t0, &request(&format!("Sec-WebSocket-Extensions: {OFFER}")), b"");
-    assert_eq!(answer(&head), Some("permessage-deflate; client_no_context_takeover"));
+    let (mut c, head, end) = upgrade(
+        &mut h,
+        t0,
+        &request(&format!("Sec-WebSocket-Extensions: {OFFER}")),
+        b"",
+    );
+    assert_eq!(
+        answer(&head),
+        Some("permessage-deflate; client_no_context_takeover")
+    );
     let mut ws = deflate_client(&head, end);
     assert!(c.follow(7, 0));
     let events: Vec<String> = (1..=40)
@@ -339,18 +347,31 @@ fn the_takeover_mode_compresses_a_run_against_its_history_and_forgets_it_after()
     assert!(wire * 3 < plain, "{wire} bytes on the wire for {plain}");
     for e in &events {
         let m = ws.read().unwrap();
-        assert_eq!(ws.get_mut().inbound(m, 1 << 20).unwrap(), Message::text(e.clone()));
+        assert_eq!(
+            ws.get_mut().inbound(m, 1 << 20).unwrap(),
+            Message::text(e.clone())
+        );
     }
-    let Phase::Open { ws: sws, .. } = &c.phase else { panic!("open") };
-    assert!(sws.get_ref().history.is_some(), "kept while the run streams");
+    let Phase::Open { ws: sws, .. } = &c.phase else {
+        panic!("open")
+    };
+    assert!(
+        sws.get_ref().history.is_some(),
+        "kept while the run streams"
+    );
     h.drive(&mut c, t0, |c, cx| {
         c.run_finished(7, cx);
     });
-    let Phase::Open { ws: sws, .. } = &c.phase else { panic!("open") };
+    let Phase::Open { ws: sws, .. } = &c.phase else {
+        panic!("open")
+    };
     assert!(sws.get_ref().history.is_none(), "let go once quiet");
     // Outside a run the threshold applies again and messages stand alone.
     ws.send(Message::text(json(1000))).unwrap();
     h.io(&mut c, t0);
     let m = ws.read().unwrap();
-    assert_eq!(ws.get_mut().inbound(m, 1 << 20).unwrap(), Message::text(json(1000)));
+    assert_eq!(
+        ws.get_mut().inbound(m, 1 << 20).unwrap(),
+        Message::text(json(1000))
+    );
 }

@@ -20,11 +20,12 @@ use tungstenite::handshake::client::Request;
 
 use std::sync::Arc;
 
+use pollcap::deflate::client::DeflateStream;
 use pollcap::reactor::{BackendKind, CapStrategy, Interest, Reactor};
 use pollcap::stream::Stream;
 use pollcap::tls::TlsStream;
 
-pub use echo::{agent, echo};
+pub use echo::{Payload, agent, echo};
 pub use idle::idle;
 pub use storm::storm;
 
@@ -45,6 +46,10 @@ pub struct LoadArgs {
     /// For wss:// URLs: PEM file of the CA to trust instead of the web roots.
     #[arg(long, global = true, env = "POLLCAP_CA_FILE", value_name = "PATH")]
     ca_file: Option<std::path::PathBuf>,
+    /// Do not offer permessage-deflate (the event-driven clients of echo,
+    /// agent and idle offer it by default, as browsers do).
+    #[arg(long, global = true)]
+    no_deflate: bool,
 }
 
 #[derive(clap::Subcommand, Clone)]
@@ -57,6 +62,14 @@ enum LoadMode {
         size: usize,
         #[arg(long, default_value = "10", value_parser = positive_secs)]
         duration: Duration,
+        /// Send S-byte JSON text messages (an agent event's shape and
+        /// words) instead of S bytes of 'x'.
+        #[arg(long)]
+        json: bool,
+        /// Send these messages in turn instead (one per line, text; e.g. an
+        /// agent_chat run's events), each connection from the first.
+        #[arg(long, value_name = "FILE", conflicts_with = "json")]
+        replay: Option<std::path::PathBuf>,
     },
     /// C agent_chat connections, one message in flight each, for D seconds:
     /// complete runs/s and event latency. Token from --token or POLLCAP_TOKEN.
@@ -67,6 +80,9 @@ enum LoadMode {
         duration: Duration,
         #[arg(long, env = "POLLCAP_TOKEN", hide_env_values = true)]
         token: Option<String>,
+        /// The user_message text [default: "load test message N"].
+        #[arg(long)]
+        text: Option<String>,
     },
     /// K handshakes from P parallel clients: handshakes/s, p99.
     Storm {
@@ -85,6 +101,11 @@ enum LoadMode {
         /// hold, as connections arriving over time do (0: all at once).
         #[arg(long, default_value = "0", value_parser = secs)]
         ramp: Duration,
+        /// Before the hold, every connection sends one JSON message of this
+        /// many bytes and reads its echo (echo servers): memory per idle
+        /// connection after traffic.
+        #[arg(long, value_name = "BYTES")]
+        message: Option<usize>,
     },
     /// Mixed load for D seconds — agent runs, echo of large messages, idle
     /// holders, connection churn, slow and stalled readers — against a
@@ -147,6 +168,7 @@ fn secs(v: &str) -> Result<Duration, String> {
 pub fn command(args: LoadArgs) -> ExitCode {
     let pid = args.server_pid;
     let url = args.url.as_deref().unwrap_or(DEFAULT_URL);
+    DEFLATE.store(!args.no_deflate, std::sync::atomic::Ordering::Relaxed);
     if let Err(e) = tls_setup(args.ca_file.as_deref()) {
         eprintln!("pollcap load: {e}");
         return ExitCode::from(2);
@@ -216,21 +238,46 @@ pub fn command(args: LoadArgs) -> ExitCode {
             connections,
             size,
             duration,
+            json: json_payload,
+            replay,
         } => {
-            echo(url, connections, size, duration, pid).map(|r| json(&r.report(connections, size)))
+            let payload = match (replay, json_payload) {
+                (Some(path), _) => match std::fs::read_to_string(&path) {
+                    Ok(t) => echo::Payload::Replay(t.lines().map(str::to_string).collect()),
+                    Err(e) => {
+                        eprintln!("pollcap load echo: --replay {}: {e}", path.display());
+                        return ExitCode::from(2);
+                    }
+                },
+                (None, true) => echo::Payload::Json(size),
+                (None, false) => echo::Payload::Bytes(size),
+            };
+            echo(url, connections, &payload, duration, pid)
+                .map(|r| json(&r.report(connections, size)))
         }
         LoadMode::Agent {
             connections,
             duration,
             token,
-        } => agent(url, token.as_deref(), connections, duration, pid)
-            .map(|r| json(&r.report(connections))),
+            text,
+        } => agent(
+            url,
+            token.as_deref(),
+            connections,
+            duration,
+            text.as_deref(),
+            pid,
+        )
+        .map(|r| json(&r.report(connections))),
         LoadMode::Storm { count, parallel } => {
             storm(url, count, parallel, pid).map(|r| json(&r.report(parallel)))
         }
-        LoadMode::Idle { count, hold, ramp } => {
-            idle(url, count, hold, ramp, pid).map(|r| json(&r.report()))
-        }
+        LoadMode::Idle {
+            count,
+            hold,
+            ramp,
+            message,
+        } => idle(url, count, hold, ramp, message, pid).map(|r| json(&r.report())),
     };
     match result {
         Ok(j) => {
@@ -443,7 +490,26 @@ pub fn connect_as(
     Ok(ws)
 }
 
-type ClientConn = WebSocket<Stream>;
+/// An event-driven client: its stream under tungstenite lets compressed
+/// messages through (`pollcap::deflate::client`) and counts the bytes
+/// received.
+pub type ClientConn = WebSocket<DeflateStream<Stream>>;
+
+/// Whether the event-driven clients offer permessage-deflate (`--no-deflate`).
+static DEFLATE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// What a client sends: compressed if permessage-deflate was agreed and
+/// the message is at least the default threshold.
+pub fn outbound(ws: &ClientConn, msg: tungstenite::Message) -> tungstenite::Message {
+    ws.get_ref()
+        .outbound(msg, pollcap::deflate::DEFAULT_THRESHOLD)
+}
+
+/// A message a client read, inflated if it came compressed; `None` if it
+/// cannot be (the load treats it as an error).
+pub fn inbound(ws: &mut ClientConn, msg: tungstenite::Message) -> Option<tungstenite::Message> {
+    ws.get_mut().inbound(msg, 64 << 20).ok()
+}
 
 /// C connected clients registered with a client-side reactor (token =
 /// index). Each connects, negotiates TLS (wss://) and upgrades without
@@ -484,12 +550,25 @@ fn open_client(
     use tungstenite::HandshakeError;
     let mut stream = nonblocking_stream(target)?;
     reactor.register(&mut stream, t, Interest::BOTH)?;
-    let request = upgrade_request(target.request.clone(), token, protocols)?;
+    let mut request = upgrade_request(target.request.clone(), token, protocols)?;
+    let offer = DEFLATE.load(std::sync::atomic::Ordering::Relaxed);
+    if offer {
+        request.headers_mut().insert(
+            "Sec-WebSocket-Extensions",
+            tungstenite::http::HeaderValue::from_static(pollcap::deflate::negotiate::CLIENT_OFFER),
+        );
+    }
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    let mut step = tungstenite::client(request, stream);
+    let mut step = tungstenite::client(request, DeflateStream::new(stream));
     let mut ws = loop {
         match step {
-            Ok((ws, _)) => break ws,
+            Ok((mut ws, response)) => {
+                let answer = pollcap::deflate::client::answer_values(&response);
+                ws.get_mut()
+                    .accept_answer(offer, &answer)
+                    .map_err(io::Error::other)?;
+                break ws;
+            }
             Err(HandshakeError::Interrupted(mid)) => {
                 if std::time::Instant::now() > deadline {
                     return Err(io::ErrorKind::TimedOut.into());
@@ -501,8 +580,8 @@ fn open_client(
         }
     };
     // The handshake stopped reading after the response: forget that.
-    pollcap::conn::Transport::end_reading(ws.get_mut());
-    reactor.reregister(ws.get_mut(), t, Interest::READABLE)?;
+    pollcap::conn::Transport::end_reading(ws.get_mut().get_mut());
+    reactor.reregister(ws.get_mut().get_mut(), t, Interest::READABLE)?;
     Ok(ws)
 }
 

@@ -502,7 +502,7 @@ fn expect(got: Result<u16, String>, want: u16) -> Result<(), String> {
 /// Reads holders `keys` until they would block, answering the server's
 /// Pings; a holder the server closed is dropped (reopened later).
 fn serve_holders(
-    holders: &mut [Option<WebSocket<pollcap::stream::Stream>>],
+    holders: &mut [Option<super::super::ClientConn>],
     keys: impl IntoIterator<Item = usize>,
     stats: &MixStats,
 ) {
@@ -553,7 +553,7 @@ fn idle_worker(cfg: &MixConfig, stats: &MixStats, stop: &AtomicBool) {
         Err(e) => return fail(e),
     };
     let token = cfg.token.as_deref();
-    let mut holders: Vec<Option<WebSocket<pollcap::stream::Stream>>> = Vec::new();
+    let mut holders: Vec<Option<super::super::ClientConn>> = Vec::new();
     for t in 0..cfg.idle {
         match open_client(&mut reactor, &target, t, token, &["agent_chat"]) {
             Ok(ws) => {
