@@ -145,9 +145,12 @@ impl<S> Io<S> {
     }
 
     /// Bytes that arrived with the request head: read before the socket,
-    /// through the frame tracker like any other.
-    pub(super) fn unread(&mut self, bytes: Vec<u8>) {
-        debug_assert!(self.spill_at == self.spill.len());
+    /// and before what still waits in the spill (a read of the head can
+    /// stop with bytes there), through the frame tracker like any other.
+    pub(super) fn unread(&mut self, mut bytes: Vec<u8>) {
+        if self.spill_at < self.spill.len() {
+            bytes.extend_from_slice(&self.spill[self.spill_at..]);
+        }
         self.spill = bytes;
         self.spill_at = 0;
     }

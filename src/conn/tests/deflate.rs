@@ -375,3 +375,69 @@ fn the_takeover_mode_compresses_a_run_against_its_history_and_forgets_it_after()
         Message::text(json(1000))
     );
 }
+
+/// Found by the `conn` fuzz target: a head read that stops at the size
+/// limit leaves bytes in the spill behind those read with the head; both
+/// must reach tungstenite, in order.
+#[test]
+fn frames_behind_a_head_read_that_stopped_at_the_limit_keep_their_order() {
+    for offer in [false, true] {
+        let mut h = owner();
+        h.limits.max_head_bytes = 256;
+        let t0 = Instant::now();
+        let texts: Vec<String> = (0..6).map(|i| format!("{i}:{}", json(400))).collect();
+        let mut early = Vec::new();
+        for t in &texts {
+            early.extend(if offer {
+                frame(0xC1, &codec::compress(t.as_bytes(), 15))
+            } else {
+                frame(0x81, t.as_bytes())
+            });
+        }
+        let extra = if offer {
+            format!("Sec-WebSocket-Extensions: {OFFER}")
+        } else {
+            String::new()
+        };
+        let (mut c, head, end) = upgrade(&mut h, t0, &request(&extra), &early);
+        assert!(head.len() < 256, "{}", head.len());
+        h.io(&mut c, t0);
+        let mut ws = deflate_client(&head, end);
+        for t in &texts {
+            let m = ws.read().unwrap();
+            assert_eq!(
+                ws.get_mut().inbound(m, 1 << 20).unwrap(),
+                Message::text(t.clone())
+            );
+        }
+    }
+}
+
+/// What the seam relies on in tungstenite (pinned at 0.30 in Cargo.toml;
+/// the `frame_boundary` fuzz target checks it too): a frame with RSV1 is
+/// refused, and a `Message::Frame` with RSV1 goes out as it is.
+#[test]
+fn tungstenite_still_refuses_rsv1_and_sends_it_unchanged() {
+    let (mut a, b) = duplex();
+    a.write_all(&frame(0xC1, b"x")).unwrap();
+    let mut server = WebSocket::from_raw_socket(b, Role::Server, None);
+    assert!(matches!(
+        server.read(),
+        Err(tungstenite::Error::Protocol(
+            tungstenite::error::ProtocolError::NonZeroReservedBits
+        ))
+    ));
+    let (c, d) = duplex();
+    let mut server = WebSocket::from_raw_socket(c, Role::Server, None);
+    let mut f = tungstenite::protocol::frame::Frame::message(
+        tungstenite::Bytes::from_static(b"zz"),
+        tungstenite::protocol::frame::coding::OpCode::Data(
+            tungstenite::protocol::frame::coding::Data::Text,
+        ),
+        true,
+    );
+    f.header_mut().rsv1 = true;
+    server.send(Message::Frame(f)).unwrap();
+    let sent: Vec<u8> = d.rx.borrow().iter().copied().collect();
+    assert_eq!(sent, b"\xC1\x02zz");
+}
