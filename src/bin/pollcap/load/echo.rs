@@ -149,16 +149,44 @@ pub fn json_message(n: usize, seed: u64) -> String {
 }
 
 impl Payload {
-    /// The `i`-th message a connection sends.
-    fn message(&self, i: u64, bytes: &tungstenite::Bytes) -> Message {
+    /// The `i`-th message connection `conn` sends. No two JSON messages
+    /// are the same, nor two replays of a run: a server that keeps its
+    /// compression context between messages must not find whole messages
+    /// it sent before.
+    fn message(&self, conn: usize, i: u64, bytes: &tungstenite::Bytes) -> Message {
         match self {
             Payload::Bytes(_) => Message::Binary(bytes.clone()),
-            Payload::Json(n) => Message::text(json_message(*n, i % 64)),
+            Payload::Json(n) => Message::text(json_message(*n, ((conn as u64) << 32) + i)),
             Payload::Replay(lines) => {
-                Message::text(lines[(i % lines.len().max(1) as u64) as usize].clone())
+                let n = lines.len().max(1) as u64;
+                let line = &lines[(i % n) as usize];
+                Message::text(with_run_id(line, conn as u64, i / n))
             }
         }
     }
+}
+
+/// `line` with the value of its `"run_id"` replaced by one of the same
+/// length made from `conn` and the replay's `cycle` (a new run each time).
+fn with_run_id(line: &str, conn: u64, cycle: u64) -> String {
+    const KEY: &str = "\"run_id\":\"";
+    let Some(at) = line.find(KEY).map(|a| a + KEY.len()) else {
+        return line.to_string();
+    };
+    let Some(len) = line[at..].find('"') else {
+        return line.to_string();
+    };
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut x = (conn << 32 ^ cycle).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let id: String = (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            ALPHABET[(x % 64) as usize] as char
+        })
+        .collect();
+    format!("{}{id}{}", &line[..at], &line[at + len..])
 }
 
 #[derive(Debug)]
@@ -212,9 +240,9 @@ pub fn echo(
     let t0 = Instant::now();
     let end = t0 + duration;
     let mut live = 0;
-    for (ws, sent, _, _, n) in conns.iter_mut() {
+    for (k, (ws, sent, _, _, n)) in conns.iter_mut().enumerate() {
         *sent = Instant::now();
-        let m = outbound(ws, payload.message(*n, &bytes));
+        let m = outbound(ws, payload.message(k, *n, &bytes));
         *n += 1;
         match ws.send(m) {
             Ok(()) => live += 1,
@@ -253,7 +281,7 @@ pub fn echo(
                             break;
                         }
                         *sent = Instant::now();
-                        let m = outbound(ws, payload.message(*n, &bytes));
+                        let m = outbound(ws, payload.message(ev.token, *n, &bytes));
                         *n += 1;
                         match ws.send(m) {
                             Ok(()) => {}
@@ -312,6 +340,19 @@ pub fn echo(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_replayed_run_gets_a_new_run_id_of_the_same_length() {
+        let line = r#"{"type":"agent_started","run_id":"P84QF_4c0E-jbpYIqHLuWw","seq":1}"#;
+        let a = super::with_run_id(line, 1, 0);
+        let b = super::with_run_id(line, 1, 1);
+        assert_eq!((a.len(), b.len()), (line.len(), line.len()));
+        assert_ne!(a, b);
+        assert!(
+            a.starts_with(r#"{"type":"agent_started","run_id":""#) && a.ends_with(r#"","seq":1}"#)
+        );
+        assert_eq!(super::with_run_id("no id", 1, 1), "no id");
+    }
+
     #[test]
     fn json_messages_have_the_size_asked_for() {
         for n in [20, 32, 95, 96, 1024, 16384] {
