@@ -26,8 +26,10 @@ pub mod stats;
 pub use negotiate::{Agreed, ServerMode};
 
 /// The default `--deflate-threshold`, which the clients use too: messages
-/// shorter than this go uncompressed (measured, BENCHMARKS.md).
-pub const DEFAULT_THRESHOLD: usize = 256;
+/// shorter than this go uncompressed. Measured (BENCHMARKS.md,
+/// "permessage-deflate"): JSON of 256 bytes shrinks by 7 % for 5.5 µs of
+/// server CPU, of 512 bytes by 19 % for 6 µs, of 1 KiB by 33 %.
+pub const DEFAULT_THRESHOLD: usize = 512;
 
 /// Whether and how the server negotiates the extension (`--deflate`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

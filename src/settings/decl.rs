@@ -543,7 +543,7 @@ pub static DECLS: &[Decl] = &[
         help: "Smallest outbound message compressed when permessage-deflate is negotiated \
                (0: every message)",
         group: Group::Limits,
-        default: Default::Fixed("256"),
+        default: Default::Fixed("512"),
         set: |s, v| {
             s.limits.deflate.threshold = v
                 .trim()

@@ -441,3 +441,10 @@ fn tungstenite_still_refuses_rsv1_and_sends_it_unchanged() {
     let sent: Vec<u8> = d.rx.borrow().iter().copied().collect();
     assert_eq!(sent, b"\xC1\x02zz");
 }
+
+#[test]
+fn the_declared_defaults_are_on_and_the_clients_threshold() {
+    let d = Limits::default().deflate;
+    assert_eq!(d.mode, crate::deflate::Mode::On);
+    assert_eq!(d.threshold, crate::deflate::DEFAULT_THRESHOLD);
+}

@@ -167,7 +167,8 @@ impl Payload {
 }
 
 /// `line` with the value of its `"run_id"` replaced by one of the same
-/// length made from `conn` and the replay's `cycle` (a new run each time).
+/// length made from `conn`, the replay's `cycle` and the value itself (a
+/// new id for each run of each replay).
 fn with_run_id(line: &str, conn: u64, cycle: u64) -> String {
     const KEY: &str = "\"run_id\":\"";
     let Some(at) = line.find(KEY).map(|a| a + KEY.len()) else {
@@ -177,7 +178,10 @@ fn with_run_id(line: &str, conn: u64, cycle: u64) -> String {
         return line.to_string();
     };
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut x = (conn << 32 ^ cycle).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let old = line[at..at + len]
+        .bytes()
+        .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+    let mut x = ((conn << 32) ^ cycle ^ old).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let id: String = (0..len)
         .map(|_| {
             x ^= x << 13;
@@ -392,7 +396,7 @@ pub fn agent(
     token: Option<&str>,
     connections: usize,
     duration: Duration,
-    text: Option<&str>,
+    texts: &[String],
     pid: Option<u32>,
 ) -> io::Result<AgentResult> {
     let (mut reactor, mut conns) = open_clients(url, connections, token, &["agent_chat"])?;
@@ -404,7 +408,10 @@ pub fn agent(
     let mut payload_bytes = 0u64;
     let msg = |i: u64| {
         let m = ClientMessage::UserMessage {
-            text: text.map_or_else(|| format!("load test message {i}"), str::to_string),
+            text: match texts.len() {
+                0 => format!("load test message {i}"),
+                n => texts[i as usize % n].clone(),
+            },
             thread_id: String::new(),
             pacing_ms: Some(0),
         };

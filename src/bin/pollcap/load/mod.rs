@@ -80,9 +80,10 @@ enum LoadMode {
         duration: Duration,
         #[arg(long, env = "POLLCAP_TOKEN", hide_env_values = true)]
         token: Option<String>,
-        /// The user_message text [default: "load test message N"].
+        /// The user_message text [default: "load test message N"];
+        /// given more than once, each run takes the next one.
         #[arg(long)]
-        text: Option<String>,
+        text: Vec<String>,
     },
     /// K handshakes from P parallel clients: handshakes/s, p99.
     Storm {
@@ -260,15 +261,8 @@ pub fn command(args: LoadArgs) -> ExitCode {
             duration,
             token,
             text,
-        } => agent(
-            url,
-            token.as_deref(),
-            connections,
-            duration,
-            text.as_deref(),
-            pid,
-        )
-        .map(|r| json(&r.report(connections))),
+        } => agent(url, token.as_deref(), connections, duration, &text, pid)
+            .map(|r| json(&r.report(connections))),
         LoadMode::Storm { count, parallel } => {
             storm(url, count, parallel, pid).map(|r| json(&r.report(parallel)))
         }
