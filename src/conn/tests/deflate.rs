@@ -448,3 +448,29 @@ fn the_declared_defaults_are_on_and_the_clients_threshold() {
     assert_eq!(d.mode, crate::deflate::Mode::On);
     assert_eq!(d.threshold, crate::deflate::DEFAULT_THRESHOLD);
 }
+
+#[test]
+fn an_event_followed_by_two_connections_is_compressed_once() {
+    let stats = crate::deflate::stats::Registry::default();
+    crate::deflate::stats::bind(&stats);
+    let mut h = owner();
+    let t0 = Instant::now();
+    let offer = request(&format!("Sec-WebSocket-Extensions: {OFFER}"));
+    let (mut a, head_a, end_a) = upgrade(&mut h, t0, &offer, b"");
+    let (mut b, head_b, end_b) = upgrade(&mut h, t0, &offer, b"");
+    assert!(a.follow(1, 0) && b.follow(1, 0));
+    // One event, as the store hands the same bytes to every follower.
+    let event = tungstenite::Utf8Bytes::from(json(3000));
+    h.drive(&mut a, t0, |c, cx| c.run_event(1, 1, event.clone(), cx));
+    h.drive(&mut b, t0, |c, cx| c.run_event(1, 1, event.clone(), cx));
+    let counts = stats.snapshot();
+    assert_eq!((counts.out_messages, counts.shared_hits), (2, 1));
+    for (head, end) in [(head_a, end_a), (head_b, end_b)] {
+        let mut ws = deflate_client(&head, end);
+        let m = ws.read().unwrap();
+        assert_eq!(
+            ws.get_mut().inbound(m, 1 << 20).unwrap(),
+            Message::Text(event.clone())
+        );
+    }
+}
