@@ -175,13 +175,36 @@ pub fn compress_with(d: &mut Compress, data: &[u8]) -> Vec<u8> {
             // The flush is complete once the output has room left over.
             Ok(_) if out.len() < out.capacity() => break,
             Ok(_) => out.reserve(out.capacity().max(64)),
-            // Only a misuse of the stream can fail; none is possible here.
-            Err(e) => unreachable!("deflate failed: {e}"),
+            // Only a misuse of the stream can fail, and none is possible
+            // here; were it to happen, the message still goes out valid.
+            Err(e) => {
+                tracing::warn!("deflate failed ({e}); the message goes in stored blocks");
+                d.reset();
+                return stored(data);
+            }
         }
     }
     if out.ends_with(&TAIL) {
         out.truncate(out.len() - TAIL.len());
     }
+    out
+}
+
+/// `data` as deflate stored blocks (no compression), in the form
+/// [`compress_with`] gives: what any inflater reads back as `data`.
+fn stored(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() + data.len() / 65535 * 5 + 6);
+    for chunk in data.chunks(65535) {
+        let len = chunk.len() as u16;
+        // BFINAL 0, BTYPE 00, padded to the byte: 0x00; then LEN, NLEN.
+        out.push(0);
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&(!len).to_le_bytes());
+        out.extend_from_slice(chunk);
+    }
+    // What is left of the sync flush's empty stored block once its
+    // `00 00 ff ff` is taken off.
+    out.push(0);
     out
 }
 
@@ -310,6 +333,14 @@ mod tests {
         assert_eq!(inflate(&z, (8 << 20) - 1), Err(InflateError::TooBig));
         // The thread's decompressor is usable again at once.
         assert_eq!(inflate(&compress(b"ok", 15), 10).unwrap(), b"ok");
+    }
+
+    #[test]
+    fn the_stored_fallback_inflates_to_its_input() {
+        for n in [0, 1, 65535, 65536, 200_000] {
+            let data = json(n);
+            assert_eq!(inflate(&stored(&data), 1 << 20).unwrap(), data, "{n}");
+        }
     }
 
     #[test]
