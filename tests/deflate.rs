@@ -58,7 +58,8 @@ fn the_client_negotiates_and_messages_round_trip_compressed() {
         rep.deflate.as_deref(),
         Some("permessage-deflate; server_no_context_takeover; client_no_context_takeover")
     );
-    for n in [10, 300, 20_000] {
+    // Under, just over, and well over the default threshold (512 bytes).
+    for n in [10, 300, 600, 20_000] {
         let m = Message::text(json(n));
         conn.send(m.clone()).unwrap();
         assert_eq!(conn.recv().unwrap(), m, "{n} bytes");
