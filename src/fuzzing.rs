@@ -5,7 +5,7 @@
 use crate::http::Response;
 
 /// The frame-boundary tracker of `conn::io`, as the connection feeds it.
-pub use crate::conn::boundary::FrameBoundary;
+pub use crate::conn::boundary::{Compressed, FrameBoundary};
 
 /// The subprotocol decision of an upgrade (admission without a server):
 /// the one to select from `offered` given the application's `supported`

@@ -39,6 +39,7 @@ pub mod auth;
 pub mod breaker;
 pub mod client;
 pub mod conn;
+pub mod deflate;
 pub mod frontdoor;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
 use pollcap::conn::{Conn, Cx, Event, PhaseName};
+use pollcap::deflate::{Config, Mode};
 use pollcap::http::{self, Head, Request};
 use pollcap::settings::{Limits, Profile, Timeouts};
 use pollcap_fuzz::{Bytes, Output, Pipe, client_frame, live_heap, upgrade_request};
@@ -69,15 +70,24 @@ const SENT_CODES: [u16; 8] = [1000, 1001, 1002, 1007, 1008, 1009, 1011, 1013];
 
 fn limits(b: &mut Bytes) -> Limits {
     let max_message = [16, 1024, 65536][usize::from(b.byte() % 3)];
+    let (max_frame, max_outbound, read_buffer, max_head_bytes, max_headers, linger) =
+        (b.byte(), b.byte(), b.byte(), b.byte(), b.byte(), b.byte());
     Limits {
         max_message,
-        max_frame: [16, 1024, 65536][usize::from(b.byte() % 3)],
+        max_frame: [16, 1024, 65536][usize::from(max_frame % 3)],
         max_connections: 10,
-        max_outbound: [max_message + 15, 2 * max_message + 64, 1 << 20][usize::from(b.byte() % 3)],
-        read_buffer: [1, 128, 4096][usize::from(b.byte() % 3)],
-        max_head_bytes: [256, 1024, 8192][usize::from(b.byte() % 3)],
-        max_headers: [2, 8, 32][usize::from(b.byte() % 3)],
-        linger_bytes: [0, 100, 1 << 20][usize::from(b.byte() % 3)],
+        max_outbound: [max_message + 15, 2 * max_message + 64, 1 << 20]
+            [usize::from(max_outbound % 3)],
+        read_buffer: [1, 128, 4096][usize::from(read_buffer % 3)],
+        max_head_bytes: [256, 1024, 8192][usize::from(max_head_bytes % 3)],
+        max_headers: [2, 8, 32][usize::from(max_headers % 3)],
+        linger_bytes: [0, 100, 1 << 20][usize::from(linger % 3)],
+        // From the same byte, so that seeds made before keep their meaning
+        // (small bytes: on, threshold 0).
+        deflate: Config {
+            mode: [Mode::On, Mode::Takeover, Mode::Off][usize::from(linger / 3 % 3)],
+            threshold: [0, 64, 1024][usize::from(linger / 9 % 3)],
+        },
     }
 }
 
@@ -329,7 +339,9 @@ impl Harness {
                 + l.max_message
                 + l.max_outbound
                 + 4096)
-            + 512 * 1024;
+            + 512 * 1024
+            // This thread's compressors and decompressor, once made.
+            + 1024 * 1024;
         let p = self.pipe.0.borrow();
         let peer = 2 * (p.inbound.capacity() + p.outbound.capacity()) + 256 * 1024;
         drop(p);
@@ -367,7 +379,9 @@ impl Harness {
 }
 
 /// A client frame from the program: any first byte (FIN, RSV, opcode),
-/// lengths across every header form.
+/// lengths across every header form; with RSV1 and an odd fill, the
+/// payload is deflate data (valid, unless the connection did not
+/// negotiate the extension or the frame is not a message's first).
 fn frame(b: &mut Bytes) -> Vec<u8> {
     let first = b.byte();
     let sel = b.byte();
@@ -382,12 +396,17 @@ fn frame(b: &mut Bytes) -> Vec<u8> {
     } else {
         b.take(len).to_vec()
     };
+    let payload = if first & 0x40 != 0 && fill % 2 == 1 {
+        pollcap::deflate::codec::compress(&payload, 15)
+    } else {
+        payload
+    };
     let mask = [b.byte(), b.byte(), b.byte(), b.byte()];
     client_frame(first, &payload, mask)
 }
 
 fn request(b: &mut Bytes) -> Vec<u8> {
-    let r = match b.byte() % 12 {
+    let r = match b.byte() % 15 {
         0 => upgrade_request("/ws", ""),
         1 => upgrade_request("/ws", "Sec-WebSocket-Protocol: agent_chat\r\n"),
         2 => upgrade_request("/ws", "Sec-WebSocket-Protocol: bearer.abc\r\n"),
@@ -399,6 +418,19 @@ fn request(b: &mut Bytes) -> Vec<u8> {
         8 => upgrade_request("/ws", "").replace("Version: 13", "Version: 8"),
         9 => upgrade_request("/ws", "Content-Length: 5\r\n") + "hello",
         10 => upgrade_request("/ws", "").replace("Sec-WebSocket-Key", "X-Key"),
+        12 => upgrade_request(
+            "/ws",
+            "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n",
+        ),
+        13 => upgrade_request(
+            "/ws",
+            "Sec-WebSocket-Extensions: permessage-deflate; server_max_window_bits=9; \
+             server_no_context_takeover, permessage-deflate\r\nSec-WebSocket-Protocol: agent_chat\r\n",
+        ),
+        14 => upgrade_request(
+            "/ws",
+            "Sec-WebSocket-Extensions: permessage-deflate; x=\"a,b\", permessage-deflate;;\r\n",
+        ),
         _ => "GET / HTTP/1.1\r\n".into(),
     };
     r.into_bytes()

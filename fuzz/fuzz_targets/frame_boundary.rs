@@ -1,8 +1,9 @@
 //! The frame-boundary tracker (src/conn/boundary.rs) against tungstenite's
 //! own parsing of the same bytes, fed in arbitrary pieces.
 //!
-//! Input: one byte of limits, two of chunking, then a program of client
-//! frames (any first byte, every length form, masked or not) and raw bytes.
+//! Input: one byte of limits (its top bit: permessage-deflate on), two of
+//! chunking, then a program of client frames (any first byte, every length
+//! form, masked or not) and raw bytes.
 //!
 //! Invariants:
 //! - wherever the bytes are cut, the tracker says "between messages"
@@ -14,7 +15,16 @@
 //!   swapped for a fresh one at every point the tracker calls "between
 //!   messages" (after reading until it would block, as the connection
 //!   does) reads exactly the messages and the error that one tungstenite
-//!   reading the whole stream reads.
+//!   reading the whole stream reads;
+//! - with permessage-deflate on, the tracker's rewrite as the bytes pass
+//!   (in pieces, stopping at each data message's end) gives tungstenite
+//!   exactly what an offline rewrite of the whole stream gives it (every
+//!   data message's first header with RSV1: RSV1 cleared, Text marked
+//!   Binary), the same messages, the same error, and each message
+//!   reported with the compression the offline pass found for it;
+//! - tungstenite (pinned at 0.30 in Cargo.toml) still refuses a frame
+//!   with RSV1 and still sends a `Message::Frame`'s RSV1 as it is: the
+//!   behaviour the seam relies on.
 
 #![no_main]
 
@@ -24,7 +34,7 @@ use std::io::{self, Cursor, Read, Write};
 use std::rc::Rc;
 
 use libfuzzer_sys::fuzz_target;
-use pollcap::fuzzing::FrameBoundary;
+use pollcap::fuzzing::{Compressed, FrameBoundary};
 use pollcap_fuzz::{Bytes, client_frame};
 use tungstenite::protocol::frame::FrameHeader;
 use tungstenite::protocol::frame::coding::OpCode;
@@ -34,7 +44,7 @@ use tungstenite::{Error, Message};
 fuzz_target!(|data: &[u8]| run(data));
 
 /// The bytes tungstenite reads pass through the tracker first, as in
-/// `conn::Io`.
+/// `conn::Io`: what it does not take goes back to the front of the queue.
 struct Tracked {
     queue: Rc<RefCell<VecDeque<u8>>>,
     frames: Rc<RefCell<FrameBoundary>>,
@@ -50,8 +60,12 @@ impl Read for Tracked {
         for (d, b) in buf.iter_mut().zip(q.drain(..n)) {
             *d = b;
         }
-        self.frames.borrow_mut().feed(&buf[..n]);
-        Ok(n)
+        let kept = self.frames.borrow_mut().feed(&mut buf[..n]);
+        assert!(kept > 0, "the tracker took nothing of {n} bytes");
+        for b in buf[kept..n].iter().rev() {
+            q.push_front(*b);
+        }
+        Ok(kept)
     }
 }
 
@@ -194,12 +208,22 @@ fn describe(m: &Message) -> String {
 }
 
 /// Reads until `WouldBlock`; `Err` ends the stream (an error or a Close).
-fn read_all(ws: &mut WebSocket<Tracked>, log: &mut Vec<String>) -> Result<(), ()> {
+/// A data message is logged with the compression the tracker reports.
+fn read_all(
+    ws: &mut WebSocket<Tracked>,
+    log: &mut Vec<String>,
+    frames: &RefCell<FrameBoundary>,
+    deflate: bool,
+) -> Result<(), ()> {
     loop {
         match ws.read() {
             Ok(m) => {
                 let close = matches!(m, Message::Close(_));
-                log.push(describe(&m));
+                let mut line = describe(&m);
+                if deflate && matches!(m, Message::Text(_) | Message::Binary(_)) {
+                    line.push_str(&format!(" {:?}", frames.borrow().compressed()));
+                }
+                log.push(line);
                 if close {
                     return Err(());
                 }
@@ -213,9 +237,131 @@ fn read_all(ws: &mut WebSocket<Tracked>, log: &mut Vec<String>) -> Result<(), ()
     }
 }
 
+/// tungstenite's behaviour that the seam relies on (a change fails here).
+fn tungstenite_still_refuses_rsv1_and_sends_it() {
+    let mut q = VecDeque::new();
+    q.extend(client_frame(0xC1, b"x", [1, 2, 3, 4]));
+    let queue = Rc::new(RefCell::new(q));
+    let mut ws = WebSocket::from_raw_socket(
+        Plain(queue.clone()),
+        Role::Server,
+        Some(WebSocketConfig::default()),
+    );
+    assert!(
+        matches!(
+            ws.read(),
+            Err(Error::Protocol(
+                tungstenite::error::ProtocolError::NonZeroReservedBits
+            ))
+        ),
+        "tungstenite accepted a frame with RSV1"
+    );
+    let mut out = WebSocket::from_raw_socket(Sink(Vec::new()), Role::Server, None);
+    let mut f = tungstenite::protocol::frame::Frame::message(
+        tungstenite::Bytes::from_static(b"zz"),
+        OpCode::Data(tungstenite::protocol::frame::coding::Data::Text),
+        true,
+    );
+    f.header_mut().rsv1 = true;
+    out.send(Message::Frame(f))
+        .expect("the sink takes everything");
+    assert_eq!(
+        out.get_ref().0,
+        b"\xC1\x02zz",
+        "tungstenite changed a Frame it sent"
+    );
+}
+
+/// Reads a queue, nothing else (the reference reader).
+struct Plain(Rc<RefCell<VecDeque<u8>>>);
+
+impl Read for Plain {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut q = self.0.borrow_mut();
+        if q.is_empty() {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let n = buf.len().min(q.len());
+        for (d, b) in buf.iter_mut().zip(q.drain(..n)) {
+            *d = b;
+        }
+        Ok(n)
+    }
+}
+
+impl Write for Plain {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Collects what is written.
+struct Sink(Vec<u8>);
+
+impl Read for Sink {
+    fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+        Err(io::ErrorKind::WouldBlock.into())
+    }
+}
+
+impl Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The offline rewrite, written from RFC 7692 §6.1 independently of the
+/// tracker: every data frame that starts a message (Text or Binary while
+/// no fragmented message is open) with RSV1 gets RSV1 cleared and the
+/// Binary opcode; the compression of each message, in order. Stops at the
+/// first header tungstenite refuses.
+fn offline_rewrite(s: &[u8]) -> (Vec<u8>, Vec<Option<Compressed>>) {
+    let mut out = s.to_vec();
+    let mut kinds = Vec::new();
+    let mut at = 0usize;
+    let mut open = false;
+    while at < s.len() {
+        let mut cur = Cursor::new(&s[at..]);
+        let Ok(Some((h, len))) = FrameHeader::parse(&mut cur) else {
+            break;
+        };
+        let b0 = s[at];
+        let opcode = b0 & 0x0f;
+        if opcode < 8 {
+            if matches!(opcode, 1 | 2) && !open {
+                let kind = if b0 & 0x40 != 0 {
+                    out[at] = (b0 & !0x4f) | 0x02;
+                    Some(if opcode == 1 {
+                        Compressed::Text
+                    } else {
+                        Compressed::Binary
+                    })
+                } else {
+                    None
+                };
+                kinds.push(kind);
+            }
+            open = !h.is_final;
+        }
+        at = (at as u64 + cur.position())
+            .saturating_add(len)
+            .min(s.len() as u64) as usize;
+    }
+    (out, kinds)
+}
+
 fn run(data: &[u8]) {
+    tungstenite_still_refuses_rsv1_and_sends_it();
     let mut b = Bytes::new(data);
     let c = b.byte();
+    let deflate = c & 0x80 != 0;
     let config = WebSocketConfig::default()
         .read_buffer_size([1, 128, 4096][usize::from(c % 3)])
         .max_frame_size(Some([64, 1024, 70_000][usize::from((c >> 2) % 3)]))
@@ -228,9 +374,13 @@ fn run(data: &[u8]) {
     let (frames, refused) = tungstenite_frames(&stream);
     let last = refused.unwrap_or(u64::MAX);
 
-    // The tracker alone, fed in pieces.
+    // The tracker alone, fed in pieces (all of each piece, in as many
+    // calls as it takes).
     let mut cuts = Vec::new();
     let mut tracker = FrameBoundary::default();
+    if deflate {
+        tracker.set_deflate();
+    }
     let mut expect = Expect::default();
     let mut at = 0;
     while at < stream.len() {
@@ -238,7 +388,13 @@ fn run(data: &[u8]) {
         seed ^= seed >> 17;
         seed ^= seed << 5;
         let n = (1 + seed as usize % piece).min(stream.len() - at);
-        tracker.feed(&stream[at..at + n]);
+        let mut piece = stream[at..at + n].to_vec();
+        let mut took = 0;
+        while took < n {
+            let k = tracker.feed(&mut piece[took..]);
+            assert!(k > 0, "the tracker took nothing");
+            took += k;
+        }
         at += n;
         cuts.push(at);
         if at as u64 > last {
@@ -261,6 +417,9 @@ fn run(data: &[u8]) {
     for (swap, log) in logs.iter_mut().enumerate() {
         let queue = Rc::new(RefCell::new(VecDeque::new()));
         let frames = Rc::new(RefCell::new(FrameBoundary::default()));
+        if deflate {
+            frames.borrow_mut().set_deflate();
+        }
         let io = Tracked {
             queue: queue.clone(),
             frames: frames.clone(),
@@ -270,7 +429,7 @@ fn run(data: &[u8]) {
         for &cut in &cuts {
             queue.borrow_mut().extend(&stream[from..cut]);
             from = cut;
-            if read_all(&mut ws, log).is_err() {
+            if read_all(&mut ws, log, &frames, deflate).is_err() {
                 break;
             }
             if swap == 1 && frames.borrow().between_messages() {
@@ -287,5 +446,45 @@ fn run(data: &[u8]) {
     assert_eq!(
         whole, swapped,
         "a swap at a tracked boundary changed what was read"
+    );
+    if !deflate {
+        return;
+    }
+    // The offline rewrite, read in one go by a plain tungstenite: the same
+    // messages, each with the compression found for it.
+    let (rewritten, kinds) = offline_rewrite(&stream);
+    // The same bytes as the tracked reading was given.
+    let given = cuts.last().copied().unwrap_or(0);
+    let queue = Rc::new(RefCell::new(
+        rewritten[..given].iter().copied().collect::<VecDeque<u8>>(),
+    ));
+    let mut ws = WebSocket::from_raw_socket(Plain(queue), Role::Server, Some(config));
+    let mut reference = Vec::new();
+    let mut data_messages = 0;
+    loop {
+        match ws.read() {
+            Ok(m) => {
+                let close = matches!(m, Message::Close(_));
+                let mut line = describe(&m);
+                if matches!(m, Message::Text(_) | Message::Binary(_)) {
+                    let kind = kinds.get(data_messages).copied().flatten();
+                    line.push_str(&format!(" {kind:?}"));
+                    data_messages += 1;
+                }
+                reference.push(line);
+                if close {
+                    break;
+                }
+            }
+            Err(Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) => {
+                reference.push(format!("error: {e}"));
+                break;
+            }
+        }
+    }
+    assert_eq!(
+        whole, reference,
+        "the rewrite as the bytes pass differs from the offline rewrite"
     );
 }

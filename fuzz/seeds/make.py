@@ -94,6 +94,14 @@ write("conn", "slow-reader", CONN_HEAD[:10] + bytes([0, 2, 0]) + bytes([REQ, 0, 
 write("conn", "trickled-head", CONN_HEAD + b"".join(bytes([0, 8]) + upgrade()[i:i + 8].encode()
                                                     + bytes([READ]) for i in range(0, len(upgrade()), 8)))
 write("conn", "peer-close", CONN_HEAD + echo + frame_op(0x88, 2) + bytes([READ, PEER, 0]))
+# permessage-deflate (request 12 offers it): a compressed text (RSV1, odd
+# fill: the target compresses the payload), then RSV1 on a Ping. The last
+# limits byte also picks the mode: 2 = on, threshold 0; 5 = takeover.
+write("conn", "deflate-echo", CONN_HEAD + bytes([REQ, 12, READ, 0, PEER, 0]) + frame_op(0xC1, 40, fill=1) +
+      bytes([READ, 0, PEER, 0]) + frame_op(0xC9, 1) + bytes([READ, 0, PEER, 0]))
+TAKEOVER_HEAD = CONN_HEAD[:7] + bytes([5]) + CONN_HEAD[8:]
+write("conn", "deflate-takeover-run", TAKEOVER_HEAD + bytes([REQ, 13, READ, 0]) + frame_op(0xC1, 30, fill=1) +
+      bytes([READ, 3, 10, 0, 0x40, 0, 10, 0, 0x10, 0, PEER, 0, 11, 0, 1, TIME, 0x80, PEER, 0]))
 
 # frame_boundary: [limits, cut seed, cut size] then frames (op, first, len
 # selector, fill, mask) and raw bytes (op 7).
@@ -105,6 +113,34 @@ write("frame_boundary", "fragments", bytes([0x15, 3, 2]) + bytes([0, 0x01, 20, 1
 write("frame_boundary", "long-lengths", bytes([0x2A, 5, 4]) + bytes([0, 0x82, 240, 0, 1, 2, 3, 4, 0, 0x82, 241, 0, 1, 2, 3, 4]))
 write("frame_boundary", "unmasked-and-raw", fb + bytes([6, 0x81, 5, 0, 1, 2, 3, 4, 7, 4]) + b"\x81\x85ab")
 write("frame_boundary", "close", fb + bytes([0, 0x81, 3, 0, 1, 1, 1, 1, 0, 0x88, 2, 0, 1, 1, 1, 1, 0, 0x81, 3, 0, 1, 1, 1, 1]))
+# The limits byte's top bit turns permessage-deflate on: a compressed text
+# (RSV1) in two fragments with a Ping between, a compressed binary, RSV1 on
+# a continuation (refused), RSV1 on a Ping (refused).
+fbd = bytes([0x95, 9, 1])
+write("frame_boundary", "deflate-fragments", fbd + bytes([0, 0x41, 6, 1, 1, 2, 3, 4, 0, 0x89, 1, 1, 1, 2, 3, 4,
+                                                        0, 0x80, 6, 1, 1, 2, 3, 4, 0, 0xC2, 12, 1, 5, 6, 7, 8]))
+write("frame_boundary", "deflate-rsv1-continuation", fbd + bytes([0, 0x01, 4, 1, 1, 2, 3, 4, 0, 0xC0, 4, 1, 1, 2, 3, 4]))
+write("frame_boundary", "deflate-rsv1-ping", fbd + bytes([0, 0xC1, 4, 1, 1, 2, 3, 4, 0, 0xC9, 1, 1, 1, 2, 3, 4,
+                                                         0, 0x81, 2, 1, 1, 2, 3, 4]))
+
+
+# deflate: [mode] then, inflate (even): [cap] + bytes; round trip (odd):
+# [window/takeover, piece, seed] then messages (kind, length, bytes or a
+# 4-byte unit, fragments, mask steps...).
+import zlib
+def raw_deflate(data, level=9):
+    c = zlib.compressobj(level, zlib.DEFLATED, -15)
+    z = c.compress(data) + c.flush(zlib.Z_SYNC_FLUSH)
+    return z[:-4]
+write("deflate", "inflate-text", bytes([0, 4]) + raw_deflate(b'{"type":"agent_thinking","delta":"hello"}' * 20))
+write("deflate", "inflate-bomb", bytes([0, 3]) + raw_deflate(bytes(4 << 20)))
+write("deflate", "inflate-garbage", bytes([0, 5]) + b"\xff\xee\xdd\x07\x04\x00")
+final = zlib.compressobj(6, zlib.DEFLATED, -15)
+write("deflate", "inflate-final-then-junk", bytes([0, 2]) + final.compress(b"x") + final.flush() + b"junk")
+write("deflate", "round-trip", bytes([1, 6, 2, 7]) + bytes([1, 40]) + b"hello hello deflate world, hello again!!" + bytes([2, 1]) +
+      bytes([3, 250, 0x61, 0x62, 0x63, 0x64, 3, 5]) + bytes([0, 0, 0, 0]))
+write("deflate", "round-trip-takeover", bytes([1, 0x86, 1, 9]) + bytes([1, 30]) + b'{"type":"agent_thinking","d":1}' +
+      bytes([0, 0]) + bytes([1, 30]) + b'{"type":"agent_thinking","d":2}' + bytes([3, 1]) + bytes([2, 201, 1, 2, 3, 4, 1, 9]))
 
 
 # auth: [mode, secret len, secret, now(2), ttl, sub, tamper(3),

@@ -11,6 +11,7 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 use pollcap::conn::Transport;
+use pollcap::deflate::client::DeflateStream;
 use tungstenite::Message;
 use tungstenite::protocol::{Role, WebSocket, WebSocketConfig};
 
@@ -25,6 +26,12 @@ pub struct Counting;
 pub const MAX_ALLOCATION: usize = 512 << 20;
 
 static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+fn grew(by: usize) {
+    let now = LIVE.fetch_add(by, Relaxed) + by;
+    PEAK.fetch_max(now, Relaxed);
+}
 
 fn too_big(size: usize) {
     if size > MAX_ALLOCATION {
@@ -40,7 +47,7 @@ unsafe impl GlobalAlloc for Counting {
         too_big(l.size());
         let p = unsafe { System.alloc(l) };
         if !p.is_null() {
-            LIVE.fetch_add(l.size(), Relaxed);
+            grew(l.size());
         }
         p
     }
@@ -48,7 +55,7 @@ unsafe impl GlobalAlloc for Counting {
         too_big(l.size());
         let p = unsafe { System.alloc_zeroed(l) };
         if !p.is_null() {
-            LIVE.fetch_add(l.size(), Relaxed);
+            grew(l.size());
         }
         p
     }
@@ -60,8 +67,9 @@ unsafe impl GlobalAlloc for Counting {
         too_big(new);
         let q = unsafe { System.realloc(p, l, new) };
         if !q.is_null() {
+            // Old and new blocks both live during a moving realloc.
+            grew(new);
             LIVE.fetch_sub(l.size(), Relaxed);
-            LIVE.fetch_add(new, Relaxed);
         }
         q
     }
@@ -73,6 +81,15 @@ static GLOBAL: Counting = Counting;
 /// Live heap bytes of the whole process.
 pub fn live_heap() -> usize {
     LIVE.load(Relaxed)
+}
+
+/// The most live heap bytes since the last [`reset_peak_heap`].
+pub fn peak_heap() -> usize {
+    PEAK.load(Relaxed)
+}
+
+pub fn reset_peak_heap() {
+    PEAK.store(LIVE.load(Relaxed), Relaxed);
 }
 
 /// Reads a fuzz input front to back; past its end every byte is 0, so a
@@ -347,7 +364,10 @@ enum Stage {
     Over,
     Frames {
         queue: Rc<RefCell<VecDeque<u8>>>,
-        client: Box<WebSocket<Feed>>,
+        /// Under tungstenite, the library's client stream: it lets the
+        /// server's compressed messages through when the 101 agreed to
+        /// permessage-deflate, and they must inflate.
+        client: Box<WebSocket<DeflateStream<Feed>>>,
     },
     /// The server's Close frame was read: nothing may follow.
     Closed,
@@ -411,11 +431,17 @@ impl Output {
                             .read_buffer_size(4096)
                             .max_message_size(None)
                             .max_frame_size(None);
-                        let client = WebSocket::from_raw_socket(
-                            Feed(queue.clone()),
-                            Role::Client,
-                            Some(config),
-                        );
+                        let mut stream = DeflateStream::new(Feed(queue.clone()));
+                        let answer: Vec<&str> = head
+                            .headers
+                            .iter()
+                            .filter(|(n, _)| n.eq_ignore_ascii_case("sec-websocket-extensions"))
+                            .map(|(_, v)| v.as_str())
+                            .collect();
+                        stream
+                            .accept(&answer)
+                            .map_err(|e| format!("101 with an invalid extension answer: {e}"))?;
+                        let client = WebSocket::from_raw_socket(stream, Role::Client, Some(config));
                         self.stage = Stage::Frames {
                             queue,
                             client: Box::new(client),
@@ -456,7 +482,12 @@ impl Output {
                                 }
                                 break;
                             }
-                            Ok(_) => self.messages += 1,
+                            Ok(m) => {
+                                client.get_mut().inbound(m, usize::MAX >> 1).map_err(|e| {
+                                    format!("a compressed server message does not inflate: {e}")
+                                })?;
+                                self.messages += 1;
+                            }
                             Err(tungstenite::Error::Io(e))
                                 if e.kind() == io::ErrorKind::WouldBlock =>
                             {

@@ -3,22 +3,26 @@
 
 use std::time::{Duration, Instant};
 
-use tungstenite::protocol::WebSocket;
+use tungstenite::protocol::{WebSocket, WebSocketConfig};
 use tungstenite::{Error as WsError, Message};
 
 use super::stream::timed_out;
 use super::{ClientConfig, ClientError, ClientStream};
+use crate::deflate::client::DeflateStream;
 
 /// An open connection; every call has its deadline.
 #[derive(Debug)]
 pub struct Connection {
-    ws: WebSocket<ClientStream>,
+    ws: WebSocket<DeflateStream<ClientStream>>,
     receive_timeout: Duration,
     close_timeout: Duration,
 }
 
 impl Connection {
-    pub(super) fn new(ws: WebSocket<ClientStream>, cfg: &ClientConfig) -> Connection {
+    pub(super) fn new(
+        ws: WebSocket<DeflateStream<ClientStream>>,
+        cfg: &ClientConfig,
+    ) -> Connection {
         Connection {
             ws,
             receive_timeout: cfg.receive_timeout,
@@ -27,12 +31,16 @@ impl Connection {
     }
 
     fn set_deadline(&mut self, d: Duration) {
-        self.ws.get_mut().set_deadline(Instant::now() + d);
+        self.ws.get_mut().get_mut().set_deadline(Instant::now() + d);
     }
 
     /// Sends one message, completing within the receive timeout.
     pub fn send(&mut self, msg: Message) -> Result<(), ClientError> {
         self.set_deadline(self.receive_timeout);
+        let msg = self
+            .ws
+            .get_ref()
+            .outbound(msg, crate::deflate::DEFAULT_THRESHOLD);
         match self.ws.send(msg) {
             Ok(()) => Ok(()),
             Err(e) if timed_out(&e) => Err(ClientError::SendTimeout(self.receive_timeout)),
@@ -46,7 +54,13 @@ impl Connection {
         self.set_deadline(self.receive_timeout);
         loop {
             match self.ws.read() {
-                Ok(m @ (Message::Text(_) | Message::Binary(_))) => return Ok(m),
+                Ok(m @ (Message::Text(_) | Message::Binary(_))) => {
+                    let max = WebSocketConfig::default()
+                        .max_message_size
+                        .unwrap_or(usize::MAX);
+                    return (self.ws.get_mut().inbound(m, max))
+                        .map_err(|e| ClientError::Protocol(e.to_string()));
+                }
                 Ok(Message::Close(frame)) => return Err(ClientError::Closed(frame)),
                 Ok(_) => {} // Ping (answered by tungstenite), Pong, raw frame
                 Err(e) if timed_out(&e) => {
@@ -71,7 +85,12 @@ impl Connection {
     /// down both ways. The server keeps this connection's runs going (a
     /// Close frame would cancel them), ready to be resumed.
     pub fn abort(self) {
-        let _ = self.ws.get_ref().tcp().shutdown(std::net::Shutdown::Both);
+        let _ = self
+            .ws
+            .get_ref()
+            .get_ref()
+            .tcp()
+            .shutdown(std::net::Shutdown::Both);
     }
 
     /// Sends a normal Close and waits for the server's, within the close

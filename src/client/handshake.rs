@@ -15,6 +15,7 @@ use tungstenite::protocol::{WebSocket, WebSocketConfig};
 
 use super::stream::timed_out;
 use super::{ClientConfig, ClientError, ClientStream};
+use crate::deflate::client::DeflateStream;
 
 /// The upgrade request: `request` with the configured headers and the
 /// subprotocols on offer. A header that cannot be sent is an
@@ -34,6 +35,10 @@ pub(super) fn request(mut request: Request, cfg: &ClientConfig) -> Result<Reques
             .map_err(|e| ClientError::InvalidUrl(format!("subprotocols {list:?}: {e}")))?;
         headers.insert("Sec-WebSocket-Protocol", value);
     }
+    if cfg.deflate {
+        let offer = HeaderValue::from_static(crate::deflate::negotiate::CLIENT_OFFER);
+        headers.insert("Sec-WebSocket-Extensions", offer);
+    }
     Ok(request)
 }
 
@@ -41,37 +46,58 @@ pub(super) fn request(mut request: Request, cfg: &ClientConfig) -> Result<Reques
 pub(super) struct Negotiated {
     /// The subprotocol the server selected.
     pub subprotocol: Option<String>,
+    /// The permessage-deflate agreement, as answered.
+    pub deflate: Option<String>,
 }
 
 impl Negotiated {
-    fn from_response(response: &Response) -> Result<Negotiated, ClientError> {
+    /// Reads the 101; an extension answer the client may not accept
+    /// (RFC 7692 §5) fails the connection here.
+    fn from_response(
+        response: &Response,
+        stream: &mut DeflateStream<ClientStream>,
+        offered: bool,
+    ) -> Result<Negotiated, ClientError> {
         let subprotocol = response
             .headers()
             .get("Sec-WebSocket-Protocol")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        Ok(Negotiated { subprotocol })
+        let answer = crate::deflate::client::answer_values(response);
+        let deflate = stream
+            .accept_answer(offered, &answer)
+            .map_err(ClientError::Handshake)?
+            .map(|a| a.header_value());
+        Ok(Negotiated {
+            subprotocol,
+            deflate,
+        })
     }
 }
 
 /// An upgraded connection.
 pub(super) struct Upgraded {
-    pub ws: WebSocket<ClientStream>,
+    pub ws: WebSocket<DeflateStream<ClientStream>>,
     pub negotiated: Negotiated,
     /// From sending the request to the end of the 101.
     pub took: Duration,
 }
 
-/// Sends `request` on `stream` and reads the response, all within `limit`.
+/// Sends `request` on `stream` and reads the response, all within the
+/// handshake timeout.
 pub(super) fn upgrade(
     request: Request,
     mut stream: ClientStream,
-    limit: Duration,
+    cfg: &ClientConfig,
 ) -> Result<Upgraded, ClientError> {
+    let limit = cfg.handshake_timeout;
     let t0 = Instant::now();
     stream.set_deadline(t0 + limit);
     let config = WebSocketConfig::default().read_buffer_size(16 * 1024);
-    let (ws, response) = tungstenite::client::client_with_config(request, stream, Some(config))
+    // Under tungstenite: lets compressed messages through (see
+    // `deflate::client`).
+    let stream = DeflateStream::new(stream);
+    let (mut ws, response) = tungstenite::client::client_with_config(request, stream, Some(config))
         .map_err(|e| match e {
             HandshakeError::Failure(WsError::Http(resp)) => rejected(&resp),
             HandshakeError::Failure(e) if timed_out(&e) => ClientError::HandshakeTimeout(limit),
@@ -79,7 +105,7 @@ pub(super) fn upgrade(
             // Only a non-blocking stream interrupts; ours times out instead.
             HandshakeError::Interrupted(_) => ClientError::HandshakeTimeout(limit),
         })?;
-    let negotiated = Negotiated::from_response(&response)?;
+    let negotiated = Negotiated::from_response(&response, ws.get_mut(), cfg.deflate)?;
     Ok(Upgraded {
         ws,
         negotiated,

@@ -75,6 +75,9 @@ pub struct ClientConfig {
     /// PEM file of the CA(s) to trust for `wss://` (a private CA);
     /// `None` trusts the built-in web roots (`webpki-roots`).
     pub ca_file: Option<std::path::PathBuf>,
+    /// Offer permessage-deflate (on by default); what the server answered
+    /// is in [`ConnectReport::deflate`].
+    pub deflate: bool,
 }
 
 impl Default for ClientConfig {
@@ -93,6 +96,7 @@ impl Default for ClientConfig {
             breaker_recovery: Duration::from_secs(30),
             tls_timeout: Duration::from_secs(5),
             ca_file: None,
+            deflate: true,
         }
     }
 }
@@ -152,6 +156,9 @@ pub struct ConnectReport {
     pub handshake: Duration,
     /// The subprotocol the server selected.
     pub subprotocol: Option<String>,
+    /// The permessage-deflate agreement, as the server answered it
+    /// (`None`: not negotiated, or not offered).
+    pub deflate: Option<String>,
 }
 
 /// Connects with retries, backoff and the breaker; reusable across
@@ -265,7 +272,7 @@ impl Client {
         let request = handshake::request(target.request, &self.cfg)?;
         let connected = connect::open(&target.host, target.port, connect_in)?;
         let (stream, tls) = self.secure(&target.host, target.secure, connected.tcp)?;
-        let upgraded = handshake::upgrade(request, stream, self.cfg.handshake_timeout)?;
+        let upgraded = handshake::upgrade(request, stream, &self.cfg)?;
         let report = ConnectReport {
             attempts: 1,
             addr: connected.addr,
@@ -275,6 +282,7 @@ impl Client {
             tls_version: tls.and_then(|t| t.version),
             handshake: upgraded.took,
             subprotocol: upgraded.negotiated.subprotocol,
+            deflate: upgraded.negotiated.deflate,
         };
         Ok((Connection::new(upgraded.ws, &self.cfg), report))
     }

@@ -3,19 +3,57 @@
 //! tungstenite holds no inbound bytes and no unfinished message, and may
 //! swap it for a fresh one to give back buffers grown by a burst
 //! (tungstenite keeps their capacity and offers no way to shrink them).
+//!
+//! With permessage-deflate negotiated it is also where a compressed
+//! message gets past tungstenite, which fails any frame with RSV1 set and
+//! offers no hook (RFC 7692 is not implemented there). The first header
+//! of a data message with RSV1 set is rewritten as it passes, before
+//! tungstenite reads it: RSV1 cleared and Text marked Binary (the payload
+//! is deflate data, not UTF-8), both facts remembered until the message
+//! is complete and the connection inflates it. tungstenite goes on doing
+//! everything else: fragmentation, limits, control frames, masking. RSV1
+//! anywhere else — a continuation, a control frame, a connection that did
+//! not negotiate the extension — is left alone, and tungstenite fails the
+//! connection with 1002 as before. So that "the message being completed"
+//! is always the one whose first header was seen last, reading stops at
+//! the end of each data message ([`FrameBoundary::feed`] returns how much
+//! it took): tungstenite never holds bytes of the next message while it
+//! completes one. The `frame_boundary` fuzz target checks both against
+//! tungstenite (whose minor version Cargo.toml pins).
+
+/// `flags` bits.
+const IN_MESSAGE: u8 = 1;
+/// permessage-deflate was negotiated: rewrite compressed first frames and
+/// stop after each data message.
+const DEFLATE: u8 = 2;
+/// The data message begun last came compressed…
+const COMPRESSED: u8 = 4;
+/// …and as a text message.
+const TEXT: u8 = 8;
+/// The frame whose payload is being skipped ends a data message.
+const ENDS_MESSAGE: u8 = 16;
 
 /// Where the inbound stream stands relative to frame boundaries.
 #[derive(Debug, Default)]
 pub struct FrameBoundary {
-    // Field order and a u8 length keep this at 32 bytes: every connection
+    // Field order and u8 fields keep this at 32 bytes: every connection
     // carries one.
     head: [u8; 14],
     head_len: u8,
-    /// A fragmented data message has started and its final frame not come.
-    in_message: bool,
+    /// [`IN_MESSAGE`] (a fragmented data message has started and its final
+    /// frame not come) and the permessage-deflate bits.
+    flags: u8,
     payload_left: u64,
     /// Largest frame payload seen since the last [`FrameBoundary::reset_largest`].
     largest: u64,
+}
+
+/// How a compressed message arrived: the connection inflates it once
+/// tungstenite has it whole.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compressed {
+    Text,
+    Binary,
 }
 
 /// Length of a frame header given its first two bytes.
@@ -30,23 +68,56 @@ fn header_len(b0_b1: [u8; 2]) -> usize {
 }
 
 impl FrameBoundary {
-    /// Observes bytes in the order they were read from the socket.
-    pub fn feed(&mut self, mut bytes: &[u8]) {
-        while !bytes.is_empty() {
+    /// Observes bytes in the order they are handed to tungstenite,
+    /// rewriting the first header byte of a compressed message when
+    /// permessage-deflate is on. Returns how many of them were taken: all
+    /// of them, except with permessage-deflate, where it stops right
+    /// after the last byte of a data message. At least one byte is taken
+    /// from any non-empty input.
+    pub fn feed(&mut self, bytes: &mut [u8]) -> usize {
+        let mut at = 0;
+        while at < bytes.len() {
             if self.payload_left > 0 {
-                let k = (bytes.len() as u64).min(self.payload_left);
+                let k = ((bytes.len() - at) as u64).min(self.payload_left);
                 self.payload_left -= k;
-                bytes = &bytes[k as usize..];
-                continue;
+                at += k as usize;
+            } else {
+                if self.head_len == 0 {
+                    self.first_header_byte(&mut bytes[at]);
+                }
+                self.head[usize::from(self.head_len)] = bytes[at];
+                self.head_len += 1;
+                at += 1;
+                if self.head_len >= 2
+                    && usize::from(self.head_len) == header_len([self.head[0], self.head[1]])
+                {
+                    self.end_of_header();
+                }
             }
-            self.head[usize::from(self.head_len)] = bytes[0];
-            self.head_len += 1;
-            bytes = &bytes[1..];
-            if self.head_len >= 2
-                && usize::from(self.head_len) == header_len([self.head[0], self.head[1]])
+            if self.payload_left == 0
+                && self.head_len == 0
+                && self.flags & (DEFLATE | ENDS_MESSAGE) == DEFLATE | ENDS_MESSAGE
             {
-                self.end_of_header();
+                self.flags &= !ENDS_MESSAGE;
+                return at;
             }
+        }
+        at
+    }
+
+    /// The first byte of a frame header: a compressed message's first
+    /// frame is rewritten and remembered.
+    fn first_header_byte(&mut self, b0: &mut u8) {
+        let opcode = *b0 & 0x0f;
+        let first_data = matches!(opcode, 1 | 2) && self.flags & IN_MESSAGE == 0;
+        if self.flags & DEFLATE == 0 || !first_data {
+            return;
+        }
+        self.flags &= !(COMPRESSED | TEXT);
+        if *b0 & 0x40 != 0 {
+            // RSV1 off, opcode Binary; FIN, RSV2 and RSV3 as they were.
+            *b0 = (*b0 & !0x4f) | 0x02;
+            self.flags |= COMPRESSED | if opcode == 1 { TEXT } else { 0 };
         }
     }
 
@@ -61,17 +132,40 @@ impl FrameBoundary {
         };
         // Data frames (continuation 0, text 1, binary 2) open or continue a
         // message until FIN; control frames (8–15) may interleave.
+        self.flags &= !ENDS_MESSAGE;
         if opcode < 8 {
-            self.in_message = !fin;
+            if fin {
+                self.flags &= !IN_MESSAGE;
+                self.flags |= ENDS_MESSAGE;
+            } else {
+                self.flags |= IN_MESSAGE;
+            }
         }
         self.largest = self.largest.max(len);
         self.payload_left = len;
         self.head_len = 0;
     }
 
+    /// Turns the permessage-deflate rewrite on (the extension was
+    /// negotiated).
+    pub fn set_deflate(&mut self) {
+        self.flags |= DEFLATE;
+    }
+
+    /// How the data message begun last arrived, if compressed. Called
+    /// when tungstenite reports it complete: reading stopped at its end,
+    /// so no later message has begun.
+    pub fn compressed(&self) -> Option<Compressed> {
+        match self.flags & (COMPRESSED | TEXT) {
+            f if f == COMPRESSED | TEXT => Some(Compressed::Text),
+            COMPRESSED => Some(Compressed::Binary),
+            _ => None,
+        }
+    }
+
     /// True between whole messages: no partial header, payload or message.
     pub fn between_messages(&self) -> bool {
-        self.head_len == 0 && self.payload_left == 0 && !self.in_message
+        self.head_len == 0 && self.payload_left == 0 && self.flags & IN_MESSAGE == 0
     }
 
     pub fn largest(&self) -> u64 {
@@ -116,9 +210,9 @@ mod tests {
         for len in [0, 1, 125, 126, 65535, 65536, 200_000] {
             let mut b = FrameBoundary::default();
             let f = frame(true, 2, len);
-            b.feed(&f[..f.len() - 1]);
+            b.feed(&mut f.clone()[..f.len() - 1]);
             assert!(!b.between_messages(), "{len}: one byte short");
-            b.feed(&f[f.len() - 1..]);
+            b.feed(&mut f.clone()[f.len() - 1..]);
             assert!(b.between_messages(), "{len}");
             assert_eq!(b.largest(), len as u64);
         }
@@ -132,7 +226,7 @@ mod tests {
         let mut b = FrameBoundary::default();
         let mut boundaries = Vec::new();
         for (i, byte) in stream.iter().enumerate() {
-            b.feed(&[*byte]);
+            b.feed(&mut [*byte]);
             if b.between_messages() {
                 boundaries.push(i + 1);
             }
@@ -145,13 +239,13 @@ mod tests {
     #[test]
     fn a_fragmented_message_is_open_until_its_final_frame_even_across_pings() {
         let mut b = FrameBoundary::default();
-        b.feed(&frame(false, 1, 10));
+        b.feed(&mut frame(false, 1, 10));
         assert!(!b.between_messages(), "first fragment");
-        b.feed(&frame(true, 9, 0));
+        b.feed(&mut frame(true, 9, 0));
         assert!(!b.between_messages(), "a Ping inside the message");
-        b.feed(&frame(false, 0, 10));
+        b.feed(&mut frame(false, 0, 10));
         assert!(!b.between_messages(), "middle fragment");
-        b.feed(&frame(true, 0, 10));
+        b.feed(&mut frame(true, 0, 10));
         assert!(b.between_messages(), "final fragment");
         b.reset_largest();
         assert_eq!(b.largest(), 0);

@@ -11,7 +11,8 @@ use std::time::Instant;
 use tungstenite::protocol::{Role, WebSocket};
 
 use super::boundary::FrameBoundary;
-use super::{Conn, Cx, Event, Open, Phase, TimeoutPhase, ws_config};
+use super::{Conn, Cx, Event, Open, Phase, TimeoutPhase, deflate, ws_config};
+use crate::deflate::stats::{self, Counter};
 use crate::http::{self, HeadLimits, Parsed, Response};
 
 /// What follows a written response.
@@ -75,11 +76,12 @@ impl<S: Transport> Conn<S> {
             Parsed::Partial => {}
             Parsed::Invalid(r) => self.write_response(r, After::Close, cx),
             Parsed::Complete { head, len } => {
-                let Phase::Head { io, buf, .. } =
+                let Phase::Head { mut io, buf, .. } =
                     std::mem::replace(&mut self.phase, Phase::Done(None))
                 else {
                     unreachable!("matched Head above")
                 };
+                io.deflate = deflate::negotiate(&head, cx.limits);
                 self.phase = Phase::Decide {
                     io,
                     buf,
@@ -108,16 +110,20 @@ impl<S: Transport> Conn<S> {
     /// `protocol`, if any), then opens the WebSocket. Ignored unless an
     /// upgrade request with a key is waiting for its answer.
     pub fn accept(&mut self, protocol: Option<&str>, cx: &mut Cx) {
-        let Phase::Decide { buf, len, key, .. } = &mut self.phase else {
+        let Phase::Decide {
+            buf, len, key, io, ..
+        } = &mut self.phase
+        else {
             return;
         };
         let Some(key) = key.take() else {
             return;
         };
         let leftover = buf.split_off(*len);
+        let extension = io.deflate.map(|a| a.header_value());
         let r = Response {
             status: 101,
-            bytes: http::switching_protocols(&key, protocol),
+            bytes: http::switching_protocols_with(&key, protocol, extension.as_deref()),
         };
         self.write_response(r, After::Upgrade { leftover }, cx);
     }
@@ -251,9 +257,14 @@ impl<S: Transport> Conn<S> {
         let mut io = io;
         // The tracker saw the request head too: frames start after it.
         io.frames = FrameBoundary::default();
-        io.frames.feed(&leftover);
-        let ws =
-            WebSocket::from_partially_read(io, leftover, Role::Server, Some(ws_config(cx.limits)));
+        if io.deflate.is_some() {
+            io.frames.set_deflate();
+            stats::add(Counter::Negotiated, 1);
+        }
+        // Frames that came with the head are read like any others, through
+        // the tracker (which may rewrite their headers).
+        io.unread(leftover);
+        let ws = WebSocket::from_raw_socket(io, Role::Server, Some(ws_config(cx.limits)));
         self.phase = Phase::Open {
             ws: Box::new(ws),
             open: Open {
@@ -265,6 +276,7 @@ impl<S: Transport> Conn<S> {
                 drain_by: None,
                 pushed: 0,
                 pongs_owed: 0,
+                following: false,
             },
         };
         // Frames may have arrived with the request head, or while the

@@ -1,20 +1,28 @@
 //! What the connection needs of the byte stream under it ([`Transport`]),
 //! the wrapper it puts between that stream and tungstenite ([`Io`]), and
 //! the buffer sizing that goes with it: batching thresholds, and giving
-//! back the buffers a burst grew ([`COMPACT_OVER`]).
+//! back the buffers a message grew ([`KEEP_GROWN`]).
 
 use std::io::{self, Read, Write};
 
 use tungstenite::protocol::WebSocketConfig;
 
 use super::boundary::FrameBoundary;
+use crate::deflate::Agreed;
+use crate::deflate::codec::History;
 use crate::settings::Limits;
 
-/// A burst (one inbound frame, or outbound bytes queued between two moments
-/// of an empty write buffer) above this leaves tungstenite's buffers grown;
-/// the connection then swaps tungstenite for a fresh one at the next point
-/// where nothing is buffered either way. Below it, capacity is kept.
-pub(super) const COMPACT_OVER: usize = 32 * 1024;
+/// What tungstenite may keep, per connection, of the buffer capacity a
+/// message grew: its read buffer keeps the size of the largest frame read
+/// (the frame is split off the same allocation) and its write buffer that
+/// of the largest batch written. When a frame or a batch was larger, the
+/// connection swaps tungstenite for a fresh one at the next point where
+/// nothing is buffered either way, so that a quiet connection is back to
+/// its idle footprint. tungstenite offers no way to shrink its buffers, and
+/// a fresh one costs about what a message costs the allocator anyway: a
+/// `Box` and a read buffer allocated, the grown buffers freed (measured in
+/// BENCHMARKS.md, "Idle means idle").
+pub(super) const KEEP_GROWN: usize = 256;
 
 /// Batching threshold for outbound frames: below it, frames queue and go
 /// out in one write when the owner flushes.
@@ -98,6 +106,12 @@ pub struct Io<S> {
     drained: bool,
     pub(super) bytes_in: u64,
     pub(super) frames: FrameBoundary,
+    /// The permessage-deflate agreement: offered in the 101 while the
+    /// request waits for its answer, in force once open.
+    pub(super) deflate: Option<Agreed>,
+    /// `--deflate takeover` only: what this connection sent compressed
+    /// last, while it follows a run (dropped when it has none left).
+    pub(super) history: Option<Box<History>>,
     spill: Vec<u8>,
     spill_at: usize,
 }
@@ -118,6 +132,8 @@ impl<S> Io<S> {
             drained: false,
             bytes_in: 0,
             frames: FrameBoundary::default(),
+            deflate: None,
+            history: None,
             spill: Vec::new(),
             spill_at: 0,
         }
@@ -128,17 +144,15 @@ impl<S> Io<S> {
         self.spill.capacity()
     }
 
-    fn take_spill(&mut self, buf: &mut [u8]) -> usize {
-        let rest = &self.spill[self.spill_at..];
-        let n = rest.len().min(buf.len());
-        buf[..n].copy_from_slice(&rest[..n]);
-        self.spill_at += n;
-        if self.spill_at == self.spill.len() {
-            // Give the memory back: an idle connection holds no spill.
-            self.spill = Vec::new();
-            self.spill_at = 0;
+    /// Bytes that arrived with the request head: read before the socket,
+    /// and before what still waits in the spill (a read of the head can
+    /// stop with bytes there), through the frame tracker like any other.
+    pub(super) fn unread(&mut self, mut bytes: Vec<u8>) {
+        if self.spill_at < self.spill.len() {
+            bytes.extend_from_slice(&self.spill[self.spill_at..]);
         }
-        n
+        self.spill = bytes;
+        self.spill_at = 0;
     }
 }
 
@@ -166,25 +180,42 @@ impl<S: Transport> Read for Io<S> {
             // all go to the spill).
             return Ok(0);
         }
-        let n = if self.spill_at < self.spill.len() {
-            self.take_spill(buf)
-        } else if std::mem::take(&mut self.drained) {
+        // What the frame tracker does not take (it stops at the end of a
+        // data message under permessage-deflate) waits in the spill.
+        if self.spill_at < self.spill.len() {
+            let rest = &self.spill[self.spill_at..];
+            let n = rest.len().min(buf.len());
+            buf[..n].copy_from_slice(&rest[..n]);
+            let kept = self.frames.feed(&mut buf[..n]);
+            self.spill_at += kept;
+            if self.spill_at == self.spill.len() {
+                // Give the memory back: an idle connection holds no spill.
+                self.spill = Vec::new();
+                self.spill_at = 0;
+            }
+            return Ok(kept);
+        }
+        if std::mem::take(&mut self.drained) {
             return Err(io::ErrorKind::WouldBlock.into());
-        } else if buf.len() >= SCRATCH / 4 {
-            self.read_socket(buf)?
-        } else {
-            SCRATCH_BUF.with_borrow_mut(|scratch| -> io::Result<usize> {
-                let got = self.read_socket(scratch)?;
-                let n = got.min(buf.len());
-                buf[..n].copy_from_slice(&scratch[..n]);
-                if got > n {
-                    self.spill = scratch[n..got].to_vec();
-                }
-                Ok(n)
-            })?
-        };
-        self.frames.feed(&buf[..n]);
-        Ok(n)
+        }
+        if buf.len() >= SCRATCH / 4 {
+            let n = self.read_socket(buf)?;
+            let kept = self.frames.feed(&mut buf[..n]);
+            if kept < n {
+                self.spill = buf[kept..n].to_vec();
+            }
+            return Ok(kept);
+        }
+        SCRATCH_BUF.with_borrow_mut(|scratch| -> io::Result<usize> {
+            let got = self.read_socket(scratch)?;
+            let n = got.min(buf.len());
+            buf[..n].copy_from_slice(&scratch[..n]);
+            let kept = self.frames.feed(&mut buf[..n]);
+            if got > kept {
+                self.spill = scratch[kept..got].to_vec();
+            }
+            Ok(kept)
+        })
     }
 }
 

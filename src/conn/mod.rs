@@ -24,9 +24,11 @@
 //! `linger` (the lingering close after a response that ends the
 //! connection), `ws` (the open and closing phases over tungstenite), `io`
 //! (the transport wrapper and buffer sizing), `boundary` (frame
-//! boundaries, for giving buffers back).
+//! boundaries, for giving buffers back and for the permessage-deflate
+//! rewrite), `deflate` (compression).
 
 pub(crate) mod boundary;
+mod deflate;
 mod event;
 mod head;
 mod io;
@@ -80,6 +82,10 @@ struct Open {
     /// Pong bytes owed since the write buffer was last empty: a peer that
     /// pings without reading the answers is a slow consumer too.
     pongs_owed: usize,
+    /// The owner's run layer sent a run's event here and has not said the
+    /// connection follows nothing since ([`Conn::runs_settled`]): the
+    /// takeover mode keeps its compression history while this holds.
+    following: bool,
 }
 
 enum Phase<S> {
@@ -367,10 +373,11 @@ impl<S: Transport> Conn<S> {
     /// The owner's run layer: this connection follows no run any more. A
     /// drain waiting for its runs closes now.
     pub fn runs_settled(&mut self, cx: &mut Cx) {
-        if let Phase::Open { open, .. } = &self.phase
-            && open.drain_by.is_some()
-        {
-            self.begin_close(1001, "server shutting down", cx);
+        if let Phase::Open { open, .. } = &mut self.phase {
+            open.following = false;
+            if open.drain_by.is_some() {
+                self.begin_close(1001, "server shutting down", cx);
+            }
         }
     }
 

@@ -12,8 +12,8 @@ use tungstenite::protocol::frame::CloseFrame;
 use tungstenite::protocol::{Role, WebSocket};
 use tungstenite::{Error as WsError, Message};
 
-use super::io::COMPACT_OVER;
-use super::{Conn, Cx, Event, Phase, TimeoutPhase};
+use super::io::KEEP_GROWN;
+use super::{Conn, Cx, Event, Phase, TimeoutPhase, deflate};
 
 /// Frames read in one call without a message to report (control frames;
 /// anything while closing) before the owner gets the connection back.
@@ -76,7 +76,10 @@ impl<S: Transport> Conn<S> {
                 Message::Text(_) | Message::Binary(_) => {
                     open.last_app = cx.now;
                     self.more_input = true;
-                    cx.events.push(Event::Message(msg));
+                    match deflate::inbound(ws.get_ref(), msg, cx.limits) {
+                        Ok(msg) => cx.events.push(Event::Message(msg)),
+                        Err(refused) => self.refuse(refused, cx),
+                    }
                     break;
                 }
                 Message::Close(_) => {
@@ -127,6 +130,7 @@ impl<S: Transport> Conn<S> {
             return;
         };
         open.last_app = cx.now;
+        let msg = deflate::outbound(ws.get_mut(), msg, cx.limits, open.following);
         open.pushed = open.pushed.saturating_add(msg.len());
         match ws.write(msg) {
             Ok(()) => {}
@@ -137,6 +141,16 @@ impl<S: Transport> Conn<S> {
             }
             Err(e) => self.fail(e),
         }
+    }
+
+    /// [`Conn::send`] for an event of a run this connection follows, as
+    /// the owner's run layer forwards it: until [`Conn::runs_settled`],
+    /// the takeover mode may compress against the messages before.
+    pub fn send_run(&mut self, msg: Message, cx: &mut Cx) {
+        if let Phase::Open { open, .. } = &mut self.phase {
+            open.following = true;
+        }
+        self.send(msg, cx);
     }
 
     /// Writes whatever is queued, as far as the socket takes it. The owner
@@ -182,18 +196,22 @@ impl<S: Transport> Conn<S> {
     }
 
     /// Called with the write buffer empty. tungstenite keeps the capacity a
-    /// burst grew its buffers to until the connection closes (measured:
-    /// +1.96 MiB per connection after one 1 MB echo); when a burst passed
-    /// and nothing is buffered either way — no inbound bytes (every
-    /// complete frame was read: reads run until `WouldBlock`), no
-    /// unfinished message, nothing to write — a fresh tungstenite with the
-    /// same configuration loses nothing and gives the memory back.
+    /// message grew its buffers to until the connection closes (measured:
+    /// +16 KiB per connection after one 8 KiB echo, +1.96 MiB after one
+    /// 1 MB echo); when a frame or a batch above [`KEEP_GROWN`] passed and
+    /// nothing is buffered either way — no inbound bytes (every complete
+    /// frame was read: reads run until `WouldBlock`), no unfinished
+    /// message, nothing to write — a fresh tungstenite with the same
+    /// configuration loses nothing and gives the memory back.
     fn compact(&mut self, cx: &mut Cx) {
         let Phase::Open { ws, open } = &mut self.phase else {
             return;
         };
+        if !open.following {
+            deflate::quiet(ws.get_mut());
+        }
         let frames = &ws.get_ref().frames;
-        let burst = frames.largest() > COMPACT_OVER as u64 || open.pushed > COMPACT_OVER;
+        let burst = frames.largest() > KEEP_GROWN as u64 || open.pushed > KEEP_GROWN;
         if !burst {
             open.pushed = 0;
             return;

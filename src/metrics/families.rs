@@ -5,7 +5,7 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 
-use super::{AGENT_CODES, CLOSE_CODES, COUNTERS, HTTP_STATUSES, LingerEnd, Refused, TimeoutPhase};
+use super::{AGENT_CODES, CLOSE_CODES, HTTP_STATUSES, LingerEnd, Refused, TimeoutPhase};
 use crate::histogram::Snapshot;
 use crate::metrics::Report;
 
@@ -152,11 +152,6 @@ pub struct Family {
     pub kind: Kind,
     pub health: HealthAt,
     pub read: fn(&Report) -> Values,
-}
-
-/// Every family: the plain counters first, then the rest.
-pub fn families() -> impl Iterator<Item = &'static Family> {
-    COUNTERS.iter().chain(FAMILIES)
 }
 
 /// The families that are not plain counters.

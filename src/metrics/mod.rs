@@ -7,6 +7,7 @@
 //! The counters are plain atomics bumped per connection event, never per
 //! message, so the hot path stays free of shared cache lines.
 
+mod compression;
 mod families;
 mod render;
 
@@ -14,7 +15,16 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 pub use crate::conn::{LingerEnd, TimeoutPhase};
 pub use crate::frontdoor::Refused;
-pub use families::{FAMILIES, Family, HealthAt, Kind, Num, Sample, Values, families};
+pub use families::{FAMILIES, Family, HealthAt, Kind, Num, Sample, Values};
+
+/// Every family: the plain counters first, then the rest, compression
+/// last.
+pub fn families() -> impl Iterator<Item = &'static Family> {
+    COUNTERS
+        .iter()
+        .chain(FAMILIES)
+        .chain(compression::COMPRESSION)
+}
 pub use render::{AgentView, BreakerView, FrontDoorView, Report};
 
 use crate::frontdoor::RefusalLog;
@@ -61,6 +71,8 @@ macro_rules! counters {
             pub refusal_log: RefusalLog,
             /// Agent runs that failed, by code ([`AGENT_CODES`]).
             pub agent_failures: [AtomicU64; AGENT_CODES.len()],
+            /// permessage-deflate counters, one slot per reactor thread.
+            pub deflate: crate::deflate::stats::Registry,
         }
 
         #[cfg(test)]

@@ -10,7 +10,8 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::ServerMetrics;
-use super::families::{HealthAt, Num, Values, families};
+use super::families;
+use super::families::{HealthAt, Num, Values};
 use crate::auth::JwksView;
 use crate::reactor::StatsSnapshot;
 use crate::settings::{Group, Settings};

@@ -145,6 +145,7 @@ impl Worker {
 
     pub(super) fn run(mut self) -> io::Result<()> {
         tracing::debug!(reactor = self.index, "reactor started");
+        crate::deflate::stats::bind(&self.shared.metrics.deflate);
         loop {
             let turn = if self.backlog.is_empty() && self.agents.backlog.is_empty() {
                 self.reactor.turn()?
@@ -340,7 +341,7 @@ impl Worker {
                     }
                     self.drive_conn(conn, now, |e, cx| {
                         for text in batch {
-                            e.conn.send(tungstenite::Message::Text(text), cx);
+                            e.conn.send_run(tungstenite::Message::Text(text), cx);
                         }
                     });
                 }
@@ -640,7 +641,7 @@ impl Worker {
 fn apply_here(here: ConnRef, e: &mut Entry, effect: Effect, cx: &mut Cx) -> Option<Effect> {
     match effect {
         Effect::Send { conn, text } if conn == here => {
-            e.conn.send(tungstenite::Message::Text(text), cx)
+            e.conn.send_run(tungstenite::Message::Text(text), cx)
         }
         Effect::Settled { conn } if conn == here => e.conn.runs_settled(cx),
         Effect::Close { conn, code, reason } if conn == here => {

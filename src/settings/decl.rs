@@ -604,6 +604,46 @@ pub static DECLS: &[Decl] = &[
         "67108864",
         "Bytes read and discarded after a refusal before closing anyway"
     ),
+    // permessage-deflate (RFC 7692): negotiated when a client offers it,
+    // with no context takeover either way, so that one compressor per
+    // reactor thread serves every connection and an idle connection costs
+    // nothing more with it. The threshold was measured (BENCHMARKS.md,
+    // "permessage-deflate"): below it a message goes uncompressed.
+    Decl {
+        name: "deflate",
+        flag: Some("deflate"),
+        env: Some("POLLCAP_DEFLATE"),
+        kind: Kind::Value,
+        value_name: "on|off|takeover",
+        help: "Negotiate permessage-deflate compression when a client offers it (takeover: \
+               keep the context while a connection follows a run)",
+        group: Group::Limits,
+        default: Default::Fixed("on"),
+        set: |s, v| {
+            s.limits.deflate.mode = crate::deflate::Mode::parse(v)?;
+            Ok(())
+        },
+        show: |s| Some(s.limits.deflate.mode.name().into()),
+    },
+    Decl {
+        name: "deflate_threshold",
+        flag: Some("deflate-threshold"),
+        env: Some("POLLCAP_DEFLATE_THRESHOLD"),
+        kind: Kind::Value,
+        value_name: "BYTES",
+        help: "Smallest outbound message compressed when permessage-deflate is negotiated \
+               (0: every message)",
+        group: Group::Limits,
+        default: Default::Fixed("512"),
+        set: |s, v| {
+            s.limits.deflate.threshold = v
+                .trim()
+                .parse()
+                .map_err(|_| "must be a whole number of bytes >= 0")?;
+            Ok(())
+        },
+        show: |s| Some(s.limits.deflate.threshold.into()),
+    },
     Decl {
         name: "log_format",
         flag: Some("log-format"),

@@ -86,6 +86,9 @@ pub struct Limits {
     pub max_headers: usize,
     /// Bytes a lingering close discards before it closes anyway.
     pub linger_bytes: usize,
+    /// permessage-deflate: whether it is negotiated, and from which
+    /// message size it compresses.
+    pub deflate: crate::deflate::Config,
 }
 
 impl std::default::Default for Limits {
@@ -297,6 +300,7 @@ impl Settings {
                 max_head_bytes: 0,
                 max_headers: 0,
                 linger_bytes: 0,
+                deflate: crate::deflate::Config::OFF,
             },
             threads: 1,
             log_format: LogFormat::Auto,

@@ -131,6 +131,37 @@ def test_a_run_renders_every_event_type_in_order(browser, server_factory):
         browser.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": []})
 
 
+def test_the_page_socket_negotiates_permessage_deflate_and_a_run_completes(browser, server_factory):
+    """Chromium offers permessage-deflate on every WebSocket; the page's own
+    socket (opened from the server's origin) reports what was agreed in
+    WebSocket.extensions, which the page keeps on #status."""
+    srv = server_factory()
+    browser.get(srv.http + "/")
+    wait_status(browser, "open", "compressed")
+    ext = browser.find_element(By.ID, "status").get_attribute("data-extensions")
+    assert ext == "permessage-deflate; server_no_context_takeover; client_no_context_takeover", ext
+    # A long message (compressed by Chromium, over the threshold) and a
+    # long final answer (compressed by the server).
+    text = "compress this " * 60
+    send(browser, text)
+    wait(browser, "agent_completed", completed, timeout=15)
+    check_run(events(browser), text.strip())
+    m = {}
+    for line in urllib.request.urlopen(srv.http + "/metrics", timeout=5).read().decode().splitlines():
+        if line and not line.startswith("#"):
+            k, v = line.rsplit(" ", 1)
+            m[k] = float(v)
+    assert m["pollcap_deflate_negotiated_total"] >= 1, m
+    assert m['pollcap_deflate_messages_total{direction="in"}'] >= 1
+    assert m['pollcap_deflate_messages_total{direction="out"}'] >= 1
+    # With compression off the page still works, uncompressed.
+    off = server_factory(POLLCAP_DEFLATE="off")
+    browser.get(off.http + "/")
+    wait_status(browser, "open", "connected")
+    assert browser.find_element(By.ID, "status").get_attribute("data-extensions") == ""
+    assert "compressed" not in status(browser)[1]
+
+
 def health_value(driver, key):
     return driver.find_element(By.CSS_SELECTOR, f'#health [data-k="{key}"]').text
 

@@ -1,11 +1,16 @@
 // Echo server on Bun (uWebSockets), a peer for scripts/bench-peers:
-//   bun benches/peers/bun/echo.mjs PORT [--tls CERT KEY] [--ping-seconds N]
+//   bun benches/peers/bun/echo.mjs PORT [--tls CERT KEY] [--ping-seconds N] [--deflate]
 // Listens on 127.0.0.1 only. Text and binary messages are echoed as they
 // came; uWebSockets answers pings and the closing handshake itself.
 // Bun.serve() refuses a `websocket` handler alone (it needs `fetch` or
 // `routes`): `fetch` upgrades, anything else gets 400 + Connection: close.
 // Its listen backlog is uSockets' fixed 512 (ss -ltn); Bun.serve has no option.
 // Install Bun with scripts/peers-install (npm's bun@1 into .cache/bun).
+//
+// --deflate: `perMessageDeflate: true`, Bun's documented switch: uWebSockets'
+// shared compressor and decompressor, answering `client_no_context_takeover;
+// server_no_context_takeover` (no memory per socket). Without it Bun declines
+// the extension.
 //
 // Heartbeat. Bun has no ping interval: it has `idleTimeout` (seconds, default
 // 120, at most 960) and `sendPings` (default true). What uWebSockets does with
@@ -24,7 +29,7 @@
 // it, Bun's defaults apply: a ping after ~104 s of silence.
 
 const args = process.argv.slice(2);
-const usage = "usage: echo.mjs PORT [--tls CERT KEY] [--ping-seconds N]";
+const usage = "usage: echo.mjs PORT [--tls CERT KEY] [--ping-seconds N] [--deflate]";
 const port = Number(args[0]);
 if (!Number.isInteger(port) || port <= 0 || port > 65535) {
   console.error(usage);
@@ -32,10 +37,13 @@ if (!Number.isInteger(port) || port <= 0 || port > 65535) {
 }
 let tls;
 let pingSeconds;
+let deflate = false;
 for (let i = 1; i < args.length; i++) {
   if (args[i] === "--tls" && i + 2 < args.length) {
     tls = { cert: Bun.file(args[i + 1]), key: Bun.file(args[i + 2]) };
     i += 2;
+  } else if (args[i] === "--deflate") {
+    deflate = true;
   } else if (args[i] === "--ping-seconds" && i + 1 < args.length) {
     pingSeconds = Number(args[++i]);
     if (!(pingSeconds > 0)) {
@@ -56,10 +64,13 @@ function idleTimeoutFor(seconds) {
   return Math.min(n + 16, 960);
 }
 
+// Bun compresses a message only when `send` is asked to (its second
+// argument), whatever perMessageDeflate says.
 const websocket = {
   message(ws, m) {
-    ws.send(m);
+    ws.send(m, deflate);
   },
+  perMessageDeflate: deflate,
 };
 if (pingSeconds !== undefined) {
   websocket.idleTimeout = idleTimeoutFor(pingSeconds);
@@ -84,7 +95,7 @@ const scheme = tls ? "wss" : "ws";
 const ping = websocket.idleTimeout
   ? `, idleTimeout ${websocket.idleTimeout} s with sendPings`
   : "";
-console.error(`bun echo: ${scheme}://127.0.0.1:${server.port}${ping}`);
+console.error(`bun echo: ${scheme}://127.0.0.1:${server.port}${ping}${deflate ? ", perMessageDeflate" : ""}`);
 for (const sig of ["SIGTERM", "SIGINT"]) {
   process.on(sig, () => {
     server.stop(true);

@@ -51,6 +51,9 @@ pub struct ReportJson<'a> {
     verdict: &'a str,
     attempts: u32,
     events: usize,
+    /// Whether permessage-deflate was offered, and the server's answer.
+    deflate_offered: bool,
+    deflate: Option<&'a str>,
     phases: Vec<PhaseJson<'a>>,
 }
 
@@ -70,6 +73,10 @@ pub struct ProbeReport {
     pub events: usize,
     pub ok: bool,
     pub verdict: String,
+    /// permessage-deflate was offered (`--no-deflate` turns it off).
+    pub deflate_offered: bool,
+    /// The server's permessage-deflate answer, if it negotiated it.
+    pub deflate: Option<String>,
 }
 
 impl ProbeReport {
@@ -91,6 +98,8 @@ impl ProbeReport {
             events: 0,
             ok: false,
             verdict: String::new(),
+            deflate_offered: false,
+            deflate: None,
         }
     }
 
@@ -131,6 +140,8 @@ impl ProbeReport {
             verdict: &self.verdict,
             attempts: self.attempts,
             events: self.events,
+            deflate_offered: self.deflate_offered,
+            deflate: self.deflate.as_deref(),
             phases: self
                 .phases
                 .iter()
@@ -208,6 +219,10 @@ pub struct ProbeArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
+    /// Do not offer permessage-deflate compression (offered by default;
+    /// the verdict says whether the endpoint negotiated it).
+    #[arg(long)]
+    no_deflate: bool,
 }
 
 /// `pollcap probe`: exit 0 only when every phase passed, 1 when one
@@ -256,6 +271,7 @@ pub fn command(args: ProbeArgs) -> ExitCode {
         cfg = cfg.bearer(t);
     }
     cfg.ca_file = args.ca_file.clone();
+    cfg.deflate = !args.no_deflate;
     let report = probe(&args.url, cfg, &args.text, args.drop_after);
     if args.json {
         println!(
@@ -377,6 +393,7 @@ impl RunCheck {
 /// events without a Close frame, then reconnect and resume.
 pub fn probe(url: &str, mut cfg: ClientConfig, text: &str, drop_after: Option<u64>) -> ProbeReport {
     let mut report = ProbeReport::new(url, drop_after.is_some());
+    report.deflate_offered = cfg.deflate;
     cfg.subprotocols = vec!["agent_chat".into()];
     let mut client = Client::new(cfg);
     let (mut conn, rep) = match client.connect(url) {
@@ -391,6 +408,7 @@ pub fn probe(url: &str, mut cfg: ClientConfig, text: &str, drop_after: Option<u6
         }
     };
     report.attempts = rep.attempts;
+    report.deflate = rep.deflate.clone();
     report.pass("dns", rep.dns, String::new());
     report.pass("tcp", rep.tcp, rep.addr.to_string());
     if let Some(tls) = rep.tls {
@@ -403,7 +421,7 @@ pub fn probe(url: &str, mut cfg: ClientConfig, text: &str, drop_after: Option<u6
         );
         return report.fail("handshake", Some(rep.handshake), why);
     }
-    report.pass("handshake", rep.handshake, "agent_chat".into());
+    report.pass("handshake", rep.handshake, handshake_detail(&report));
 
     let msg = ClientMessage::UserMessage {
         text: text.to_string(),
@@ -506,14 +524,38 @@ pub fn probe(url: &str, mut cfg: ClientConfig, text: &str, drop_after: Option<u6
         None => String::new(),
     };
     report.verdict = format!(
-        "OK: all five event types in order, {} events in {:.1} ms{resumed} (total {:.1} ms, {} attempt{})",
+        "OK: all five event types in order, {} events in {:.1} ms{resumed} (total {:.1} ms, {} attempt{}); {}",
         report.events,
         all.as_secs_f64() * 1e3,
         total.as_secs_f64() * 1e3,
         report.attempts,
-        if report.attempts == 1 { "" } else { "s" }
+        if report.attempts == 1 { "" } else { "s" },
+        compression(&report)
     );
     report
+}
+
+/// The handshake line's detail: the subprotocol and what compression the
+/// server answered.
+fn handshake_detail(r: &ProbeReport) -> String {
+    match &r.deflate {
+        Some(a) => format!("agent_chat, {a}"),
+        None => "agent_chat".into(),
+    }
+}
+
+/// Whether compression was negotiated, for the verdict. Offered and not
+/// answered is worth seeing: a server with it off, or a proxy in between
+/// that strips the extension.
+fn compression(r: &ProbeReport) -> &'static str {
+    match (r.deflate_offered, r.deflate.is_some()) {
+        (_, true) => "permessage-deflate negotiated",
+        (true, false) => {
+            "permessage-deflate offered but not negotiated (the server declined it, or a proxy \
+             stripped it)"
+        }
+        (false, false) => "permessage-deflate not offered (--no-deflate)",
+    }
 }
 
 #[cfg(test)]

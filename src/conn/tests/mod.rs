@@ -261,4 +261,5 @@ fn refused(h: &mut Owner, t0: Instant, request: &[u8]) -> (Conn<End>, End) {
 
 mod closing;
 mod deadlines;
+mod deflate;
 mod reading;

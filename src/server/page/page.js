@@ -104,7 +104,11 @@
     conn.attempt = 0;
     conn.retryWhy = '';
     const hs = conn.tOpen - conn.tConnect;
-    setStatus('open', `connected · handshake ${ms(hs)}` + (ws.protocol === 'agent_chat' ? '' : ' · no agent_chat selected'));
+    // What the browser and the server agreed (permessage-deflate when both
+    // compress), shown and kept for scripts on #status.
+    ui.status.dataset.extensions = ws.extensions;
+    const compressed = ws.extensions.startsWith('permessage-deflate') ? ' · compressed' : '';
+    setStatus('open', `connected · handshake ${ms(hs)}${compressed}` + (ws.protocol === 'agent_chat' ? '' : ' · no agent_chat selected'));
     if (run && !run.finished) {
       if (!run.sentAt) transmit(run);
       else if (run.id) resume(run);

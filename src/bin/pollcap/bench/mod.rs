@@ -216,7 +216,7 @@ fn idle_cost(
     let srv = ChildServer::start(cfg, kind, cap, env)?;
     let mut out = Vec::new();
     for &n in &cfg.idle_counts {
-        let r = super::load::idle(&srv.url(), n, cfg.hold, ramp, Some(srv.pid()))?;
+        let r = super::load::idle(&srv.url(), n, cfg.hold, ramp, None, Some(srv.pid()))?;
         out.push(IdleCost {
             connections: n,
             heartbeats,
@@ -288,7 +288,7 @@ fn measure(
     let e = super::load::echo(
         &srv.url(),
         cfg.echo_connections,
-        32,
+        &super::load::Payload::Bytes(32),
         cfg.echo_duration,
         Some(srv.pid()),
     )?;

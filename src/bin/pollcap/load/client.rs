@@ -9,6 +9,7 @@ use std::time::Duration;
 use tungstenite::WebSocket;
 use tungstenite::handshake::client::Request;
 
+use pollcap::deflate::client::DeflateStream;
 use pollcap::reactor::{BackendKind, CapStrategy, Interest, Reactor};
 use pollcap::stream::Stream;
 use pollcap::tls::TlsStream;
@@ -197,7 +198,26 @@ pub fn connect_as(
     Ok(ws)
 }
 
-type ClientConn = WebSocket<Stream>;
+/// An event-driven client: its stream under tungstenite lets compressed
+/// messages through (`pollcap::deflate::client`) and counts the bytes
+/// received.
+pub type ClientConn = WebSocket<DeflateStream<Stream>>;
+
+/// Whether the event-driven clients offer permessage-deflate (`--no-deflate`).
+pub static DEFLATE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// What a client sends: compressed if permessage-deflate was agreed and
+/// the message is at least the default threshold.
+pub fn outbound(ws: &ClientConn, msg: tungstenite::Message) -> tungstenite::Message {
+    ws.get_ref()
+        .outbound(msg, pollcap::deflate::DEFAULT_THRESHOLD)
+}
+
+/// A message a client read, inflated if it came compressed; `None` if it
+/// cannot be (the load treats it as an error).
+pub fn inbound(ws: &mut ClientConn, msg: tungstenite::Message) -> Option<tungstenite::Message> {
+    ws.get_mut().inbound(msg, 64 << 20).ok()
+}
 
 /// C connected clients registered with a client-side reactor (token =
 /// index). Each connects, negotiates TLS (wss://) and upgrades without
@@ -238,12 +258,25 @@ pub fn open_client(
     use tungstenite::HandshakeError;
     let mut stream = nonblocking_stream(target)?;
     reactor.register(&mut stream, t, Interest::BOTH)?;
-    let request = upgrade_request(target.request.clone(), token, protocols)?;
+    let mut request = upgrade_request(target.request.clone(), token, protocols)?;
+    let offer = DEFLATE.load(std::sync::atomic::Ordering::Relaxed);
+    if offer {
+        request.headers_mut().insert(
+            "Sec-WebSocket-Extensions",
+            tungstenite::http::HeaderValue::from_static(pollcap::deflate::negotiate::CLIENT_OFFER),
+        );
+    }
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    let mut step = tungstenite::client(request, stream);
+    let mut step = tungstenite::client(request, DeflateStream::new(stream));
     let mut ws = loop {
         match step {
-            Ok((ws, _)) => break ws,
+            Ok((mut ws, response)) => {
+                let answer = pollcap::deflate::client::answer_values(&response);
+                ws.get_mut()
+                    .accept_answer(offer, &answer)
+                    .map_err(io::Error::other)?;
+                break ws;
+            }
             Err(HandshakeError::Interrupted(mid)) => {
                 if std::time::Instant::now() > deadline {
                     return Err(io::ErrorKind::TimedOut.into());
@@ -255,8 +288,8 @@ pub fn open_client(
         }
     };
     // The handshake stopped reading after the response: forget that.
-    pollcap::conn::Transport::end_reading(ws.get_mut());
-    reactor.reregister(ws.get_mut(), t, Interest::READABLE)?;
+    pollcap::conn::Transport::end_reading(ws.get_mut().get_mut());
+    reactor.reregister(ws.get_mut().get_mut(), t, Interest::READABLE)?;
     Ok(ws)
 }
 

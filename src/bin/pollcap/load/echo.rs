@@ -11,11 +11,197 @@ use pollcap::apps::agent_chat::ClientMessage;
 use pollcap::reactor::Interest;
 use serde::Serialize;
 
-use super::{open_clients, percentiles, sample, us_per, would_block};
+use super::{inbound, open_clients, outbound, percentiles, sample, us_per, would_block};
+
+/// What `load echo` sends.
+pub enum Payload {
+    /// S bytes of 'x' (binary).
+    Bytes(usize),
+    /// An S-byte JSON text message: an agent event's shape and words.
+    Json(usize),
+    /// These text messages in turn.
+    Replay(Vec<String>),
+}
+
+/// Words of an agent's answer, for JSON payloads that compress like text.
+const WORDS: &[&str] = &[
+    "the",
+    "reactor",
+    "caps",
+    "every",
+    "wait",
+    "on",
+    "poller",
+    "and",
+    "each",
+    "connection",
+    "phase",
+    "has",
+    "a",
+    "deadline",
+    "when",
+    "peer",
+    "stalls",
+    "server",
+    "closes",
+    "it",
+    "after",
+    "heartbeat",
+    "timeout",
+    "run",
+    "outlives",
+    "its",
+    "client",
+    "resume",
+    "from",
+    "store",
+    "events",
+    "are",
+    "stamped",
+    "with",
+    "seq",
+    "so",
+    "gap",
+    "reorder",
+    "can",
+    "be",
+    "told",
+    "apart",
+    "load",
+    "balancer",
+    "drops",
+    "silent",
+    "peers",
+    "sixty",
+    "seconds",
+    "tokens",
+    "stream",
+    "as",
+    "deltas",
+    "final",
+    "answer",
+    "carries",
+    "whole",
+    "text",
+    "again",
+    "mobile",
+    "links",
+    "flaky",
+    "compression",
+    "saves",
+    "bytes",
+    "memory",
+    "idle",
+    "costs",
+    "nothing",
+    "more",
+    "but",
+    "cpu",
+    "per",
+    "message",
+    "matters",
+    "to",
+    "operators",
+    "of",
+    "chat",
+    "backends",
+    "in",
+    "containers",
+    "kubernetes",
+    "cloud",
+    "windows",
+    "timers",
+    "soft",
+    "hard",
+    "slack",
+    "wakeups",
+    "second",
+    "budget",
+    "bounded",
+];
+
+/// A JSON text message of exactly `n` bytes: an agent_thinking event (or,
+/// when that does not fit, `{"delta":"…"}`), its words drawn by a fixed generator
+/// from `seed`.
+pub fn json_message(n: usize, seed: u64) -> String {
+    let event = format!(
+        "{{\"type\":\"agent_thinking\",\"run_id\":\"Zq3kP0aX-7Vb2Qm9LrT1sA\",\"seq\":{},\"delta\":\"",
+        seed % 1000
+    );
+    let event_tail = "\",\"ts\":1796528844179}";
+    let (head, tail) = if n >= event.len() + event_tail.len() {
+        (event, event_tail)
+    } else {
+        ("{\"delta\":\"".to_string(), "\"}")
+    };
+    let room = n.saturating_sub(head.len() + tail.len());
+    let mut text = String::with_capacity(room + 16);
+    let mut x = seed.wrapping_mul(6_364_136_223_846_793_005) | 1;
+    while text.len() < room {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        text.push_str(WORDS[(x % WORDS.len() as u64) as usize]);
+        text.push(' ');
+    }
+    text.truncate(room);
+    head + &text + tail
+}
+
+impl Payload {
+    /// The `i`-th message connection `conn` sends. No two JSON messages
+    /// are the same, nor two replays of a run: a server that keeps its
+    /// compression context between messages must not find whole messages
+    /// it sent before.
+    fn message(&self, conn: usize, i: u64, bytes: &tungstenite::Bytes) -> Message {
+        match self {
+            Payload::Bytes(_) => Message::Binary(bytes.clone()),
+            Payload::Json(n) => Message::text(json_message(*n, ((conn as u64) << 32) + i)),
+            Payload::Replay(lines) => {
+                let n = lines.len().max(1) as u64;
+                let line = &lines[(i % n) as usize];
+                Message::text(with_run_id(line, conn as u64, i / n))
+            }
+        }
+    }
+}
+
+/// `line` with the value of its `"run_id"` replaced by one of the same
+/// length made from `conn`, the replay's `cycle` and the value itself (a
+/// new id for each run of each replay).
+fn with_run_id(line: &str, conn: u64, cycle: u64) -> String {
+    const KEY: &str = "\"run_id\":\"";
+    let Some(at) = line.find(KEY).map(|a| a + KEY.len()) else {
+        return line.to_string();
+    };
+    let Some(len) = line[at..].find('"') else {
+        return line.to_string();
+    };
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let old = line[at..at + len]
+        .bytes()
+        .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+    let mut x = ((conn << 32) ^ cycle ^ old).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let id: String = (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            ALPHABET[(x % 64) as usize] as char
+        })
+        .collect();
+    format!("{}{id}{}", &line[..at], &line[at + len..])
+}
 
 #[derive(Debug)]
 pub struct EchoResult {
     pub messages: u64,
+    /// Bytes the clients read from their sockets (replies on the wire).
+    pub wire_bytes: u64,
+    /// Payload bytes of the replies (inflated).
+    pub payload_bytes: u64,
+    /// Connections that negotiated permessage-deflate.
+    pub deflate: usize,
     pub elapsed: Duration,
     pub p50_us: u64,
     pub p99_us: u64,
@@ -31,25 +217,38 @@ pub struct EchoResult {
 pub fn echo(
     url: &str,
     connections: usize,
-    size: usize,
+    payload: &Payload,
     duration: Duration,
     pid: Option<u32>,
 ) -> io::Result<EchoResult> {
     let (mut reactor, clients) = open_clients(url, connections, None, &[])?;
+    let deflate = clients
+        .iter()
+        .filter(|ws| ws.get_ref().agreed().is_some())
+        .count();
+    let received_at_start: u64 = clients.iter().map(|ws| ws.get_ref().received()).sum();
+    // (client, sent at, interest, closed, messages sent)
     let mut conns: Vec<_> = clients
         .into_iter()
-        .map(|ws| (ws, Instant::now(), Interest::READABLE, false))
+        .map(|ws| (ws, Instant::now(), Interest::READABLE, false, 0u64))
         .collect();
-    let payload = tungstenite::Bytes::from(vec![b'x'; size]);
+    let size = match payload {
+        Payload::Bytes(n) | Payload::Json(n) => *n,
+        Payload::Replay(_) => 0,
+    };
+    let bytes = tungstenite::Bytes::from(vec![b'x'; size]);
     let mut rtts: Vec<u64> = Vec::with_capacity(1 << 20);
+    let mut payload_bytes = 0u64;
     let mut errors = 0u64;
     let before = sample(pid);
     let t0 = Instant::now();
     let end = t0 + duration;
     let mut live = 0;
-    for (ws, sent, _, _) in conns.iter_mut() {
+    for (k, (ws, sent, _, _, n)) in conns.iter_mut().enumerate() {
         *sent = Instant::now();
-        match ws.send(Message::Binary(payload.clone())) {
+        let m = outbound(ws, payload.message(k, *n, &bytes));
+        *n += 1;
+        match ws.send(m) {
             Ok(()) => live += 1,
             Err(e) if would_block(&e) => live += 1,
             Err(_) => errors += 1,
@@ -61,7 +260,7 @@ pub fn echo(
         let done = turn.now >= end;
         for i in 0..reactor.events().len() {
             let ev = reactor.events()[i];
-            let (ws, sent, interest, closed) = &mut conns[ev.token];
+            let (ws, sent, interest, closed, n) = &mut conns[ev.token];
             if *closed {
                 continue;
             }
@@ -69,8 +268,15 @@ pub fn echo(
                 let _ = ws.flush();
             }
             loop {
-                match ws.read() {
-                    Ok(Message::Binary(_)) => {
+                let reply = match ws.read() {
+                    Ok(m @ (Message::Binary(_) | Message::Text(_))) => inbound(ws, m).ok_or(()),
+                    Ok(_) => continue,
+                    Err(e) if would_block(&e) => break,
+                    Err(_) => Err(()),
+                };
+                match reply {
+                    Ok(reply) => {
+                        payload_bytes += reply.len() as u64;
                         rtts.push(sent.elapsed().as_micros() as u64);
                         if done {
                             let _ = ws.close(None);
@@ -79,7 +285,9 @@ pub fn echo(
                             break;
                         }
                         *sent = Instant::now();
-                        match ws.send(Message::Binary(payload.clone())) {
+                        let m = outbound(ws, payload.message(ev.token, *n, &bytes));
+                        *n += 1;
+                        match ws.send(m) {
                             Ok(()) => {}
                             Err(e) if would_block(&e) => {}
                             Err(_) => {
@@ -90,11 +298,7 @@ pub fn echo(
                             }
                         }
                     }
-                    Ok(_) => {}
-                    Err(e) if would_block(&e) => {
-                        break;
-                    }
-                    Err(_) => {
+                    Err(()) => {
                         errors += 1;
                         *closed = true;
                         live -= 1;
@@ -111,7 +315,7 @@ pub fn echo(
                 _ => Interest::READABLE,
             };
             if want != *interest {
-                reactor.reregister(ws.get_mut(), ev.token, want)?;
+                reactor.reregister(ws.get_mut().get_mut(), ev.token, want)?;
                 *interest = want;
             }
         }
@@ -122,9 +326,13 @@ pub fn echo(
     let elapsed = t0.elapsed();
     let after = sample(pid);
     errors += live as u64;
+    let received: u64 = conns.iter().map(|c| c.0.get_ref().received()).sum();
     let p = percentiles(&mut rtts, &[0.5, 0.99, 0.999]);
     Ok(EchoResult {
         messages: rtts.len() as u64,
+        wire_bytes: received - received_at_start,
+        payload_bytes,
+        deflate,
         elapsed,
         p50_us: p[0],
         p99_us: p[1],
@@ -132,6 +340,31 @@ pub fn echo(
         errors,
         server_cpu: before.zip(after).map(|(b, a)| a.cpu.saturating_sub(b.cpu)),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_replayed_run_gets_a_new_run_id_of_the_same_length() {
+        let line = r#"{"type":"agent_started","run_id":"P84QF_4c0E-jbpYIqHLuWw","seq":1}"#;
+        let a = super::with_run_id(line, 1, 0);
+        let b = super::with_run_id(line, 1, 1);
+        assert_eq!((a.len(), b.len()), (line.len(), line.len()));
+        assert_ne!(a, b);
+        assert!(
+            a.starts_with(r#"{"type":"agent_started","run_id":""#) && a.ends_with(r#"","seq":1}"#)
+        );
+        assert_eq!(super::with_run_id("no id", 1, 1), "no id");
+    }
+
+    #[test]
+    fn json_messages_have_the_size_asked_for() {
+        for n in [20, 32, 95, 96, 1024, 16384] {
+            let m = super::json_message(n, 7);
+            assert_eq!(m.len(), n.max(12), "{m}");
+            assert!(serde_json::from_str::<serde_json::Value>(&m).is_ok(), "{m}");
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -149,6 +382,11 @@ pub struct AgentResult {
     pub server_cpu: Option<Duration>,
     /// Server RSS at the end (bytes).
     pub server_rss: Option<u64>,
+    /// Bytes the clients read from their sockets (the events on the wire).
+    pub wire_bytes: u64,
+    /// Bytes of the events (inflated).
+    pub payload_bytes: u64,
+    pub deflate: usize,
 }
 
 /// C agent_chat connections, each with one user_message in flight, for D:
@@ -158,12 +396,22 @@ pub fn agent(
     token: Option<&str>,
     connections: usize,
     duration: Duration,
+    texts: &[String],
     pid: Option<u32>,
 ) -> io::Result<AgentResult> {
     let (mut reactor, mut conns) = open_clients(url, connections, token, &["agent_chat"])?;
+    let deflate = conns
+        .iter()
+        .filter(|ws| ws.get_ref().agreed().is_some())
+        .count();
+    let received_at_start: u64 = conns.iter().map(|ws| ws.get_ref().received()).sum();
+    let mut payload_bytes = 0u64;
     let msg = |i: u64| {
         let m = ClientMessage::UserMessage {
-            text: format!("load test message {i}"),
+            text: match texts.len() {
+                0 => format!("load test message {i}"),
+                n => texts[i as usize % n].clone(),
+            },
             thread_id: String::new(),
             pacing_ms: Some(0),
         };
@@ -199,8 +447,15 @@ pub fn agent(
             }
             let ws = &mut conns[i];
             loop {
-                match ws.read() {
+                let read = match ws.read() {
+                    Ok(m @ (Message::Text(_) | Message::Binary(_))) => inbound(ws, m).ok_or(()),
+                    Ok(_) => continue,
+                    Err(e) if would_block(&e) => break,
+                    Err(_) => Err(()),
+                };
+                match read {
                     Ok(Message::Text(t)) => {
+                        payload_bytes += t.len() as u64;
                         let lat = sent_at[i].elapsed().as_micros() as u64;
                         events.push(lat);
                         if t.as_str().contains(r#""type":"error""#) {
@@ -228,8 +483,7 @@ pub fn agent(
                         }
                     }
                     Ok(_) => {}
-                    Err(e) if would_block(&e) => break,
-                    Err(_) => {
+                    Err(()) => {
                         incomplete += 1;
                         closed[i] = true;
                         live -= 1;
@@ -239,6 +493,7 @@ pub fn agent(
             }
         }
     }
+    let received: u64 = conns.iter().map(|ws| ws.get_ref().received()).sum();
     let elapsed = t0.elapsed();
     let after = sample(pid);
     incomplete += live as u64;
@@ -255,6 +510,9 @@ pub fn agent(
         incomplete,
         server_cpu: before.zip(after).map(|(b, a)| a.cpu.saturating_sub(b.cpu)),
         server_rss: after.map(|a| a.rss),
+        wire_bytes: received - received_at_start,
+        payload_bytes,
+        deflate,
     })
 }
 
@@ -272,6 +530,12 @@ pub struct EchoReport {
     p999_us: u64,
     errors: u64,
     server_cpu_us_per_message: Option<f64>,
+    /// Connections that negotiated permessage-deflate.
+    deflate_connections: usize,
+    /// Bytes received per reply: on the wire (frame headers included, the
+    /// closing handshake too) and its payload once inflated.
+    wire_bytes_per_message: f64,
+    payload_bytes_per_message: f64,
 }
 
 impl EchoResult {
@@ -289,6 +553,9 @@ impl EchoResult {
             p999_us: self.p999_us,
             errors: self.errors,
             server_cpu_us_per_message: us_per(self.server_cpu, self.messages),
+            deflate_connections: self.deflate,
+            wire_bytes_per_message: self.wire_bytes as f64 / self.messages.max(1) as f64,
+            payload_bytes_per_message: self.payload_bytes as f64 / self.messages.max(1) as f64,
         }
     }
 }
@@ -309,6 +576,11 @@ pub struct AgentReport {
     incomplete: u64,
     server_cpu_us_per_run: Option<f64>,
     server_rss_kib: Option<f64>,
+    deflate_connections: usize,
+    /// Bytes received per complete run: on the wire, and its events'
+    /// payload once inflated.
+    wire_bytes_per_run: f64,
+    payload_bytes_per_run: f64,
 }
 
 impl AgentResult {
@@ -328,6 +600,9 @@ impl AgentResult {
             incomplete: self.incomplete,
             server_cpu_us_per_run: us_per(self.server_cpu, self.runs),
             server_rss_kib: self.server_rss.map(|b| b as f64 / 1024.0),
+            deflate_connections: self.deflate,
+            wire_bytes_per_run: self.wire_bytes as f64 / self.runs.max(1) as f64,
+            payload_bytes_per_run: self.payload_bytes as f64 / self.runs.max(1) as f64,
         }
     }
 }

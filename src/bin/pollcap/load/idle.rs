@@ -7,10 +7,11 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use pollcap::reactor::Reactor;
-use pollcap::stream::Stream;
-use tungstenite::WebSocket;
+use tungstenite::Message;
 
-use super::{Target, client_reactor, open_client, reactor_waits, sample};
+use super::{
+    ClientConn, Target, client_reactor, inbound, open_client, outbound, reactor_waits, sample,
+};
 
 #[derive(Debug)]
 pub struct IdleResult {
@@ -29,6 +30,10 @@ pub struct IdleResult {
     pub closed: usize,
     /// Pings the server sent during the hold (all connections).
     pub pings: u64,
+    /// Connections that negotiated permessage-deflate.
+    pub deflate: usize,
+    /// The size of the message each connection exchanged before the hold.
+    pub message: Option<usize>,
 }
 
 impl IdleResult {
@@ -53,6 +58,7 @@ pub fn idle(
     count: usize,
     hold: Duration,
     ramp: Duration,
+    message: Option<usize>,
     pid: Option<u32>,
 ) -> io::Result<IdleResult> {
     let before = sample(pid);
@@ -74,6 +80,9 @@ pub fn idle(
         }
         let next = ramp_start + ramp * step as u32 / steps as u32;
         serve_until(&mut reactor, &mut clients, &mut closed, &mut pings, next)?;
+    }
+    if let Some(size) = message {
+        exchange(&mut reactor, &mut clients, &mut closed, &mut pings, size)?;
     }
     // Reading the counter costs the server a few wakeups of its own (accept,
     // request, close), and the window holds the tail of one reading and the
@@ -116,13 +125,105 @@ pub fn idle(
             .map(|(b, a)| a.saturating_sub(b) as f64 / held.as_secs_f64()),
         closed: closed.iter().filter(|c| **c).count(),
         pings,
+        deflate: clients
+            .iter()
+            .filter(|ws| ws.get_ref().agreed().is_some())
+            .count(),
+        message,
     })
+}
+
+/// Every client sends one JSON message of `size` bytes and reads its echo
+/// (within 30 s in all); then they go quiet.
+fn exchange(
+    reactor: &mut Reactor,
+    clients: &mut [ClientConn],
+    closed: &mut [bool],
+    pings: &mut u64,
+    size: usize,
+) -> io::Result<()> {
+    let mut waiting = vec![false; clients.len()];
+    for (i, ws) in clients.iter_mut().enumerate() {
+        let m = outbound(ws, Message::text(super::echo::json_message(size, i as u64)));
+        match ws.send(m) {
+            Ok(()) => waiting[i] = true,
+            Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                waiting[i] = true;
+            }
+            Err(_) => closed[i] = true,
+        }
+    }
+    let mut left = waiting.iter().filter(|w| **w).count();
+    let end = Instant::now() + Duration::from_secs(30);
+    // Replies that came while sending.
+    for k in 0..clients.len() {
+        read_reply(
+            &mut clients[k],
+            &mut closed[k],
+            &mut waiting[k],
+            &mut left,
+            pings,
+        );
+    }
+    while left > 0 {
+        let turn = reactor.turn()?;
+        for i in 0..reactor.events().len() {
+            let k = reactor.events()[i].token;
+            read_reply(
+                &mut clients[k],
+                &mut closed[k],
+                &mut waiting[k],
+                &mut left,
+                pings,
+            );
+        }
+        if turn.now >= end {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("{left} echoes missing after 30 s"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Reads one client until `WouldBlock`, counting its echo.
+fn read_reply(
+    ws: &mut ClientConn,
+    closed: &mut bool,
+    waiting: &mut bool,
+    left: &mut usize,
+    pings: &mut u64,
+) {
+    if *closed {
+        return;
+    }
+    loop {
+        match ws.read() {
+            Ok(tungstenite::Message::Ping(_)) => *pings += 1,
+            Ok(m @ (Message::Text(_) | Message::Binary(_))) => {
+                if inbound(ws, m).is_some() && std::mem::take(waiting) {
+                    *left -= 1;
+                }
+            }
+            Ok(_) => {}
+            Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(_) => {
+                *closed = true;
+                if std::mem::take(waiting) {
+                    *left -= 1;
+                }
+                return;
+            }
+        }
+    }
+    let _ = ws.flush();
 }
 
 /// Answers the clients' pings until `end`.
 fn serve_until(
     reactor: &mut Reactor,
-    clients: &mut [WebSocket<Stream>],
+    clients: &mut [ClientConn],
     closed: &mut [bool],
     pings: &mut u64,
     end: Instant,
@@ -143,7 +244,7 @@ fn serve_until(
 
 /// Reads one client until `WouldBlock`; tungstenite queues a Pong for each
 /// Ping, and the flush sends them.
-fn answer(ws: &mut WebSocket<Stream>, closed: &mut bool, pings: &mut u64) {
+fn answer(ws: &mut ClientConn, closed: &mut bool, pings: &mut u64) {
     if *closed {
         return;
     }
@@ -181,6 +282,10 @@ pub struct IdleReport {
     /// Server CPU during the hold divided by the pings in it: the cost of
     /// one heartbeat cycle (ping out, pong in) when nothing else happens.
     server_cpu_us_per_ping: Option<f64>,
+    /// Connections that negotiated permessage-deflate.
+    deflate_connections: usize,
+    /// The JSON message each connection exchanged before the hold.
+    message_bytes: Option<usize>,
 }
 
 impl IdleResult {
@@ -204,6 +309,8 @@ impl IdleResult {
                 .server_cpu_while_idle
                 .filter(|_| self.pings > 0)
                 .map(|d| d.as_secs_f64() * 1e6 / self.pings as f64),
+            deflate_connections: self.deflate,
+            message_bytes: self.message,
         }
     }
 }

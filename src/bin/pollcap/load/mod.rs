@@ -16,7 +16,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 pub use client::*;
-pub use echo::{agent, echo};
+pub use echo::{Payload, agent, echo};
 pub use idle::idle;
 pub use storm::storm;
 
@@ -37,6 +37,10 @@ pub struct LoadArgs {
     /// For wss:// URLs: PEM file of the CA to trust instead of the web roots.
     #[arg(long, global = true, env = "POLLCAP_CA_FILE", value_name = "PATH")]
     ca_file: Option<std::path::PathBuf>,
+    /// Do not offer permessage-deflate (the event-driven clients of echo,
+    /// agent and idle offer it by default, as browsers do).
+    #[arg(long, global = true)]
+    no_deflate: bool,
 }
 
 #[derive(clap::Subcommand, Clone)]
@@ -49,6 +53,14 @@ enum LoadMode {
         size: usize,
         #[arg(long, default_value = "10", value_parser = positive_secs)]
         duration: Duration,
+        /// Send S-byte JSON text messages (an agent event's shape and
+        /// words) instead of S bytes of 'x'.
+        #[arg(long)]
+        json: bool,
+        /// Send these messages in turn instead (one per line, text; e.g. an
+        /// agent_chat run's events), each connection from the first.
+        #[arg(long, value_name = "FILE", conflicts_with = "json")]
+        replay: Option<std::path::PathBuf>,
     },
     /// C agent_chat connections, one message in flight each, for D seconds:
     /// complete runs/s and event latency. Token from --token or POLLCAP_TOKEN.
@@ -59,6 +71,10 @@ enum LoadMode {
         duration: Duration,
         #[arg(long, env = "POLLCAP_TOKEN", hide_env_values = true)]
         token: Option<String>,
+        /// The user_message text [default: "load test message N"];
+        /// given more than once, each run takes the next one.
+        #[arg(long)]
+        text: Vec<String>,
     },
     /// K handshakes from P parallel clients: handshakes/s, p99. With a
     /// token (--token or POLLCAP_TOKEN), each upgrade carries it.
@@ -80,6 +96,11 @@ enum LoadMode {
         /// hold, as connections arriving over time do (0: all at once).
         #[arg(long, default_value = "0", value_parser = secs)]
         ramp: Duration,
+        /// Before the hold, every connection sends one JSON message of this
+        /// many bytes and reads its echo (echo servers): memory per idle
+        /// connection after traffic.
+        #[arg(long, value_name = "BYTES")]
+        message: Option<usize>,
     },
     /// Mixed load for D seconds — agent runs, echo of large messages, idle
     /// holders, connection churn, slow and stalled readers — against a
@@ -142,6 +163,7 @@ fn secs(v: &str) -> Result<Duration, String> {
 pub fn command(args: LoadArgs) -> ExitCode {
     let pid = args.server_pid;
     let url = args.url.as_deref().unwrap_or(DEFAULT_URL);
+    client::DEFLATE.store(!args.no_deflate, std::sync::atomic::Ordering::Relaxed);
     if let Err(e) = tls_setup(args.ca_file.as_deref()) {
         eprintln!("pollcap load: {e}");
         return ExitCode::from(2);
@@ -211,23 +233,41 @@ pub fn command(args: LoadArgs) -> ExitCode {
             connections,
             size,
             duration,
+            json: json_payload,
+            replay,
         } => {
-            echo(url, connections, size, duration, pid).map(|r| json(&r.report(connections, size)))
+            let payload = match (replay, json_payload) {
+                (Some(path), _) => match std::fs::read_to_string(&path) {
+                    Ok(t) => echo::Payload::Replay(t.lines().map(str::to_string).collect()),
+                    Err(e) => {
+                        eprintln!("pollcap load echo: --replay {}: {e}", path.display());
+                        return ExitCode::from(2);
+                    }
+                },
+                (None, true) => echo::Payload::Json(size),
+                (None, false) => echo::Payload::Bytes(size),
+            };
+            echo(url, connections, &payload, duration, pid)
+                .map(|r| json(&r.report(connections, size)))
         }
         LoadMode::Agent {
             connections,
             duration,
             token,
-        } => agent(url, token.as_deref(), connections, duration, pid)
+            text,
+        } => agent(url, token.as_deref(), connections, duration, &text, pid)
             .map(|r| json(&r.report(connections))),
         LoadMode::Storm {
             count,
             parallel,
             token,
         } => storm(url, count, parallel, token.as_deref(), pid).map(|r| json(&r.report(parallel))),
-        LoadMode::Idle { count, hold, ramp } => {
-            idle(url, count, hold, ramp, pid).map(|r| json(&r.report()))
-        }
+        LoadMode::Idle {
+            count,
+            hold,
+            ramp,
+            message,
+        } => idle(url, count, hold, ramp, message, pid).map(|r| json(&r.report())),
     };
     match result {
         Ok(j) => {

@@ -17,7 +17,7 @@ use serde::Serialize;
 use tungstenite::protocol::CloseFrame;
 use tungstenite::{Message, WebSocket};
 
-use super::super::client::{Blocking, Target, connect_as, open_client, open_stream};
+use super::super::client::{Blocking, ClientConn, Target, connect_as, open_client, open_stream};
 
 /// What the workers need to know.
 #[derive(Clone, Debug)]
@@ -502,7 +502,7 @@ fn expect(got: Result<u16, String>, want: u16) -> Result<(), String> {
 /// Reads holders `keys` until they would block, answering the server's
 /// Pings; a holder the server closed is dropped (reopened later).
 fn serve_holders(
-    holders: &mut [Option<WebSocket<pollcap::stream::Stream>>],
+    holders: &mut [Option<ClientConn>],
     keys: impl IntoIterator<Item = usize>,
     stats: &MixStats,
 ) {
@@ -553,7 +553,7 @@ fn idle_worker(cfg: &MixConfig, stats: &MixStats, stop: &AtomicBool) {
         Err(e) => return fail(e),
     };
     let token = cfg.token.as_deref();
-    let mut holders: Vec<Option<WebSocket<pollcap::stream::Stream>>> = Vec::new();
+    let mut holders: Vec<Option<ClientConn>> = Vec::new();
     for t in 0..cfg.idle {
         match open_client(&mut reactor, &target, t, token, &["agent_chat"]) {
             Ok(ws) => {
