@@ -89,6 +89,10 @@ enum LoadMode {
         /// The upstream's process id, for its CPU per event (context).
         #[arg(long)]
         upstream_pid: Option<u32>,
+        /// Write every upstream event to this CSV file (run, i, t_us,
+        /// received µs): the latency's distribution over time and runs.
+        #[arg(long, value_name = "PATH")]
+        trace: Option<std::path::PathBuf>,
     },
     /// K handshakes from P parallel clients: handshakes/s, p99.
     Storm {
@@ -260,6 +264,7 @@ pub fn command(args: LoadArgs) -> ExitCode {
             ramp,
             timeout,
             upstream_pid,
+            trace,
         } => {
             let period = Duration::from_millis(period_ms);
             let opts = relay::RelayOptions {
@@ -273,6 +278,7 @@ pub fn command(args: LoadArgs) -> ExitCode {
                     ) + Duration::from_secs(30),
                 ),
                 upstream_pid,
+                trace,
             };
             relay::relay(url, &opts, pid).map(|r| json(&r))
         }

@@ -41,6 +41,9 @@ pub struct RelayOptions {
     pub timeout: Duration,
     /// The upstream's process, for its CPU per event (context only).
     pub upstream_pid: Option<u32>,
+    /// Writes every upstream event here as CSV (run, i, t_us, received
+    /// µs since the Unix epoch), to study the latency's distribution.
+    pub trace: Option<std::path::PathBuf>,
 }
 
 /// One event as the client reads it: only what it checks.
@@ -185,17 +188,23 @@ pub fn relay(url: &str, opts: &RelayOptions, pid: Option<u32>) -> io::Result<Rel
     }
     let open_s = opened.elapsed().as_secs_f64();
     let mut runs = vec![Run::default(); n];
-    let mut st = Stats::default();
+    let mut st = Stats {
+        trace: opts
+            .trace
+            .as_ref()
+            .map(|_| Vec::with_capacity(n * opts.events as usize)),
+        ..Stats::default()
+    };
     // Opening dropped the others' readiness (edge-triggered): read them
     // all, then let the relay settle before its idle sample.
     for k in 0..n {
-        read_all(&mut conns[k], &mut runs[k], &mut st, opts.events);
+        read_all(k, &mut conns[k], &mut runs[k], &mut st, opts.events);
     }
     let settle = Instant::now() + Duration::from_millis(500);
     while reactor.turn()?.now < settle {
         for e in 0..reactor.events().len() {
             let k = reactor.events()[e].token;
-            read_all(&mut conns[k], &mut runs[k], &mut st, opts.events);
+            read_all(k, &mut conns[k], &mut runs[k], &mut st, opts.events);
         }
     }
     let rss_idle = rss(pid);
@@ -262,7 +271,7 @@ pub fn relay(url: &str, opts: &RelayOptions, pid: Option<u32>) -> io::Result<Rel
             if ev.writable {
                 let _ = ws.flush();
             }
-            read_all(ws, run, &mut st, opts.events);
+            read_all(k, ws, run, &mut st, opts.events);
             if run.done || run.closed {
                 ended += 1;
                 continue;
@@ -304,6 +313,15 @@ pub fn relay(url: &str, opts: &RelayOptions, pid: Option<u32>) -> io::Result<Rel
         let _ = ws.flush();
     }
 
+    if let (Some(path), Some(rows)) = (&opts.trace, &st.trace) {
+        use std::io::Write as _;
+        let mut w = io::BufWriter::new(std::fs::File::create(path)?);
+        writeln!(w, "run,i,t_us,received_us")?;
+        for (k, i, sent, got) in rows {
+            writeln!(w, "{k},{i},{sent},{got}")?;
+        }
+        w.flush()?;
+    }
     let secs = c1.at.duration_since(t0).as_secs_f64();
     let per_event = |a: Option<Duration>, b: Option<Duration>| {
         let d = b?.checked_sub(a?)?;
@@ -369,10 +387,12 @@ struct Stats {
     completed: u64,
     failed: u64,
     errors: std::collections::HashMap<String, u64>,
+    /// Every upstream event as (run, i, t_us, received µs), with --trace.
+    trace: Option<Vec<(usize, u64, u64, u64)>>,
 }
 
 /// Reads client `ws` until it would block, checking and timing each event.
-fn read_all(ws: &mut WebSocket<Stream>, run: &mut Run, st: &mut Stats, events: u64) {
+fn read_all(k: usize, ws: &mut WebSocket<Stream>, run: &mut Run, st: &mut Stats, events: u64) {
     loop {
         match ws.read() {
             Ok(Message::Text(t)) => {
@@ -390,6 +410,9 @@ fn read_all(ws: &mut WebSocket<Stream>, run: &mut Run, st: &mut Stats, events: u
                 match seen.t_us {
                     Some(sent) => {
                         st.latency.push(now.saturating_sub(sent));
+                        if let Some(t) = st.trace.as_mut() {
+                            t.push((k, seen.i.unwrap_or(0), sent, now));
+                        }
                         st.events += 1;
                         run.got += 1;
                         if seen.i != Some(run.last_i + 1) {
