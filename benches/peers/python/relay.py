@@ -131,7 +131,8 @@ async def relay(ws: WebSocket, msg: dict) -> None:
         raise
     except Exception as e:  # the upstream failed: an error event
         try:
-            await send({"type": "error", "code": "upstream_unavailable", "message": str(e)})
+            await send({"type": "error", "code": "upstream_unavailable",
+                        "message": f"{type(e).__name__}: {e}"})
         except Exception:
             pass
 

@@ -323,9 +323,11 @@ pub fn relay(url: &str, opts: &RelayOptions, pid: Option<u32>) -> io::Result<Rel
         w.flush()?;
     }
     let secs = c1.at.duration_since(t0).as_secs_f64();
+    // Per event only when some came: a relay that relayed nothing has no
+    // cost per event.
     let per_event = |a: Option<Duration>, b: Option<Duration>| {
         let d = b?.checked_sub(a?)?;
-        Some(d.as_secs_f64() * 1e6 / st.events.max(1) as f64)
+        (st.events > 0).then(|| d.as_secs_f64() * 1e6 / st.events as f64)
     };
     let percent = |a: Option<Duration>, b: Option<Duration>| {
         let d = b?.checked_sub(a?)?;
