@@ -60,7 +60,6 @@ struct Seen {
 
 #[derive(Clone, Copy, Default)]
 struct Run {
-    sent: bool,
     /// Upstream events received (those with `t_us`).
     got: u64,
     last_i: u64,
@@ -242,7 +241,6 @@ pub fn relay(url: &str, opts: &RelayOptions, pid: Option<u32>) -> io::Result<Rel
                 continue;
             }
             let ws = &mut conns[k];
-            runs[k].sent = true;
             match ws.send(msg(k)) {
                 Ok(()) => {}
                 Err(e) if would_block(&e) => {
