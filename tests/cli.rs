@@ -568,3 +568,77 @@ fn the_release_binary_ships_stripped_under_8_mb() {
         .len();
     assert!(size <= 8 << 20, "target/release/pollcap is {size} bytes");
 }
+
+/// `load relay` reads every event of every run through a relay, times it
+/// against the `t_us` the upstream put in it, and checks each run got its
+/// events once and in order: against `serve --agent-url` with a fake
+/// agent that streams well, then with one that skips an event.
+#[test]
+#[cfg_attr(not(target_os = "linux"), ignore = "reads /proc/PID")]
+fn load_relay_times_every_event_and_checks_each_run() {
+    use common::agent::{Behavior, END, FakeAgent, chunk, head, sse};
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+    let stream = |skip: u64| {
+        move |_: &common::agent::Seen| {
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+            let t_us = now.as_micros() as u64;
+            let mut pieces = vec![head(200, "text/event-stream", true)];
+            for i in (1..=8).filter(|i| *i != skip) {
+                let ev = if i == 8 {
+                    serde_json::json!({"type": "agent_completed", "final": "ok", "i": i, "t_us": t_us})
+                } else {
+                    serde_json::json!({"type": "agent_thinking", "delta": "x", "i": i, "t_us": t_us})
+                };
+                pieces.push(chunk(&sse(&ev)));
+            }
+            pieces.push(END.to_vec());
+            // Spread over 0.7 s, so that the runs are in flight together
+            // when the client samples the relay's memory (every 0.1 s).
+            Behavior::Paced(pieces, Duration::from_millis(100))
+        }
+    };
+    let bin = env!("CARGO_BIN_EXE_pollcap");
+    for (skip, complete) in [(0, true), (3, false)] {
+        let agent = FakeAgent::start(stream(skip));
+        let url = agent.url();
+        let args = ["serve", "--listen", "127.0.0.1:0", "--agent-url", &url];
+        let srv = common::spawn_server(bin, &args, &[]);
+        let pid = srv.child.as_ref().unwrap().id().to_string();
+        let ws = format!("ws://{}/ws", srv.addr);
+        let out = Command::new(bin)
+            .args([
+                "load",
+                "--url",
+                &ws,
+                "--server-pid",
+                &pid,
+                "--json",
+                "relay",
+            ])
+            .args(["--runs", "6", "--events", "8", "--period-ms", "100"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(r["runs_failed"], 0, "{r}");
+        // pollcap's own agent_started, once per run.
+        assert_eq!(r["other_events"], 6, "{r}");
+        if complete {
+            assert_eq!(r["runs_completed"], 6, "{r}");
+            assert_eq!(r["events"], 48, "{r}");
+            assert_eq!(r["order_errors"], 0, "{r}");
+            assert_eq!(r["in_flight_at_sample"], 6, "{r}");
+            assert!(r["server_kib_per_run"].is_number(), "{r}");
+            assert!(r["server_cpu_us_per_event"].is_number(), "{r}");
+        } else {
+            assert_eq!(r["runs_completed"], 0, "{r}");
+            assert_eq!(r["runs_incomplete"], 6, "{r}");
+            assert_eq!(r["events"], 42, "{r}");
+            assert_eq!(r["order_errors"], 6, "one gap per run: {r}");
+        }
+    }
+}

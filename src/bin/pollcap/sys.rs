@@ -52,6 +52,32 @@ pub fn process_usage(pid: u32) -> Option<(std::time::Duration, u64)> {
     }
 }
 
+/// CPU time (user + system) of process `pid` as `/proc/PID/stat` reports
+/// it: the whole thread group, threads that have exited included (the
+/// kernel scales utime + stime to its precise runtime), in 10 ms ticks.
+/// For a server whose threads come and go (Bun, Python), where summing the
+/// live threads' `schedstat` would lose the dead ones'. Linux only.
+pub fn process_cpu_stat(pid: u32) -> Option<std::time::Duration> {
+    #[cfg(target_os = "linux")]
+    {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let rest = stat.rsplit_once(')')?.1;
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+        // SAFETY: sysconf only reads a configuration value.
+        let hz = match unsafe { libc::sysconf(libc::_SC_CLK_TCK) } {
+            n if n > 0 => n as u64,
+            _ => 100,
+        };
+        Some(std::time::Duration::from_nanos(ticks * 1_000_000_000 / hz))
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = pid;
+        None
+    }
+}
+
 /// Raises the soft limit on open file descriptors to the hard limit and
 /// returns the soft limit now in force. Every connection holds one
 /// descriptor, and distributions default the soft limit to 1024, far below

@@ -1,12 +1,14 @@
 //! The load tool behind `pollcap load`: echo throughput/latency, agent
-//! runs, handshake storms, idle-connection memory and the soak, against
-//! any server on loopback. Every loop is bounded in count and time.
+//! runs, runs relayed from an upstream, handshake storms, idle-connection
+//! memory and the soak, against any server on loopback. Every loop is
+//! bounded in count and time.
 //! Server-side CPU and RSS are read from `/proc/PID` when `--server-pid` is
 //! given. URLs are parsed by the library client's parser, like the probe's.
 
 mod client;
 mod echo;
 mod idle;
+mod relay;
 mod soak;
 mod storm;
 
@@ -75,6 +77,38 @@ enum LoadMode {
         /// given more than once, each run takes the next one.
         #[arg(long)]
         text: Vec<String>,
+    },
+    /// N agent_chat connections, one relayed run each, all in flight
+    /// together (`serve --agent-url`, or a peer relay), from an upstream
+    /// whose events carry `t_us` (their emit time, µs since the Unix
+    /// epoch) and `i` (1..=E), as benches/peers/bun/upstream.mjs sends
+    /// them: latency the relay added (receive − t_us), the relay's RSS per
+    /// in-flight run and CPU per relayed event (--server-pid).
+    Relay {
+        #[arg(long, default_value_t = 1000)]
+        runs: usize,
+        /// Upstream events per run (the last one agent_completed).
+        #[arg(long, default_value_t = 50)]
+        events: u64,
+        /// The upstream's pause between events, in ms: the default ramp
+        /// and time-out follow from it.
+        #[arg(long, default_value_t = 100)]
+        period_ms: u64,
+        /// Seconds over which the runs' user_messages are sent, evenly
+        /// [default: one period].
+        #[arg(long, value_parser = secs)]
+        ramp: Option<Duration>,
+        /// Seconds after the ramp before unfinished runs count as
+        /// incomplete [default: 3 × events × period + 30].
+        #[arg(long, value_parser = positive_secs)]
+        timeout: Option<Duration>,
+        /// The upstream's process id, for its CPU per event (context).
+        #[arg(long)]
+        upstream_pid: Option<u32>,
+        /// Write every upstream event to this CSV file (run, i, t_us,
+        /// received µs): the latency's distribution over time and runs.
+        #[arg(long, value_name = "PATH")]
+        trace: Option<std::path::PathBuf>,
     },
     /// K handshakes from P parallel clients: handshakes/s, p99. With a
     /// token (--token or POLLCAP_TOKEN), each upgrade carries it.
@@ -257,6 +291,31 @@ pub fn command(args: LoadArgs) -> ExitCode {
             text,
         } => agent(url, token.as_deref(), connections, duration, &text, pid)
             .map(|r| json(&r.report(connections))),
+        LoadMode::Relay {
+            runs,
+            events,
+            period_ms,
+            ramp,
+            timeout,
+            upstream_pid,
+            trace,
+        } => {
+            let period = Duration::from_millis(period_ms);
+            let opts = relay::RelayOptions {
+                runs,
+                events,
+                period,
+                ramp: ramp.unwrap_or(period),
+                timeout: timeout.unwrap_or(
+                    period.saturating_mul(
+                        u32::try_from(events.saturating_mul(3)).unwrap_or(u32::MAX),
+                    ) + Duration::from_secs(30),
+                ),
+                upstream_pid,
+                trace,
+            };
+            relay::relay(url, &opts, pid).map(|r| json(&r))
+        }
         LoadMode::Storm {
             count,
             parallel,
