@@ -26,15 +26,11 @@ use std::sync::Arc;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-use hmac::{Hmac, KeyInit, Mac};
-use sha2::Sha256;
 
 use serde::Deserialize;
 
 use crate::settings::{ConfigError, Settings};
 pub use claims::{Audience, Claims, Rules};
-
-type HmacSha256 = Hmac<Sha256>;
 
 /// Prefix of the browser form of a token inside `Sec-WebSocket-Protocol`.
 pub use crate::http::SUBPROTOCOL_PREFIX;
@@ -257,11 +253,10 @@ impl Auth {
 /// of its SHA-256, so that each token owns its own runs (SPEC §5 "Resume")
 /// and the token itself never reaches a store or a log.
 pub fn static_identity(token: &str) -> String {
-    use sha2::Digest;
-    let digest = Sha256::digest(token.as_bytes());
+    let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
     let mut id = String::with_capacity(7 + 16);
     id.push_str("static:");
-    for b in &digest[..8] {
+    for b in &digest.as_ref()[..8] {
         id.push_str(&format!("{b:02x}"));
     }
     id
@@ -302,12 +297,11 @@ fn hs256(secret: &[u8], token: &str, rules: &Rules, now_unix: u64) -> Result<Cla
         return Err(AuthError::Algorithm);
     }
     let sig = B64.decode(sig).map_err(|_| AuthError::Malformed)?;
-    let mut mac = HmacSha256::new_from_slice(secret).map_err(|_| AuthError::Signature)?;
-    mac.update(h.as_bytes());
-    mac.update(b".");
-    mac.update(p.as_bytes());
-    // Constant-time comparison.
-    mac.verify_slice(&sig).map_err(|_| AuthError::Signature)?;
+    // The signing input is the token up to its second dot; ring compares
+    // the signature in constant time.
+    let signed = &token[..h.len() + 1 + p.len()];
+    ring::hmac::verify(&hs256_key(secret), signed.as_bytes(), &sig)
+        .map_err(|_| AuthError::Signature)?;
     let claims: Claims = decode_json(p)?;
     rules.check(&claims, now_unix)?;
     Ok(claims)
@@ -340,12 +334,14 @@ pub fn mint(secret: &[u8], sub: &str, now_unix: u64, ttl_secs: u64) -> String {
         iss: None,
     };
     let payload = B64.encode(serde_json::to_string(&claims).expect("plain claims serialize"));
-    let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC takes any key length");
-    mac.update(header.as_bytes());
-    mac.update(b".");
-    mac.update(payload.as_bytes());
-    let sig = B64.encode(mac.finalize().into_bytes());
-    format!("{header}.{payload}.{sig}")
+    let signed = format!("{header}.{payload}");
+    let sig = B64.encode(ring::hmac::sign(&hs256_key(secret), signed.as_bytes()));
+    format!("{signed}.{sig}")
+}
+
+/// The HS256 key of `secret` (HMAC takes a key of any length).
+fn hs256_key(secret: &[u8]) -> ring::hmac::Key {
+    ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret)
 }
 
 /// Parses a TTL such as `90`, `90s`, `15m`, `1h`, `7d` into seconds.
@@ -423,9 +419,8 @@ mod tests {
     fn exp_is_required() {
         let h = B64.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
         let p = B64.encode(br#"{"sub":"x"}"#);
-        let mut mac = HmacSha256::new_from_slice(SECRET).unwrap();
-        mac.update(format!("{h}.{p}").as_bytes());
-        let sig = B64.encode(mac.finalize().into_bytes());
+        let mac = ring::hmac::sign(&hs256_key(SECRET), format!("{h}.{p}").as_bytes());
+        let sig = B64.encode(mac);
         assert_eq!(
             verify(SECRET, &format!("{h}.{p}.{sig}"), NOW),
             Err(AuthError::Malformed)

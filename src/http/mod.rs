@@ -382,6 +382,19 @@ pub fn select_protocol<'a>(offered: &[String], supported: &[&'a str]) -> Option<
         .find_map(|o| supported.iter().find(|s| **s == o.as_str()).copied())
 }
 
+/// `Sec-WebSocket-Accept` for `key` (RFC 6455 §4.2.2): base64 of the
+/// SHA-1 of the key and the protocol's GUID. On ring, the core's one
+/// crypto library, rather than tungstenite's `handshake` feature, which
+/// only the client needs.
+pub fn accept_key(key: &str) -> String {
+    use base64::Engine;
+    const GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+    let mut sha1 = ring::digest::Context::new(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY);
+    sha1.update(key.as_bytes());
+    sha1.update(GUID);
+    base64::engine::general_purpose::STANDARD.encode(sha1.finish())
+}
+
 /// The `101 Switching Protocols` response.
 pub fn switching_protocols(key: &str, protocol: Option<&str>) -> Vec<u8> {
     switching_protocols_with(key, protocol, None)
@@ -394,7 +407,7 @@ pub fn switching_protocols_with(
     protocol: Option<&str>,
     extensions: Option<&str>,
 ) -> Vec<u8> {
-    let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let accept = accept_key(key);
     let mut s = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Accept: {accept}\r\n"
