@@ -37,6 +37,7 @@ pub mod app;
 pub mod apps;
 pub mod auth;
 pub mod breaker;
+#[cfg(feature = "client")]
 pub mod client;
 pub mod conn;
 pub mod deflate;
@@ -56,5 +57,6 @@ pub mod settings;
 pub mod source;
 pub mod store;
 pub mod stream;
+#[cfg(feature = "tls")]
 pub mod tls;
 pub mod trace;

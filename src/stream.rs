@@ -1,6 +1,7 @@
 //! The byte stream under a connection: plain TCP, or TLS over TCP. One
 //! type for an owner to hold and a reactor to poll (the server's worker,
 //! the load tool's clients); the connection sees only its `Transport`.
+//! Without feature `tls` only the plain variant exists.
 
 use std::io::{self, Read, Write};
 
@@ -9,11 +10,13 @@ use mio::{Interest, Registry, Token};
 
 use crate::conn::Transport;
 use crate::platform::{Pollable, RawSource};
+#[cfg(feature = "tls")]
 use crate::tls::TlsStream;
 
 pub enum Stream {
     Plain(TcpStream),
     /// Boxed: a TLS session is large, and plain connections stay small.
+    #[cfg(feature = "tls")]
     Tls(Box<TlsStream>),
 }
 
@@ -21,6 +24,7 @@ impl Stream {
     pub(crate) fn tcp(&self) -> &TcpStream {
         match self {
             Stream::Plain(s) => s,
+            #[cfg(feature = "tls")]
             Stream::Tls(t) => t.tcp(),
         }
     }
@@ -28,13 +32,17 @@ impl Stream {
     fn tcp_mut(&mut self) -> &mut TcpStream {
         match self {
             Stream::Plain(s) => s,
+            #[cfg(feature = "tls")]
             Stream::Tls(t) => t.tcp_mut(),
         }
     }
 
     /// A plain-text client on a TLS port (answered in plain text).
     pub fn plain_on_tls_port(&self) -> bool {
-        matches!(self, Stream::Tls(t) if t.is_plain())
+        #[cfg(feature = "tls")]
+        return matches!(self, Stream::Tls(t) if t.is_plain());
+        #[cfg(not(feature = "tls"))]
+        false
     }
 }
 
@@ -42,6 +50,7 @@ impl Read for Stream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Stream::Plain(s) => s.read(buf),
+            #[cfg(feature = "tls")]
             Stream::Tls(t) => t.read(buf),
         }
     }
@@ -51,6 +60,7 @@ impl Write for Stream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
             Stream::Plain(s) => s.write(buf),
+            #[cfg(feature = "tls")]
             Stream::Tls(t) => t.write(buf),
         }
     }
@@ -58,6 +68,7 @@ impl Write for Stream {
     fn flush(&mut self) -> io::Result<()> {
         match self {
             Stream::Plain(s) => s.flush(),
+            #[cfg(feature = "tls")]
             Stream::Tls(t) => t.flush(),
         }
     }
@@ -67,6 +78,7 @@ impl Transport for Stream {
     fn received(&self) -> u64 {
         match self {
             Stream::Plain(s) => s.received(),
+            #[cfg(feature = "tls")]
             Stream::Tls(t) => t.received(),
         }
     }
@@ -74,21 +86,27 @@ impl Transport for Stream {
     fn short_read_drains(&self) -> bool {
         match self {
             Stream::Plain(s) => s.short_read_drains(),
+            #[cfg(feature = "tls")]
             Stream::Tls(t) => t.short_read_drains(),
         }
     }
 
     fn handshaking(&self) -> bool {
-        matches!(self, Stream::Tls(t) if t.handshaking())
+        #[cfg(feature = "tls")]
+        return matches!(self, Stream::Tls(t) if t.handshaking());
+        #[cfg(not(feature = "tls"))]
+        false
     }
 
     fn shut_down(&mut self) {
+        #[cfg(feature = "tls")]
         if let Stream::Tls(t) = self {
             t.shut_down();
         }
     }
 
     fn end_reading(&mut self) {
+        #[cfg(feature = "tls")]
         if let Stream::Tls(t) = self {
             t.end_reading();
         }
@@ -97,6 +115,7 @@ impl Transport for Stream {
     fn close_write(&mut self) -> io::Result<()> {
         match self {
             Stream::Plain(s) => s.close_write(),
+            #[cfg(feature = "tls")]
             Stream::Tls(t) => t.close_write(),
         }
     }
@@ -104,6 +123,7 @@ impl Transport for Stream {
     fn discard(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Stream::Plain(s) => s.discard(buf),
+            #[cfg(feature = "tls")]
             Stream::Tls(t) => t.discard(buf),
         }
     }

@@ -570,6 +570,7 @@ fn a_drain_stops_the_processes_and_reaps_them_before_the_server_returns() {
 
 /// The binary: `--agent-cmd` from the command line, the agent's stderr in
 /// pollcap's log with its run id.
+#[cfg(feature = "cli")] // runs the binary
 #[test]
 fn the_binary_runs_an_agent_command_and_logs_its_stderr() {
     let agent = Agent::new();

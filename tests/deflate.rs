@@ -7,12 +7,9 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use pollcap::app::App;
-use pollcap::apps::agent_chat::AgentChat;
 use pollcap::client::{Client, ClientConfig, ClientError};
 use pollcap::deflate::codec;
 use pollcap::reactor::BackendKind;
@@ -127,6 +124,7 @@ fn an_extension_the_client_did_not_offer_fails_the_handshake() {
 }
 
 /// `pollcap probe --json` against `addr`, with `extra` flags.
+#[cfg(feature = "cli")]
 fn probe(addr: SocketAddr, extra: &[&str]) -> serde_json::Value {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_pollcap"))
         .args(["probe", &url(addr), "--json", "--text", "compress me"])
@@ -138,8 +136,12 @@ fn probe(addr: SocketAddr, extra: &[&str]) -> serde_json::Value {
         .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)))
 }
 
+#[cfg(feature = "cli")]
 #[test]
 fn the_probe_says_whether_the_endpoint_negotiated_compression() {
+    use pollcap::app::App;
+    use pollcap::apps::agent_chat::AgentChat;
+    use std::sync::Arc;
     let agent = |env: &[(&str, &str)]| {
         start(BackendKind::Mio, env, |c| {
             c.app = App::Handler(Arc::new(AgentChat {

@@ -6,7 +6,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use pollcap::auth::{self, Auth};
@@ -336,6 +336,7 @@ fn a_message_flood_closes_1008_while_a_polite_client_keeps_its_p99() {
     });
 }
 
+#[cfg(feature = "cli")]
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
@@ -348,13 +349,15 @@ fn rss_kib(pid: u32) -> u64 {
 /// `count` upgrade attempts, each with a distinct forwarded address from
 /// `first`, refused at the token check (401: after the table counted
 /// the address), over `threads` clients.
+#[cfg(feature = "cli")]
 fn forwarded_attempts(addr: SocketAddr, first: u32, count: u32, threads: u32) {
     let per = count / threads;
     let handles: Vec<_> = (0..threads)
         .map(|t| {
             std::thread::spawn(move || {
                 for i in 0..per {
-                    let ip = IpAddr::from((0x0a00_0000 + first + t * per + i).to_be_bytes());
+                    let ip =
+                        std::net::IpAddr::from((0x0a00_0000 + first + t * per + i).to_be_bytes());
                     let req = upgrade_request(&format!("X-Forwarded-For: {ip}\r\n"));
                     let r = raw_exchange(addr, req.as_bytes(), Duration::from_secs(10));
                     assert_eq!(status_of(&r), 401, "{r}");
@@ -367,6 +370,7 @@ fn forwarded_attempts(addr: SocketAddr, first: u32, count: u32, threads: u32) {
     }
 }
 
+#[cfg(feature = "cli")] // runs the binary
 #[test]
 #[cfg_attr(not(target_os = "linux"), ignore = "reads RSS from /proc")]
 fn a_hundred_thousand_forwarded_addresses_leave_rss_bounded() {

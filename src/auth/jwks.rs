@@ -60,7 +60,7 @@ pub struct Jwks {
     signal: Arc<Signal>,
     /// The file's (size, mtime) when last loaded.
     stamp: Mutex<Option<(u64, SystemTime)>>,
-    tls: Option<Arc<rustls::ClientConfig>>,
+    tls: Option<httpc::TlsConfig>,
 }
 
 impl std::fmt::Debug for Jwks {
@@ -80,7 +80,13 @@ impl Drop for Jwks {
     }
 }
 
-fn https_config() -> Result<Arc<rustls::ClientConfig>, String> {
+#[cfg(not(feature = "tls"))]
+fn https_config() -> Result<httpc::TlsConfig, String> {
+    Err("an https:// key set needs feature `tls`, which this build does not have".into())
+}
+
+#[cfg(feature = "tls")]
+fn https_config() -> Result<httpc::TlsConfig, String> {
     let roots = crate::tls::roots(None)?;
     let config = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
         .with_safe_default_protocol_versions()
@@ -94,7 +100,7 @@ fn https_config() -> Result<Arc<rustls::ClientConfig>, String> {
 /// deadlines, a size cap, and a 200 required.
 pub fn fetch(
     target: &Target,
-    tls: Option<&Arc<rustls::ClientConfig>>,
+    tls: Option<&httpc::TlsConfig>,
     connect: Duration,
     response: Duration,
     max_bytes: usize,

@@ -198,7 +198,9 @@ impl<S> DeflateStream<S> {
     }
 }
 
-/// The `Sec-WebSocket-Extensions` values of a handshake response.
+/// The `Sec-WebSocket-Extensions` values of a handshake response
+/// (tungstenite's client handshake: feature `client`).
+#[cfg(feature = "client")]
 pub fn answer_values(response: &tungstenite::handshake::client::Response) -> Vec<&str> {
     response
         .headers()

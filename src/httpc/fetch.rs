@@ -4,6 +4,7 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+#[cfg(feature = "tls")]
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -50,8 +51,17 @@ pub struct Limits {
     pub max_body: usize,
 }
 
+/// The client TLS configuration an `https://` fetch needs. Uninhabited
+/// without feature `tls`: no such fetch can be asked for there (the
+/// settings refuse an https:// URL at start-up).
+#[cfg(feature = "tls")]
+pub type TlsConfig = Arc<rustls::ClientConfig>;
+#[cfg(not(feature = "tls"))]
+pub type TlsConfig = std::convert::Infallible;
+
 enum Conn {
     Plain(TcpStream),
+    #[cfg(feature = "tls")]
     Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
 }
 
@@ -59,6 +69,7 @@ impl Conn {
     fn tcp(&self) -> &TcpStream {
         match self {
             Conn::Plain(s) => s,
+            #[cfg(feature = "tls")]
             Conn::Tls(s) => s.get_ref(),
         }
     }
@@ -68,6 +79,7 @@ impl Read for Conn {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         match self {
             Conn::Plain(s) => s.read(buf),
+            #[cfg(feature = "tls")]
             Conn::Tls(s) => s.read(buf),
         }
     }
@@ -77,12 +89,14 @@ impl Write for Conn {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         match self {
             Conn::Plain(s) => s.write(buf),
+            #[cfg(feature = "tls")]
             Conn::Tls(s) => s.write(buf),
         }
     }
     fn flush(&mut self) -> std::io::Result<()> {
         match self {
             Conn::Plain(s) => s.flush(),
+            #[cfg(feature = "tls")]
             Conn::Tls(s) => s.flush(),
         }
     }
@@ -97,11 +111,7 @@ fn timed_out(e: &std::io::Error) -> bool {
 
 /// Connects to `target` within `limit`: resolution, TCP, and the TLS
 /// handshake when `tls` is given (`https://`).
-fn connect(
-    target: &Target,
-    limit: Duration,
-    tls: Option<&Arc<rustls::ClientConfig>>,
-) -> Result<Conn, FetchError> {
+fn connect(target: &Target, limit: Duration, tls: Option<&TlsConfig>) -> Result<Conn, FetchError> {
     let by = Instant::now() + limit;
     let left = || by.saturating_duration_since(Instant::now());
     let addrs: Vec<_> = (target.host.as_str(), target.port)
@@ -128,6 +138,20 @@ fn connect(
     let (Some(config), true) = (tls, target.tls) else {
         return Ok(Conn::Plain(tcp));
     };
+    #[cfg(not(feature = "tls"))]
+    match *config {}
+    #[cfg(feature = "tls")]
+    tls_handshake(tcp, config, target, left)
+}
+
+/// The TLS handshake over `tcp`, by the connect deadline (`left`).
+#[cfg(feature = "tls")]
+fn tls_handshake(
+    tcp: TcpStream,
+    config: &TlsConfig,
+    target: &Target,
+    left: impl Fn() -> Duration,
+) -> Result<Conn, FetchError> {
     let name = rustls::pki_types::ServerName::try_from(target.host.clone())
         .map_err(|e| FetchError::Connect(format!("{}: {e}", target.host)))?;
     let session = rustls::ClientConnection::new(config.clone(), name)
@@ -157,7 +181,7 @@ pub fn fetch(
     headers: &[(&str, &str)],
     body: &[u8],
     limits: Limits,
-    tls: Option<&Arc<rustls::ClientConfig>>,
+    tls: Option<&TlsConfig>,
 ) -> Result<Fetched, FetchError> {
     if target.tls && tls.is_none() {
         return Err(FetchError::Connect(

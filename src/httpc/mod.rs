@@ -13,7 +13,7 @@
 mod fetch;
 mod url;
 
-pub use fetch::{FetchError, Fetched, Limits, fetch};
+pub use fetch::{FetchError, Fetched, Limits, TlsConfig, fetch};
 pub use url::{Target, TargetError};
 
 use ureq_proto::BodyMode;

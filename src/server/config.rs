@@ -9,6 +9,7 @@ use crate::auth::Auth;
 use crate::settings::{ConfigError, Settings};
 use crate::source::command::CommandConfig;
 use crate::source::upstream::UpstreamConfig;
+#[cfg(feature = "tls")]
 use crate::tls::{CertError, CertStore};
 
 /// Everything needed to start a server.
@@ -20,6 +21,7 @@ pub struct ServerConfig {
     /// by the binary).
     pub auth: Option<Auth>,
     /// The TLS certificate pair; `None` serves plain `ws://` and `http://`.
+    #[cfg(feature = "tls")]
     pub tls: Option<Arc<CertStore>>,
     /// The team's agent over HTTP (`--agent-url`): where an application's
     /// [`Start::Agent`](crate::app::Start) runs go.
@@ -53,11 +55,23 @@ impl ServerConfig {
             settings,
             app: App::Echo,
             auth: None,
+            #[cfg(feature = "tls")]
             tls: None,
             upstream: None,
             command: None,
             log_lines_dropped: None,
         }
+    }
+
+    /// The stream of an accepted socket: TLS when there is a certificate
+    /// pair, plain otherwise.
+    pub(crate) fn stream(&self, tcp: mio::net::TcpStream) -> crate::stream::Stream {
+        #[cfg(feature = "tls")]
+        if let Some(certs) = &self.tls {
+            let tls = crate::tls::TlsStream::new(tcp, certs.config());
+            return crate::stream::Stream::Tls(Box::new(tls));
+        }
+        crate::stream::Stream::Plain(tcp)
     }
 
     /// `app` with everything the settings say: their authentication
@@ -68,6 +82,8 @@ impl ServerConfig {
     /// (`crate::apps::from_settings`).
     pub fn from_settings(settings: Settings, app: App) -> Result<ServerConfig, ConfigError> {
         let auth = Auth::from_settings(&settings)?;
+        // Without feature `tls`, Settings::validate refused a pair.
+        #[cfg(feature = "tls")]
         let tls = match (&settings.tls_cert, &settings.tls_key) {
             (Some(cert), Some(key)) => Some(Arc::new(
                 CertStore::open(cert, key).map_err(|e| cert_config_error(&e))?,
@@ -80,6 +96,7 @@ impl ServerConfig {
             settings,
             app,
             auth,
+            #[cfg(feature = "tls")]
             tls,
             upstream,
             command,
@@ -90,6 +107,7 @@ impl ServerConfig {
 
 /// A certificate problem as a start-up error: the flag (and variable),
 /// the path and the problem.
+#[cfg(feature = "tls")]
 pub fn cert_config_error(e: &CertError) -> ConfigError {
     let setting = crate::settings::find(e.which.setting())
         .map_or_else(|| e.which.setting().to_string(), |d| d.sources());

@@ -41,7 +41,9 @@ use mio::net::{TcpListener, TcpStream};
 pub use crate::runs::MAX_RUNS_PER_CONN;
 #[cfg(feature = "fuzzing")]
 pub(crate) use admission::choose_subprotocol;
-pub use config::{DroppedLines, ServerConfig, cert_config_error};
+#[cfg(feature = "tls")]
+pub use config::cert_config_error;
+pub use config::{DroppedLines, ServerConfig};
 pub use worker::ACCEPT_PAUSE;
 
 use crate::app::App;

@@ -53,12 +53,15 @@ pub(super) fn report(sh: &Shared, now: Instant) -> Report<'_> {
         draining: sh.draining.load(Relaxed),
         uptime: now.saturating_duration_since(sh.started),
         max_connections: sh.cfg.settings.limits.max_connections,
+        #[cfg(feature = "tls")]
         tls: sh.cfg.tls.as_ref().map(|c| {
             (
                 c.reloads_total.load(Relaxed),
                 c.reload_failures_total.load(Relaxed),
             )
         }),
+        #[cfg(not(feature = "tls"))]
+        tls: None,
         store: sh.store.view(),
         log_lines_dropped: sh.cfg.log_lines_dropped.as_ref().map(|d| (d.0)()),
         front_door: FrontDoorView {

@@ -24,8 +24,6 @@ use crate::platform;
 use crate::reactor::{Interest, Reactor, TimerId};
 use crate::runs::{ConnRef, Effect, RunConfig, Runs, StoreOp};
 use crate::store::RunStart;
-use crate::stream::Stream;
-use crate::tls::TlsStream;
 
 pub(super) const LISTENER: usize = usize::MAX - 1;
 const SWEEP: usize = usize::MAX - 2;
@@ -155,6 +153,7 @@ impl Worker {
             let now = turn.now;
             self.now = now;
             self.runs.set_wall(self.reactor.wall());
+            #[cfg(feature = "tls")]
             if self.index == 0 && self.shared.cfg.tls.is_some() && platform::take_sighup() {
                 self.reload_certificates("SIGHUP");
             }
@@ -513,10 +512,7 @@ impl Worker {
     }
 
     fn add(&mut self, stream: TcpStream, peer: std::net::IpAddr, now: Instant) {
-        let mut stream = match &self.shared.cfg.tls {
-            Some(certs) => Stream::Tls(Box::new(TlsStream::new(stream, certs.config()))),
-            None => Stream::Plain(stream),
-        };
+        let mut stream = self.shared.cfg.stream(stream);
         let key = self.conns.vacant_key();
         if let Err(e) = self.reactor.register(&mut stream, key, Interest::READABLE) {
             tracing::warn!("register failed: {e}");
@@ -610,6 +606,7 @@ impl Worker {
             );
             self.drive(key, now, |e, cx| e.conn.handle_timeout(cx));
         }
+        #[cfg(feature = "tls")]
         if self.index == 0
             && let Some(certs) = &self.shared.cfg.tls
             && certs.changed_on_disk()
@@ -623,6 +620,7 @@ impl Worker {
 
     /// Loads the certificate pair again for new connections; a bad pair is
     /// refused with one warning and a metric, and the old one stays.
+    #[cfg(feature = "tls")]
     fn reload_certificates(&self, why: &str) {
         let Some(certs) = &self.shared.cfg.tls else {
             return;

@@ -6,6 +6,7 @@
 
 mod decl;
 mod detect;
+mod features;
 mod frontdoor;
 mod store;
 mod timeouts;
@@ -461,6 +462,7 @@ impl Settings {
                 "{given} is set but {missing} is not: TLS needs both (or neither)"
             )));
         }
+        features::validate(self)?;
         self.resume.validate()?;
         self.validate_idp()?;
         if self.agent.url.is_some() || self.agent.cmd.is_some() {

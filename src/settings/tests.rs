@@ -427,11 +427,90 @@ fn resume_settings_are_checked_and_a_store_password_never_shown() {
     );
     let e = err(&[("POLLCAP_RESUME_RUN_BYTES", "100000000")]);
     assert!(e.contains("resume_run_bytes (100000000)"), "{e}");
-    let st = ok(&[("POLLCAP_STORE", "redis://app:hunter2@redis:6379/1")]);
-    assert!(matches!(st.store, crate::settings::StoreKind::Redis(_)));
-    assert!(!st.summary().contains("hunter2"));
-    assert!(!st.to_json().to_string().contains("hunter2"));
-    assert!(st.summary().contains("store=redis://app:***@redis:6379/1"));
+    #[cfg(feature = "redis")]
+    {
+        let st = ok(&[("POLLCAP_STORE", "redis://app:hunter2@redis:6379/1")]);
+        assert!(matches!(st.store, crate::settings::StoreKind::Redis(_)));
+        assert!(!st.summary().contains("hunter2"));
+        assert!(!st.to_json().to_string().contains("hunter2"));
+        assert!(st.summary().contains("store=redis://app:***@redis:6379/1"));
+    }
+    #[cfg(not(feature = "redis"))]
+    {
+        let e = err(&[("POLLCAP_STORE", "redis://app:hunter2@redis:6379/1")]);
+        assert!(!e.contains("hunter2"), "{e}");
+        assert!(e.contains("redis://app:***@redis:6379/1"), "{e}");
+    }
+}
+
+/// A setting that needs a feature this build left out parses, then is
+/// refused with one line naming the setting and the feature; with the
+/// feature built in, the same values pass.
+#[test]
+fn settings_whose_feature_is_not_built_in_are_refused_by_name() {
+    let tls = cfg!(feature = "tls");
+    let idp = cfg!(feature = "idp");
+    let aud = ("POLLCAP_JWT_AUDIENCE", "app");
+    // (variables, the one named, the feature it needs, whether built in)
+    type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str, bool);
+    let cases: [Case; 7] = [
+        (
+            &[("POLLCAP_TLS_CERT", "c.pem"), ("POLLCAP_TLS_KEY", "k.pem")],
+            "POLLCAP_TLS_CERT",
+            "tls",
+            tls,
+        ),
+        (
+            &[("POLLCAP_AGENT_URL", "https://agent.example/run")],
+            "POLLCAP_AGENT_URL",
+            "tls",
+            tls,
+        ),
+        (
+            &[("POLLCAP_AGENT_CA_FILE", "ca.pem")],
+            "POLLCAP_AGENT_CA_FILE",
+            "tls",
+            tls,
+        ),
+        (
+            &[("POLLCAP_STORE", "redis://127.0.0.1:6379")],
+            "POLLCAP_STORE",
+            "redis",
+            cfg!(feature = "redis"),
+        ),
+        (
+            &[("POLLCAP_JWKS_FILE", "keys.json"), aud],
+            "POLLCAP_JWKS_FILE",
+            "idp",
+            idp,
+        ),
+        (
+            &[("POLLCAP_JWKS_URL", "http://idp.internal/keys"), aud],
+            "POLLCAP_JWKS_URL",
+            "idp",
+            idp,
+        ),
+        (
+            &[("POLLCAP_JWKS_URL", "https://idp.example/keys"), aud],
+            "POLLCAP_JWKS_URL",
+            if idp { "tls" } else { "idp" },
+            idp && tls,
+        ),
+    ];
+    for (vars, env, feature, built) in cases {
+        match resolve(vars, &[]) {
+            Ok(_) => assert!(built, "{vars:?} passed without feature {feature}"),
+            Err(e) => {
+                let e = e.to_string();
+                assert!(!built, "{vars:?}: {e}");
+                assert!(
+                    e.contains(env) && e.contains(&format!("feature `{feature}`")),
+                    "{e}"
+                );
+                assert_eq!(e.lines().count(), 1, "{e}");
+            }
+        }
+    }
 }
 
 /// Found by the `settings` fuzz target: a huge read buffer was accepted,

@@ -10,10 +10,11 @@
 //! connection's reactor as a [`Delivered`], through its waker.
 //!
 //! Parts: `memory` (the in-process store), `redis` (helper threads and the
-//! Streams layout). This file: the setting's value, the limits, run ids,
+//! Streams layout; feature `redis`). This file: the setting's value, the limits, run ids,
 //! the resume request and what the stores deliver.
 
 mod memory;
+#[cfg(feature = "redis")]
 mod redis;
 
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use tungstenite::Utf8Bytes;
 
 pub use memory::MemoryStore;
+#[cfg(feature = "redis")]
 pub use redis::RedisStore;
 
 use crate::reactor::Mailbox;
@@ -220,10 +222,12 @@ pub struct StoreView {
     pub owner_lost: u64,
 }
 
-/// The configured store.
+/// The configured store (one per server: a large variant costs nothing).
+#[cfg_attr(not(feature = "redis"), allow(clippy::large_enum_variant))]
 pub enum Store {
     Off(Arc<StoreStats>),
     Memory(MemoryStore),
+    #[cfg(feature = "redis")]
     Redis(RedisStore),
 }
 
@@ -238,7 +242,16 @@ impl Store {
         Ok(match kind {
             StoreKind::Off => Store::Off(Arc::default()),
             StoreKind::Memory => Store::Memory(MemoryStore::new(limits, deliveries)),
+            #[cfg(feature = "redis")]
             StoreKind::Redis(t) => Store::Redis(RedisStore::start(t, limits, deliveries)?),
+            // Settings::validate refuses it first; an embedder's own
+            // settings get the same words.
+            #[cfg(not(feature = "redis"))]
+            StoreKind::Redis(_) => {
+                return Err(std::io::Error::other(
+                    "store redis:// needs feature `redis`, which this build does not have",
+                ));
+            }
         })
     }
 
@@ -251,6 +264,7 @@ impl Store {
         match self {
             Store::Off(s) => s,
             Store::Memory(m) => m.stats(),
+            #[cfg(feature = "redis")]
             Store::Redis(r) => r.stats(),
         }
     }
@@ -259,6 +273,7 @@ impl Store {
         match self {
             Store::Off(_) => {}
             Store::Memory(m) => m.begin(run, now),
+            #[cfg(feature = "redis")]
             Store::Redis(r) => r.begin(run),
         }
     }
@@ -268,15 +283,18 @@ impl Store {
         match self {
             Store::Off(_) => {}
             Store::Memory(m) => m.append(id, seq, text, now),
+            #[cfg(feature = "redis")]
             Store::Redis(r) => r.append(id, seq, text),
         }
     }
 
     /// Run `id` ended after event `last_seq`.
+    #[cfg_attr(not(feature = "redis"), allow(unused_variables))]
     pub fn finish(&self, id: &str, last_seq: u64, now: Instant) {
         match self {
             Store::Off(_) => {}
             Store::Memory(m) => m.finish(id, now),
+            #[cfg(feature = "redis")]
             Store::Redis(r) => r.finish(id, last_seq),
         }
     }
@@ -292,6 +310,7 @@ impl Store {
         let r = match self {
             Store::Off(_) => Resumed::Unavailable("the store is off"),
             Store::Memory(m) => m.resume(req, subject, follower, now),
+            #[cfg(feature = "redis")]
             Store::Redis(r) => r.resume(req, subject, follower),
         };
         // Redis counts its own answers when they come.
@@ -309,6 +328,7 @@ impl Store {
         match self {
             Store::Off(_) => {}
             Store::Memory(m) => m.unfollow(id, follower),
+            #[cfg(feature = "redis")]
             Store::Redis(r) => r.unfollow(follower),
         }
     }
@@ -327,6 +347,7 @@ impl Store {
             kind: match self {
                 Store::Off(_) => "off",
                 Store::Memory(_) => "memory",
+                #[cfg(feature = "redis")]
                 Store::Redis(_) => "redis",
             },
             up: true,
@@ -348,6 +369,7 @@ impl Store {
                 v.events = Some(events as u64);
                 v.bytes = Some(bytes as u64);
             }
+            #[cfg(feature = "redis")]
             Store::Redis(r) => v.up = r.is_up(),
             Store::Off(_) => {}
         }

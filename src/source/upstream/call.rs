@@ -20,6 +20,7 @@ use crate::httpc::{Error as HttpError, Exchange, Head};
 use crate::reactor::Interest;
 use crate::runs::Failure;
 use crate::stream::Stream;
+#[cfg(feature = "tls")]
 use crate::tls::TlsStream;
 
 /// Most body bytes of a refusal (a non-2xx answer) read for its message.
@@ -193,6 +194,9 @@ impl Call {
             match mio::net::TcpStream::connect(addr) {
                 Ok(tcp) => {
                     let _ = tcp.set_nodelay(true);
+                    #[cfg(not(feature = "tls"))]
+                    let stream = Stream::Plain(tcp);
+                    #[cfg(feature = "tls")]
                     let stream = match &self.cfg.tls {
                         None => Stream::Plain(tcp),
                         Some((config, name)) => {

@@ -33,7 +33,9 @@ pub struct UpstreamConfig {
     pub target: Target,
     /// `Authorization: Bearer …`, when `POLLCAP_AGENT_TOKEN` is set.
     authorization: Option<String>,
-    /// The client TLS configuration and server name, for `https://`.
+    /// The client TLS configuration and server name, for `https://`
+    /// (feature `tls`; without it, Settings::validate refuses one).
+    #[cfg(feature = "tls")]
     pub tls: Option<(
         Arc<rustls::ClientConfig>,
         rustls::pki_types::ServerName<'static>,
@@ -87,6 +89,7 @@ impl UpstreamConfig {
         let Some(target) = s.agent.url.clone() else {
             return Ok(None);
         };
+        #[cfg(feature = "tls")]
         let tls = if target.tls {
             let setting = crate::settings::find("agent_ca_file")
                 .map_or_else(|| "agent_ca_file".to_string(), |d| d.sources());
@@ -110,6 +113,7 @@ impl UpstreamConfig {
         Ok(Some(Arc::new(UpstreamConfig {
             target,
             authorization,
+            #[cfg(feature = "tls")]
             tls,
             timeouts: AgentTimeouts {
                 connect: s.timeouts.agent_connect,
