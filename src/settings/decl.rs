@@ -1239,12 +1239,18 @@ pub static DECLS: &[Decl] = &[
         group: Group::Agent,
         default: Default::None,
         set: |s, v| {
+            // No program or argument can hold a NUL (exec takes C strings),
+            // and no quoting can show one.
+            if v.contains('\0') {
+                return Err("must not contain a NUL byte".into());
+            }
             let words = shlex::split(v).filter(|w| !w.is_empty());
             s.agent.cmd = Some(words.ok_or("must be a command with balanced quotes")?);
             Ok(())
         },
         // Quoted as a shell would need it, so that what is shown resolves
-        // to the same words again.
+        // to the same words again (joining fails only on a NUL, refused
+        // above).
         show: |s| {
             let shown = s.agent.cmd.as_ref().map(|w| {
                 shlex::try_join(w.iter().map(String::as_str)).unwrap_or_else(|_| w.join(" "))
