@@ -40,21 +40,21 @@ pub mod breaker;
 pub mod client;
 pub mod conn;
 pub mod deflate;
-pub mod frontdoor;
+pub(crate) mod frontdoor;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod histogram;
 pub mod http;
-pub mod httpc;
+pub(crate) mod httpc;
 pub mod metrics;
 pub mod platform;
 pub mod reactor;
-pub mod runs;
+pub(crate) mod runs;
 pub mod server;
 pub mod settings;
 pub mod source;
-pub mod store;
+pub(crate) mod store;
 pub mod stream;
 pub mod tls;
 pub mod trace;

@@ -203,6 +203,10 @@ pub struct RunConfig {
 #[derive(Debug)]
 struct Run {
     id: Arc<str>,
+    #[cfg_attr(
+        not(test),
+        expect(dead_code, reason = "read by `runs_of`, for the tests")
+    )]
     subject: Option<Arc<str>>,
     /// Last `seq` given out.
     seq: u64,
@@ -278,12 +282,9 @@ impl Runs {
     }
 
     /// Runs homed here.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.runs.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.runs.is_empty()
     }
 
     /// Runs `conn` follows (started or resumed).
@@ -578,6 +579,7 @@ impl Runs {
     }
 
     /// Runs homed here that `subject` started.
+    #[cfg(test)]
     pub fn runs_of(&self, subject: &str) -> usize {
         self.runs
             .values()
