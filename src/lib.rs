@@ -33,7 +33,14 @@
 //! server.join().unwrap();
 //! ```
 
+#![warn(missing_docs)]
+
+// TODO(handlerapi): the handler API is being rewritten (request view at
+// open, raw sends, refusal with a status); its docs come with it, and the
+// merge removes these two allows.
+#[allow(missing_docs)]
 pub mod app;
+#[allow(missing_docs)]
 pub mod apps;
 pub mod auth;
 pub mod breaker;
