@@ -203,10 +203,8 @@ pub struct RunConfig {
 #[derive(Debug)]
 struct Run {
     id: Arc<str>,
-    #[cfg_attr(
-        not(test),
-        expect(dead_code, reason = "read by `runs_of`, for the tests")
-    )]
+    // Read by `runs_of`, in the tests only.
+    #[cfg_attr(not(test), expect(dead_code))]
     subject: Option<Arc<str>>,
     /// Last `seq` given out.
     seq: u64,
