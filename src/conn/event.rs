@@ -14,8 +14,8 @@ use crate::http::Head;
 pub enum TimeoutPhase {
     /// No request byte within `connect` of the accept (dropped silently).
     Connect,
-    /// No complete upgrade within `handshake` of the accept (408, or dropped
-    /// while the 101 was being written).
+    /// No complete upgrade within `handshake` of the accept: 408, or
+    /// dropped (TLS unfinished, or the 101 half written).
     Handshake,
     /// No frame within `ping` after the server's Ping (close 1011).
     Ping,
@@ -25,7 +25,8 @@ pub enum TimeoutPhase {
     Stale,
     /// Open for `connection` (close 1001 "max lifetime").
     Lifetime,
-    /// The closing handshake did not finish within `close` (dropped).
+    /// The closing handshake, or a response that ends the connection, was
+    /// not done within `close` (dropped).
     Close,
     /// A run outlived `execution`: it ends with an error event,
     /// `execution_timeout` (a handler's) or `upstream_timeout` (an agent's).

@@ -70,8 +70,8 @@ pub struct Timeouts {
     /// answer.
     pub connect: Duration,
     /// TCP accept → the whole 101 written, TLS included (`--handshake-timeout`);
-    /// past it: 408 while the head is still being read, dropped while the 101
-    /// is being written.
+    /// past it: 408 while the request head is awaited or decided; dropped
+    /// if TLS has not finished, or while the 101 is being written.
     pub handshake: Duration,
     /// After the server's Ping, how long the peer may stay silent
     /// (`--ping-timeout`); past it: close 1011 "keepalive ping timeout".
