@@ -18,7 +18,7 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 pub use decl::{DECLS, Decl, Default, Group, Kind, find, seconds};
-pub use detect::{CloudPlatform, Environment};
+pub use detect::{CloudPlatform, Environment, EnvironmentView};
 pub use frontdoor::{
     BURST_SECONDS, Cidr, ClientLimits, Idp, OriginPattern, Origins, canonical, parse_cidrs,
     split_origin,

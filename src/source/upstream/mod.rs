@@ -69,7 +69,7 @@ struct Body<'a> {
 
 /// The JSON body of an agent request (SPEC §5): the HTTP request's body,
 /// and the line an agent command reads on its stdin.
-pub fn request_body(
+pub(crate) fn request_body(
     run_id: &str,
     req: &AgentRequest,
     subject: Option<&str>,
