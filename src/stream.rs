@@ -13,7 +13,10 @@ use crate::platform::{Pollable, RawSource};
 #[cfg(feature = "tls")]
 use crate::tls::TlsStream;
 
+/// A non-blocking socket a connection runs over, plain or TLS, registered
+/// with a [`Reactor`](crate::reactor::Reactor) as one source.
 pub enum Stream {
+    /// Plain TCP (`ws://`, `http://`).
     Plain(TcpStream),
     /// Boxed: a TLS session is large, and plain connections stay small.
     #[cfg(feature = "tls")]

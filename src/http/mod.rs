@@ -18,15 +18,19 @@ pub struct HeadLimits {
 /// The parts of a request head the server acts on.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Head {
+    /// The method, as sent (`GET`, `HEAD`…).
     pub method: String,
     /// The path without its query string.
     pub path: String,
     /// `1` for HTTP/1.1, `0` for HTTP/1.0.
     pub minor_version: u8,
+    /// The `Host` header, if any.
     pub host: Option<String>,
     /// `Upgrade: websocket` and `Connection: upgrade` were both present.
     pub wants_websocket: bool,
+    /// `Sec-WebSocket-Version`, if any (only `13` is accepted).
     pub ws_version: Option<String>,
+    /// `Sec-WebSocket-Key`, if any.
     pub ws_key: Option<String>,
     /// Every offered subprotocol, in the client's order.
     pub protocols: Vec<String>,
@@ -53,14 +57,19 @@ pub struct Head {
 /// The parts of an upgrade request the server acts on.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct UpgradeRequest {
+    /// `Sec-WebSocket-Key`, answered in `Sec-WebSocket-Accept`.
     pub key: String,
     /// The `Authorization` header, if any.
     pub authorization: Option<String>,
     /// Every offered subprotocol, in the client's order.
     pub protocols: Vec<String>,
+    /// The `Host` header, if any.
     pub host: Option<String>,
+    /// The `Origin` header, if any (a browser's request).
     pub origin: Option<String>,
+    /// Every `X-Forwarded-For` line, joined with `,`.
     pub forwarded_for: Option<String>,
+    /// Every `Forwarded` line, joined with `,`.
     pub forwarded: Option<String>,
     /// The W3C `traceparent` header, if any.
     pub traceparent: Option<String>,
@@ -94,9 +103,12 @@ pub enum Request {
     Reject(Response),
 }
 
+/// A plain-HTTP route.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Route {
+    /// `/health`: JSON of the server's state (503 while draining).
     Health,
+    /// `/metrics`: Prometheus text.
     Metrics,
     /// `/`: the built-in page.
     Index,
@@ -110,7 +122,12 @@ pub enum Parsed {
     /// Need more bytes.
     Partial,
     /// A complete head of `len` bytes.
-    Complete { head: Box<Head>, len: usize },
+    Complete {
+        /// The head.
+        head: Box<Head>,
+        /// Its length in the buffer; bytes after it came after the head.
+        len: usize,
+    },
     /// Not a request this server can read (400, 431).
     Invalid(Response),
 }
@@ -118,7 +135,9 @@ pub enum Parsed {
 /// A fully formed HTTP/1.1 response.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Response {
+    /// The status code (for metrics and logs).
     pub status: u16,
+    /// The whole response: status line, headers and body.
     pub bytes: Vec<u8>,
 }
 

@@ -203,6 +203,8 @@ pub struct RunConfig {
 #[derive(Debug)]
 struct Run {
     id: Arc<str>,
+    // Read by `runs_of`, in the tests only.
+    #[cfg_attr(not(test), expect(dead_code))]
     subject: Option<Arc<str>>,
     /// Last `seq` given out.
     seq: u64,
@@ -278,12 +280,9 @@ impl Runs {
     }
 
     /// Runs homed here.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.runs.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.runs.is_empty()
     }
 
     /// Runs `conn` follows (started or resumed).
@@ -578,6 +577,7 @@ impl Runs {
     }
 
     /// Runs homed here that `subject` started.
+    #[cfg(test)]
     pub fn runs_of(&self, subject: &str) -> usize {
         self.runs
             .values()

@@ -44,7 +44,6 @@ pub(crate) use admission::choose_subprotocol;
 #[cfg(feature = "tls")]
 pub use config::cert_config_error;
 pub use config::{DroppedLines, ServerConfig};
-pub use worker::ACCEPT_PAUSE;
 
 use crate::app::App;
 use crate::breaker::Breaker;
@@ -107,6 +106,12 @@ pub struct ShutdownHandle {
 }
 
 impl ShutdownHandle {
+    /// Starts a graceful drain and returns at once: no new sessions
+    /// (`/ws` answers 503 + `Retry-After`, `/health` 503 `draining`), every
+    /// open connection gets close 1001 after its runs (at most half the
+    /// `close` deadline), and each reactor exits once its connections are
+    /// gone or `close` has passed. [`Server::join`] waits for that. Calling
+    /// it again does nothing more.
     pub fn shutdown(&self) {
         self.shared.draining.store(true, Relaxed);
         for w in &self.shared.wakers {
@@ -116,7 +121,9 @@ impl ShutdownHandle {
     }
 
     /// Test hook: drop every wake signal from now on (lost wakeups), so the
-    /// drain must be noticed through the cap.
+    /// drain must be noticed through the cap. Hidden: for the tests, not an
+    /// API.
+    #[doc(hidden)]
     pub fn suppress_wakers(&self, on: bool) {
         for w in &self.shared.wakers {
             w.suppress(on);
@@ -227,10 +234,14 @@ impl Server {
         })
     }
 
+    /// The address the listener is bound to: the real port when the settings
+    /// asked for port 0.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }
 
+    /// A handle that starts the drain from any thread (a signal handler, a
+    /// test, the embedding code); clone it freely.
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         ShutdownHandle {
             shared: self.shared.clone(),

@@ -89,6 +89,7 @@ impl Pool {
     }
 
     /// Input bytes held by queued and running jobs.
+    #[cfg(test)]
     pub fn held_bytes(&self) -> usize {
         self.held.load(Ordering::Relaxed)
     }

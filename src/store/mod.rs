@@ -29,7 +29,9 @@ pub use memory::MemoryStore;
 pub use redis::RedisStore;
 
 use crate::reactor::Mailbox;
-pub use crate::settings::{RedisTarget, ResumeLimits, StoreKind};
+#[cfg(feature = "redis")]
+pub use crate::settings::RedisTarget;
+pub use crate::settings::{ResumeLimits, StoreKind};
 
 /// A new run id: 128 random bits from the operating system, base64url
 /// (22 characters). With authentication off the id is the only key to a
@@ -78,6 +80,8 @@ const MAX_RUN_ID: usize = 128;
 pub const MAX_SEQ: u64 = (1 << 53) - 1;
 
 impl ResumeRequest {
+    // `new` and `to_json` are the client's (feature `client`) and tests'.
+    #[cfg_attr(not(feature = "client"), allow(dead_code))]
     pub fn new(run_id: &str, after_seq: u64) -> ResumeRequest {
         ResumeRequest {
             kind: ResumeTag::Resume,
@@ -97,6 +101,7 @@ impl ResumeRequest {
         ok.then_some(r)
     }
 
+    #[cfg_attr(not(feature = "client"), allow(dead_code))]
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()
     }
@@ -115,6 +120,8 @@ pub struct Follower {
 
 /// What a store has for a following connection.
 #[derive(Clone, Debug, PartialEq)]
+// Without feature `redis`: what only the Redis store delivers.
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
 pub enum Delivery {
     /// One event, stamped, as the run's own connection got it.
     Event { seq: u64, text: Utf8Bytes },
@@ -132,7 +139,11 @@ pub enum Delivery {
 /// A delivery for one following connection.
 #[derive(Debug)]
 pub struct Delivered {
+    /// The connection's slot and id, as in its [`Follower`]. Not read:
+    /// the worker finds the follow by `token` alone.
+    #[expect(dead_code, reason = "unread since deliveries go by token")]
     pub key: usize,
+    #[expect(dead_code, reason = "unread since deliveries go by token")]
     pub conn_id: u64,
     pub token: u64,
     pub what: Delivery,
@@ -154,6 +165,7 @@ fn post(boxes: &Deliveries, f: &Follower, what: Delivery) {
 
 /// The answer to a resume request.
 #[derive(Debug)]
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
 pub enum Resumed {
     /// The events after `after_seq` so far; `live`: the run goes on and
     /// its next events will be delivered.
@@ -169,6 +181,7 @@ pub enum Resumed {
 
 /// A run as the store first hears of it.
 #[derive(Clone, Debug)]
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
 pub struct RunStart<'a> {
     pub id: &'a str,
     /// Who may resume it: the authenticated subject, or `None` when
