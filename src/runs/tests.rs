@@ -11,7 +11,9 @@ use serde_json::Value;
 
 use super::*;
 use crate::reactor::{BackendKind, CapStrategy, Mailbox, Reactor};
-use crate::store::{Deliveries, MemoryStore, ResumeLimits, RunStart};
+use crate::store::{
+    Deliveries, Delivery, MemoryStore, ResumeLimits, ResumeRequest, Resumed, RunStart,
+};
 
 const A: ConnRef = ConnRef { key: 1, id: 11 };
 const B: ConnRef = ConnRef { key: 2, id: 22 };

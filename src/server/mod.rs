@@ -8,7 +8,8 @@
 //!
 //! Parts, one job each: `config` (what to start, validated once),
 //! `worker` (one reactor thread's turn loop: accept, drive connections,
-//! answer their events, apply the run layer's effects), `entry` (a
+//! answer their events, apply the run layer's effects), `events` (the
+//! answer to each event a connection reports), `entry` (a
 //! connection as the worker keeps it), `admission` (auth, subprotocol,
 //! breaker, limits, the app's `open`), `messages` (application messages
 //! to runs on the pool, and resumes), `agents` with `agent_io` and
@@ -23,6 +24,7 @@ mod agents;
 mod config;
 mod drain;
 mod entry;
+mod events;
 mod messages;
 mod page;
 mod processes;

@@ -13,13 +13,13 @@ use std::time::{Duration, Instant};
 use mio::net::{TcpListener, TcpStream};
 use slab::Slab;
 
+use super::Shared;
 use super::agents::{AGENT, AgentStart, Agents};
 use super::entry::Entry;
-use super::messages::{self, Answer};
-use super::{Shared, admission, routes};
+use super::events::{answer, apply_here};
+use super::messages::Answer;
 use crate::app::App;
 use crate::conn::{Conn, Cx, Event};
-use crate::http::{self, Request};
 use crate::platform;
 use crate::reactor::{Interest, Reactor, TimerId};
 use crate::runs::{ConnRef, Effect, RunConfig, Runs, StoreOp};
@@ -633,65 +633,5 @@ impl Worker {
                 "TLS certificate reload ({why}) refused, the previous one stays: {e}"
             ),
         }
-    }
-}
-
-/// Applies `effect` to connection `e` (`here`) if it is for it; hands it
-/// back otherwise.
-fn apply_here(here: ConnRef, e: &mut Entry, effect: Effect, cx: &mut Cx) -> Option<Effect> {
-    match effect {
-        Effect::Send { conn, text } if conn == here => {
-            e.conn.send_run(tungstenite::Message::Text(text), cx)
-        }
-        Effect::Settled { conn } if conn == here => e.conn.runs_settled(cx),
-        Effect::Close { conn, code, reason } if conn == here => {
-            tracing::warn!(conn = conn.id, code, "closing: {reason}");
-            e.conn.close(code, reason, cx)
-        }
-        other => return Some(other),
-    }
-    None
-}
-
-/// Answers one event of connection `key`: the decisions of SPEC §4–§5.
-fn answer(ax: &mut Answer, key: usize, e: &mut Entry, ev: Event, cx: &mut Cx) {
-    let sh = ax.shared;
-    let m = &sh.metrics;
-    match ev {
-        Event::Request(_) if e.conn.stream_mut().is_some_and(|s| s.plain_on_tls_port()) => {
-            m.tls_plaintext_total.fetch_add(1, Relaxed);
-            tracing::info!(conn = e.conn.id(), "plain-text request on the TLS port");
-            let r = http::text(
-                400,
-                "Bad Request",
-                "this port speaks TLS: use https:// or wss://\n",
-            );
-            e.conn.respond(r, cx);
-        }
-        Event::Request(head) => match http::classify(&head, &sh.cfg.settings.ws_path) {
-            Request::Route(route) => {
-                let r = routes::render(sh, route, &head, cx.now, ax.wall);
-                e.conn.respond(r, cx);
-            }
-            Request::Reject(r) => e.conn.respond(r, cx),
-            Request::Upgrade(u) => admission::answer(sh, &u, e, cx, ax.wall),
-        },
-        Event::Status(status) => m.http_status(status),
-        Event::Opened { handshake } => {
-            m.http_status(101);
-            m.upgrades_total.fetch_add(1, Relaxed);
-            m.handshake_latency.record_us(handshake.as_micros() as u64);
-        }
-        Event::Message(msg) => messages::on_message(ax, key, e, msg, cx),
-        Event::PeerClosed => ax.runs.peer_closed(cx.now, e.at(key)),
-        Event::Timeout(phase) => m.timeout(phase),
-        Event::CloseSent(code) => m.close_sent(code),
-        Event::Compacted => {
-            m.buffer_compactions_total.fetch_add(1, Relaxed);
-        }
-        Event::TransportFailed => {
-            m.tls_handshake_failures_total.fetch_add(1, Relaxed);
-        }
-        Event::Lingered { end, discarded } => m.lingered(end, discarded),
     }
 }
