@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::reactor::Mailbox;
-use crate::runs::{self, Mail, RunBudget, SourceEvent, Ticket};
+use crate::runs::{self, Mail, Raw, RunBudget, SourceEvent, Ticket};
 
 /// Who is on the other end of a connection.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -110,11 +110,12 @@ impl App {
     }
 }
 
-/// A run's way back to the server: its events go, through its reactor's
-/// mailbox, to the run layer, which seals them (`run_id`, `seq`, `ts`),
-/// stores and forwards them. Bounded by the run's budget: past it the run
-/// is cancelled and ends with `run_too_large`; an event the mailbox has no
-/// room for ends the run `overloaded` (counted, never lost unseen).
+/// A run's way back to the server: its output goes, through its reactor's
+/// mailbox, to the run layer, which seals events (`run_id`, `seq`, `ts`),
+/// stores and forwards them, and forwards raw messages as they are.
+/// Bounded by the run's budget, raw messages included: past it the run is
+/// cancelled and ends with `run_too_large`; output the mailbox has no room
+/// for ends the run `overloaded` (counted, never lost unseen).
 pub struct Outbox {
     run: u64,
     run_id: Arc<str>,
@@ -152,27 +153,57 @@ impl Outbox {
     }
 
     /// Sends one event `{type, ..fields, run_id, seq, ts}`; `seq` starts
-    /// at 1 and grows by 1 per event of the run. `fields` must serialize
-    /// as a map; the names `type`, `run_id`, `seq` and `ts` belong to the
-    /// envelope. Dropped silently once cancelled.
+    /// at 1 and grows by 1 per event of the run. Events are stored for
+    /// resume. `fields` must serialize as a map; the names `type`,
+    /// `run_id`, `seq` and `ts` belong to the envelope. Dropped silently
+    /// once cancelled.
     pub fn emit(&self, kind: &str, fields: impl serde::Serialize) {
         if self.is_cancelled() {
             return;
         }
         let body = runs::body(kind, &fields);
-        let len = body.len() as u64;
+        self.hand_over(body.len(), SourceEvent::Event(body));
+    }
+
+    /// Sends one text message as it is: no envelope, no `seq`, not stored,
+    /// so never replayed by a resume — only the connection that started
+    /// the run gets it, while it is there. In order with the run's events;
+    /// counted against the run's budget like one. Dropped silently once
+    /// cancelled.
+    pub fn send_text(&self, text: impl Into<String>) {
+        if self.is_cancelled() {
+            return;
+        }
+        let text = text.into();
+        self.hand_over(text.len(), SourceEvent::Raw(Raw::Text(text)));
+    }
+
+    /// Sends one binary message, as [`Outbox::send_text`] sends text
+    /// (compressed like any message when the connection agreed to
+    /// permessage-deflate).
+    pub fn send_binary(&self, data: impl Into<Vec<u8>>) {
+        if self.is_cancelled() {
+            return;
+        }
+        let data = data.into();
+        self.hand_over(data.len(), SourceEvent::Raw(Raw::Binary(data)));
+    }
+
+    /// Counts `len` bytes of output against the budget and posts it.
+    fn hand_over(&self, len: usize, what: SourceEvent) {
+        let len64 = len as u64;
         let events = self.events.fetch_add(1, Ordering::Relaxed) + 1;
-        let bytes = self.bytes.fetch_add(len, Ordering::Relaxed) + len;
+        let bytes = self.bytes.fetch_add(len64, Ordering::Relaxed) + len64;
         if events > self.budget.max_events || bytes > self.budget.max_bytes {
-            // The run layer ends the run at this event: nothing after it
-            // is worth queueing.
+            // The run layer ends the run at this one: nothing after it is
+            // worth queueing.
             self.cancel.store(true, Ordering::Release);
         }
         let mail = Mail {
             run: self.run,
-            what: SourceEvent::Event(body),
+            what,
         };
-        if self.mailbox.try_post(mail, len as usize).is_err() {
+        if self.mailbox.try_post(mail, len).is_err() {
             self.cancel.store(true, Ordering::Release);
             self.post(SourceEvent::Dropped);
         }

@@ -343,7 +343,10 @@ mod tests {
         let mut settled = false;
         while let Some(e) = runs.poll_effect() {
             match e {
-                Effect::Send { conn: c, text } if c == conn => {
+                Effect::Send {
+                    conn: c,
+                    msg: tungstenite::Message::Text(text),
+                } if c == conn => {
                     got.push(serde_json::from_str::<serde_json::Value>(text.as_str()).unwrap())
                 }
                 Effect::Settled { conn: c } => settled = c == conn,

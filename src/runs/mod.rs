@@ -37,7 +37,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-use tungstenite::Utf8Bytes;
+use tungstenite::{Message, Utf8Bytes};
 
 pub use crate::settings::RunBudget;
 pub use envelope::{ErrorFields, body, error_event, resume_error, seal};
@@ -68,6 +68,11 @@ pub enum SourceEvent {
     /// One event: a JSON object's text (see [`body`]) without `run_id`,
     /// `seq` and `ts`, which the layer adds.
     Event(String),
+    /// One message to send as it is: not an event (no `seq`, not stored,
+    /// so a resume never replays it), counted against the run's budget
+    /// like one and forwarded, in order with the events, to the
+    /// connection that started the run while it is there.
+    Raw(Raw),
     /// The source finished: the run ends after the events it sent.
     Done,
     /// The source failed: the run ends with this error event.
@@ -75,6 +80,29 @@ pub enum SourceEvent {
     /// An event could not be handed over (its reactor's mailbox was full):
     /// the run ends `overloaded` rather than go on with a gap.
     Dropped,
+}
+
+/// A raw message of a run (see [`SourceEvent::Raw`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Raw {
+    Text(String),
+    Binary(Vec<u8>),
+}
+
+impl Raw {
+    fn len(&self) -> usize {
+        match self {
+            Raw::Text(t) => t.len(),
+            Raw::Binary(b) => b.len(),
+        }
+    }
+
+    fn into_message(self) -> Message {
+        match self {
+            Raw::Text(t) => Message::Text(t.into()),
+            Raw::Binary(b) => Message::Binary(b.into()),
+        }
+    }
 }
 
 /// How a source failed.
@@ -160,10 +188,10 @@ pub enum StoreOp {
 /// What the owner must do, in order.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Effect {
-    /// Send `text` to the connection as a text message.
+    /// Send `msg` (an event's text, or a raw message) to the connection.
     Send {
         conn: ConnRef,
-        text: Utf8Bytes,
+        msg: Message,
     },
     Store(StoreOp),
     /// Stop the source of run `run` (its cancel flag is set already).
@@ -292,10 +320,8 @@ impl Runs {
     }
 
     fn send(&mut self, conn: ConnRef, text: String) {
-        self.effects.push_back(Effect::Send {
-            conn,
-            text: text.into(),
-        });
+        let msg = Message::Text(text.into());
+        self.effects.push_back(Effect::Send { conn, msg });
     }
 
     fn store(&mut self, op: StoreOp) {
@@ -416,20 +442,27 @@ impl Runs {
         let Some(run) = self.runs.get_mut(&mail.run) else {
             return;
         };
+        let len = match &mail.what {
+            SourceEvent::Event(body) => body.len(),
+            SourceEvent::Raw(raw) => raw.len(),
+            _ => 0,
+        };
+        if matches!(mail.what, SourceEvent::Event(_) | SourceEvent::Raw(_)) {
+            let budget = self.cfg.budget;
+            let bytes = run.bytes.saturating_add(len as u64);
+            if run.events + 1 > budget.max_events {
+                let why = format!("the run passed its budget of {} events", budget.max_events);
+                return self.end(now, mail.run, End::TooLarge(why));
+            }
+            if bytes > budget.max_bytes {
+                let why = format!("the run passed its budget of {} bytes", budget.max_bytes);
+                return self.end(now, mail.run, End::TooLarge(why));
+            }
+            run.events += 1;
+            run.bytes = bytes;
+        }
         match mail.what {
             SourceEvent::Event(body) => {
-                let budget = self.cfg.budget;
-                let bytes = run.bytes.saturating_add(body.len() as u64);
-                if run.events + 1 > budget.max_events {
-                    let why = format!("the run passed its budget of {} events", budget.max_events);
-                    return self.end(now, mail.run, End::TooLarge(why));
-                }
-                if bytes > budget.max_bytes {
-                    let why = format!("the run passed its budget of {} bytes", budget.max_bytes);
-                    return self.end(now, mail.run, End::TooLarge(why));
-                }
-                run.events += 1;
-                run.bytes = bytes;
                 run.seq += 1;
                 let seq = run.seq;
                 let id = run.id.clone();
@@ -440,6 +473,14 @@ impl Runs {
                     text: text.clone(),
                 });
                 self.forward(mail.run, seq, text);
+            }
+            SourceEvent::Raw(raw) => {
+                // The run's own connection only: followers through the
+                // store read stored events, and a raw message is not one.
+                if let Some(conn) = self.follows.conn_of(mail.run) {
+                    let msg = raw.into_message();
+                    self.effects.push_back(Effect::Send { conn, msg });
+                }
             }
             SourceEvent::Done => self.end(now, mail.run, End::Done),
             SourceEvent::Failed(f) => self.end(now, mail.run, End::Failed(f)),
@@ -460,7 +501,8 @@ impl Runs {
     /// Sends event `seq` to whoever follows `token`, once.
     fn forward(&mut self, token: u64, seq: u64, text: Utf8Bytes) {
         if let Some(conn) = self.follows.forward(token, seq) {
-            self.effects.push_back(Effect::Send { conn, text });
+            let msg = Message::Text(text);
+            self.effects.push_back(Effect::Send { conn, msg });
         }
     }
 

@@ -22,9 +22,7 @@ pub(super) fn apply_here(
     cx: &mut Cx,
 ) -> Option<Effect> {
     match effect {
-        Effect::Send { conn, text } if conn == here => {
-            e.conn.send_run(tungstenite::Message::Text(text), cx)
-        }
+        Effect::Send { conn, msg } if conn == here => e.conn.send_run(msg, cx),
         Effect::Settled { conn } if conn == here => e.conn.runs_settled(cx),
         Effect::Close { conn, code, reason } if conn == here => {
             tracing::warn!(conn = conn.id, code, "closing: {reason}");

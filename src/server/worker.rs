@@ -330,18 +330,18 @@ impl Worker {
                 break;
             };
             match effect {
-                Effect::Send { conn, text } => {
-                    let mut batch = vec![text];
+                Effect::Send { conn, msg } => {
+                    let mut batch = vec![msg];
                     while let Some(Effect::Send { conn: c, .. }) = self.deferred.front()
                         && *c == conn
                     {
-                        if let Some(Effect::Send { text, .. }) = self.deferred.pop_front() {
-                            batch.push(text);
+                        if let Some(Effect::Send { msg, .. }) = self.deferred.pop_front() {
+                            batch.push(msg);
                         }
                     }
                     self.drive_conn(conn, now, |e, cx| {
-                        for text in batch {
-                            e.conn.send_run(tungstenite::Message::Text(text), cx);
+                        for msg in batch {
+                            e.conn.send_run(msg, cx);
                         }
                     });
                 }

@@ -264,18 +264,20 @@ mod tests {
             charged: None,
             expiry: crate::runs::Expiry::HANDLER,
         };
-        // Two events fit the budget; the third is posted (the run layer
-        // ends the run at it) and cancels the run: nothing follows.
+        // Two messages fit the budget (an event, a raw one); the third is
+        // posted (the run layer ends the run at it) and cancels the run:
+        // nothing follows.
         let mb = Arc::new(Mailbox::new(r.waker()));
         let budget = RunBudget {
             max_events: 2,
             max_bytes: 1 << 20,
         };
         let out = Outbox::new(&ticket, mb.clone(), budget);
+        out.emit("e", serde_json::json!({}));
         for _ in 0..10 {
-            out.emit("e", serde_json::json!({}));
+            out.send_binary(vec![0u8; 10]);
         }
-        assert!(out.is_cancelled());
+        assert!(out.is_cancelled(), "raw messages count like events");
         assert_eq!(mb.take().len(), 3);
         // A mailbox with room for one event: the second is refused, the
         // run is cancelled and told why; nothing is queued after it.
