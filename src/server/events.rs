@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use super::entry::Entry;
 use super::messages::{self, Answer};
 use super::{admission, routes};
-use crate::conn::{Cx, Event};
+use crate::conn::{Cx, Event, TimeoutPhase};
 use crate::http::{self, Request};
 use crate::runs::{ConnRef, Effect};
 
@@ -54,7 +54,9 @@ pub(super) fn answer(ax: &mut Answer, key: usize, e: &mut Entry, ev: Event, cx: 
                 e.conn.respond(r, cx);
             }
             Request::Reject(r) => e.conn.respond(r, cx),
-            Request::Upgrade(u) => admission::answer(sh, &u, e, cx, ax.wall),
+            Request::Upgrade(u) => {
+                admission::answer(sh, &u, head, (key, ax.reactor), e, cx, ax.wall)
+            }
         },
         Event::Status(status) => m.http_status(status),
         Event::Opened { handshake } => {
@@ -64,7 +66,14 @@ pub(super) fn answer(ax: &mut Answer, key: usize, e: &mut Entry, ev: Event, cx: 
         }
         Event::Message(msg) => messages::on_message(ax, key, e, msg, cx),
         Event::PeerClosed => ax.runs.peer_closed(cx.now, e.at(key)),
-        Event::Timeout(phase) => m.timeout(phase),
+        Event::Timeout(phase) => {
+            m.timeout(phase);
+            // An upgrade still waiting for the application was answered
+            // 503 by the connection.
+            if phase == TimeoutPhase::Handshake {
+                admission::undecided(sh, e, true, cx.now);
+            }
+        }
         Event::CloseSent(code) => m.close_sent(code),
         Event::Compacted => {
             m.buffer_compactions_total.fetch_add(1, Relaxed);

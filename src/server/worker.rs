@@ -13,11 +13,11 @@ use std::time::{Duration, Instant};
 use mio::net::{TcpListener, TcpStream};
 use slab::Slab;
 
-use super::Shared;
 use super::agents::{AGENT, AgentStart, Agents};
-use super::entry::Entry;
+use super::entry::{Admission, Entry};
 use super::events::{answer, apply_here};
 use super::messages::Answer;
+use super::{Shared, admission};
 use crate::app::App;
 use crate::conn::{Conn, Cx, Event};
 use crate::platform;
@@ -160,6 +160,7 @@ impl Worker {
             }
             if turn.woken {
                 self.take_inbox(now);
+                self.take_decisions(now);
                 self.take_mail(now);
                 self.take_deliveries(now);
                 self.take_resolved(now);
@@ -396,6 +397,23 @@ impl Worker {
             .map_or(0, |e| self.runs.following(e.at(key)))
     }
 
+    /// Answers the upgrades the application decided on the pool.
+    fn take_decisions(&mut self, now: Instant) {
+        for d in self.shared.decisions[self.index].take() {
+            let waiting = self.conns.get(d.conn.key).is_some_and(|e| {
+                e.conn.id() == d.conn.id && matches!(e.admission, Admission::Deciding(_))
+            });
+            let shared = self.shared.clone();
+            if waiting {
+                self.drive(d.conn.key, now, |e, cx| {
+                    admission::decided(&shared, e, d, cx)
+                });
+            } else {
+                admission::late(&shared, d);
+            }
+        }
+    }
+
     /// Hands the worker pool's output to the run layer.
     fn take_mail(&mut self, now: Instant) {
         for mail in self.shared.mailboxes[self.index].take() {
@@ -570,7 +588,8 @@ impl Worker {
         }
         self.reactor.timers().remove(e.timer);
         e.give_back_address(&self.shared, now);
-        if let Some(session) = &e.session {
+        admission::undecided(&self.shared, &mut e, false, now);
+        if let Some(session) = e.session() {
             self.shared.metrics.open.fetch_sub(1, Relaxed);
             if let App::Handler(h) = &self.shared.cfg.app {
                 h.close(session);

@@ -1,16 +1,19 @@
-//! The worker pool, the run source behind every [`Handler`]: a fixed set
-//! of threads with a bounded queue, each job one `Handler::message` call
-//! under its run's execution deadline (the run layer cancels it; the
-//! handler sees [`Outbox::is_cancelled`]).
+//! The worker pool, where every blocking [`Handler`] call runs: a fixed
+//! set of threads with a bounded queue, each job one `Handler::message`
+//! call under its run's execution deadline (the run layer cancels it; the
+//! handler sees [`Outbox::is_cancelled`]) — the run source behind every
+//! handler — or one `Handler::open` deciding an upgrade, whose
+//! [`Decided`] goes back to its reactor through a mailbox.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
 
-use crate::app::{Handler, Inbound, Outbox, Session};
+use crate::app::{Decision, Handler, Inbound, Outbox, Request, Session};
 use crate::metrics::ServerMetrics;
-use crate::runs::{Failure, SourceEvent};
+use crate::reactor::Mailbox;
+use crate::runs::{ConnRef, Failure, SourceEvent};
 
 /// One queued call.
 pub type Job = Box<dyn FnOnce() + Send>;
@@ -122,11 +125,7 @@ pub fn job(
         let what = match result {
             Ok(()) => SourceEvent::Done,
             Err(p) => {
-                let msg = p
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| p.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "panic".into());
+                let msg = panic_message(&*p);
                 panics.handler_panics_total.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(run_id = out.run_id(), "handler panicked: {msg}; run failed");
                 SourceEvent::Failed(Failure {
@@ -141,12 +140,59 @@ pub fn job(
     })
 }
 
+/// A handler's answer to connection `conn`'s upgrade request, for its
+/// reactor; `session` is what every later call of the connection gets.
+#[derive(Debug)]
+pub struct Decided {
+    pub conn: ConnRef,
+    pub session: Arc<Session>,
+    pub decision: Decision,
+}
+
+/// Runs `handler.open` as one pool job; its decision (a panic is a
+/// [`Decision::Fail`], counted in `panics`) goes to `reply`. The request's
+/// headers are dropped here, on the pool: only the session goes back.
+pub fn open_job(
+    handler: Arc<dyn Handler>,
+    request: Request,
+    conn: ConnRef,
+    reply: Arc<Mailbox<Decided>>,
+    panics: Arc<ServerMetrics>,
+) -> Job {
+    Box::new(move || {
+        let result = catch_unwind(AssertUnwindSafe(|| handler.open(&request)));
+        let decision = match result {
+            Ok(d) => d,
+            Err(p) => {
+                let msg = panic_message(&*p);
+                panics.handler_panics_total.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(conn = conn.id, "handler panicked in open: {msg}");
+                // The message stays in the log: a client gets no internals.
+                Decision::Fail("the handler panicked".into())
+            }
+        };
+        reply.post(Decided {
+            conn,
+            session: Arc::new(request.session),
+            decision,
+        });
+    })
+}
+
+/// A panic's message, when it has one.
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::time::Duration;
 
-    use crate::reactor::{BackendKind, CapStrategy, Mailbox, Reactor};
+    use crate::reactor::{BackendKind, CapStrategy, Reactor};
     use crate::runs::{Mail, RunBudget, Ticket};
 
     #[test]
@@ -250,6 +296,56 @@ mod tests {
         assert!(
             matches!(&mail[2].what, SourceEvent::Failed(f) if f.code == "handler_failure" && f.close)
         );
+        assert_eq!(metrics.handler_panics_total.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn an_open_job_reports_the_decision_and_a_panic_is_a_failure() {
+        struct Gate;
+        impl Handler for Gate {
+            fn name(&self) -> &'static str {
+                "gate"
+            }
+            fn subprotocols(&self) -> &'static [&'static str] {
+                &[]
+            }
+            fn open(&self, req: &Request) -> Decision {
+                match req.header("x-key") {
+                    Some("boom") => panic!("bad key"),
+                    Some(_) => Decision::Accept,
+                    None => Decision::refuse(403, "no key"),
+                }
+            }
+            fn message(&self, _: &Session, _: Inbound, _: &Outbox) {}
+        }
+        let r = Reactor::new(BackendKind::Mio, CapStrategy::Spin).unwrap();
+        let reply = Arc::new(Mailbox::new(r.waker()));
+        let metrics = Arc::new(ServerMetrics::default());
+        let conn = ConnRef { key: 3, id: 33 };
+        for (key, want) in [
+            (Some("ok"), Decision::Accept),
+            (None, Decision::refuse(403, "no key")),
+            (Some("boom"), Decision::Fail("the handler panicked".into())),
+        ] {
+            let mut request = Request::default();
+            request.session.conn_id = 33;
+            request.headers = key
+                .map(|k| ("X-Key".into(), k.into()))
+                .into_iter()
+                .collect();
+            open_job(
+                Arc::new(Gate),
+                request,
+                conn,
+                reply.clone(),
+                metrics.clone(),
+            )();
+            let mut got = reply.take();
+            assert_eq!(got.len(), 1);
+            let d = got.pop().unwrap();
+            assert_eq!((d.conn, d.session.conn_id), (conn, 33));
+            assert_eq!(d.decision, want);
+        }
         assert_eq!(metrics.handler_panics_total.load(Ordering::Relaxed), 1);
     }
 
