@@ -31,13 +31,17 @@ struct Seen {
 /// `open` refuses a request without `X-Tenant` (403, with a header of its
 /// own), fails or panics when asked to (`X-Mode`), waits for the test when
 /// `X-Mode: slow`; messages: "who" answers with the session, "mix" sends
-/// events and raw messages, "flood" sends raw binary until cancelled.
+/// events and raw messages, "flood" sends raw binary until cancelled,
+/// "hold" keeps its pool thread until the test releases it.
 struct Gate {
     seen: Mutex<Sender<Seen>>,
     /// `X-Mode: slow` waits for this before it accepts.
     slow: Mutex<Receiver<()>>,
     /// Every `close`, by connection id.
     closed: Mutex<Sender<u64>>,
+    /// "hold" says it started here, then waits for `release`.
+    holding: Mutex<Sender<()>>,
+    release: Mutex<Receiver<()>>,
 }
 
 impl Handler for Gate {
@@ -103,6 +107,12 @@ impl Handler for Gate {
                     out.send_binary(vec![1u8; 1000]);
                 }
             }
+            "hold" => {
+                let _ = self.holding.lock().unwrap().send(());
+                let release = self.release.lock().unwrap();
+                let _ = release.recv_timeout(Duration::from_secs(10));
+                out.emit("held", json!({}));
+            }
             _ => {}
         }
     }
@@ -116,22 +126,30 @@ struct Fixture {
     seen: Receiver<Seen>,
     slow: Sender<()>,
     closed: Receiver<u64>,
+    holding: Receiver<()>,
+    release: Sender<()>,
 }
 
 fn gate() -> Fixture {
     let (seen_tx, seen) = channel();
     let (slow, slow_rx) = channel();
     let (closed_tx, closed) = channel();
+    let (holding_tx, holding) = channel();
+    let (release, release_rx) = channel();
     let app = Arc::new(Gate {
         seen: Mutex::new(seen_tx),
         slow: Mutex::new(slow_rx),
         closed: Mutex::new(closed_tx),
+        holding: Mutex::new(holding_tx),
+        release: Mutex::new(release_rx),
     });
     Fixture {
         app,
         seen,
         slow,
         closed,
+        holding,
+        release,
     }
 }
 
@@ -308,6 +326,39 @@ fn a_slow_decision_is_answered_503_at_the_handshake_deadline_and_a_late_accept_i
         assert_eq!(metric(a, "pollcap_upgrades_total"), 0.0);
         // A refused or accepted connection meanwhile is unaffected.
         let mut ws = connect(a, "/ws", &[("X-Tenant", "acme")]);
+        ws.send(Message::text("who")).unwrap();
+        assert_eq!(event(&mut ws)["type"], "session");
+    });
+}
+
+/// Opens have threads of their own: runs holding every run thread (one
+/// here) for longer than the handshake deadline do not delay an upgrade.
+#[test]
+fn a_pool_busy_with_long_runs_still_decides_upgrades_in_time() {
+    each_backend(|kind| {
+        let f = gate();
+        let app = f.app.clone();
+        let srv = start(kind, &[], |c| {
+            c.app = App::Handler(app);
+            c.settings.pool_threads = 1;
+            c.settings.pool_queue = 4;
+        });
+        let a = srv.local_addr();
+        let mut busy = connect(a, "/ws", &[("X-Tenant", "acme")]);
+        busy.send(Message::text("hold")).unwrap();
+        f.holding
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the only run thread is taken");
+        for _ in 0..3 {
+            let r = upgrade(a, "/ws", "X-Other: 1\r\n");
+            assert_eq!(status_of(&r), 403, "decided, not 503: {r}");
+        }
+        let mut ws = connect(a, "/ws", &[("X-Tenant", "acme")]);
+        let m = metrics(a);
+        assert_eq!(m["pollcap_timeouts_total{phase=\"handshake\"}"], 0.0);
+        assert_eq!(m["pollcap_breaker_failures_total"], 0.0);
+        f.release.send(()).unwrap();
+        assert_eq!(event(&mut busy)["type"], "held");
         ws.send(Message::text("who")).unwrap();
         assert_eq!(event(&mut ws)["type"], "session");
     });

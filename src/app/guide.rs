@@ -56,12 +56,15 @@
 //!
 //! ## Threads
 //!
-//! - [`Handler::open`] and [`Handler::message`] run on the **worker pool**
-//!   (`--pool-threads`), never on a reactor thread: they may block — a
-//!   database lookup, an HTTP call — within their deadlines (below). The
-//!   pool's queue is bounded (`--pool-queue` jobs, `--pool-queue-bytes` of
-//!   messages held): when it is full an upgrade is answered `503` and a
-//!   message an `overloaded` error event, never queued without bound.
+//! - [`Handler::open`] and [`Handler::message`] run on the **worker pool**,
+//!   never on a reactor thread: they may block — a database lookup, an
+//!   HTTP call — within their deadlines (below). Messages have
+//!   `--pool-threads` threads; opens have threads of their own (a quarter
+//!   as many, at least two), so runs that hold every message thread for
+//!   seconds never make an upgrade wait for its decision. The queues are
+//!   bounded (`--pool-queue` jobs each, `--pool-queue-bytes` of messages
+//!   held): when they are full an upgrade is answered `503` and a message
+//!   an `overloaded` error event, never queued without bound.
 //! - [`Handler::close`], [`Handler::start`], [`Handler::resumable`],
 //!   [`Handler::name`] and [`Handler::subprotocols`] are called on the
 //!   **reactor thread** that owns the connection: a map lookup, a parse,

@@ -112,13 +112,12 @@ pub(super) fn answer(
         e.admission = Admission::Open(Arc::new(a.request.session));
         return e.conn.accept(a.protocol, cx);
     };
-    // The job owns the request's head, bounded by the head limits (8 KiB
-    // by default) and the queue's job count: the pool's byte budget is
-    // for messages (up to --max-message each), so the head is not counted
-    // in it, and a small budget cannot refuse every upgrade.
+    // On the opens' own threads: runs holding every run thread cannot
+    // make an upgrade wait past its deadline. A pool whose runs' queue is
+    // full refuses it all the same: its messages would be `overloaded`.
     let reply = sh.decisions[reactor].clone();
     let job = pool::open_job(h.clone(), a.request, e.at(key), reply, sh.metrics.clone());
-    if pool.try_submit(job, 0).is_err() {
+    if pool.saturated() || pool.try_open(job).is_err() {
         sh.metrics.open.fetch_sub(1, Relaxed);
         breaker(sh).failure(a.permit, cx.now);
         tracing::warn!(conn = e.conn.id(), "handler pool saturated at open");

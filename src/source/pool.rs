@@ -1,9 +1,13 @@
-//! The worker pool, where every blocking [`Handler`] call runs: a fixed
-//! set of threads with a bounded queue, each job one `Handler::message`
-//! call under its run's execution deadline (the run layer cancels it; the
-//! handler sees [`Outbox::is_cancelled`]) — the run source behind every
-//! handler — or one `Handler::open` deciding an upgrade, whose
-//! [`Decided`] goes back to its reactor through a mailbox.
+//! The worker pool, where every blocking [`Handler`] call runs: fixed
+//! sets of threads with bounded queues. A run's job is one
+//! `Handler::message` call under its execution deadline (the run layer
+//! cancels it; the handler sees [`Outbox::is_cancelled`]) — the pool is
+//! the run source behind every handler. An open's job is one
+//! `Handler::open` deciding an upgrade, whose [`Decided`] goes back to its
+//! reactor through a mailbox; opens have threads of their own, so that
+//! runs holding every run thread for seconds cannot make upgrades wait
+//! past their handshake deadline (a 503 counted by the breaker: load
+//! turned into an outage).
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,11 +22,69 @@ use crate::runs::{ConnRef, Failure, SourceEvent};
 /// One queued call.
 pub type Job = Box<dyn FnOnce() + Send>;
 
-/// A fixed set of threads with a bounded queue: a full queue is refused
-/// (the caller answers `overloaded`), never grown. Bounded twice: in jobs,
-/// and in the bytes of input that queued and running jobs hold (each job
-/// owns a copy of its message: 1 024 queued 1 MiB messages would be 1 GiB).
+/// The runs' threads and the opens' threads (a quarter as many, at least
+/// two), each with a bounded queue: a full queue is refused (the caller
+/// answers `overloaded`, or 503 to an upgrade), never grown. The runs'
+/// queue is bounded twice: in jobs, and in the bytes of input that queued
+/// and running jobs hold (each job owns a copy of its message: 1 024
+/// queued 1 MiB messages would be 1 GiB); an open's input is a request
+/// head, bounded by the head limits.
 pub struct Pool {
+    runs: Lane,
+    opens: Lane,
+}
+
+impl Pool {
+    /// `threads` run workers, at most `capacity` jobs waiting, at most
+    /// `byte_budget` bytes of input held by waiting and running jobs; and
+    /// `threads / 4` (at least 2) open workers with a queue of `capacity`.
+    pub fn new(threads: usize, capacity: usize, byte_budget: usize) -> std::io::Result<Pool> {
+        Ok(Pool {
+            runs: Lane::new("pollcap-worker", threads, capacity, byte_budget)?,
+            opens: Lane::new("pollcap-open", (threads / 4).max(2), capacity, usize::MAX)?,
+        })
+    }
+
+    /// Queues a run's job that holds `bytes` of input, or gives it back
+    /// when the queue is full or those bytes would take the input held by
+    /// queued and running jobs past the byte budget.
+    pub fn try_submit(&self, job: Job, bytes: usize) -> Result<(), Job> {
+        self.runs.try_submit(job, bytes)
+    }
+
+    /// Queues an open's job, or gives it back when its queue is full.
+    pub fn try_open(&self, job: Job) -> Result<(), Job> {
+        self.opens.try_submit(job, 0)
+    }
+
+    /// Input bytes held by queued and running runs' jobs.
+    pub fn held_bytes(&self) -> usize {
+        self.runs.held.load(Ordering::Relaxed)
+    }
+
+    /// True when no run's job could be queued now.
+    pub fn saturated(&self) -> bool {
+        self.runs.queued.load(Ordering::Relaxed) >= self.runs.capacity
+    }
+
+    /// The runs' threads (`--pool-threads`).
+    pub fn threads(&self) -> usize {
+        self.runs.threads
+    }
+
+    /// Runs' jobs waiting for a thread.
+    pub fn queued(&self) -> usize {
+        self.runs.queued.load(Ordering::Relaxed)
+    }
+
+    /// The opens' threads.
+    pub fn open_threads(&self) -> usize {
+        self.opens.threads
+    }
+}
+
+/// One set of threads and its bounded queue.
+struct Lane {
     tx: SyncSender<(Job, usize)>,
     queued: Arc<AtomicUsize>,
     capacity: usize,
@@ -32,10 +94,13 @@ pub struct Pool {
     byte_budget: usize,
 }
 
-impl Pool {
-    /// `threads` workers, at most `capacity` jobs waiting, at most
-    /// `byte_budget` bytes of input held by waiting and running jobs.
-    pub fn new(threads: usize, capacity: usize, byte_budget: usize) -> std::io::Result<Pool> {
+impl Lane {
+    fn new(
+        name: &str,
+        threads: usize,
+        capacity: usize,
+        byte_budget: usize,
+    ) -> std::io::Result<Lane> {
         let (tx, rx) = sync_channel::<(Job, usize)>(capacity);
         let rx: Arc<Mutex<Receiver<(Job, usize)>>> = Arc::new(Mutex::new(rx));
         let queued = Arc::new(AtomicUsize::new(0));
@@ -45,7 +110,7 @@ impl Pool {
             let queued = queued.clone();
             let held = held.clone();
             std::thread::Builder::new()
-                .name(format!("pollcap-worker-{i}"))
+                .name(format!("{name}-{i}"))
                 .spawn(move || {
                     loop {
                         let (job, bytes) = match rx.lock().unwrap_or_else(|p| p.into_inner()).recv()
@@ -61,7 +126,7 @@ impl Pool {
                     }
                 })?;
         }
-        Ok(Pool {
+        Ok(Lane {
             tx,
             queued,
             capacity,
@@ -71,10 +136,7 @@ impl Pool {
         })
     }
 
-    /// Queues a job that holds `bytes` of input, or gives it back when the
-    /// queue is full or those bytes would take the input held by queued
-    /// and running jobs past the byte budget.
-    pub fn try_submit(&self, job: Job, bytes: usize) -> Result<(), Job> {
+    fn try_submit(&self, job: Job, bytes: usize) -> Result<(), Job> {
         let before = self.held.fetch_add(bytes, Ordering::Relaxed);
         if before.saturating_add(bytes) > self.byte_budget {
             self.held.fetch_sub(bytes, Ordering::Relaxed);
@@ -89,24 +151,6 @@ impl Pool {
                 Err(job)
             }
         }
-    }
-
-    /// Input bytes held by queued and running jobs.
-    pub fn held_bytes(&self) -> usize {
-        self.held.load(Ordering::Relaxed)
-    }
-
-    /// True when no job could be queued now.
-    pub fn saturated(&self) -> bool {
-        self.queued.load(Ordering::Relaxed) >= self.capacity
-    }
-
-    pub fn threads(&self) -> usize {
-        self.threads
-    }
-
-    pub fn queued(&self) -> usize {
-        self.queued.load(Ordering::Relaxed)
     }
 }
 
@@ -210,6 +254,32 @@ mod tests {
         assert!(pool.try_submit(Box::new(|| {}), 0).is_ok(), "one queued");
         assert!(pool.saturated());
         assert!(pool.try_submit(Box::new(|| {}), 0).is_err(), "queue full");
+        gate_tx.send(()).unwrap();
+    }
+
+    #[test]
+    fn opens_have_threads_that_runs_cannot_take() {
+        let pool = Pool::new(1, 1, 1 << 20).unwrap();
+        assert_eq!(pool.open_threads(), 2);
+        let (gate_tx, gate_rx) = std::sync::mpsc::channel::<()>();
+        let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
+        let busy = Box::new(move || {
+            started_tx.send(()).unwrap();
+            gate_rx.recv().ok();
+        });
+        assert!(pool.try_submit(busy, 0).is_ok());
+        started_rx.recv().unwrap();
+        assert!(pool.try_submit(Box::new(|| {}), 0).is_ok(), "queued");
+        assert!(pool.saturated(), "every run thread and queue slot taken");
+        // An open still runs at once, on a thread of its own.
+        let (opened_tx, opened_rx) = std::sync::mpsc::channel::<String>();
+        let open = Box::new(move || {
+            let name = std::thread::current().name().unwrap_or("").to_string();
+            opened_tx.send(name).unwrap();
+        });
+        assert!(pool.try_open(open).is_ok());
+        let thread = opened_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert!(thread.starts_with("pollcap-open-"), "{thread}");
         gate_tx.send(()).unwrap();
     }
 
