@@ -124,12 +124,7 @@
 
 #![warn(missing_docs)]
 
-// TODO(handlerapi): the handler API is being rewritten (request view at
-// open, raw sends, refusal with a status); its docs come with it, and the
-// merge removes these two allows.
-#[allow(missing_docs)]
 pub mod app;
-#[allow(missing_docs)]
 pub mod apps;
 pub mod auth;
 pub mod breaker;
@@ -157,7 +152,7 @@ pub mod stream;
 pub mod tls;
 pub mod trace;
 
-pub use app::{App, Handler, Inbound, Outbox, Session};
+pub use app::{App, Decision, Handler, Inbound, Outbox, Refusal, Request, Session};
 #[cfg(feature = "client")]
 pub use client::{Client, ClientConfig, ClientError, Connection};
 pub use reactor::{BackendKind, CapStrategy, Reactor};

@@ -22,6 +22,8 @@ pub struct Head {
     pub method: String,
     /// The path without its query string.
     pub path: String,
+    /// The query string (after `?`, undecoded), if the target had one.
+    pub query: Option<String>,
     /// `1` for HTTP/1.1, `0` for HTTP/1.0.
     pub minor_version: u8,
     /// The `Host` header, if any.
@@ -52,6 +54,10 @@ pub struct Head {
     /// The `User-Agent` header, if any (a client whose compression is
     /// known broken is not offered it).
     pub user_agent: Option<String>,
+    /// Every header line in order: its name as sent, its value trimmed
+    /// (not UTF-8: replaced lossily). For the application's `open`;
+    /// bounded by the head limits like the rest.
+    pub headers: Vec<(String, String)>,
 }
 
 /// The parts of an upgrade request the server acts on.
@@ -189,9 +195,14 @@ pub fn parse(buf: &[u8], limits: HeadLimits) -> Parsed {
             .flat_map(|v| v.split(','))
             .any(|t| t.trim().eq_ignore_ascii_case(token))
     };
+    let (path, query) = match path.split_once('?') {
+        Some((p, q)) => (p, Some(q.to_string())),
+        None => (path, None),
+    };
     let head = Head {
         method: req.method.unwrap_or("").to_string(),
-        path: path.split('?').next().unwrap_or(path).to_string(),
+        path: path.to_string(),
+        query,
         minor_version: req.version.unwrap_or(1),
         host: authority
             .map(str::to_string)
@@ -215,6 +226,13 @@ pub fn parse(buf: &[u8], limits: HeadLimits) -> Parsed {
             .map(str::to_string)
             .collect(),
         user_agent: header(h, "user-agent").map(str::to_string),
+        headers: h
+            .iter()
+            .map(|h| {
+                let value = String::from_utf8_lossy(h.value);
+                (h.name.to_string(), value.trim().to_string())
+            })
+            .collect(),
     };
     Parsed::Complete {
         head: Box::new(head),
@@ -456,6 +474,46 @@ pub fn response(status: u16, reason: &str, content_type: &str, body: &[u8]) -> R
 /// A plain-text response.
 pub fn text(status: u16, reason: &str, body: &str) -> Response {
     response(status, reason, "text/plain; charset=utf-8", body.as_bytes())
+}
+
+/// The reason phrase of a status the server may answer with (RFC 9110
+/// §15); a status without one here gets an empty phrase, which HTTP/1.1
+/// allows (clients read the code, not the phrase).
+pub fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        300 => "Multiple Choices",
+        301 => "Moved Permanently",
+        302 => "Found",
+        303 => "See Other",
+        307 => "Temporary Redirect",
+        308 => "Permanent Redirect",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        402 => "Payment Required",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        406 => "Not Acceptable",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        410 => "Gone",
+        412 => "Precondition Failed",
+        418 => "I'm a teapot",
+        421 => "Misdirected Request",
+        422 => "Unprocessable Content",
+        423 => "Locked",
+        426 => "Upgrade Required",
+        428 => "Precondition Required",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        451 => "Unavailable For Legal Reasons",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "",
+    }
 }
 
 /// The response to a HEAD request: the same head (its `Content-Length`

@@ -163,7 +163,12 @@ counters! {
     overloaded_total: Counter "pollcap_handler_overloaded_total" at "handlers.overloaded",
         "Messages answered overloaded (pool or per-connection limit full).";
     handler_panics_total: Counter "pollcap_handler_panics_total" at "handlers.panics",
-        "Handler panics (connection closed 1011).";
+        "Handler panics (in a run: connection closed 1011; in open: 500).";
+    /// Upgrades the application's `open` refused with a status of its
+    /// choice (not counted by the breaker).
+    open_refusals_total: Counter "pollcap_handler_open_refusals_total"
+        at "handlers.open_refusals",
+        "Upgrades the application refused in open, with a status of its choice.";
     /// Upgrades refused with 401.
     auth_failures_total: Counter "pollcap_auth_failures_total" at "auth_failures",
         "Upgrades refused with 401.";

@@ -8,9 +8,10 @@
 //!
 //! Parts, one job each: `config` (what to start, validated once),
 //! `worker` (one reactor thread's turn loop: accept, drive connections,
-//! answer their events, apply the run layer's effects), `entry` (a
+//! answer their events, apply the run layer's effects), `events` (the
+//! answer to each event a connection reports), `entry` (a
 //! connection as the worker keeps it), `admission` (auth, subprotocol,
-//! breaker, limits, the app's `open`), `messages` (application messages
+//! breaker, limits, then the app's `open` on the pool and its decision), `messages` (application messages
 //! to runs on the pool, and resumes), `agents` with `agent_io` and
 //! `processes` (the team's agent: HTTP calls and processes, per reactor),
 //! `routes` (health, metrics, the token check), `page` (the built-in
@@ -23,6 +24,7 @@ mod agents;
 mod config;
 mod drain;
 mod entry;
+mod events;
 mod messages;
 mod page;
 mod processes;
@@ -52,7 +54,7 @@ use crate::metrics::ServerMetrics;
 use crate::reactor::{Mailbox, Reactor, ReactorStats, Waker};
 use crate::runs::Mail;
 use crate::source::command::pipes::ProcMail;
-use crate::source::pool::Pool;
+use crate::source::pool::{Decided, Pool};
 use crate::source::upstream::resolve::{Resolved, Resolver};
 use crate::store::{Deliveries, Store};
 use worker::Worker;
@@ -67,6 +69,9 @@ struct Shared {
     inboxes: Vec<Mutex<Vec<(TcpStream, IpAddr)>>>,
     /// Each reactor's mail from its runs' sources, bounded in bytes.
     mailboxes: Vec<Arc<Mailbox<Mail>>>,
+    /// Each reactor's answers from the application's `open` (one per
+    /// connection waiting for one: bounded by the connections).
+    decisions: Vec<Arc<Mailbox<Decided>>>,
     /// Each reactor's deliveries from the run store.
     deliveries: Deliveries,
     store: Store,
@@ -190,6 +195,10 @@ impl Server {
             mailboxes: reactors
                 .iter()
                 .map(|r| Arc::new(Mailbox::bounded(r.waker(), mail_budget)))
+                .collect(),
+            decisions: reactors
+                .iter()
+                .map(|r| Arc::new(Mailbox::new(r.waker())))
                 .collect(),
             breaker: Mutex::new(Breaker::new(s.breaker_threshold, s.breaker_recovery)),
             agent_breaker: Mutex::new(Breaker::new(
