@@ -6,6 +6,19 @@
 //! request sent → the response head) and idle (between reads of the
 //! stream; keep-alive comments count). The run's own execution deadline
 //! is the run layer's.
+//!
+//! Reading costs one system call per arrival where that is safe: after a
+//! read that returned less than it asked for, the read that would only
+//! say `WouldBlock` is skipped when the transport says a short read proves
+//! the socket drained (`Transport::short_read_drains`: Unix, where epoll
+//! and kqueue raise a new edge for every later arrival, and the polling
+//! backend, level-triggered, reports what is left anyway; never on
+//! Windows, where mio re-arms its poll only after a `WouldBlock`). One
+//! case breaks the proof: the agent's FIN, when it came with the last
+//! bytes, raised no edge of its own. The backend reports a hang-up as
+//! readable *and writable*, and a call waits only to read once its
+//! request is out, so writability it did not ask for is that hang-up: from
+//! then on the call reads until EOF.
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
@@ -27,6 +40,17 @@ const REFUSAL_BODY: usize = 4096;
 /// Bytes read in one call before the owner gets the time back (it comes
 /// back on its next turn, which does not block).
 const READ_BUDGET: usize = 256 * 1024;
+/// Bytes asked of the socket per read, into one buffer per thread: no
+/// zeroing per readiness, and a burst comes in few reads.
+const READ_CHUNK: usize = 64 * 1024;
+/// Decoded body capacity a call keeps between reads; a burst's is given
+/// back (a run waits mostly, holding only what an event needs).
+const KEEP_BODY: usize = 4 * 1024;
+
+thread_local! {
+    static READ_BUF: std::cell::RefCell<Box<[u8]>> =
+        std::cell::RefCell::new(vec![0; READ_CHUNK].into_boxed_slice());
+}
 
 /// What a call reports.
 #[derive(Debug, PartialEq)]
@@ -76,6 +100,9 @@ pub struct Call {
     decoder: Option<Decoder>,
     body: Vec<u8>,
     more_input: bool,
+    /// The agent's side is closed (a hang-up was reported): a short read
+    /// proves nothing, read until EOF.
+    hung_up: bool,
     last_error: String,
 }
 
@@ -101,6 +128,7 @@ impl Call {
             decoder: None,
             body: Vec::new(),
             more_input: false,
+            hung_up: false,
             last_error: String::new(),
         }
     }
@@ -228,6 +256,9 @@ impl Call {
         out: &mut Vec<Output>,
     ) {
         self.more_input = false;
+        // Writable while the call waits only to read: a hang-up or an
+        // error (see the module's doc). It stays: nothing comes after it.
+        self.hung_up |= writable && self.interest() == Interest::READABLE;
         if self.phase == Phase::Connecting && (readable || writable) {
             match self.connected() {
                 Ok(true) => self.phase = Phase::Sending,
@@ -309,7 +340,10 @@ impl Call {
     }
 
     fn read(&mut self, now: Instant, out: &mut Vec<Output>) {
-        let mut buf = [0u8; 16 * 1024];
+        READ_BUF.with_borrow_mut(|buf| self.read_into(buf, now, out));
+    }
+
+    fn read_into(&mut self, buf: &mut [u8], now: Instant, out: &mut Vec<Output>) {
         let mut taken = 0;
         while !self.is_done() {
             if taken >= READ_BUDGET {
@@ -319,7 +353,11 @@ impl Call {
             let Some(s) = self.stream.as_mut() else {
                 return;
             };
-            let n = match s.read(&mut buf) {
+            if self.hung_up {
+                // A TLS stream skips the same read on its own: not now.
+                s.end_reading();
+            }
+            let n = match s.read(buf) {
                 Ok(0) => return self.eof(out),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -330,6 +368,7 @@ impl Call {
                 Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return self.eof(out),
                 Err(e) => return self.broken(&e.to_string(), out),
             };
+            let drained = n < buf.len() && !self.hung_up && s.short_read_drains();
             taken += n;
             // Any byte is traffic: keep-alive comments included.
             if matches!(self.phase, Phase::Streaming | Phase::Refused) {
@@ -346,6 +385,13 @@ impl Call {
                     }
                 }
                 Err(e) => return self.http_error(e, out),
+            }
+            if drained {
+                // Nothing is waiting: the next arrival raises readiness.
+                if let Some(s) = self.stream.as_mut() {
+                    s.end_reading();
+                }
+                return;
             }
         }
     }
@@ -387,6 +433,9 @@ impl Call {
                 let mut reads = Vec::new();
                 let r = d.feed(&self.body, &mut reads);
                 self.body.clear();
+                if self.body.capacity() > KEEP_BODY {
+                    self.body = Vec::new();
+                }
                 self.emit(reads, out);
                 if let Err(e) = r
                     && !self.is_done()
