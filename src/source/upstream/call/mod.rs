@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use super::UpstreamConfig;
 use super::events::{Decoder, Framing, Read as EventRead};
+use super::resolve::Unresolved;
 use crate::conn::{TimeoutPhase, Transport};
 use crate::httpc::{Error as HttpError, Exchange, Head};
 use crate::reactor::Interest;
@@ -64,11 +65,25 @@ pub enum Output {
     /// The run ends with this error.
     Failed {
         failure: Failure,
-        /// The circuit breaker counts it (connect errors, timeouts, 5xx
-        /// and 429, truncations).
-        counts: bool,
+        /// What the agent's circuit breaker makes of it.
+        blame: Blame,
         timeout: Option<TimeoutPhase>,
     },
+}
+
+/// Whom a failed run is held against, for the agent's circuit breaker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Blame {
+    /// The agent is unavailable (no connection, timeouts, 5xx and 429,
+    /// truncations): a failure.
+    Agent,
+    /// The agent answered, wrongly for this run (4xx, not a stream of
+    /// events): it is there, which is what the breaker asks.
+    Answered,
+    /// This side failed before anything reached the agent (no descriptor,
+    /// memory or local port; the resolver busy; the TLS set-up): no
+    /// verdict on the agent.
+    Local,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -177,7 +192,7 @@ impl Call {
         self.stream.take()
     }
 
-    fn fail(&mut self, out: &mut Vec<Output>, code: &'static str, message: String, counts: bool) {
+    fn fail(&mut self, out: &mut Vec<Output>, code: &'static str, message: String, blame: Blame) {
         self.phase = Phase::Done;
         out.push(Output::Failed {
             failure: Failure {
@@ -185,15 +200,23 @@ impl Call {
                 message,
                 ..Failure::default()
             },
-            counts,
+            blame,
             timeout: None,
         });
+    }
+
+    /// Ends the call for a failure of this side (say, its socket could not
+    /// be watched): `upstream_unavailable`, not held against the agent.
+    pub fn fail_here(&mut self, message: String, out: &mut Vec<Output>) {
+        if !self.is_done() {
+            self.fail(out, "upstream_unavailable", message, Blame::Local);
+        }
     }
 
     /// The target's addresses (or why there are none).
     pub fn resolved(
         &mut self,
-        r: Result<Vec<SocketAddr>, String>,
+        r: Result<Vec<SocketAddr>, Unresolved>,
         now: Instant,
         out: &mut Vec<Output>,
     ) {
@@ -206,8 +229,9 @@ impl Call {
                 self.connect_next(now, out);
             }
             Err(e) => {
-                let m = format!("cannot resolve the agent's host: {e}");
-                self.fail(out, "upstream_unavailable", m, true);
+                let m = format!("cannot resolve the agent's host: {}", e.message);
+                let blame = if e.local { Blame::Local } else { Blame::Agent };
+                self.fail(out, "upstream_unavailable", m, blame);
             }
         }
     }
@@ -227,8 +251,9 @@ impl Call {
                             match TlsStream::client(tcp, config.clone(), name.clone()) {
                                 Ok(t) => Stream::Tls(Box::new(t)),
                                 Err(e) => {
-                                    self.last_error = format!("TLS: {e}");
-                                    continue;
+                                    // The same for every address: ours.
+                                    let m = format!("cannot start TLS to the agent: {e}");
+                                    return self.fail(out, "upstream_unavailable", m, Blame::Local);
                                 }
                             }
                         }
@@ -239,12 +264,18 @@ impl Call {
                     self.deadline = self.connect_by;
                     return;
                 }
+                Err(e) if crate::platform::is_local_shortage(&e) => {
+                    // No socket (or port) here: the next address would
+                    // fare no better, and the agent was never asked.
+                    let m = format!("cannot connect to the agent: this server is short: {e}");
+                    return self.fail(out, "upstream_unavailable", m, Blame::Local);
+                }
                 Err(e) => self.last_error = format!("{addr}: {e}"),
             }
         }
         let _ = now;
         let m = format!("cannot connect to the agent: {}", self.last_error);
-        self.fail(out, "upstream_unavailable", m, true);
+        self.fail(out, "upstream_unavailable", m, Blame::Agent);
     }
 
     /// Readiness of the socket.
@@ -328,11 +359,11 @@ impl Call {
         match self.phase {
             Phase::Connecting | Phase::Sending | Phase::AwaitHead => {
                 let m = format!("the agent's connection ended before its answer: {why}");
-                self.fail(out, "upstream_unavailable", m, true);
+                self.fail(out, "upstream_unavailable", m, Blame::Agent);
             }
             Phase::Streaming => {
                 let m = format!("the agent's stream ended before agent_completed or error: {why}");
-                self.fail(out, "upstream_truncated", m, true);
+                self.fail(out, "upstream_truncated", m, Blame::Agent);
             }
             Phase::Refused => self.refused(out),
             Phase::Resolving | Phase::Done => {}
@@ -418,7 +449,7 @@ impl Call {
                     "the agent answered with content type {shown}; expected text/event-stream \
                      or application/jsonl"
                 );
-                self.fail(out, "upstream_invalid", m, false);
+                self.fail(out, "upstream_invalid", m, Blame::Answered);
             }
         }
     }
@@ -440,7 +471,7 @@ impl Call {
                 if let Err(e) = r
                     && !self.is_done()
                 {
-                    self.fail(out, "upstream_invalid", e.to_string(), false);
+                    self.fail(out, "upstream_invalid", e.to_string(), Blame::Answered);
                 }
             }
             Phase::Refused if self.body.len() >= REFUSAL_BODY => self.refused(out),
@@ -476,12 +507,12 @@ impl Call {
                     if let Err(e) = r
                         && !self.is_done()
                     {
-                        return self.fail(out, "upstream_invalid", e.to_string(), false);
+                        return self.fail(out, "upstream_invalid", e.to_string(), Blame::Answered);
                     }
                 }
                 if !self.is_done() {
                     let m = "the agent's stream ended before agent_completed or error".into();
-                    self.fail(out, "upstream_truncated", m, true);
+                    self.fail(out, "upstream_truncated", m, Blame::Agent);
                 }
             }
             Phase::Refused => self.refused(out),
@@ -501,7 +532,7 @@ impl Call {
         match e {
             HttpError::BadHead(_) | HttpError::BadBody(_) => {
                 let m = format!("the agent's answer is not HTTP/1.1: {e}");
-                self.fail(out, "upstream_invalid", m, false);
+                self.fail(out, "upstream_invalid", m, Blame::Answered);
             }
             other => self.broken(&other.to_string(), out),
         }
@@ -519,10 +550,10 @@ impl Call {
             None => format!("the agent answered {status}"),
         };
         self.phase = Phase::Done;
-        let (code, counts) = match status {
-            429 | 500..=599 => ("upstream_unavailable", true),
-            400..=499 => ("upstream_rejected", false),
-            _ => ("upstream_invalid", false),
+        let (code, blame) = match status {
+            429 | 500..=599 => ("upstream_unavailable", Blame::Agent),
+            400..=499 => ("upstream_rejected", Blame::Answered),
+            _ => ("upstream_invalid", Blame::Answered),
         };
         out.push(Output::Failed {
             failure: Failure {
@@ -534,7 +565,7 @@ impl Call {
                     .map(|s| s.saturating_mul(1000)),
                 ..Failure::default()
             },
-            counts,
+            blame,
             timeout: None,
         });
     }
@@ -574,7 +605,7 @@ impl Call {
                 phase: Some(name),
                 ..Failure::default()
             },
-            counts: true,
+            blame: Blame::Agent,
             timeout: Some(phase),
         });
     }
@@ -607,27 +638,4 @@ fn message_of(body: &[u8]) -> Option<String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::message_of;
-
-    #[test]
-    fn a_refusal_is_named_by_its_body_when_it_says_something() {
-        assert_eq!(
-            message_of(br#"{"detail":"Not authenticated"}"#).as_deref(),
-            Some("Not authenticated")
-        );
-        assert_eq!(
-            message_of(br#"{"detail":[{"loc":["body"],"msg":"field required"}]}"#).as_deref(),
-            Some("field required")
-        );
-        assert_eq!(
-            message_of(br#"{"error":{"message":"quota"}}"#).as_deref(),
-            Some("quota")
-        );
-        assert_eq!(message_of(b"slow down").as_deref(), Some("slow down"));
-        assert_eq!(message_of(b"<html>busy</html>"), None);
-        assert_eq!(message_of(b""), None);
-        let long = format!("{{\"message\":\"{}\"}}", "x".repeat(500));
-        assert_eq!(message_of(long.as_bytes()).unwrap().len(), 200);
-    }
-}
+mod tests;
