@@ -426,7 +426,10 @@ mod tests {
             "\\t",
             "\\\\",
         ];
-        const NUMBERS: [&str; 14] = [
+        const NUMBERS: [&str; 15] = [
+            // serde_json parses this one an ulp off (found by the fuzz
+            // target): the general path's rewrite is itself not exact.
+            "55555555555555555555555555555555555555555555525555555555555555555551.5e15",
             "0",
             "7",
             "-12",
@@ -532,10 +535,32 @@ mod tests {
         }
     }
 
+    /// The same JSON value, a float's last bits aside: serde_json parses
+    /// some long numbers an ulp off, so the general path's rewrite of one
+    /// is itself not exact (the as-written text keeps the agent's digits).
+    fn same_value(a: &Value, b: &Value) -> bool {
+        match (a, b) {
+            (Value::Object(a), Value::Object(b)) => {
+                a.len() == b.len()
+                    && a.iter()
+                        .all(|(k, v)| b.get(k).is_some_and(|w| same_value(v, w)))
+            }
+            (Value::Array(a), Value::Array(b)) => {
+                a.len() == b.len() && a.iter().zip(b).all(|(v, w)| same_value(v, w))
+            }
+            (Value::Number(x), Value::Number(y)) if x.is_f64() || y.is_f64() => {
+                let (x, y) = (x.as_f64().unwrap_or(0.0), y.as_f64().unwrap_or(0.0));
+                (x - y).abs() <= 4.0 * f64::EPSILON * x.abs().max(y.abs())
+            }
+            _ => a == b,
+        }
+    }
+
     /// The as-written path changes how an event is written, never what
     /// it says: over random events, the same JSON value as the general
-    /// path's, `type` first, the same end and start marks, the same errors,
-    /// and the same thinking kept for a `final` left out.
+    /// path's (see `same_value`), a text the general path rewrites into
+    /// exactly its own output, `type` first, the same end and start marks,
+    /// the same errors, and the same thinking kept for a `final` left out.
     #[test]
     fn events_relayed_as_written_say_what_the_general_path_says() {
         use rand::SeedableRng;
@@ -571,9 +596,17 @@ mod tests {
                 }
                 assert_eq!((x.last, x.started), (y.last, y.started), "{text}");
                 assert!(x.body.starts_with("{\"type\":"), "{text} -> {}", x.body);
-                let vx: Value = serde_json::from_str(&x.body).unwrap();
-                let vy: Value = serde_json::from_str(&y.body).unwrap();
-                assert_eq!(vx, vy, "{text}: {} vs {}", x.body, y.body);
+                if x.body != y.body {
+                    let vx: Value = serde_json::from_str(&x.body).unwrap();
+                    let vy: Value = serde_json::from_str(&y.body).unwrap();
+                    assert!(same_value(&vx, &vy), "{text}: {} vs {}", x.body, y.body);
+                    let mut again = Decoder::new(Framing::JsonLines, 1 << 16, 0).general_only();
+                    let mut z = Vec::new();
+                    again
+                        .feed(format!("{}\n", x.body).as_bytes(), &mut z)
+                        .unwrap();
+                    assert_eq!(z[0].body, y.body, "{text}");
+                }
             }
         }
         // Both paths are exercised, the as-written one the most.
