@@ -5,14 +5,20 @@
 
 use std::time::{Duration, Instant};
 
+/// A breaker's state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BreakerState {
+    /// Calls go through; failures are counted.
     Closed,
+    /// Calls are refused until `recovery` has passed since it opened.
     Open,
+    /// Recovery has passed: one trial call goes through; its outcome closes
+    /// the breaker again or reopens it.
     HalfOpen,
 }
 
 impl BreakerState {
+    /// `closed`, `open` or `half_open`, as `/health` and `/metrics` show it.
     pub fn name(self) -> &'static str {
         match self {
             BreakerState::Closed => "closed",
@@ -22,7 +28,7 @@ impl BreakerState {
     }
 }
 
-/// Why an upgrade may not proceed.
+/// Why a call may not proceed now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Refused {
     /// Seconds until a retry can succeed (for `Retry-After`).
@@ -32,11 +38,15 @@ pub struct Refused {
 /// What a caller holds while its upgrade is in progress.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Permit {
+    /// An ordinary call while closed.
     Normal,
     /// The single half-open trial: its outcome decides the state.
     Trial,
 }
 
+/// A circuit breaker: opens after `threshold` failures in a row, stays open
+/// for `recovery`, then lets one trial through. Its counters are totals
+/// since it was made, for `/health` and `/metrics`.
 #[derive(Debug)]
 pub struct Breaker {
     threshold: u32,
@@ -46,12 +56,17 @@ pub struct Breaker {
     failures: u32,
     opened_at: Option<Instant>,
     trial_out: bool,
+    /// Failures reported, in every state.
     pub total_failures: u64,
+    /// Calls refused while open or while the half-open trial was out.
     pub total_rejections: u64,
+    /// Times it opened.
     pub times_opened: u64,
 }
 
 impl Breaker {
+    /// A closed breaker; `threshold` is at least 1, `recovery` is how long it
+    /// stays open.
     pub fn new(threshold: u32, recovery: Duration) -> Breaker {
         Breaker {
             threshold: threshold.max(1),
@@ -77,19 +92,22 @@ impl Breaker {
         self.state
     }
 
+    /// Failures in a row that open it.
     pub fn threshold(&self) -> u32 {
         self.threshold
     }
 
+    /// How long it stays open before a trial.
     pub fn recovery(&self) -> Duration {
         self.recovery
     }
 
+    /// Failures in a row while closed, so far.
     pub fn consecutive_failures(&self) -> u32 {
         self.failures
     }
 
-    /// Asks to start an upgrade at `now`.
+    /// Asks to start a call (an upgrade, a connect attempt) at `now`.
     pub fn allow(&mut self, now: Instant) -> Result<Permit, Refused> {
         match self.state(now) {
             BreakerState::Closed => Ok(Permit::Normal),
@@ -115,7 +133,7 @@ impl Breaker {
         }
     }
 
-    /// The upgrade went through.
+    /// The call went through.
     pub fn success(&mut self, permit: Permit) {
         match permit {
             Permit::Trial => {
@@ -137,7 +155,7 @@ impl Breaker {
         }
     }
 
-    /// The upgrade failed through the server's fault.
+    /// The call failed through the guarded side's fault.
     pub fn failure(&mut self, permit: Permit, now: Instant) {
         self.total_failures += 1;
         let trip = match permit {

@@ -9,6 +9,8 @@ pub const BOUNDS_US: [u64; 16] = [
     1_000_000, 2_500_000, 10_000_000,
 ];
 
+/// Counts of microsecond values in the [`BOUNDS_US`] buckets, with their
+/// count and sum: one writer, any readers (relaxed atomics).
 #[derive(Debug, Default)]
 pub struct Histogram {
     buckets: [AtomicU64; BOUNDS_US.len() + 1],
@@ -21,11 +23,14 @@ pub struct Histogram {
 pub struct Snapshot {
     /// Non-cumulative counts per bucket (last = over the largest bound).
     pub buckets: [u64; BOUNDS_US.len() + 1],
+    /// Values recorded.
     pub count: u64,
+    /// Their sum (µs).
     pub sum_us: u64,
 }
 
 impl Histogram {
+    /// Records one value (µs); past the largest bound it lands in `+Inf`.
     pub fn record_us(&self, us: u64) {
         let i = BOUNDS_US.partition_point(|&b| b < us);
         self.buckets[i].fetch_add(1, Relaxed);
@@ -33,6 +38,7 @@ impl Histogram {
         self.sum_us.fetch_add(us, Relaxed);
     }
 
+    /// The counts now.
     pub fn snapshot(&self) -> Snapshot {
         let mut s = Snapshot {
             count: self.count.load(Relaxed),
@@ -56,6 +62,7 @@ impl Snapshot {
         self.sum_us += o.sum_us;
     }
 
+    /// The mean (µs); 0 when empty.
     pub fn mean_us(&self) -> f64 {
         if self.count == 0 {
             0.0

@@ -19,6 +19,8 @@ pub use std::os::windows::io::RawSocket as RawSource;
 
 /// Something both backends can poll: a `mio` source with a raw OS handle.
 pub trait Pollable: mio::event::Source {
+    /// The OS handle (`fd` on Unix, `SOCKET` on Windows) the `polling`
+    /// backend registers.
     fn raw_source(&self) -> RawSource;
 }
 
@@ -43,7 +45,7 @@ pollable!(mio::net::TcpListener);
 ///
 /// # Safety
 /// `raw` must stay open until [`polling_delete`] is called for it.
-pub unsafe fn polling_add(
+pub(crate) unsafe fn polling_add(
     poller: &polling::Poller,
     raw: RawSource,
     ev: polling::Event,
@@ -53,7 +55,8 @@ pub unsafe fn polling_add(
     unsafe { poller.add_with_mode(raw, ev, mode) }
 }
 
-pub fn polling_modify(
+/// Changes `raw`'s interest in `poller`.
+pub(crate) fn polling_modify(
     poller: &polling::Poller,
     raw: RawSource,
     ev: polling::Event,
@@ -62,7 +65,8 @@ pub fn polling_modify(
     poller.modify_with_mode(borrow(raw), ev, mode)
 }
 
-pub fn polling_delete(poller: &polling::Poller, raw: RawSource) -> io::Result<()> {
+/// Removes `raw` from `poller`.
+pub(crate) fn polling_delete(poller: &polling::Poller, raw: RawSource) -> io::Result<()> {
     poller.delete(borrow(raw))
 }
 

@@ -11,7 +11,10 @@ use crate::conn::Transport;
 use crate::platform::{Pollable, RawSource};
 use crate::tls::TlsStream;
 
+/// A non-blocking socket a connection runs over, plain or TLS, registered
+/// with a [`Reactor`](crate::reactor::Reactor) as one source.
 pub enum Stream {
+    /// Plain TCP (`ws://`, `http://`).
     Plain(TcpStream),
     /// Boxed: a TLS session is large, and plain connections stay small.
     Tls(Box<TlsStream>),

@@ -3,6 +3,8 @@
 //! Raw sockets in one thread each; the server's RSS from /proc. The
 //! server trims its heap every 10 s (`pollcap serve`), so a figure "after"
 //! is read once a trim has passed (a bounded wait for the condition).
+//! Linux only: it reads /proc and sets rlimits.
+#![cfg(target_os = "linux")]
 
 mod common;
 

@@ -189,12 +189,12 @@ fn run(data: &[u8]) {
     let proto = protocols.first().map(String::as_str);
     let outside: std::net::IpAddr = [192, 0, 2, 1].into();
     assert_eq!(
-        pollcap::frontdoor::client_addr(outside, &trusted, header, proto),
+        pollcap::fuzzing::client_addr(outside, &trusted, header, proto),
         Ok(outside)
     );
-    let _ = pollcap::frontdoor::client_addr(peer, &trusted, header, proto);
+    let _ = pollcap::fuzzing::client_addr(peer, &trusted, header, proto);
     if let Ok(origins) = pollcap::settings::Origins::parse(&ttl_text) {
-        let _ = pollcap::frontdoor::origin_allowed(&origins, Some(&sub), header);
+        let _ = pollcap::fuzzing::origin_allowed(&origins, Some(&sub), header);
     }
 
     // Token lifetimes.

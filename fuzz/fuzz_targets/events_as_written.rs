@@ -23,7 +23,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use pollcap::source::upstream::events::{Decoder, Framing, Read};
+use pollcap::fuzzing::{Decoder, Framing, Read};
 use serde_json::Value;
 
 fuzz_target!(|data: &[u8]| run(data));

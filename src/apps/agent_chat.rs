@@ -19,8 +19,12 @@ pub const MAX_PACING_MS: u64 = 1000;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ClientMessage {
+    /// Starts a run that answers `text`.
     UserMessage {
+        /// What the user said.
         text: String,
+        /// The conversation it belongs to (echoed in `agent_started` and
+        /// `agent_completed`; empty when not given).
         #[serde(default)]
         thread_id: String,
         /// Simulates a slow agent: the pause between events (0..=1000 ms).
@@ -33,16 +37,25 @@ pub enum ClientMessage {
 /// those of every event type (absent ones are `None`).
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 pub struct EventView {
+    /// The event's `type` (`agent_started`, `agent_thinking`, …, `error`).
     #[serde(rename = "type")]
     pub kind: String,
+    /// The run it belongs to (every event of a run has it).
     pub run_id: Option<String>,
+    /// Its place in the run, 1, 2, … (what a resume names).
     pub seq: Option<u64>,
+    /// When the server sent it, ms since the Unix epoch.
     pub ts: Option<u64>,
+    /// `agent_thinking`: the next piece of the answer.
     pub delta: Option<String>,
+    /// `tool_executing` / `tool_completed`: the tool's name.
     pub tool: Option<String>,
+    /// `agent_completed`: the whole answer.
     #[serde(rename = "final")]
     pub final_text: Option<String>,
+    /// `error`: its code (SPEC §5).
     pub code: Option<String>,
+    /// `error`: what happened, in words.
     pub message: Option<String>,
 }
 
@@ -70,6 +83,8 @@ struct Completed<'a> {
     final_text: String,
 }
 
+/// The `agent_chat` application (SPEC §5): each `user_message` is one
+/// run, streamed by the built-in demo agent or by the team's agent.
 pub struct AgentChat {
     /// Pause between events (setting `pacing_ms`, 5 ms by default:
     /// streaming is visible, runs stay short).
@@ -176,11 +191,17 @@ fn bad_request(out: &Outbox, message: &str) {
 /// The tool's result: statistics of a message.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct TextStats {
+    /// Whitespace-separated words.
     pub words: usize,
+    /// Distinct words, compared case-insensitively.
     pub unique_words: usize,
+    /// Unicode scalar values.
     pub characters: usize,
+    /// UTF-8 bytes.
     pub bytes: usize,
+    /// Lines, as `str::lines` counts them (an empty text has none).
     pub lines: usize,
+    /// The longest word in characters (the last one, on a tie).
     pub longest_word: String,
 }
 
@@ -343,7 +364,10 @@ mod tests {
         let mut settled = false;
         while let Some(e) = runs.poll_effect() {
             match e {
-                Effect::Send { conn: c, text } if c == conn => {
+                Effect::Send {
+                    conn: c,
+                    msg: tungstenite::Message::Text(text),
+                } if c == conn => {
                     got.push(serde_json::from_str::<serde_json::Value>(text.as_str()).unwrap())
                 }
                 Effect::Settled { conn: c } => settled = c == conn,

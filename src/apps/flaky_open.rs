@@ -1,16 +1,18 @@
 //! `flaky-open`: a diagnostic application for exercising the circuit
 //! breaker and alerting end to end.
 
-use crate::app::{Handler, Inbound, Outbox, Session};
+use crate::app::{Decision, Handler, Inbound, Outbox, Request, Session};
 
 use super::agent_chat::AgentChat;
 
-/// A diagnostic application: its first `failures` session opens fail (a
-/// server fault: HTTP 500, counted by the circuit breaker), then it behaves
-/// exactly as `agent_chat`. For exercising the breaker and alerting end to
+/// A diagnostic application: its first `remaining` session opens fail
+/// ([`Decision::Fail`], a server fault: HTTP 500, counted by the circuit
+/// breaker), then it behaves exactly as `agent_chat`. For exercising the breaker and alerting end to
 /// end (`pollcap serve --app flaky-open --fail-opens N`).
 pub struct FlakyOpen {
+    /// Opens left to fail.
     pub remaining: std::sync::atomic::AtomicU32,
+    /// What it is once they are over.
     pub inner: AgentChat,
 }
 
@@ -23,16 +25,16 @@ impl Handler for FlakyOpen {
         self.inner.subprotocols()
     }
 
-    fn open(&self, _session: &Session) -> Result<(), String> {
+    fn open(&self, _request: &Request) -> Decision {
         use std::sync::atomic::Ordering::Relaxed;
         let failing = self
             .remaining
             .fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1))
             .is_ok();
         if failing {
-            Err("flaky-open: simulated start-up failure".into())
+            Decision::Fail("flaky-open: simulated start-up failure".into())
         } else {
-            Ok(())
+            Decision::Accept
         }
     }
 

@@ -22,7 +22,9 @@ pub struct Rules {
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(untagged)]
 pub enum Audience {
+    /// One audience.
     One(String),
+    /// Several: any one of them may be accepted.
     Many(Vec<String>),
 }
 
@@ -38,15 +40,21 @@ impl Audience {
 /// The claims this server reads and mints: `exp` is required.
 #[derive(Deserialize, Serialize)]
 pub struct Claims {
+    /// Subject: who the token names; runs are owned by it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sub: Option<String>,
+    /// Expiry (Unix seconds); past it, plus the leeway, the token is refused.
     pub exp: u64,
+    /// Not before (Unix seconds), minus the leeway.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nbf: Option<u64>,
+    /// Issued at (Unix seconds); informational.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iat: Option<u64>,
+    /// Audience; checked when [`Rules`] has audiences.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aud: Option<Audience>,
+    /// Issuer; checked when [`Rules`] has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iss: Option<String>,
 }

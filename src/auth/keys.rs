@@ -141,14 +141,17 @@ impl KeySet {
         }
     }
 
+    /// Usable keys in the set.
     pub fn len(&self) -> usize {
         self.keys.len()
     }
 
+    /// No usable key.
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
     }
 
+    /// Whether the set has a key with this `kid`.
     pub fn has(&self, kid: &str) -> bool {
         self.keys.contains_key(kid)
     }

@@ -13,7 +13,7 @@
 
 mod claims;
 #[cfg(feature = "idp")]
-pub mod jwks;
+pub(crate) mod jwks;
 #[cfg(feature = "idp")]
 pub mod keys;
 #[cfg(feature = "idp")]
@@ -42,12 +42,21 @@ pub use crate::http::SUBPROTOCOL_PREFIX;
 /// Why a token was refused (the 401 body says which, never the token).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AuthError {
+    /// No token: no `Authorization: Bearer`, no `bearer.` subprotocol entry.
     Missing,
+    /// A JWT whose parts do not decode (base64url, JSON, signature).
     Malformed,
+    /// An algorithm this server does not check: `none`, anything but
+    /// HS256 / RS256 / ES256 / EdDSA, HS256 without a secret, or the
+    /// others without a key set.
     Algorithm,
+    /// The signature does not verify.
     Signature,
+    /// Past `exp` (plus the leeway).
     Expired,
+    /// Before `nbf` (minus the leeway).
     NotYetValid,
+    /// Neither a configured static token nor shaped like a JWT.
     Unknown,
     /// `aud` is not one of the accepted audiences.
     Audience,
@@ -81,8 +90,11 @@ impl fmt::Display for AuthError {
 pub struct JwksView {
     /// The last fetch (or file check) worked.
     pub up: bool,
+    /// Keys in the set now.
     pub keys: u64,
+    /// Fetches (or file loads) that worked.
     pub fetches_ok: u64,
+    /// Fetches (or file loads) that failed; the last good set stays.
     pub fetches_failed: u64,
     /// Refreshes started by a token with an unknown `kid`.
     pub kid_refreshes: u64,
@@ -91,6 +103,8 @@ pub struct JwksView {
 /// Who a valid token names.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Identity {
+    /// A JWT's `sub` (empty when absent); a static token's
+    /// `static:<16 hex digits of its SHA-256>`.
     pub subject: String,
 }
 
@@ -119,6 +133,8 @@ impl fmt::Debug for Auth {
 }
 
 impl Auth {
+    /// HS256 tokens signed with `jwt_secret` and/or the static `tokens`,
+    /// with the default claim rules ([`Auth::with_rules`] to change them).
     pub fn new(jwt_secret: Option<Vec<u8>>, tokens: HashSet<String>) -> Auth {
         Auth {
             jwt_secret,
@@ -133,6 +149,7 @@ impl Auth {
         self
     }
 
+    /// The claim rules every JWT meets.
     pub fn rules(&self) -> &Rules {
         &self.rules
     }
@@ -222,6 +239,7 @@ impl Auth {
         }))
     }
 
+    /// The HS256 key, if any (`pollcap token` signs with it).
     pub fn jwt_secret(&self) -> Option<&[u8]> {
         self.jwt_secret.as_deref()
     }

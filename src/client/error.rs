@@ -15,37 +15,57 @@ use crate::tls::TlsProblem;
 /// What went wrong, in which phase.
 #[derive(Debug)]
 pub enum ClientError {
+    /// Not a `ws://` / `wss://` URL the client can use.
     InvalidUrl(String),
+    /// Name resolution failed.
     Dns(String),
+    /// Name resolution took longer than the attempt's connect timeout.
     DnsTimeout(Duration),
+    /// The TCP connect to this address failed (refused, unreachable…).
     Connect(SocketAddr, io::Error),
+    /// The TCP connect took longer than the attempt's connect timeout.
     ConnectTimeout(Duration),
     /// The TLS handshake failed: a certificate problem or a protocol error.
     Tls(TlsProblem),
+    /// The TLS handshake took longer than `tls_timeout`.
     TlsTimeout(Duration),
     /// The CA file given for `wss://` cannot be used.
     CaFile(String),
+    /// No complete 101 within `handshake_timeout`.
     HandshakeTimeout(Duration),
     /// The server answered the upgrade with another status.
     Rejected {
+        /// The HTTP status.
         status: u16,
+        /// Its `Retry-After`, if any (429, 503).
         retry_after: Option<String>,
+        /// Its body (the server's reason, in words).
         body: String,
     },
+    /// The upgrade failed: the socket failed, or the response is not a
+    /// valid 101 for this request.
     Handshake(String),
+    /// A send could not be written within `receive_timeout`.
     SendTimeout(Duration),
+    /// No message within `receive_timeout`.
     ReceiveTimeout(Duration),
+    /// The closing handshake did not finish within `close_timeout`.
     CloseTimeout(Duration),
     /// The server closed the connection (its Close frame, if any).
     Closed(Option<CloseFrame>),
+    /// The open connection failed: a WebSocket protocol error, a message
+    /// that does not inflate, or the socket failing.
     Protocol(String),
     /// The client-side breaker is open: no attempt was made.
     BreakerOpen {
+        /// When it lets an attempt through again.
         retry_after: Duration,
     },
     /// Every attempt failed; the last error says how.
     GaveUp {
+        /// Attempts made.
         attempts: u32,
+        /// The last attempt's error.
         last: Box<ClientError>,
     },
 }

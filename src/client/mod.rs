@@ -57,18 +57,30 @@ pub const DEFAULT_CONNECT_TIMEOUTS: [Duration; 5] = [
 pub struct ClientConfig {
     /// Connect timeout of attempt 1, 2, …; the last one repeats.
     pub connect_timeouts: Vec<Duration>,
+    /// Attempts per [`Client::connect`] (at least 1).
     pub max_attempts: u32,
+    /// The backoff before retry 1; it doubles per retry (full jitter, see
+    /// [`backoff`]).
     pub backoff_base: Duration,
+    /// The longest backoff.
     pub backoff_max: Duration,
+    /// From the request's first byte to the whole 101 response read
+    /// ([`ClientError::HandshakeTimeout`] past it).
     pub handshake_timeout: Duration,
     /// Longest wait for the next message (and for a send to complete).
     pub receive_timeout: Duration,
+    /// The closing handshake ([`Connection::close`]); past it the socket is
+    /// dropped ([`ClientError::CloseTimeout`]).
     pub close_timeout: Duration,
     /// Offered in `Sec-WebSocket-Protocol`, in order of preference.
     pub subprotocols: Vec<String>,
     /// Extra request headers, e.g. `Authorization: Bearer …`.
     pub headers: Vec<(String, String)>,
+    /// Failed attempts in a row (network, timeouts, 5xx/408/429) that open
+    /// the client's breaker.
     pub breaker_threshold: u32,
+    /// How long the breaker stays open: [`Client::connect`] fails at once
+    /// with [`ClientError::BreakerOpen`] meanwhile.
     pub breaker_recovery: Duration,
     /// Deadline of the TLS handshake (`wss://`).
     pub tls_timeout: Duration,
@@ -146,13 +158,17 @@ fn jitter_unit() -> f64 {
 pub struct ConnectReport {
     /// Attempts made, this one included.
     pub attempts: u32,
+    /// The address connected to.
     pub addr: SocketAddr,
+    /// Name resolution.
     pub dns: Duration,
+    /// The TCP connect.
     pub tcp: Duration,
     /// The TLS handshake (`wss://` only).
     pub tls: Option<Duration>,
     /// The negotiated TLS version, e.g. `TLSv1_3` (`wss://` only).
     pub tls_version: Option<String>,
+    /// The upgrade: request written to 101 read.
     pub handshake: Duration,
     /// The subprotocol the server selected.
     pub subprotocol: Option<String>,
@@ -196,6 +212,8 @@ pub struct Client {
 }
 
 impl Client {
+    /// A client with a closed breaker; nothing is resolved or read until
+    /// [`Client::connect`].
     pub fn new(cfg: ClientConfig) -> Client {
         let breaker = Breaker::new(cfg.breaker_threshold, cfg.breaker_recovery);
         Client {
@@ -205,6 +223,7 @@ impl Client {
         }
     }
 
+    /// The breaker's state now.
     pub fn breaker_state(&mut self) -> BreakerState {
         self.breaker.state(Instant::now())
     }

@@ -64,7 +64,9 @@ impl Write for DeadlineStream {
 /// socket (the TLS records inherit its deadlines).
 #[derive(Debug)]
 pub enum ClientStream {
+    /// `ws://`: the socket itself.
     Plain(DeadlineStream),
+    /// `wss://`: a rustls session over the socket.
     Tls(Box<rustls::StreamOwned<rustls::ClientConnection, DeadlineStream>>),
 }
 

@@ -12,13 +12,24 @@ use crate::http::Head;
 /// (`Execution`), or an agent run's upstream leg (SPEC §5).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TimeoutPhase {
+    /// No request byte within `connect` of the accept (dropped silently).
     Connect,
+    /// No complete upgrade within `handshake` of the accept: 408, or
+    /// dropped (TLS unfinished, or the 101 half written).
     Handshake,
+    /// No frame within `ping` after the server's Ping (close 1011).
     Ping,
+    /// No inbound byte for `heartbeat_timeout` (close 1001).
     Heartbeat,
+    /// No application message for `stale` (close 1001 "idle").
     Stale,
+    /// Open for `connection` (close 1001 "max lifetime").
     Lifetime,
+    /// The closing handshake, or a response that ends the connection, was
+    /// not done within `close` (dropped).
     Close,
+    /// A run outlived `execution`: it ends with an error event,
+    /// `execution_timeout` (a handler's) or `upstream_timeout` (an agent's).
     Execution,
     /// The lingering close after a response that ends the connection.
     Linger,
@@ -32,6 +43,7 @@ pub enum TimeoutPhase {
 }
 
 impl TimeoutPhase {
+    /// Every phase, in the order `/metrics` lists them.
     pub const ALL: [TimeoutPhase; 12] = [
         TimeoutPhase::Connect,
         TimeoutPhase::Handshake,
@@ -47,6 +59,7 @@ impl TimeoutPhase {
         TimeoutPhase::AgentIdle,
     ];
 
+    /// The `phase` label in `/metrics` and the logs.
     pub fn name(self) -> &'static str {
         match self {
             TimeoutPhase::Connect => "connect",
@@ -79,6 +92,7 @@ pub enum LingerEnd {
 }
 
 impl LingerEnd {
+    /// Every end, in the order `/metrics` lists them.
     pub const ALL: [LingerEnd; 4] = [
         LingerEnd::PeerClosed,
         LingerEnd::Deadline,
@@ -86,6 +100,7 @@ impl LingerEnd {
         LingerEnd::Error,
     ];
 
+    /// The `end` label in `/metrics`.
     pub fn name(self) -> &'static str {
         match self {
             LingerEnd::PeerClosed => "peer_closed",
@@ -109,7 +124,10 @@ pub enum Event {
     Status(u16),
     /// The 101 was written: the WebSocket is open, `handshake` after the
     /// TCP accept.
-    Opened { handshake: Duration },
+    Opened {
+        /// TCP accept → 101 written.
+        handshake: Duration,
+    },
     /// A complete text or binary message. The owner answers it (or not)
     /// with [`super::Conn::send`] or starts a run for it.
     Message(Message),
@@ -129,5 +147,10 @@ pub enum Event {
     /// A lingering close ended (the connection is done), after `discarded`
     /// bytes were read and thrown away. A deadline end is also reported as
     /// [`Event::Timeout`] (phase `Linger`).
-    Lingered { end: LingerEnd, discarded: u64 },
+    Lingered {
+        /// How it ended.
+        end: LingerEnd,
+        /// Bytes read and thrown away after the response.
+        discarded: u64,
+    },
 }

@@ -141,7 +141,7 @@ impl<S: Transport> Conn<S> {
                 }
             }
             Phase::Decide { .. } if now >= self.accepted + t.handshake => {
-                self.handshake_timeout(cx)
+                self.undecided_timeout(cx)
             }
             Phase::Respond {
                 deadline, after, ..
@@ -179,6 +179,21 @@ impl<S: Transport> Conn<S> {
             "request head not received in time\n",
         );
         self.write_response(r, After::Close, cx);
+    }
+
+    /// The whole head arrived but the owner did not answer it within the
+    /// handshake deadline (e.g. an application still deciding whether to
+    /// accept): the server was slow, not the client, so 503 rather than
+    /// 408. Counted as a handshake timeout all the same.
+    fn undecided_timeout(&mut self, cx: &mut Cx) {
+        cx.events.push(Event::Timeout(TimeoutPhase::Handshake));
+        tracing::info!(conn = self.id, "request not answered in time: 503");
+        let r = http::text(
+            503,
+            "Service Unavailable",
+            "the server did not answer the request in time; retry\n",
+        );
+        self.write_response(http::with_header(r, "Retry-After", "1"), After::Close, cx);
     }
 
     /// Enters the respond phase from reading or deciding. A 101 must be

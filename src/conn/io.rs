@@ -96,7 +96,7 @@ pub trait Transport: Read + Write {
 /// buffer. tungstenite allocates that buffer up front and never reads
 /// more than its size at once, so the buffer is what an idle connection
 /// costs and, for large messages, what a syscall brings in. Here the
-/// socket is read into a per-thread scratch buffer of [`SCRATCH`] bytes;
+/// socket is read into a per-thread scratch buffer of `SCRATCH` bytes (64 KiB);
 /// what tungstenite did not ask for waits in `spill`, allocated only
 /// while it holds bytes. Reads never say `WouldBlock` while it does.
 #[derive(Debug)]

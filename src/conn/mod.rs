@@ -5,7 +5,7 @@
 //! ([`Cx::now`]) and appends what happened to the owner's event list
 //! ([`Event`]); requests wait for the owner's answer ([`Conn::respond`],
 //! [`Conn::accept`]), messages for the owner's reply ([`Conn::send`]) or
-//! run ([`Conn::follow`]). It never reads the clock and never calls
+//! run ([`Conn::send_run`]). It never reads the clock and never calls
 //! into the server, so tests drive a 45 s heartbeat in microseconds.
 //!
 //! The owner's loop after any call: answer the events; while
@@ -49,6 +49,7 @@ use head::After;
 /// When a connection next has work to do, and how precisely.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Wake {
+    /// When.
     pub at: Instant,
     /// Soft: the deadline may be handled up to the reactor's slack late
     /// (heartbeat, liveness, stale, lifetime). Hard: on time (connect,
@@ -60,7 +61,9 @@ pub struct Wake {
 pub struct Cx<'a> {
     /// The caller's clock reading for this call.
     pub now: Instant,
+    /// The phase deadlines.
     pub timeouts: &'a Timeouts,
+    /// The size limits.
     pub limits: &'a Limits,
     /// Events of this call are appended here.
     pub events: &'a mut Vec<Event>,
@@ -145,15 +148,30 @@ enum Phase<S> {
 /// Which phase a connection is in (for logs, tests and the audit sweep).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PhaseName {
+    /// Reading the request head (connect, then handshake deadline).
     Head,
+    /// A complete head was reported: waiting for the owner's answer
+    /// (handshake deadline).
     Decide,
+    /// Writing an HTTP response or the 101 (handshake or close deadline).
     Respond,
+    /// After a response that ends the connection: input discarded until the
+    /// peer closes (close deadline, `linger_bytes`).
     Linger,
+    /// WebSocket open: heartbeat, liveness, stale and lifetime deadlines.
     Open,
+    /// Close sent or received: waiting for the closing handshake (close
+    /// deadline).
     Closing,
+    /// Finished: the owner deregisters and drops it.
     Done,
 }
 
+/// One connection's state machine over a non-blocking transport `S`: the
+/// request head, the owner's decision, the response or the 101, then the
+/// WebSocket until it closes, each phase under its deadline. Time comes in
+/// ([`Cx::now`]), events go out ([`Cx::events`]); the next deadline is
+/// [`Conn::poll_timeout`].
 pub struct Conn<S> {
     id: u64,
     accepted: Instant,
@@ -181,10 +199,12 @@ impl<S: Transport> Conn<S> {
         }
     }
 
+    /// The id given at [`Conn::new`] (in every log line about it).
     pub fn id(&self) -> u64 {
         self.id
     }
 
+    /// The current phase.
     pub fn phase(&self) -> PhaseName {
         match self.phase {
             Phase::Head { .. } => PhaseName::Head,
@@ -197,6 +217,7 @@ impl<S: Transport> Conn<S> {
         }
     }
 
+    /// Finished: nothing more will happen; deregister and drop it.
     pub fn is_done(&self) -> bool {
         matches!(self.phase, Phase::Done(_))
     }

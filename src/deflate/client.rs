@@ -106,10 +106,12 @@ impl<S> DeflateStream<S> {
         self.received
     }
 
+    /// The stream below.
     pub fn get_ref(&self) -> &S {
         &self.inner
     }
 
+    /// The stream below, mutably (e.g. to set its deadline).
     pub fn get_mut(&mut self) -> &mut S {
         &mut self.inner
     }
@@ -211,7 +213,9 @@ pub fn answer_values(response: &tungstenite::handshake::client::Response) -> Vec
 /// Why a compressed message from the server could not be read.
 #[derive(Debug, PartialEq, Eq)]
 pub enum InboundError {
+    /// It did not inflate (corrupt, or over the size limit).
     Inflate(InflateError),
+    /// A text message that is not UTF-8 once inflated.
     Utf8,
 }
 

@@ -1,5 +1,5 @@
 //! permessage-deflate (RFC 7692): negotiation ([`negotiate`]), whole-message
-//! compression with per-thread codecs ([`codec`]), counters ([`stats`]),
+//! compression with per-thread codecs ([`codec`]), counters (`stats`),
 //! and the client's side of it ([`client`]).
 //!
 //! How it fits around tungstenite, which has no extension support: see
@@ -21,7 +21,7 @@
 pub mod client;
 pub mod codec;
 pub mod negotiate;
-pub mod stats;
+pub(crate) mod stats;
 
 pub use negotiate::{Agreed, ServerMode};
 
@@ -34,6 +34,7 @@ pub const DEFAULT_THRESHOLD: usize = 512;
 /// Whether and how the server negotiates the extension (`--deflate`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
+    /// Not negotiated: offers are ignored (`off`).
     Off,
     /// No context takeover either way (`on`): every message is compressed
     /// on its own by the thread's compressor.
@@ -46,6 +47,7 @@ pub enum Mode {
 }
 
 impl Mode {
+    /// Parses a `--deflate` value (`on`, `off`, `takeover`); `Err` is the rule.
     pub fn parse(v: &str) -> Result<Mode, String> {
         match v.trim().to_ascii_lowercase().as_str() {
             "on" | "true" | "1" | "yes" => Ok(Mode::On),
@@ -55,6 +57,7 @@ impl Mode {
         }
     }
 
+    /// The name `--deflate` takes.
     pub fn name(self) -> &'static str {
         match self {
             Mode::Off => "off",
@@ -76,12 +79,14 @@ impl Mode {
 /// The server's compression settings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Config {
+    /// Whether and how it is negotiated (`--deflate`).
     pub mode: Mode,
     /// Outbound messages smaller than this go uncompressed.
     pub threshold: usize,
 }
 
 impl Config {
+    /// Not negotiated.
     pub const OFF: Config = Config {
         mode: Mode::Off,
         threshold: 0,

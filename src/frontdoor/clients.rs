@@ -128,10 +128,6 @@ impl Clients {
     pub fn len(&self) -> usize {
         self.lock().len()
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ pub mod subjects;
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::settings::{BURST_SECONDS, Cidr, ClientLimits, Origins, canonical, split_origin};
 
@@ -283,15 +283,11 @@ fn capacities(l: &ClientLimits, max_message: usize) -> (f64, f64) {
     (m, b)
 }
 
-/// `Retry-After` for a refusal: whole seconds, at least 1.
-pub fn retry_after(d: Duration) -> u64 {
-    d.as_secs_f64().ceil().max(1.0) as u64
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::settings::{Origins, parse_cidrs};
+    use std::time::Duration;
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()

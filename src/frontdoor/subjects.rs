@@ -53,6 +53,7 @@ impl SubjectRuns {
     }
 
     /// Runs in flight for `subject`.
+    #[cfg(test)]
     pub fn of(&self, subject: &str) -> u32 {
         self.lock().get(subject).copied().unwrap_or(0)
     }
@@ -62,6 +63,7 @@ impl SubjectRuns {
         self.lock().len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

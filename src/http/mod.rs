@@ -18,15 +18,21 @@ pub struct HeadLimits {
 /// The parts of a request head the server acts on.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Head {
+    /// The method, as sent (`GET`, `HEAD`…).
     pub method: String,
     /// The path without its query string.
     pub path: String,
+    /// The query string (after `?`, undecoded), if the target had one.
+    pub query: Option<String>,
     /// `1` for HTTP/1.1, `0` for HTTP/1.0.
     pub minor_version: u8,
+    /// The `Host` header, if any.
     pub host: Option<String>,
     /// `Upgrade: websocket` and `Connection: upgrade` were both present.
     pub wants_websocket: bool,
+    /// `Sec-WebSocket-Version`, if any (only `13` is accepted).
     pub ws_version: Option<String>,
+    /// `Sec-WebSocket-Key`, if any.
     pub ws_key: Option<String>,
     /// Every offered subprotocol, in the client's order.
     pub protocols: Vec<String>,
@@ -48,19 +54,28 @@ pub struct Head {
     /// The `User-Agent` header, if any (a client whose compression is
     /// known broken is not offered it).
     pub user_agent: Option<String>,
+    /// Every header line in order: its name as sent, its value trimmed
+    /// (not UTF-8: replaced lossily). For the application's `open`;
+    /// bounded by the head limits like the rest.
+    pub headers: Vec<(String, String)>,
 }
 
 /// The parts of an upgrade request the server acts on.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct UpgradeRequest {
+    /// `Sec-WebSocket-Key`, answered in `Sec-WebSocket-Accept`.
     pub key: String,
     /// The `Authorization` header, if any.
     pub authorization: Option<String>,
     /// Every offered subprotocol, in the client's order.
     pub protocols: Vec<String>,
+    /// The `Host` header, if any.
     pub host: Option<String>,
+    /// The `Origin` header, if any (a browser's request).
     pub origin: Option<String>,
+    /// Every `X-Forwarded-For` line, joined with `,`.
     pub forwarded_for: Option<String>,
+    /// Every `Forwarded` line, joined with `,`.
     pub forwarded: Option<String>,
     /// The W3C `traceparent` header, if any.
     pub traceparent: Option<String>,
@@ -94,9 +109,12 @@ pub enum Request {
     Reject(Response),
 }
 
+/// A plain-HTTP route.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Route {
+    /// `/health`: JSON of the server's state (503 while draining).
     Health,
+    /// `/metrics`: Prometheus text.
     Metrics,
     /// `/`: the built-in page.
     Index,
@@ -110,7 +128,12 @@ pub enum Parsed {
     /// Need more bytes.
     Partial,
     /// A complete head of `len` bytes.
-    Complete { head: Box<Head>, len: usize },
+    Complete {
+        /// The head.
+        head: Box<Head>,
+        /// Its length in the buffer; bytes after it came after the head.
+        len: usize,
+    },
     /// Not a request this server can read (400, 431).
     Invalid(Response),
 }
@@ -118,7 +141,9 @@ pub enum Parsed {
 /// A fully formed HTTP/1.1 response.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Response {
+    /// The status code (for metrics and logs).
     pub status: u16,
+    /// The whole response: status line, headers and body.
     pub bytes: Vec<u8>,
 }
 
@@ -170,9 +195,14 @@ pub fn parse(buf: &[u8], limits: HeadLimits) -> Parsed {
             .flat_map(|v| v.split(','))
             .any(|t| t.trim().eq_ignore_ascii_case(token))
     };
+    let (path, query) = match path.split_once('?') {
+        Some((p, q)) => (p, Some(q.to_string())),
+        None => (path, None),
+    };
     let head = Head {
         method: req.method.unwrap_or("").to_string(),
-        path: path.split('?').next().unwrap_or(path).to_string(),
+        path: path.to_string(),
+        query,
         minor_version: req.version.unwrap_or(1),
         host: authority
             .map(str::to_string)
@@ -196,6 +226,13 @@ pub fn parse(buf: &[u8], limits: HeadLimits) -> Parsed {
             .map(str::to_string)
             .collect(),
         user_agent: header(h, "user-agent").map(str::to_string),
+        headers: h
+            .iter()
+            .map(|h| {
+                let value = String::from_utf8_lossy(h.value);
+                (h.name.to_string(), value.trim().to_string())
+            })
+            .collect(),
     };
     Parsed::Complete {
         head: Box::new(head),
@@ -424,6 +461,46 @@ pub fn response(status: u16, reason: &str, content_type: &str, body: &[u8]) -> R
 /// A plain-text response.
 pub fn text(status: u16, reason: &str, body: &str) -> Response {
     response(status, reason, "text/plain; charset=utf-8", body.as_bytes())
+}
+
+/// The reason phrase of a status the server may answer with (RFC 9110
+/// §15); a status without one here gets an empty phrase, which HTTP/1.1
+/// allows (clients read the code, not the phrase).
+pub fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        300 => "Multiple Choices",
+        301 => "Moved Permanently",
+        302 => "Found",
+        303 => "See Other",
+        307 => "Temporary Redirect",
+        308 => "Permanent Redirect",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        402 => "Payment Required",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        406 => "Not Acceptable",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        410 => "Gone",
+        412 => "Precondition Failed",
+        418 => "I'm a teapot",
+        421 => "Misdirected Request",
+        422 => "Unprocessable Content",
+        423 => "Locked",
+        426 => "Upgrade Required",
+        428 => "Precondition Required",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        451 => "Unavailable For Legal Reasons",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "",
+    }
 }
 
 /// The response to a HEAD request: the same head (its `Content-Length`

@@ -259,3 +259,35 @@ fn responses_carry_length_and_close() {
     assert!(s.contains("Connection: close\r\n"));
     assert!(s.contains("Retry-After: 1\r\n\r\nbusy\n"));
 }
+
+#[test]
+fn the_query_and_every_header_line_are_kept_for_the_application() {
+    let r: &[u8] = b"GET /ws?room=42&who=a%20b HTTP/1.1\r\nHost: t\r\nX-Tenant:  acme \r\n\
+             x-tag: 1\r\nX-Tag: 2\r\nX-Bin: caf\xe9\r\n\r\n";
+    let Parsed::Complete { head, .. } = parse(r, LIMITS) else {
+        panic!()
+    };
+    assert_eq!(head.path, "/ws");
+    assert_eq!(head.query.as_deref(), Some("room=42&who=a%20b"));
+    let pairs: Vec<(&str, &str)> = head
+        .headers
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(
+        pairs,
+        [
+            ("Host", "t"),
+            ("X-Tenant", "acme"),
+            ("x-tag", "1"),
+            ("X-Tag", "2"),
+            ("X-Bin", "caf\u{fffd}"),
+        ]
+    );
+    let Parsed::Complete { head, .. } = parse(b"GET /ws HTTP/1.1\r\n\r\n", LIMITS) else {
+        panic!()
+    };
+    assert_eq!(head.query, None);
+    assert_eq!(reason_phrase(403), "Forbidden");
+    assert_eq!(reason_phrase(599), "");
+}

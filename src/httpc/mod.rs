@@ -10,11 +10,16 @@
 //! Parts: `url` (what may be asked for), `fetch` (a whole exchange over a
 //! blocking socket, for helper threads).
 
+// Only the key-set refresher (feature `idp`) fetches.
+#[cfg_attr(not(feature = "idp"), allow(dead_code))]
 mod fetch;
 mod url;
 
-pub use fetch::{FetchError, Fetched, Limits, fetch};
-pub use url::{Target, TargetError};
+#[cfg(test)]
+use fetch::FetchError;
+#[cfg_attr(not(feature = "idp"), allow(unused_imports))]
+pub use fetch::{Limits, fetch};
+pub use url::Target;
 
 use ureq_proto::BodyMode;
 use ureq_proto::client::state::{RecvBody, RecvResponse};

@@ -12,12 +12,16 @@ use crate::metrics::Report;
 /// Prometheus type of a family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
+    /// Only grows (`_total`).
     Counter,
+    /// Goes up and down (a level: open connections, breaker state).
     Gauge,
+    /// Buckets, count and sum (`_bucket`, `_count`, `_sum`).
     Histogram,
 }
 
 impl Kind {
+    /// The Prometheus `# TYPE` word.
     pub fn name(self) -> &'static str {
         match self {
             Kind::Counter => "counter",
@@ -29,7 +33,7 @@ impl Kind {
 
 /// A sample's value: counts stay exact integers.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Num {
+pub(crate) enum Num {
     U(u64),
     F(f64),
 }
@@ -52,13 +56,13 @@ impl Num {
 
 /// One labelled value (`labels` empty for a family of one).
 #[derive(Clone, Debug, PartialEq)]
-pub struct Sample {
+pub(crate) struct Sample {
     pub labels: Vec<(&'static str, String)>,
     pub value: Num,
 }
 
 /// What a family holds now.
-pub enum Values {
+pub(crate) enum Values {
     Samples(Vec<Sample>),
     /// One histogram per label set (`/health` shows their total count).
     Histograms(Vec<(Vec<(&'static str, String)>, Snapshot)>),
@@ -147,15 +151,19 @@ pub enum HealthAt {
 
 /// One metric family: declared here once, rendered by both outputs.
 pub struct Family {
+    /// The Prometheus name, e.g. `pollcap_timeouts_total`.
     pub name: &'static str,
+    /// The `# HELP` line: what it counts, in one sentence.
     pub help: &'static str,
+    /// Its Prometheus type.
     pub kind: Kind,
+    /// Where `/health` shows it.
     pub health: HealthAt,
-    pub read: fn(&Report) -> Values,
+    pub(crate) read: fn(&Report) -> Values,
 }
 
 /// The families that are not plain counters.
-pub const FAMILIES: &[Family] = &[
+pub(crate) const FAMILIES: &[Family] = &[
     Family {
         name: "pollcap_timeouts_total",
         help: "Phase deadlines that expired, by phase.",

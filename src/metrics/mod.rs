@@ -1,8 +1,12 @@
 //! Server-wide metrics, each declared once: the plain counters in
-//! [`counters!`] below, every family (labelled, histograms, the store's,
-//! the breaker's, the reactors') in [`families`]. `/health` JSON and
+//! `counters!` below, every family (labelled, histograms, the store's,
+//! the breaker's, the reactors') in `families`. `/health` JSON and
 //! `/metrics` Prometheus text are both rendered by walking that one table
-//! ([`render`]), so a metric cannot be in one and missing from the other.
+//! (`render`), so a metric cannot be in one and missing from the other.
+//!
+//! Public: that table, read-only ([`families()`]: each family's name,
+//! help, type and place in `/health`). The counters themselves are the
+//! server's own.
 //!
 //! The counters are plain atomics bumped per connection event, never per
 //! message, so the hot path stays free of shared cache lines.
@@ -13,9 +17,10 @@ mod render;
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-pub use crate::conn::{LingerEnd, TimeoutPhase};
-pub use crate::frontdoor::Refused;
-pub use families::{FAMILIES, Family, HealthAt, Kind, Num, Sample, Values};
+pub(crate) use crate::conn::{LingerEnd, TimeoutPhase};
+pub(crate) use crate::frontdoor::Refused;
+pub(crate) use families::{FAMILIES, Num, Sample, Values};
+pub use families::{Family, HealthAt, Kind};
 
 /// Every family: the plain counters first, then the rest, compression
 /// last.
@@ -25,16 +30,16 @@ pub fn families() -> impl Iterator<Item = &'static Family> {
         .chain(FAMILIES)
         .chain(compression::COMPRESSION)
 }
-pub use render::{AgentView, BreakerView, FrontDoorView, Report};
+pub(crate) use render::{AgentView, BreakerView, FrontDoorView, Report};
 
 use crate::frontdoor::RefusalLog;
 
 use crate::histogram::Histogram;
 
 /// Close codes the server sends, counted by code.
-pub const CLOSE_CODES: [u16; 8] = [1000, 1001, 1002, 1007, 1008, 1009, 1011, 1013];
+pub(crate) const CLOSE_CODES: [u16; 8] = [1000, 1001, 1002, 1007, 1008, 1009, 1011, 1013];
 /// The error codes of agent runs (SPEC §5), counted by code.
-pub const AGENT_CODES: [&str; 5] = [
+pub(crate) const AGENT_CODES: [&str; 5] = [
     "upstream_timeout",
     "upstream_unavailable",
     "upstream_rejected",
@@ -42,7 +47,7 @@ pub const AGENT_CODES: [&str; 5] = [
     "upstream_truncated",
 ];
 /// HTTP statuses the server answers with, counted by status.
-pub const HTTP_STATUSES: [u16; 13] = [
+pub(crate) const HTTP_STATUSES: [u16; 13] = [
     101, 200, 400, 401, 403, 404, 405, 408, 426, 429, 431, 503, 500,
 ];
 
@@ -53,7 +58,7 @@ macro_rules! counters {
     ($($(#[$doc:meta])* $field:ident: $kind:ident $name:literal at $health:literal, $help:literal;)*) => {
         /// Every counter of the server, shared by the reactor threads.
         #[derive(Debug, Default)]
-        pub struct ServerMetrics {
+        pub(crate) struct ServerMetrics {
             $($(#[$doc])* pub $field: AtomicU64,)*
             /// Deadlines that expired, by phase ([`TimeoutPhase`]).
             pub timeouts: [AtomicU64; TimeoutPhase::ALL.len()],
@@ -158,7 +163,12 @@ counters! {
     overloaded_total: Counter "pollcap_handler_overloaded_total" at "handlers.overloaded",
         "Messages answered overloaded (pool or per-connection limit full).";
     handler_panics_total: Counter "pollcap_handler_panics_total" at "handlers.panics",
-        "Handler panics (connection closed 1011).";
+        "Handler panics (in a run: connection closed 1011; in open: 500).";
+    /// Upgrades the application's `open` refused with a status of its
+    /// choice (not counted by the breaker).
+    open_refusals_total: Counter "pollcap_handler_open_refusals_total"
+        at "handlers.open_refusals",
+        "Upgrades the application refused in open, with a status of its choice.";
     /// Upgrades refused with 401.
     auth_failures_total: Counter "pollcap_auth_failures_total" at "auth_failures",
         "Upgrades refused with 401.";

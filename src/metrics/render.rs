@@ -19,7 +19,7 @@ use crate::store::StoreView;
 
 /// The circuit breaker as reported.
 #[derive(Clone, Debug, Serialize)]
-pub struct BreakerView {
+pub(crate) struct BreakerView {
     pub state: &'static str,
     pub consecutive_failures: u32,
     pub threshold: u32,
@@ -32,7 +32,7 @@ pub struct BreakerView {
 /// The front door as reported: the per-address table, the subjects with
 /// runs, the identity provider's key set (each `None` when not in use).
 #[derive(Clone, Copy, Debug, Default)]
-pub struct FrontDoorView {
+pub(crate) struct FrontDoorView {
     /// (entries, entries evicted because the table was full)
     pub client_table: Option<(u64, u64)>,
     pub subjects_with_runs: Option<u64>,
@@ -41,7 +41,7 @@ pub struct FrontDoorView {
 
 /// The team's agent as reported.
 #[derive(Clone, Debug)]
-pub struct AgentView {
+pub(crate) struct AgentView {
     /// `http` or `command`.
     pub kind: &'static str,
     /// Where (a URL without its query, or the command's first word).
@@ -50,7 +50,7 @@ pub struct AgentView {
 }
 
 /// Everything `/health` and `/metrics` report, gathered at one `now`.
-pub struct Report<'a> {
+pub(crate) struct Report<'a> {
     pub settings: &'a Settings,
     pub metrics: &'a ServerMetrics,
     pub breaker: BreakerView,

@@ -12,13 +12,18 @@ use crate::platform::{self, Pollable};
 /// Which poller implementation a reactor uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BackendKind {
+    /// mio: edge-triggered (epoll, kqueue, IOCP through AFD on Windows); the
+    /// default.
     Mio,
+    /// polling: level-triggered on every OS (epoll, kqueue, IOCP/wepoll).
     Polling,
 }
 
 impl BackendKind {
+    /// Both, for tests and benchmarks that run on each.
     pub const ALL: [BackendKind; 2] = [BackendKind::Mio, BackendKind::Polling];
 
+    /// Parses a `--backend` value (`mio`, `polling`; any case).
     pub fn parse(v: &str) -> Option<BackendKind> {
         match v.trim().to_ascii_lowercase().as_str() {
             "mio" => Some(BackendKind::Mio),
@@ -27,6 +32,7 @@ impl BackendKind {
         }
     }
 
+    /// The name `--backend` takes.
     pub fn name(self) -> &'static str {
         match self {
             BackendKind::Mio => "mio",
@@ -38,15 +44,19 @@ impl BackendKind {
 /// Readiness a source is registered for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Interest {
+    /// Report readable (and hang-ups).
     pub readable: bool,
+    /// Report writable: ask for it only while output waits.
     pub writable: bool,
 }
 
 impl Interest {
+    /// Reads only: what an idle connection is registered for.
     pub const READABLE: Interest = Interest {
         readable: true,
         writable: false,
     };
+    /// Reads and writes: while output waits for the socket.
     pub const BOTH: Interest = Interest {
         readable: true,
         writable: true,
@@ -69,8 +79,11 @@ impl Interest {
 /// writable), so the owner discovers them through its next read or write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Event {
+    /// The token the source was registered with.
     pub token: usize,
+    /// Readable, or hung up / in error.
     pub readable: bool,
+    /// Writable, or hung up / in error.
     pub writable: bool,
 }
 

@@ -39,6 +39,7 @@ pub const SETTLE_PER_ANSWER: std::time::Duration = std::time::Duration::from_mic
 pub struct Turn {
     /// The single clock reading of this turn.
     pub now: Instant,
+    /// Why the wait returned.
     pub reason: WakeReason,
     /// A wake request was pending (whether or not its signal arrived).
     pub woken: bool,
@@ -80,6 +81,9 @@ pub struct Reactor {
 }
 
 impl Reactor {
+    /// A reactor on a new OS poller of `kind`, whose waits never exceed `cap`
+    /// (soft timers' slack is zero until [`Reactor::set_slack`]). Fails only
+    /// if the OS refuses a poller or the waker's signal.
     pub fn new(kind: BackendKind, cap: CapStrategy) -> io::Result<Reactor> {
         let (backend, signal) = Backend::new(kind, 1024)?;
         let now = Instant::now();
@@ -98,14 +102,17 @@ impl Reactor {
         })
     }
 
+    /// The waker other threads use to end this reactor's wait.
     pub fn waker(&self) -> Arc<Waker> {
         self.waker.clone()
     }
 
+    /// This reactor's counters, readable from any thread.
     pub fn stats(&self) -> Arc<ReactorStats> {
         self.stats.clone()
     }
 
+    /// The cap on every wait.
     pub fn cap(&self) -> CapStrategy {
         self.cap
     }
@@ -131,6 +138,7 @@ impl Reactor {
         self.slack = slack;
     }
 
+    /// How late a soft timer may fire (see [`Reactor::set_slack`]).
     pub fn slack(&self) -> std::time::Duration {
         self.slack
     }
@@ -153,6 +161,8 @@ impl Reactor {
         self.wall
     }
 
+    /// The deadline queue: insert a timer carrying a token, arm it with
+    /// [`DeadlineQueue::set`]; it comes back from [`Reactor::pop_expired`].
     pub fn timers(&mut self) -> &mut DeadlineQueue<usize> {
         &mut self.timers
     }
@@ -162,6 +172,9 @@ impl Reactor {
         self.timers.deadline(id)
     }
 
+    /// Registers `src` under `token` for `interest`: its readiness comes back
+    /// in [`Reactor::events`] after a turn. Read and write until `WouldBlock`
+    /// (mio is edge-triggered).
     pub fn register(
         &self,
         src: &mut dyn Pollable,
@@ -171,6 +184,7 @@ impl Reactor {
         self.backend.register(src, token, interest)
     }
 
+    /// Changes `src`'s interest (e.g. [`Interest::BOTH`] while output waits).
     pub fn reregister(
         &self,
         src: &mut dyn Pollable,
@@ -180,6 +194,7 @@ impl Reactor {
         self.backend.reregister(src, token, interest)
     }
 
+    /// Stops reporting `src`.
     pub fn deregister(&self, src: &mut dyn Pollable) -> io::Result<()> {
         self.backend.deregister(src)
     }

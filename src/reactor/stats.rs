@@ -25,48 +25,66 @@ pub enum WakeReason {
     Busy,
 }
 
+/// One reactor's counters, written by its thread and read from any (relaxed
+/// atomics: a [`snapshot`](Self::snapshot) is exact per counter, not across
+/// counters).
 #[derive(Debug, Default)]
 pub struct ReactorStats {
-    pub waits: AtomicU64,
-    pub by_io: AtomicU64,
-    pub by_waker: AtomicU64,
-    pub by_deadline: AtomicU64,
-    pub by_soft_deadline: AtomicU64,
-    pub by_cap: AtomicU64,
-    pub interrupted: AtomicU64,
-    pub busy: AtomicU64,
+    pub(crate) waits: AtomicU64,
+    pub(crate) by_io: AtomicU64,
+    pub(crate) by_waker: AtomicU64,
+    pub(crate) by_deadline: AtomicU64,
+    pub(crate) by_soft_deadline: AtomicU64,
+    pub(crate) by_cap: AtomicU64,
+    pub(crate) interrupted: AtomicU64,
+    pub(crate) busy: AtomicU64,
     /// Wake requests found pending after a wait that the waker did not end:
     /// a lost or suppressed wakeup, recovered by the cap or a deadline.
-    pub lost_wakeups_recovered: AtomicU64,
+    pub(crate) lost_wakeups_recovered: AtomicU64,
     /// Timers fired, by kind.
-    pub hard_fired: AtomicU64,
-    pub soft_fired: AtomicU64,
+    pub(crate) hard_fired: AtomicU64,
+    pub(crate) soft_fired: AtomicU64,
     /// How late hard deadlines were handled (µs).
-    pub overshoot: Histogram,
+    pub(crate) overshoot: Histogram,
     /// How late soft deadlines were handled (µs): up to the slack by design.
-    pub soft_lateness: Histogram,
+    pub(crate) soft_lateness: Histogram,
 }
 
 /// A plain copy of [`ReactorStats`], summable across reactors.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct StatsSnapshot {
+    /// Waits returned, whatever ended them (the sum of the `by_*`,
+    /// `interrupted` and `busy` counts).
     pub waits: u64,
+    /// Waits ended by ready I/O.
     pub by_io: u64,
+    /// Waits ended by the waker (mail from another thread).
     pub by_waker: u64,
+    /// Waits ended by a hard deadline.
     pub by_deadline: u64,
+    /// Waits ended by the end of a soft deadline's slack window.
     pub by_soft_deadline: u64,
+    /// Waits ended by the cap: nothing happened for a whole cap.
     pub by_cap: u64,
+    /// Waits interrupted by a signal (EINTR).
     pub interrupted: u64,
+    /// Non-blocking turns (work was left over) that found nothing new.
     pub busy: u64,
+    /// Wake requests found pending after a wait the waker did not end: a lost
+    /// or suppressed signal, recovered by the cap or a deadline.
     pub lost_wakeups_recovered: u64,
+    /// Hard timers fired.
     pub hard_fired: u64,
+    /// Soft timers fired.
     pub soft_fired: u64,
+    /// How late hard deadlines were handled (µs).
     pub overshoot: Snapshot,
+    /// How late soft deadlines were handled (µs): up to the slack by design.
     pub soft_lateness: Snapshot,
 }
 
 impl ReactorStats {
-    pub fn count(&self, reason: WakeReason) {
+    pub(crate) fn count(&self, reason: WakeReason) {
         self.waits.fetch_add(1, Relaxed);
         let c = match reason {
             WakeReason::Io => &self.by_io,
@@ -81,7 +99,7 @@ impl ReactorStats {
     }
 
     /// A timer of `kind` fired `late_us` after its deadline.
-    pub fn fired(&self, kind: crate::reactor::Kind, late_us: u64) {
+    pub(crate) fn fired(&self, kind: crate::reactor::Kind, late_us: u64) {
         match kind {
             crate::reactor::Kind::Hard => {
                 self.hard_fired.fetch_add(1, Relaxed);
@@ -94,6 +112,7 @@ impl ReactorStats {
         }
     }
 
+    /// The counters now.
     pub fn snapshot(&self) -> StatsSnapshot {
         StatsSnapshot {
             waits: self.waits.load(Relaxed),
@@ -114,6 +133,8 @@ impl ReactorStats {
 }
 
 impl StatsSnapshot {
+    /// Adds `o`'s counts and histograms to these (a server's total over its
+    /// reactors).
     pub fn merge(&mut self, o: &StatsSnapshot) {
         self.waits += o.waits;
         self.by_io += o.by_io;

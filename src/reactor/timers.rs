@@ -57,6 +57,8 @@ impl<T> Default for DeadlineQueue<T> {
 }
 
 impl<T: Copy> DeadlineQueue<T> {
+    /// An empty queue; it allocates as timers are inserted, and reuses the
+    /// slots of removed ones.
     pub fn new() -> Self {
         Self::default()
     }
@@ -213,6 +215,7 @@ impl<T: Copy> DeadlineQueue<T> {
         self.heaps[0].len() + self.heaps[1].len()
     }
 
+    /// No timer armed.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

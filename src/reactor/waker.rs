@@ -7,6 +7,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::backend::Signal;
 
+/// Wakes a reactor from another thread: [`Waker::wake`] sets a flag and
+/// signals the poller. The flag is what the reactor trusts, so a lost
+/// signal costs at most one cap. Shared as `Arc<Waker>`
+/// ([`Reactor::waker`](super::Reactor::waker)).
 pub struct Waker {
     signal: Signal,
     pending: AtomicBool,
@@ -35,7 +39,9 @@ impl Waker {
     }
 
     /// Test and benchmark hook: while set, wake requests are recorded but the
-    /// OS signal is never sent (a "lost wakeup").
+    /// OS signal is never sent (a "lost wakeup"). Hidden: for the tests and
+    /// the binary's benchmark, not an API.
+    #[doc(hidden)]
     pub fn suppress(&self, on: bool) {
         self.suppressed.store(on, Ordering::Release);
     }

@@ -85,6 +85,12 @@ impl Follows {
         }
     }
 
+    /// The connection following `token`, if any (for what is sent
+    /// outside the event sequence).
+    pub fn conn_of(&self, token: u64) -> Option<ConnRef> {
+        self.by_token.get(&token).map(|f| f.conn)
+    }
+
     #[cfg(test)]
     pub fn len(&self) -> usize {
         debug_assert_eq!(

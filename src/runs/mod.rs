@@ -22,10 +22,12 @@
 //! any other), including the budget, the deadline and cancellation.
 //!
 //! Parts: `envelope` (the event JSON), `follows` (the one table of what
-//! each connection follows).
+//! each connection follows), `resume` (following a run through the
+//! store), `subjects` (runs per subject).
 
 mod envelope;
 mod follows;
+mod resume;
 mod subjects;
 #[cfg(test)]
 mod tests;
@@ -35,7 +37,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-use tungstenite::Utf8Bytes;
+use tungstenite::{Message, Utf8Bytes};
 
 pub use crate::settings::RunBudget;
 pub use envelope::{ErrorFields, body, error_event, resume_error, seal};
@@ -44,7 +46,7 @@ use crate::conn::TimeoutPhase;
 use crate::frontdoor::SubjectRuns;
 use crate::metrics::ServerMetrics;
 use crate::reactor::WallClock;
-use crate::store::{Delivery, Follower, ResumeRequest, Resumed, new_run_id};
+use crate::store::{Follower, new_run_id};
 use follows::{Follow, Follows};
 
 /// Most runs one connection may follow at once (started or resumed); more
@@ -65,6 +67,11 @@ pub enum SourceEvent {
     /// One event: a JSON object's text (see [`body`]) without `run_id`,
     /// `seq` and `ts`, which the layer adds.
     Event(String),
+    /// One message to send as it is: not an event (no `seq`, not stored,
+    /// so a resume never replays it), counted against the run's budget
+    /// like one and forwarded, in order with the events, to the
+    /// connection that started the run while it is there.
+    Raw(Raw),
     /// The source finished: the run ends after the events it sent.
     Done,
     /// The source failed: the run ends with this error event.
@@ -72,6 +79,29 @@ pub enum SourceEvent {
     /// An event could not be handed over (its reactor's mailbox was full):
     /// the run ends `overloaded` rather than go on with a gap.
     Dropped,
+}
+
+/// A raw message of a run (see [`SourceEvent::Raw`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Raw {
+    Text(String),
+    Binary(Vec<u8>),
+}
+
+impl Raw {
+    fn len(&self) -> usize {
+        match self {
+            Raw::Text(t) => t.len(),
+            Raw::Binary(b) => b.len(),
+        }
+    }
+
+    fn into_message(self) -> Message {
+        match self {
+            Raw::Text(t) => Message::Text(t.into()),
+            Raw::Binary(b) => Message::Binary(b.into()),
+        }
+    }
 }
 
 /// How a source failed.
@@ -157,10 +187,10 @@ pub enum StoreOp {
 /// What the owner must do, in order.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Effect {
-    /// Send `text` to the connection as a text message.
+    /// Send `msg` (an event's text, or a raw message) to the connection.
     Send {
         conn: ConnRef,
-        text: Utf8Bytes,
+        msg: Message,
     },
     Store(StoreOp),
     /// Stop the source of run `run` (its cancel flag is set already).
@@ -180,14 +210,6 @@ pub enum Effect {
     },
 }
 
-/// A resume for the owner to ask the store about; its answer goes to
-/// [`Runs::resumed`].
-#[derive(Clone, Debug)]
-pub struct ResumeAsk {
-    pub req: ResumeRequest,
-    pub follower: Follower,
-}
-
 /// How the layer is set up.
 #[derive(Clone, Copy, Debug)]
 pub struct RunConfig {
@@ -203,6 +225,8 @@ pub struct RunConfig {
 #[derive(Debug)]
 struct Run {
     id: Arc<str>,
+    // Read by `runs_of`, in the tests only.
+    #[cfg_attr(not(test), expect(dead_code))]
     subject: Option<Arc<str>>,
     /// Last `seq` given out.
     seq: u64,
@@ -278,12 +302,9 @@ impl Runs {
     }
 
     /// Runs homed here.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.runs.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.runs.is_empty()
     }
 
     /// Runs `conn` follows (started or resumed).
@@ -297,10 +318,8 @@ impl Runs {
     }
 
     fn send(&mut self, conn: ConnRef, text: String) {
-        self.effects.push_back(Effect::Send {
-            conn,
-            text: text.into(),
-        });
+        let msg = Message::Text(text.into());
+        self.effects.push_back(Effect::Send { conn, msg });
     }
 
     fn store(&mut self, op: StoreOp) {
@@ -421,20 +440,27 @@ impl Runs {
         let Some(run) = self.runs.get_mut(&mail.run) else {
             return;
         };
+        let len = match &mail.what {
+            SourceEvent::Event(body) => body.len(),
+            SourceEvent::Raw(raw) => raw.len(),
+            _ => 0,
+        };
+        if matches!(mail.what, SourceEvent::Event(_) | SourceEvent::Raw(_)) {
+            let budget = self.cfg.budget;
+            let bytes = run.bytes.saturating_add(len as u64);
+            if run.events + 1 > budget.max_events {
+                let why = format!("the run passed its budget of {} events", budget.max_events);
+                return self.end(now, mail.run, End::TooLarge(why));
+            }
+            if bytes > budget.max_bytes {
+                let why = format!("the run passed its budget of {} bytes", budget.max_bytes);
+                return self.end(now, mail.run, End::TooLarge(why));
+            }
+            run.events += 1;
+            run.bytes = bytes;
+        }
         match mail.what {
             SourceEvent::Event(body) => {
-                let budget = self.cfg.budget;
-                let bytes = run.bytes.saturating_add(body.len() as u64);
-                if run.events + 1 > budget.max_events {
-                    let why = format!("the run passed its budget of {} events", budget.max_events);
-                    return self.end(now, mail.run, End::TooLarge(why));
-                }
-                if bytes > budget.max_bytes {
-                    let why = format!("the run passed its budget of {} bytes", budget.max_bytes);
-                    return self.end(now, mail.run, End::TooLarge(why));
-                }
-                run.events += 1;
-                run.bytes = bytes;
                 run.seq += 1;
                 let seq = run.seq;
                 let id = run.id.clone();
@@ -445,6 +471,14 @@ impl Runs {
                     text: text.clone(),
                 });
                 self.forward(mail.run, seq, text);
+            }
+            SourceEvent::Raw(raw) => {
+                // The run's own connection only: followers through the
+                // store read stored events, and a raw message is not one.
+                if let Some(conn) = self.follows.conn_of(mail.run) {
+                    let msg = raw.into_message();
+                    self.effects.push_back(Effect::Send { conn, msg });
+                }
             }
             SourceEvent::Done => self.end(now, mail.run, End::Done),
             SourceEvent::Failed(f) => self.end(now, mail.run, End::Failed(f)),
@@ -465,7 +499,8 @@ impl Runs {
     /// Sends event `seq` to whoever follows `token`, once.
     fn forward(&mut self, token: u64, seq: u64, text: Utf8Bytes) {
         if let Some(conn) = self.follows.forward(token, seq) {
-            self.effects.push_back(Effect::Send { conn, text });
+            let msg = Message::Text(text);
+            self.effects.push_back(Effect::Send { conn, msg });
         }
     }
 
@@ -578,6 +613,7 @@ impl Runs {
     }
 
     /// Runs homed here that `subject` started.
+    #[cfg(test)]
     pub fn runs_of(&self, subject: &str) -> usize {
         self.runs
             .values()
@@ -623,77 +659,5 @@ impl Runs {
                 self.end(now, token, End::Abandoned);
             }
         }
-    }
-
-    /// `conn` asks to follow a run through the store (a `resume`
-    /// message): what to ask the store, or `None` with the refusal queued.
-    pub fn resume(&mut self, conn: ConnRef, req: ResumeRequest) -> Option<ResumeAsk> {
-        if self.following(conn) >= MAX_RUNS_PER_CONN {
-            self.metrics.overloaded_total.fetch_add(1, Relaxed);
-            let m = "too many runs in flight on this connection; retry later";
-            self.send(conn, resume_error("overloaded", &req.run_id, m));
-            return None;
-        }
-        let token = self.next_number();
-        self.follows.link(
-            token,
-            Follow {
-                conn,
-                run_id: req.run_id.as_str().into(),
-                last_seq: req.after_seq,
-                home: false,
-            },
-        );
-        let follower = Follower {
-            reactor: self.cfg.reactor,
-            key: conn.key,
-            conn_id: conn.id,
-            token,
-        };
-        Some(ResumeAsk { req, follower })
-    }
-
-    /// The store's answer to the resume of follow `token`.
-    pub fn resumed(&mut self, token: u64, answer: Resumed) {
-        match answer {
-            Resumed::Unavailable(why) => self.refused(token, "resume_unavailable", why),
-            Resumed::Now { backlog, live } => {
-                for (seq, text) in backlog {
-                    self.forward(token, seq, text);
-                }
-                if !live && let Some((f, left)) = self.unfollow(token) {
-                    self.settle(f.conn, left);
-                }
-            }
-            Resumed::Later => {}
-        }
-    }
-
-    /// Something the store has for follow `token`.
-    pub fn delivery(&mut self, token: u64, what: Delivery) {
-        match what {
-            Delivery::Event { seq, text } => self.forward(token, seq, text),
-            Delivery::End => {
-                if let Some((f, left)) = self.unfollow(token) {
-                    self.settle(f.conn, left);
-                }
-            }
-            Delivery::Unavailable(why) => self.refused(token, "resume_unavailable", why),
-            Delivery::Interrupted(why) => self.refused(token, "resume_interrupted", why),
-        }
-    }
-
-    /// Ends follow `token` with an error naming the run.
-    fn refused(&mut self, token: u64, code: &str, why: &'static str) {
-        let Some((f, left)) = self.unfollow(token) else {
-            return;
-        };
-        let (message, log) = match code {
-            "resume_unavailable" => ("the run is unknown, expired or not yours", "resume refused"),
-            _ => (why, "resume interrupted"),
-        };
-        tracing::info!(conn = f.conn.id, run_id = %f.run_id, "{log}: {why}");
-        self.send(f.conn, resume_error(code, &f.run_id, message));
-        self.settle(f.conn, left);
     }
 }

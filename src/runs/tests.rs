@@ -11,7 +11,9 @@ use serde_json::Value;
 
 use super::*;
 use crate::reactor::{BackendKind, CapStrategy, Mailbox, Reactor};
-use crate::store::{Deliveries, MemoryStore, ResumeLimits, RunStart};
+use crate::store::{
+    Deliveries, Delivery, MemoryStore, ResumeLimits, ResumeRequest, Resumed, RunStart,
+};
 
 const A: ConnRef = ConnRef { key: 1, id: 11 };
 const B: ConnRef = ConnRef { key: 2, id: 22 };
@@ -101,9 +103,10 @@ impl Fix {
         self.log
             .iter()
             .filter_map(|e| match e {
-                Effect::Send { conn: c, text } if *c == conn => {
-                    Some(serde_json::from_str(text.as_str()).unwrap())
-                }
+                Effect::Send {
+                    conn: c,
+                    msg: Message::Text(text),
+                } if *c == conn => Some(serde_json::from_str(text.as_str()).unwrap()),
                 _ => None,
             })
             .collect()
@@ -477,4 +480,71 @@ fn a_subject_has_at_most_its_runs_across_reactors() {
     let shared = shared.unwrap();
     assert_eq!(shared.of("alice"), 2);
     assert!(two.runs.prepare(two.t0, B, Some(&alice), false).is_some());
+}
+
+/// Raw messages go to the run's own connection, in order with its events,
+/// outside the sequence; they are never stored (a resume replays events
+/// only), and they count against the budget like events.
+#[test]
+fn raw_messages_are_forwarded_in_order_never_stored_and_budgeted() {
+    let mut f = fix(
+        RunBudget {
+            max_events: 100,
+            max_bytes: 128,
+        },
+        true,
+    );
+    let t = f.start(A, Some("alice"));
+    f.event(f.t0, t.run, "one");
+    let raw = |r: Raw| SourceEvent::Raw(r);
+    f.report(f.t0, t.run, raw(Raw::Text("plain".into())));
+    f.report(f.t0, t.run, raw(Raw::Binary(vec![0, 1, 255])));
+    f.event(f.t0, t.run, "two");
+    let to_a: Vec<&Message> = f
+        .log
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Send { conn, msg } if *conn == A => Some(msg),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(to_a.len(), 4);
+    assert!(to_a[0].to_text().unwrap().contains(r#""seq":1"#));
+    assert_eq!(*to_a[1], Message::text("plain"));
+    assert_eq!(*to_a[2], Message::binary(vec![0, 1, 255]));
+    assert!(
+        to_a[3].to_text().unwrap().contains(r#""seq":2"#),
+        "a raw message takes no seq"
+    );
+    // A resume from the start replays the two events only.
+    let ask = f.runs.resume(B, ResumeRequest::new(&t.id, 0)).unwrap();
+    let answer = f.store.resume(&ask.req, Some("alice"), ask.follower, f.t0);
+    f.runs.resumed(ask.follower.token, answer);
+    f.settle();
+    assert_eq!(seqs(&f.sent(B)), [1, 2]);
+    // Bytes so far: two bodies of 39 and the raw 8; a raw message that
+    // would pass 128 ends the run, continuing the sequence, unsent.
+    f.report(f.t0, t.run, raw(Raw::Binary(vec![7; 64])));
+    let last = match f
+        .log
+        .iter()
+        .rev()
+        .find(|e| matches!(e, Effect::Send { .. }))
+    {
+        Some(Effect::Send {
+            conn: A,
+            msg: Message::Text(t),
+        }) => serde_json::from_str::<Value>(t.as_str()).unwrap(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        (last["code"].as_str(), last["seq"].as_u64()),
+        (Some("run_too_large"), Some(3))
+    );
+    assert!(
+        !f.log
+            .iter()
+            .any(|e| matches!(e, Effect::Send { msg: Message::Binary(b), .. } if b.len() == 64))
+    );
+    assert!(t.cancel.load(Relaxed));
 }

@@ -2,10 +2,14 @@
 //! origin (403), the client address's connections and connection rate
 //! (429), the bearer token (401), the subprotocol (400), then one
 //! WebSocket slot — not draining, circuit breaker closed, under
-//! `max_connections`, handler pool not saturated, the application's
-//! `open` accepting (503/500). The answer is a session and the protocol
-//! to select, or the refusal to send. Also the per-message rate check of
-//! an open connection ([`rate`]).
+//! `max_connections` (503) — and last the application's own decision:
+//! its `open` runs on the worker pool (503 when the pool cannot take it)
+//! while the request waits, and its [`Decided`] comes back through the
+//! reactor's mailbox ([`decided`]): the 101, the handler's refusal (its
+//! status; not counted by the breaker) or its failure (500, counted). A
+//! decision later than the handshake deadline finds the 503 the
+//! connection answered meanwhile ([`undecided`]). Also the per-message
+//! rate check of an open connection ([`rate`]).
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -13,34 +17,40 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use super::Shared;
-use super::entry::Entry;
-use crate::app::{App, Session};
+use super::entry::{Admission, Deciding, Entry};
+use crate::app::{App, Decision, Refusal, Request, Session};
 use crate::auth;
+use crate::breaker::{Breaker, Permit};
 use crate::conn::Cx;
 use crate::frontdoor::{self, ConnRate, Over, Refused};
-use crate::http::{self, Response, UpgradeRequest};
+use crate::http::{self, Head, Response, UpgradeRequest};
 use crate::reactor::WallClock;
+use crate::source::pool::{self, Decided};
 
-/// An upgrade the server takes on.
-pub(super) struct Admitted {
-    pub session: Arc<Session>,
-    pub protocol: Option<&'static str>,
+/// An upgrade the server's own checks let through, holding a slot.
+struct Admitted {
+    /// What the application's `open` is asked (the session inside).
+    request: Request,
+    protocol: Option<&'static str>,
     /// The client address counted in the per-address table.
-    pub client: Option<IpAddr>,
-    pub rate: Option<Box<ConnRate>>,
+    client: Option<IpAddr>,
+    rate: Option<Box<ConnRate>>,
+    permit: Permit,
 }
 
-/// Decides an upgrade request of connection `conn_id` from `peer` at `now`.
+/// Decides upgrade request `u` (of head `head`, whose headers it takes)
+/// of connection `conn_id` from `peer` at `now`, up to the application.
 fn admit(
     sh: &Shared,
     u: &UpgradeRequest,
+    head: &mut Head,
     peer: IpAddr,
     conn_id: u64,
     now: Instant,
     wall: WallClock,
 ) -> Result<Admitted, Response> {
     origin(sh, u, now)?;
-    let client = client_slot(sh, u, peer, now)?;
+    let (client, addr) = client_slot(sh, u, peer, now)?;
     let give_back = |r: Response| {
         if let (Some(c), Some(key)) = (&sh.clients, client) {
             c.release(key, now);
@@ -53,35 +63,193 @@ fn admit(
         .traceparent
         .as_deref()
         .and_then(crate::trace::Trace::parse);
+    let permit = take_slot(sh, now).map_err(give_back)?;
     let session = Session {
         conn_id,
         subject,
         trace,
+        peer: addr,
+        path: std::mem::take(&mut head.path),
+        query: head.query.take(),
     };
-    take_slot(sh, &session, now).map_err(give_back)?;
+    let request = Request {
+        session,
+        headers: std::mem::take(&mut head.headers),
+    };
     let s = &sh.cfg.settings;
     Ok(Admitted {
-        session: Arc::new(session),
+        request,
         protocol,
         client,
         rate: ConnRate::new(&s.clients, s.limits.max_message, now).map(Box::new),
+        permit,
     })
 }
 
-/// Answers upgrade request `u` of connection `e`: the 101 (its session,
-/// its counted address and rate buckets kept on `e`) or the refusal.
-pub(super) fn answer(sh: &Shared, u: &UpgradeRequest, e: &mut Entry, cx: &mut Cx, wall: WallClock) {
-    match admit(sh, u, e.addr, e.conn.id(), cx.now, wall) {
-        Ok(a) => {
-            e.session = Some(a.session);
-            if let Some(client) = a.client {
-                (e.addr, e.counted) = (client, true);
-            }
-            e.rate = a.rate;
-            e.conn.accept(a.protocol, cx);
-        }
-        Err(r) => e.conn.respond(r, cx),
+/// Answers upgrade request `u` (of `head`) of connection `e` (slot `key`
+/// on reactor `reactor`): the refusal, the 101 (echo), or — for a
+/// handler — its `open` queued on the pool, the request waiting for
+/// [`decided`]. The counted address and rate buckets are kept on `e`.
+pub(super) fn answer(
+    sh: &Shared,
+    u: &UpgradeRequest,
+    mut head: Box<Head>,
+    (key, reactor): (usize, usize),
+    e: &mut Entry,
+    cx: &mut Cx,
+    wall: WallClock,
+) {
+    let a = match admit(sh, u, &mut head, e.addr, e.conn.id(), cx.now, wall) {
+        Ok(a) => a,
+        Err(r) => return e.conn.respond(r, cx),
+    };
+    if let Some(client) = a.client {
+        (e.addr, e.counted) = (client, true);
     }
+    e.rate = a.rate;
+    let (App::Handler(h), Some(pool)) = (&sh.cfg.app, &sh.pool) else {
+        breaker(sh).success(a.permit);
+        e.admission = Admission::Open(Arc::new(a.request.session));
+        return e.conn.accept(a.protocol, cx);
+    };
+    // On the opens' own threads: runs holding every run thread cannot
+    // make an upgrade wait past its deadline. A pool whose runs' queue is
+    // full refuses it all the same: its messages would be `overloaded`.
+    let reply = sh.decisions[reactor].clone();
+    let job = pool::open_job(h.clone(), a.request, e.at(key), reply, sh.metrics.clone());
+    if pool.saturated() || pool.try_open(job).is_err() {
+        sh.metrics.open.fetch_sub(1, Relaxed);
+        breaker(sh).failure(a.permit, cx.now);
+        tracing::warn!(conn = e.conn.id(), "handler pool saturated at open");
+        let close = sh.cfg.settings.timeouts.close;
+        return e.conn.respond(busy("server overloaded\n", close), cx);
+    }
+    e.admission = Admission::Deciding(Box::new(Deciding {
+        permit: a.permit,
+        protocol: a.protocol,
+    }));
+}
+
+/// Applies the application's decision on the upgrade waiting on `e`
+/// (its [`Admission::Deciding`]): the 101, or the refusal or failure
+/// response, settling the breaker's permit. A refusal is the handler's
+/// answer working as meant: a success for the breaker.
+pub(super) fn decided(sh: &Shared, e: &mut Entry, d: Decided, cx: &mut Cx) {
+    let Admission::Deciding(waiting) = std::mem::replace(&mut e.admission, Admission::None) else {
+        return late(sh, d);
+    };
+    let Deciding { permit, protocol } = *waiting;
+    let conn = e.conn.id();
+    let failure = match d.decision {
+        Decision::Accept => {
+            breaker(sh).success(permit);
+            e.admission = Admission::Open(d.session);
+            return e.conn.accept(protocol, cx);
+        }
+        Decision::Refuse(r) => match refusal(&r) {
+            Ok(response) => {
+                breaker(sh).success(permit);
+                sh.metrics.open.fetch_sub(1, Relaxed);
+                sh.metrics.open_refusals_total.fetch_add(1, Relaxed);
+                tracing::debug!(
+                    conn,
+                    status = r.status,
+                    "the application refused the upgrade"
+                );
+                return e.conn.respond(response, cx);
+            }
+            Err(bug) => bug,
+        },
+        Decision::Fail(why) => why,
+    };
+    sh.metrics.open.fetch_sub(1, Relaxed);
+    breaker(sh).failure(permit, cx.now);
+    tracing::warn!(conn, "application failed to open the session: {failure}");
+    e.conn.respond(
+        http::text(
+            500,
+            "Internal Server Error",
+            &format!("application failed to open the session: {failure}\n"),
+        ),
+        cx,
+    );
+}
+
+/// A decision that found its request no longer waiting (answered 503 at
+/// its deadline, or its connection gone): an accepted session is closed
+/// at once, since `close` follows every accepted `open`.
+pub(super) fn late(sh: &Shared, d: Decided) {
+    tracing::debug!(conn = d.conn.id, "the application decided too late");
+    if let (Decision::Accept, App::Handler(h)) = (&d.decision, &sh.cfg.app) {
+        h.close(&d.session);
+    }
+}
+
+/// The upgrade waiting on `e` ends without a decision: its deadline
+/// passed (`timed_out`: the application was too slow, a failure for the
+/// breaker) or its connection is going (no verdict). Gives its slot back.
+pub(super) fn undecided(sh: &Shared, e: &mut Entry, timed_out: bool, now: Instant) {
+    let Admission::Deciding(waiting) = std::mem::replace(&mut e.admission, Admission::None) else {
+        return;
+    };
+    sh.metrics.open.fetch_sub(1, Relaxed);
+    if timed_out {
+        tracing::warn!(
+            conn = e.conn.id(),
+            "the application did not decide within the handshake deadline: 503"
+        );
+        breaker(sh).failure(waiting.permit, now);
+    } else {
+        breaker(sh).release(waiting.permit);
+    }
+}
+
+/// The response for a handler's refusal, or why it cannot be sent (a
+/// handler bug: answered 500 instead).
+fn refusal(r: &Refusal) -> Result<Response, String> {
+    if !(300..=599).contains(&r.status) {
+        return Err(format!(
+            "refused with status {}, not a 3xx, 4xx or 5xx",
+            r.status
+        ));
+    }
+    let mut body = r.reason.clone();
+    if !body.ends_with('\n') {
+        body.push('\n');
+    }
+    let mut response = http::text(r.status, http::reason_phrase(r.status), &body);
+    for (name, value) in &r.headers {
+        let token = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        let owned = [
+            "content-length",
+            "content-type",
+            "connection",
+            "transfer-encoding",
+        ]
+        .iter()
+        .any(|o| name.eq_ignore_ascii_case(o));
+        let clean = !value.bytes().any(|b| matches!(b, b'\r' | b'\n' | 0));
+        if !token || owned || !clean {
+            return Err(format!(
+                "refused with header {name:?}, which it may not set"
+            ));
+        }
+        response = http::with_header(response, name, value);
+    }
+    Ok(response)
+}
+
+fn breaker(sh: &Shared) -> std::sync::MutexGuard<'_, Breaker> {
+    sh.breaker.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A 503 with `Retry-After` (at least a second).
+fn busy(body: &str, retry: Duration) -> Response {
+    let r = http::text(503, "Service Unavailable", body);
+    http::with_header(r, "Retry-After", &retry.as_secs().max(1).to_string())
 }
 
 /// Counts and logs (at most once a second) a front-door refusal.
@@ -111,15 +279,16 @@ fn origin(sh: &Shared, u: &UpgradeRequest, now: Instant) -> Result<(), Response>
     ))
 }
 
-/// The client address (through trusted proxies) counted against the
-/// per-address limits: its key in the table, `None` when they are off, or
-/// the 429 (400 for forwarding headers that disagree).
+/// The client address (through trusted proxies), and its key in the
+/// per-address table when it is counted against those limits (`None`
+/// when they are off); or the 429 (400 for forwarding headers that
+/// disagree).
 fn client_slot(
     sh: &Shared,
     u: &UpgradeRequest,
     peer: IpAddr,
     now: Instant,
-) -> Result<Option<IpAddr>, Response> {
+) -> Result<(Option<IpAddr>, IpAddr), Response> {
     let s = &sh.cfg.settings;
     let client = frontdoor::client_addr(
         peer,
@@ -141,11 +310,11 @@ fn client_slot(
         )
     })?;
     let Some(clients) = &sh.clients else {
-        return Ok(None);
+        return Ok((None, client));
     };
     let key = frontdoor::key_of(client);
     match clients.admit(key, now) {
-        Ok(()) => Ok(Some(key)),
+        Ok(()) => Ok((Some(key), client)),
         Err(over) => {
             let (why, retry, body) = match over {
                 Over::Connections => (
@@ -253,27 +422,19 @@ pub(crate) fn choose_subprotocol(
     Ok(protocol)
 }
 
-/// Takes one WebSocket slot, or answers why not.
-fn take_slot(sh: &Shared, session: &Session, now: Instant) -> Result<(), Response> {
+/// Takes one WebSocket slot (counted in `open`) and the breaker's permit
+/// for it, which the application's decision settles; or answers why not.
+fn take_slot(sh: &Shared, now: Instant) -> Result<Permit, Response> {
     let close = sh.cfg.settings.timeouts.close;
-    let busy = |body: &str, retry: Duration| {
-        let r = http::text(503, "Service Unavailable", body);
-        http::with_header(r, "Retry-After", &retry.as_secs().max(1).to_string())
-    };
     if sh.draining.load(Relaxed) {
         return Err(busy("server draining\n", close));
     }
-    let breaker = || sh.breaker.lock().unwrap_or_else(|p| p.into_inner());
-    let permit = breaker().allow(now).map_err(|r| {
+    let permit = breaker(sh).allow(now).map_err(|r| {
         busy(
             "circuit breaker open: server failing; retry later\n",
             r.retry_after,
         )
     })?;
-    let fail = |r: Response| {
-        breaker().failure(permit, now);
-        Err(r)
-    };
     // The connection limit is capacity, not a fault: it answers 503
     // without tripping the breaker (which would turn load into an outage).
     let max = sh.cfg.settings.limits.max_connections as u64;
@@ -283,25 +444,8 @@ fn take_slot(sh: &Shared, session: &Session, now: Instant) -> Result<(), Respons
         .fetch_update(Relaxed, Relaxed, |o| (o < max).then_some(o + 1))
         .is_err()
     {
-        breaker().success(permit);
+        breaker(sh).success(permit);
         return Err(busy("too many connections\n", close));
     }
-    if let App::Handler(h) = &sh.cfg.app {
-        if sh.pool.as_ref().is_some_and(|p| p.saturated()) {
-            sh.metrics.open.fetch_sub(1, Relaxed);
-            tracing::warn!(conn = session.conn_id, "handler pool saturated at open");
-            return fail(busy("server overloaded\n", close));
-        }
-        if let Err(e) = h.open(session) {
-            sh.metrics.open.fetch_sub(1, Relaxed);
-            tracing::warn!(conn = session.conn_id, "application refused to open: {e}");
-            return fail(http::text(
-                500,
-                "Internal Server Error",
-                &format!("application failed to open the session: {e}\n"),
-            ));
-        }
-    }
-    breaker().success(permit);
-    Ok(())
+    Ok(permit)
 }

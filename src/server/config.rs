@@ -14,7 +14,10 @@ use crate::tls::{CertError, CertStore};
 /// Everything needed to start a server.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
+    /// Every setting: listen address, deadlines, limits, threads, store….
     pub settings: Settings,
+    /// The application: [`App::Echo`] (inline, no pool) or a
+    /// [`Handler`](crate::app::Handler) of yours.
     pub app: App,
     /// Token checks; `None` = authentication off (loopback only, enforced
     /// by the binary).

@@ -1,5 +1,6 @@
 //! One connection as a worker keeps it: the state machine, its poller
-//! registration and timer, and its session once admitted.
+//! registration and timer, and where its admission stands (deciding,
+//! then its session once open).
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -7,6 +8,7 @@ use std::time::Instant;
 
 use super::Shared;
 use crate::app::Session;
+use crate::breaker::Permit;
 use crate::conn::Conn;
 use crate::frontdoor::ConnRate;
 use crate::reactor::{Interest, TimerId};
@@ -19,9 +21,7 @@ pub(super) struct Entry {
     pub conn: Conn<Stream>,
     pub timer: TimerId,
     pub interest: Interest,
-    /// Set once admitted: the connection holds a `max_connections` slot
-    /// and the application's `close` is owed.
-    pub session: Option<Arc<Session>>,
+    pub admission: Admission,
     /// The TCP peer until the upgrade is admitted; then the client
     /// address it was counted under in the per-address table, if
     /// `counted` (one field for both: 20 bytes on every connection).
@@ -41,7 +41,7 @@ impl Entry {
             conn,
             timer,
             interest: Interest::READABLE,
-            session: None,
+            admission: Admission::None,
             addr: peer,
             counted: false,
             rate: None,
@@ -56,6 +56,14 @@ impl Entry {
         }
     }
 
+    /// The session of an open connection.
+    pub fn session(&self) -> Option<&Arc<Session>> {
+        match &self.admission {
+            Admission::Open(s) => Some(s),
+            _ => None,
+        }
+    }
+
     /// This connection as the run layer names it.
     pub fn at(&self, key: usize) -> ConnRef {
         ConnRef {
@@ -63,4 +71,26 @@ impl Entry {
             id: self.conn.id(),
         }
     }
+}
+
+/// Where a connection's admission stands. Past `None` it holds a
+/// `max_connections` slot (counted in `open`), given back when it leaves
+/// either state for good.
+pub(super) enum Admission {
+    /// Not admitted (yet, or ever).
+    None,
+    /// The server's checks passed; the application's `open` is deciding
+    /// on the worker pool, and the request waits for its answer (under
+    /// the handshake deadline).
+    Deciding(Box<Deciding>),
+    /// Accepted: the application's `close` is owed.
+    Open(Arc<Session>),
+}
+
+/// What an upgrade waiting for the application's decision holds.
+pub(super) struct Deciding {
+    /// The circuit breaker's permit, settled by the decision.
+    pub permit: Permit,
+    /// The subprotocol to select if accepted.
+    pub protocol: Option<&'static str>,
 }

@@ -44,7 +44,7 @@ pub(super) fn on_message(ax: &mut Answer, key: usize, e: &mut Entry, msg: Messag
         return e.conn.send(msg, cx);
     };
     let conn = e.at(key);
-    let session = e.session.clone().unwrap_or_default();
+    let session = e.session().cloned().unwrap_or_default();
     let input = match msg {
         Message::Text(t) => {
             if h.resumable()
@@ -62,10 +62,7 @@ pub(super) fn on_message(ax: &mut Answer, key: usize, e: &mut Entry, msg: Messag
         Message::Binary(b) => Inbound::Binary(b.to_vec()),
         _ => return,
     };
-    let bytes = match &input {
-        Inbound::Text(t) => t.len(),
-        Inbound::Binary(b) => b.len(),
-    };
+    let bytes = input.len();
     let subject = session.subject.as_deref().map(Arc::from);
     let Some(mut ticket) = ax.runs.prepare(cx.now, conn, subject.as_ref(), ax.draining) else {
         return;

@@ -8,9 +8,10 @@
 //!
 //! Parts, one job each: `config` (what to start, validated once),
 //! `worker` (one reactor thread's turn loop: accept, drive connections,
-//! answer their events, apply the run layer's effects), `entry` (a
+//! answer their events, apply the run layer's effects), `events` (the
+//! answer to each event a connection reports), `entry` (a
 //! connection as the worker keeps it), `admission` (auth, subprotocol,
-//! breaker, limits, the app's `open`), `messages` (application messages
+//! breaker, limits, then the app's `open` on the pool and its decision), `messages` (application messages
 //! to runs on the pool, and resumes), `agents` with `agent_io` and
 //! `processes` (the team's agent: HTTP calls and processes, per reactor),
 //! `routes` (health, metrics, the token check), `page` (the built-in
@@ -23,6 +24,7 @@ mod agents;
 mod config;
 mod drain;
 mod entry;
+mod events;
 mod messages;
 mod page;
 mod processes;
@@ -42,7 +44,6 @@ pub use crate::runs::MAX_RUNS_PER_CONN;
 #[cfg(feature = "fuzzing")]
 pub(crate) use admission::choose_subprotocol;
 pub use config::{DroppedLines, ServerConfig, cert_config_error};
-pub use worker::ACCEPT_PAUSE;
 
 use crate::app::App;
 use crate::breaker::Breaker;
@@ -51,7 +52,7 @@ use crate::metrics::ServerMetrics;
 use crate::reactor::{Mailbox, Reactor, ReactorStats, Waker};
 use crate::runs::Mail;
 use crate::source::command::pipes::ProcMail;
-use crate::source::pool::Pool;
+use crate::source::pool::{Decided, Pool};
 use crate::source::upstream::resolve::{Resolved, Resolver};
 use crate::store::{Deliveries, Store};
 use worker::Worker;
@@ -66,6 +67,9 @@ struct Shared {
     inboxes: Vec<Mutex<Vec<(TcpStream, IpAddr)>>>,
     /// Each reactor's mail from its runs' sources, bounded in bytes.
     mailboxes: Vec<Arc<Mailbox<Mail>>>,
+    /// Each reactor's answers from the application's `open` (one per
+    /// connection waiting for one: bounded by the connections).
+    decisions: Vec<Arc<Mailbox<Decided>>>,
     /// Each reactor's deliveries from the run store.
     deliveries: Deliveries,
     store: Store,
@@ -105,6 +109,12 @@ pub struct ShutdownHandle {
 }
 
 impl ShutdownHandle {
+    /// Starts a graceful drain and returns at once: no new sessions
+    /// (`/ws` answers 503 + `Retry-After`, `/health` 503 `draining`), every
+    /// open connection gets close 1001 after its runs (at most half the
+    /// `close` deadline), and each reactor exits once its connections are
+    /// gone or `close` has passed. [`Server::join`] waits for that. Calling
+    /// it again does nothing more.
     pub fn shutdown(&self) {
         self.shared.draining.store(true, Relaxed);
         for w in &self.shared.wakers {
@@ -114,7 +124,9 @@ impl ShutdownHandle {
     }
 
     /// Test hook: drop every wake signal from now on (lost wakeups), so the
-    /// drain must be noticed through the cap.
+    /// drain must be noticed through the cap. Hidden: for the tests, not an
+    /// API.
+    #[doc(hidden)]
     pub fn suppress_wakers(&self, on: bool) {
         for w in &self.shared.wakers {
             w.suppress(on);
@@ -182,6 +194,10 @@ impl Server {
                 .iter()
                 .map(|r| Arc::new(Mailbox::bounded(r.waker(), mail_budget)))
                 .collect(),
+            decisions: reactors
+                .iter()
+                .map(|r| Arc::new(Mailbox::new(r.waker())))
+                .collect(),
             breaker: Mutex::new(Breaker::new(s.breaker_threshold, s.breaker_recovery)),
             agent_breaker: Mutex::new(Breaker::new(
                 s.agent.breaker_threshold,
@@ -225,10 +241,14 @@ impl Server {
         })
     }
 
+    /// The address the listener is bound to: the real port when the settings
+    /// asked for port 0.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }
 
+    /// A handle that starts the drain from any thread (a signal handler, a
+    /// test, the embedding code); clone it freely.
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         ShutdownHandle {
             shared: self.shared.clone(),

@@ -14,12 +14,12 @@ use mio::net::{TcpListener, TcpStream};
 use slab::Slab;
 
 use super::agents::{AGENT, AgentStart, Agents};
-use super::entry::Entry;
-use super::messages::{self, Answer};
-use super::{Shared, admission, routes};
+use super::entry::{Admission, Entry};
+use super::events::{answer, apply_here};
+use super::messages::Answer;
+use super::{Shared, admission};
 use crate::app::App;
 use crate::conn::{Conn, Cx, Event};
-use crate::http::{self, Request};
 use crate::platform;
 use crate::reactor::{Interest, Reactor, TimerId};
 use crate::runs::{ConnRef, Effect, RunConfig, Runs, StoreOp};
@@ -160,6 +160,7 @@ impl Worker {
             }
             if turn.woken {
                 self.take_inbox(now);
+                self.take_decisions(now);
                 self.take_mail(now);
                 self.take_deliveries(now);
                 self.take_resolved(now);
@@ -330,18 +331,18 @@ impl Worker {
                 break;
             };
             match effect {
-                Effect::Send { conn, text } => {
-                    let mut batch = vec![text];
+                Effect::Send { conn, msg } => {
+                    let mut batch = vec![msg];
                     while let Some(Effect::Send { conn: c, .. }) = self.deferred.front()
                         && *c == conn
                     {
-                        if let Some(Effect::Send { text, .. }) = self.deferred.pop_front() {
-                            batch.push(text);
+                        if let Some(Effect::Send { msg, .. }) = self.deferred.pop_front() {
+                            batch.push(msg);
                         }
                     }
                     self.drive_conn(conn, now, |e, cx| {
-                        for text in batch {
-                            e.conn.send_run(tungstenite::Message::Text(text), cx);
+                        for msg in batch {
+                            e.conn.send_run(msg, cx);
                         }
                     });
                 }
@@ -394,6 +395,23 @@ impl Worker {
         self.conns
             .get(key)
             .map_or(0, |e| self.runs.following(e.at(key)))
+    }
+
+    /// Answers the upgrades the application decided on the pool.
+    fn take_decisions(&mut self, now: Instant) {
+        for d in self.shared.decisions[self.index].take() {
+            let waiting = self.conns.get(d.conn.key).is_some_and(|e| {
+                e.conn.id() == d.conn.id && matches!(e.admission, Admission::Deciding(_))
+            });
+            let shared = self.shared.clone();
+            if waiting {
+                self.drive(d.conn.key, now, |e, cx| {
+                    admission::decided(&shared, e, d, cx)
+                });
+            } else {
+                admission::late(&shared, d);
+            }
+        }
     }
 
     /// Hands the worker pool's output to the run layer.
@@ -570,7 +588,8 @@ impl Worker {
         }
         self.reactor.timers().remove(e.timer);
         e.give_back_address(&self.shared, now);
-        if let Some(session) = &e.session {
+        admission::undecided(&self.shared, &mut e, false, now);
+        if let Some(session) = e.session() {
             self.shared.metrics.open.fetch_sub(1, Relaxed);
             if let App::Handler(h) = &self.shared.cfg.app {
                 h.close(session);
@@ -633,65 +652,5 @@ impl Worker {
                 "TLS certificate reload ({why}) refused, the previous one stays: {e}"
             ),
         }
-    }
-}
-
-/// Applies `effect` to connection `e` (`here`) if it is for it; hands it
-/// back otherwise.
-fn apply_here(here: ConnRef, e: &mut Entry, effect: Effect, cx: &mut Cx) -> Option<Effect> {
-    match effect {
-        Effect::Send { conn, text } if conn == here => {
-            e.conn.send_run(tungstenite::Message::Text(text), cx)
-        }
-        Effect::Settled { conn } if conn == here => e.conn.runs_settled(cx),
-        Effect::Close { conn, code, reason } if conn == here => {
-            tracing::warn!(conn = conn.id, code, "closing: {reason}");
-            e.conn.close(code, reason, cx)
-        }
-        other => return Some(other),
-    }
-    None
-}
-
-/// Answers one event of connection `key`: the decisions of SPEC §4–§5.
-fn answer(ax: &mut Answer, key: usize, e: &mut Entry, ev: Event, cx: &mut Cx) {
-    let sh = ax.shared;
-    let m = &sh.metrics;
-    match ev {
-        Event::Request(_) if e.conn.stream_mut().is_some_and(|s| s.plain_on_tls_port()) => {
-            m.tls_plaintext_total.fetch_add(1, Relaxed);
-            tracing::info!(conn = e.conn.id(), "plain-text request on the TLS port");
-            let r = http::text(
-                400,
-                "Bad Request",
-                "this port speaks TLS: use https:// or wss://\n",
-            );
-            e.conn.respond(r, cx);
-        }
-        Event::Request(head) => match http::classify(&head, &sh.cfg.settings.ws_path) {
-            Request::Route(route) => {
-                let r = routes::render(sh, route, &head, cx.now, ax.wall);
-                e.conn.respond(r, cx);
-            }
-            Request::Reject(r) => e.conn.respond(r, cx),
-            Request::Upgrade(u) => admission::answer(sh, &u, e, cx, ax.wall),
-        },
-        Event::Status(status) => m.http_status(status),
-        Event::Opened { handshake } => {
-            m.http_status(101);
-            m.upgrades_total.fetch_add(1, Relaxed);
-            m.handshake_latency.record_us(handshake.as_micros() as u64);
-        }
-        Event::Message(msg) => messages::on_message(ax, key, e, msg, cx),
-        Event::PeerClosed => ax.runs.peer_closed(cx.now, e.at(key)),
-        Event::Timeout(phase) => m.timeout(phase),
-        Event::CloseSent(code) => m.close_sent(code),
-        Event::Compacted => {
-            m.buffer_compactions_total.fetch_add(1, Relaxed);
-        }
-        Event::TransportFailed => {
-            m.tls_handshake_failures_total.fetch_add(1, Relaxed);
-        }
-        Event::Lingered { end, discarded } => m.lingered(end, discarded),
     }
 }

@@ -17,12 +17,17 @@ use crate::reactor::{BackendKind, CapStrategy};
 /// Where a setting is shown: the top level, or one named group.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Group {
+    /// Shown at the top level.
     Top,
     /// Every phase deadline: the JSON key is `timeouts_s` (values in seconds).
     Timeouts,
+    /// Size and count limits (`limits`).
     Limits,
+    /// Threads, paths, the pool, the breaker (`server`).
     Server,
+    /// Token checks and the front door (`auth`).
     Auth,
+    /// The certificate pair (`tls`).
     Tls,
     /// The run store and resume (SPEC §5 "Resume").
     Resume,
@@ -49,9 +54,11 @@ impl Group {
 /// A setting's built-in value, parsed by the same `set` as user input.
 #[derive(Clone, Copy)]
 pub enum Default {
+    /// One value for every profile.
     Fixed(&'static str),
     /// One value per profile, in [`Profile::ALL`] order.
     Profile([&'static str; 4]),
+    /// Computed when asked (e.g. the number of cores).
     Computed(fn() -> String),
     /// Absent (an optional setting) or derived from others after
     /// resolution (the poll cap).
@@ -61,7 +68,9 @@ pub enum Default {
 /// Whether a flag takes a value or is a switch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
+    /// `--flag VALUE`.
     Value,
+    /// `--flag` alone (true); its variable takes `true`/`false`.
     Switch,
 }
 
@@ -71,11 +80,18 @@ pub struct Decl {
     pub name: &'static str,
     /// Long flag without the dashes.
     pub flag: Option<&'static str>,
+    /// Environment variable, if any.
     pub env: Option<&'static str>,
+    /// Whether the flag takes a value.
     pub kind: Kind,
+    /// The value's placeholder in `--help` (`SECS`, `N`, `PATH`; `SECRET`
+    /// marks a secret).
     pub value_name: &'static str,
+    /// One line for `--help`: what it is, its unit, what happens past it.
     pub help: &'static str,
+    /// Where `pollcap config` and `/health` show it.
     pub group: Group,
+    /// Its built-in value.
     pub default: Default,
     /// Parses and stores a value; `Err` is the rule it broke.
     pub set: fn(&mut Settings, &str) -> Result<(), String>,
@@ -1239,12 +1255,18 @@ pub static DECLS: &[Decl] = &[
         group: Group::Agent,
         default: Default::None,
         set: |s, v| {
+            // No program or argument can hold a NUL (exec takes C strings),
+            // and no quoting can show one.
+            if v.contains('\0') {
+                return Err("must not contain a NUL byte".into());
+            }
             let words = shlex::split(v).filter(|w| !w.is_empty());
             s.agent.cmd = Some(words.ok_or("must be a command with balanced quotes")?);
             Ok(())
         },
         // Quoted as a shell would need it, so that what is shown resolves
-        // to the same words again.
+        // to the same words again (joining fails only on a NUL, refused
+        // above).
         show: |s| {
             let shown = s.agent.cmd.as_ref().map(|w| {
                 shlex::try_join(w.iter().map(String::as_str)).unwrap_or_else(|_| w.join(" "))

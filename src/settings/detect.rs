@@ -6,16 +6,22 @@ use std::fmt;
 /// A detected cloud/container platform.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CloudPlatform {
+    /// Google Cloud Run (`K_SERVICE` or `GOOGLE_CLOUD_PROJECT`).
     CloudRun,
+    /// AWS Lambda (`AWS_LAMBDA_FUNCTION_NAME`).
     AwsLambda,
+    /// AWS ECS (`ECS_CONTAINER_METADATA_URI[_V4]`).
     AwsEcs,
+    /// Azure (`AZURE_CLIENT_ID` or `ACI_RESOURCE_GROUP`).
     Azure,
+    /// Kubernetes (`KUBERNETES_SERVICE_HOST`).
     Kubernetes,
     /// `ENVIRONMENT` says staging/production but no platform marker is set.
     Generic,
 }
 
 impl CloudPlatform {
+    /// The platform's label in logs and `/health`, e.g. `gcp-cloud-run`.
     pub fn name(self) -> &'static str {
         match self {
             CloudPlatform::CloudRun => "gcp-cloud-run",
@@ -31,7 +37,9 @@ impl CloudPlatform {
 /// What the process knows about where it runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Environment {
+    /// Built for Windows.
     pub windows: bool,
+    /// The cloud or container platform detected, if any.
     pub cloud: Option<CloudPlatform>,
 }
 
@@ -44,6 +52,8 @@ impl Environment {
         }
     }
 
+    /// Whether a cloud or container platform was detected (JSON logs by
+    /// default, and the cap matters most there).
     pub fn is_cloud_container(&self) -> bool {
         self.cloud.is_some()
     }
@@ -66,13 +76,18 @@ impl Environment {
 /// The environment as reported in `pollcap config --json`.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct EnvironmentView {
+    /// [`Environment::label`].
     pub label: String,
+    /// Built for Windows.
     pub windows: bool,
+    /// The platform's name ([`CloudPlatform::name`]), if any.
     pub cloud: Option<&'static str>,
+    /// [`Environment::is_cloud_container`].
     pub cloud_container: bool,
 }
 
 impl Environment {
+    /// The environment as `pollcap config --json` shows it.
     pub fn view(&self) -> EnvironmentView {
         EnvironmentView {
             label: self.label(),

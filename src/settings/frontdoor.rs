@@ -39,6 +39,7 @@ impl Idp {
 pub struct Origins {
     /// `*`: any origin (no check).
     pub any: bool,
+    /// The allowed patterns (when not `any`).
     pub patterns: Vec<OriginPattern>,
 }
 
@@ -99,6 +100,7 @@ pub fn split_origin(origin: &str) -> Option<(String, String, String)> {
 }
 
 impl OriginPattern {
+    /// Parses one pattern; `Err` is the rule it broke.
     pub fn parse(v: &str) -> Result<OriginPattern, String> {
         let rule = "must be an origin (scheme://host[:port], http or https, no path), \
                     optionally https://*.example.com or http://localhost:*";
@@ -156,6 +158,8 @@ impl Origins {
         })
     }
 
+    /// The list as `--allowed-origins` takes it (`*`, or patterns joined by
+    /// commas).
     pub fn show(&self) -> String {
         if self.any {
             return "*".into();
@@ -179,6 +183,7 @@ impl fmt::Display for Cidr {
 }
 
 impl Cidr {
+    /// Parses `ADDR/BITS` or one address (a /32 or /128); `Err` is the rule.
     pub fn parse(v: &str) -> Result<Cidr, String> {
         let rule = "must be an IP address or CIDR range (10.0.0.0/8, 2001:db8::/32)";
         let (addr, bits) = match v.trim().split_once('/') {
@@ -194,6 +199,8 @@ impl Cidr {
         Ok(Cidr { net, bits })
     }
 
+    /// Whether `ip` is in the range (an IPv4-mapped IPv6 address counts as
+    /// its IPv4 address).
     pub fn contains(&self, ip: IpAddr) -> bool {
         let ip = canonical(ip);
         match (self.net, ip) {

@@ -18,7 +18,7 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 pub use decl::{DECLS, Decl, Default, Group, Kind, find, seconds};
-pub use detect::{CloudPlatform, Environment};
+pub use detect::{CloudPlatform, Environment, EnvironmentView};
 pub use frontdoor::{
     BURST_SECONDS, Cidr, ClientLimits, Idp, OriginPattern, Origins, canonical, parse_cidrs,
     split_origin,
@@ -46,12 +46,14 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
+    /// `invalid setting {setting}={value:?}: {rule}`: one value broke its rule.
     pub fn new(setting: &str, value: &str, rule: &str) -> ConfigError {
         ConfigError {
             message: format!("invalid setting {setting}={value:?}: {rule}"),
         }
     }
 
+    /// `invalid settings: {message}`: a rule between settings is broken.
     pub fn rule(message: String) -> ConfigError {
         ConfigError {
             message: format!("invalid settings: {message}"),
@@ -103,20 +105,26 @@ impl std::default::Default for Limits {
 /// `run_too_large` and its source is told to stop.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RunBudget {
+    /// Events (`--run-max-events`).
     pub max_events: u64,
+    /// Bytes of events as sent (`--run-max-bytes`).
     pub max_bytes: u64,
 }
 
 /// The application `pollcap serve` runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AppKind {
+    /// `agent_chat`: the streaming agent demo, or the team's agent with
+    /// `--agent-url` / `--agent-cmd`.
     AgentChat,
+    /// `echo`: every message sent back, inline on the reactor.
     Echo,
     /// Diagnostic: the first `fail_opens` session opens fail.
     FlakyOpen,
 }
 
 impl AppKind {
+    /// Parses an `--app` value (`agent_chat`, `echo`, `flaky-open`).
     pub fn parse(v: &str) -> Option<AppKind> {
         match v.trim() {
             "agent_chat" => Some(AppKind::AgentChat),
@@ -126,6 +134,7 @@ impl AppKind {
         }
     }
 
+    /// The name `--app` takes.
     pub fn name(self) -> &'static str {
         match self {
             AppKind::AgentChat => "agent_chat",
@@ -140,6 +149,7 @@ impl AppKind {
 pub enum LogFormat {
     /// JSON in a detected cloud container, text elsewhere.
     Auto,
+    /// Human-readable lines.
     Text,
     /// One JSON object per line: `timestamp`, `severity` (Cloud Logging's
     /// names), `message`, `target` and the event's fields.
@@ -147,6 +157,7 @@ pub enum LogFormat {
 }
 
 impl LogFormat {
+    /// Parses a `--log-format` value (`auto`, `text`, `json`; any case).
     pub fn parse(v: &str) -> Option<LogFormat> {
         match v.trim().to_ascii_lowercase().as_str() {
             "auto" => Some(LogFormat::Auto),
@@ -156,6 +167,7 @@ impl LogFormat {
         }
     }
 
+    /// The name `--log-format` takes.
     pub fn name(self) -> &'static str {
         match self {
             LogFormat::Auto => "auto",
@@ -178,6 +190,7 @@ impl LogFormat {
 /// Which built-in application `pollcap serve` runs, and its knobs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AppSettings {
+    /// The application (`--app`, `POLLCAP_APP`).
     pub app: AppKind,
     /// Pause between `agent_chat` events.
     pub pacing: Duration,
@@ -190,6 +203,7 @@ pub struct AppSettings {
 /// [`Timeouts`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AgentSettings {
+    /// The agent's URL (`--agent-url`): one `POST` per run.
     pub url: Option<crate::httpc::Target>,
     /// Sent as `Authorization: Bearer …` to the URL.
     pub token: Option<Secret>,
@@ -197,7 +211,11 @@ pub struct AgentSettings {
     pub cmd: Option<Vec<String>>,
     /// CA certificates for an `https://` URL.
     pub ca_file: Option<PathBuf>,
+    /// Failures in a row before the agent's breaker opens
+    /// (`--agent-breaker-threshold`).
     pub breaker_threshold: u32,
+    /// How long the agent's breaker stays open before one trial
+    /// (`--agent-breaker-recovery`).
     pub breaker_recovery: Duration,
     /// Processes alive at once (`cmd`).
     pub max_procs: usize,
@@ -218,34 +236,60 @@ impl fmt::Debug for Secret {
 /// checks the result again.
 #[derive(Clone, Debug)]
 pub struct Settings {
+    /// The profile of defaults (`--profile`, `ENVIRONMENT`).
     pub profile: Profile,
+    /// What was detected about the platform (Windows, a cloud container).
     pub environment: Environment,
+    /// The poller behind every reactor (`--backend`).
     pub backend: BackendKind,
+    /// The longest OS wait (`--poll-cap`): each wait is `min(next deadline,
+    /// cap)`.
     pub poll_cap: CapStrategy,
     /// How late a soft deadline may be handled (see `timer_slack_ms`).
     pub timer_slack: Duration,
+    /// Listen address (`--listen`, `POLLCAP_LISTEN`, or `0.0.0.0:$PORT`);
+    /// port 0 picks a free one ([`Server::local_addr`](crate::Server::local_addr)
+    /// tells which).
     pub listen: SocketAddr,
+    /// Every phase deadline.
     pub timeouts: Timeouts,
+    /// Size and count limits.
     pub limits: Limits,
     /// Reactor threads (1..=256).
     pub threads: usize,
     /// How `pollcap serve` writes its log.
     pub log_format: LogFormat,
+    /// Path of the WebSocket endpoint (`--ws-path`, default `/ws`).
     pub ws_path: String,
     /// The built-in application's settings (read by `crate::apps` only:
     /// the server knows applications through the handler API alone).
     pub apps: AppSettings,
+    /// Threads of the handler pool (`--pool-threads`).
     pub pool_threads: usize,
+    /// Handler jobs that may wait for a thread (`--pool-queue`); when full, a
+    /// message is answered with an `overloaded` error event.
     pub pool_queue: usize,
     /// Bytes of input held by queued and running handler jobs.
     pub pool_queue_bytes: usize,
+    /// Server-fault failures in a row (the application's `open` failing,
+    /// the handler pool saturated at open) before the upgrade breaker opens
+    /// (`--breaker-threshold`); while open, upgrades get 503 +
+    /// `Retry-After`.
     pub breaker_threshold: u32,
+    /// How long the upgrade breaker stays open before one trial
+    /// (`--breaker-recovery`).
     pub breaker_recovery: Duration,
+    /// Allow a non-loopback listen address without authentication
+    /// (`--insecure-no-auth`).
     pub insecure_no_auth: bool,
+    /// Static bearer tokens, one per line (`--tokens-file`).
     pub tokens_file: Option<PathBuf>,
+    /// The HS256 key (`POLLCAP_JWT_SECRET`; no flag, so it never shows in a
+    /// process list); set, authentication is on.
     pub jwt_secret: Option<Secret>,
     /// TLS certificate chain and key (PEM); both or neither.
     pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) of `tls_cert`.
     pub tls_key: Option<PathBuf>,
     /// Where runs' events are kept for resume.
     pub store: StoreKind,

@@ -13,7 +13,9 @@ pub enum StoreKind {
     /// Nothing is kept: a lost connection cancels its runs (as before
     /// resume existed), and every resume is refused.
     Off,
+    /// In this process (`memory`, the default): lost with it.
     Memory,
+    /// Redis Streams (`redis://…`), shared by every instance.
     Redis(RedisTarget),
 }
 
@@ -29,6 +31,7 @@ impl StoreKind {
         }
     }
 
+    /// `off`, `memory` or `redis` (without the address).
     pub fn name(&self) -> &'static str {
         match self {
             StoreKind::Off => "off",

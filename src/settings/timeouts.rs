@@ -9,13 +9,18 @@ use super::ConfigError;
 /// A named set of built-in defaults (SPEC §3 table).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Profile {
+    /// `local` (also `development`, `dev`): generous deadlines for a laptop.
     Local,
+    /// `testing` (also `test`).
     Testing,
+    /// `staging`.
     Staging,
+    /// `production` (also `prod`): the tightest deadlines.
     Production,
 }
 
 impl Profile {
+    /// Every profile, in the order of a declaration's per-profile defaults.
     pub const ALL: [Profile; 4] = [
         Profile::Local,
         Profile::Testing,
@@ -34,6 +39,7 @@ impl Profile {
         }
     }
 
+    /// The profile's name, as `ENVIRONMENT` and `--profile` take it.
     pub fn name(self) -> &'static str {
         match self {
             Profile::Local => "local",
@@ -59,14 +65,35 @@ impl fmt::Display for Profile {
 /// Every duration the server enforces, validated as one value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timeouts {
+    /// TCP accept → first request byte (`--connect-timeout`,
+    /// `WEBSOCKET_CONNECT_TIMEOUT`); past it the socket is dropped without an
+    /// answer.
     pub connect: Duration,
+    /// TCP accept → the whole 101 written, TLS included (`--handshake-timeout`);
+    /// past it: 408 while the request head is awaited or decided; dropped
+    /// if TLS has not finished, or while the 101 is being written.
     pub handshake: Duration,
+    /// After the server's Ping, how long the peer may stay silent
+    /// (`--ping-timeout`); past it: close 1011 "keepalive ping timeout".
     pub ping: Duration,
+    /// Inbound silence before the server sends a Ping (`--heartbeat-interval`;
+    /// jittered per connection, so pings do not line up).
     pub heartbeat_interval: Duration,
+    /// Inbound silence, any byte counting, before close 1001 "heartbeat
+    /// timeout" (`--heartbeat-timeout`).
     pub heartbeat_timeout: Duration,
+    /// Time without an application message either way before close 1001
+    /// "idle" (`--stale-timeout`).
     pub stale: Duration,
+    /// A WebSocket connection's longest life (`--connection-timeout`); then
+    /// close 1001 "max lifetime".
     pub connection: Duration,
+    /// The closing handshake, and a response's lingering close
+    /// (`--close-timeout`); past it the socket is dropped.
     pub close: Duration,
+    /// Period of the audit sweep (`--cleanup-interval`), which finds
+    /// connections whose deadline was missed and counts them
+    /// (`pollcap_missed_deadlines_total`, which must stay 0).
     pub cleanup_interval: Duration,
     /// A run's whole life, whatever its source.
     pub execution: Duration,

@@ -1,5 +1,5 @@
 //! Run sources: where a run's events come from. Each takes a run's
-//! [`Ticket`](crate::runs::Ticket) and reports its output to the run layer
+//! ticket (`crate::runs::Ticket`) and reports its output to the run layer
 //! by run number; the layer seals, stores, forwards, bounds and ends runs
 //! the same way whatever the source.
 //!
@@ -9,5 +9,5 @@
 //!   the reactor.
 
 pub mod command;
-pub mod pool;
+pub(crate) mod pool;
 pub mod upstream;

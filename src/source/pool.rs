@@ -1,25 +1,92 @@
-//! The worker pool, the run source behind every [`Handler`]: a fixed set
-//! of threads with a bounded queue, each job one `Handler::message` call
-//! under its run's execution deadline (the run layer cancels it; the
-//! handler sees [`Outbox::is_cancelled`]).
+//! The worker pool, where every blocking [`Handler`] call runs: fixed
+//! sets of threads with bounded queues. A run's job is one
+//! `Handler::message` call under its execution deadline (the run layer
+//! cancels it; the handler sees [`Outbox::is_cancelled`]) — the pool is
+//! the run source behind every handler. An open's job is one
+//! `Handler::open` deciding an upgrade, whose [`Decided`] goes back to its
+//! reactor through a mailbox; opens have threads of their own, so that
+//! runs holding every run thread for seconds cannot make upgrades wait
+//! past their handshake deadline (a 503 counted by the breaker: load
+//! turned into an outage).
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
 
-use crate::app::{Handler, Inbound, Outbox, Session};
+use crate::app::{Decision, Handler, Inbound, Outbox, Request, Session};
 use crate::metrics::ServerMetrics;
-use crate::runs::{Failure, SourceEvent};
+use crate::reactor::Mailbox;
+use crate::runs::{ConnRef, Failure, SourceEvent};
 
 /// One queued call.
 pub type Job = Box<dyn FnOnce() + Send>;
 
-/// A fixed set of threads with a bounded queue: a full queue is refused
-/// (the caller answers `overloaded`), never grown. Bounded twice: in jobs,
-/// and in the bytes of input that queued and running jobs hold (each job
-/// owns a copy of its message: 1 024 queued 1 MiB messages would be 1 GiB).
+/// The runs' threads and the opens' threads (a quarter as many, at least
+/// two), each with a bounded queue: a full queue is refused (the caller
+/// answers `overloaded`, or 503 to an upgrade), never grown. The runs'
+/// queue is bounded twice: in jobs, and in the bytes of input that queued
+/// and running jobs hold (each job owns a copy of its message: 1 024
+/// queued 1 MiB messages would be 1 GiB); an open's input is a request
+/// head, bounded by the head limits.
 pub struct Pool {
+    runs: Lane,
+    opens: Lane,
+}
+
+impl Pool {
+    /// `threads` run workers, at most `capacity` jobs waiting, at most
+    /// `byte_budget` bytes of input held by waiting and running jobs; and
+    /// `threads / 4` (at least 2) open workers with a queue of `capacity`.
+    pub fn new(threads: usize, capacity: usize, byte_budget: usize) -> std::io::Result<Pool> {
+        Ok(Pool {
+            runs: Lane::new("pollcap-worker", threads, capacity, byte_budget)?,
+            opens: Lane::new("pollcap-open", (threads / 4).max(2), capacity, usize::MAX)?,
+        })
+    }
+
+    /// Queues a run's job that holds `bytes` of input, or gives it back
+    /// when the queue is full or those bytes would take the input held by
+    /// queued and running jobs past the byte budget.
+    pub fn try_submit(&self, job: Job, bytes: usize) -> Result<(), Job> {
+        self.runs.try_submit(job, bytes)
+    }
+
+    /// Queues an open's job, or gives it back when its queue is full.
+    pub fn try_open(&self, job: Job) -> Result<(), Job> {
+        self.opens.try_submit(job, 0)
+    }
+
+    /// Input bytes held by queued and running runs' jobs.
+    #[cfg(test)]
+    pub fn held_bytes(&self) -> usize {
+        self.runs.held.load(Ordering::Relaxed)
+    }
+
+    /// True when no run's job could be queued now.
+    pub fn saturated(&self) -> bool {
+        self.runs.queued.load(Ordering::Relaxed) >= self.runs.capacity
+    }
+
+    /// The runs' threads (`--pool-threads`).
+    pub fn threads(&self) -> usize {
+        self.runs.threads
+    }
+
+    /// Runs' jobs waiting for a thread.
+    pub fn queued(&self) -> usize {
+        self.runs.queued.load(Ordering::Relaxed)
+    }
+
+    /// The opens' threads.
+    #[cfg(test)]
+    pub fn open_threads(&self) -> usize {
+        self.opens.threads
+    }
+}
+
+/// One set of threads and its bounded queue.
+struct Lane {
     tx: SyncSender<(Job, usize)>,
     queued: Arc<AtomicUsize>,
     capacity: usize,
@@ -29,10 +96,13 @@ pub struct Pool {
     byte_budget: usize,
 }
 
-impl Pool {
-    /// `threads` workers, at most `capacity` jobs waiting, at most
-    /// `byte_budget` bytes of input held by waiting and running jobs.
-    pub fn new(threads: usize, capacity: usize, byte_budget: usize) -> std::io::Result<Pool> {
+impl Lane {
+    fn new(
+        name: &str,
+        threads: usize,
+        capacity: usize,
+        byte_budget: usize,
+    ) -> std::io::Result<Lane> {
         let (tx, rx) = sync_channel::<(Job, usize)>(capacity);
         let rx: Arc<Mutex<Receiver<(Job, usize)>>> = Arc::new(Mutex::new(rx));
         let queued = Arc::new(AtomicUsize::new(0));
@@ -42,7 +112,7 @@ impl Pool {
             let queued = queued.clone();
             let held = held.clone();
             std::thread::Builder::new()
-                .name(format!("pollcap-worker-{i}"))
+                .name(format!("{name}-{i}"))
                 .spawn(move || {
                     loop {
                         let (job, bytes) = match rx.lock().unwrap_or_else(|p| p.into_inner()).recv()
@@ -58,7 +128,7 @@ impl Pool {
                     }
                 })?;
         }
-        Ok(Pool {
+        Ok(Lane {
             tx,
             queued,
             capacity,
@@ -68,10 +138,7 @@ impl Pool {
         })
     }
 
-    /// Queues a job that holds `bytes` of input, or gives it back when the
-    /// queue is full or those bytes would take the input held by queued
-    /// and running jobs past the byte budget.
-    pub fn try_submit(&self, job: Job, bytes: usize) -> Result<(), Job> {
+    fn try_submit(&self, job: Job, bytes: usize) -> Result<(), Job> {
         let before = self.held.fetch_add(bytes, Ordering::Relaxed);
         if before.saturating_add(bytes) > self.byte_budget {
             self.held.fetch_sub(bytes, Ordering::Relaxed);
@@ -86,24 +153,6 @@ impl Pool {
                 Err(job)
             }
         }
-    }
-
-    /// Input bytes held by queued and running jobs.
-    pub fn held_bytes(&self) -> usize {
-        self.held.load(Ordering::Relaxed)
-    }
-
-    /// True when no job could be queued now.
-    pub fn saturated(&self) -> bool {
-        self.queued.load(Ordering::Relaxed) >= self.capacity
-    }
-
-    pub fn threads(&self) -> usize {
-        self.threads
-    }
-
-    pub fn queued(&self) -> usize {
-        self.queued.load(Ordering::Relaxed)
     }
 }
 
@@ -122,11 +171,7 @@ pub fn job(
         let what = match result {
             Ok(()) => SourceEvent::Done,
             Err(p) => {
-                let msg = p
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| p.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "panic".into());
+                let msg = panic_message(&*p);
                 panics.handler_panics_total.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(run_id = out.run_id(), "handler panicked: {msg}; run failed");
                 SourceEvent::Failed(Failure {
@@ -141,12 +186,59 @@ pub fn job(
     })
 }
 
+/// A handler's answer to connection `conn`'s upgrade request, for its
+/// reactor; `session` is what every later call of the connection gets.
+#[derive(Debug)]
+pub struct Decided {
+    pub conn: ConnRef,
+    pub session: Arc<Session>,
+    pub decision: Decision,
+}
+
+/// Runs `handler.open` as one pool job; its decision (a panic is a
+/// [`Decision::Fail`], counted in `panics`) goes to `reply`. The request's
+/// headers are dropped here, on the pool: only the session goes back.
+pub fn open_job(
+    handler: Arc<dyn Handler>,
+    request: Request,
+    conn: ConnRef,
+    reply: Arc<Mailbox<Decided>>,
+    panics: Arc<ServerMetrics>,
+) -> Job {
+    Box::new(move || {
+        let result = catch_unwind(AssertUnwindSafe(|| handler.open(&request)));
+        let decision = match result {
+            Ok(d) => d,
+            Err(p) => {
+                let msg = panic_message(&*p);
+                panics.handler_panics_total.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(conn = conn.id, "handler panicked in open: {msg}");
+                // The message stays in the log: a client gets no internals.
+                Decision::Fail("the handler panicked".into())
+            }
+        };
+        reply.post(Decided {
+            conn,
+            session: Arc::new(request.session),
+            decision,
+        });
+    })
+}
+
+/// A panic's message, when it has one.
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::time::Duration;
 
-    use crate::reactor::{BackendKind, CapStrategy, Mailbox, Reactor};
+    use crate::reactor::{BackendKind, CapStrategy, Reactor};
     use crate::runs::{Mail, RunBudget, Ticket};
 
     #[test]
@@ -164,6 +256,32 @@ mod tests {
         assert!(pool.try_submit(Box::new(|| {}), 0).is_ok(), "one queued");
         assert!(pool.saturated());
         assert!(pool.try_submit(Box::new(|| {}), 0).is_err(), "queue full");
+        gate_tx.send(()).unwrap();
+    }
+
+    #[test]
+    fn opens_have_threads_that_runs_cannot_take() {
+        let pool = Pool::new(1, 1, 1 << 20).unwrap();
+        assert_eq!(pool.open_threads(), 2);
+        let (gate_tx, gate_rx) = std::sync::mpsc::channel::<()>();
+        let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
+        let busy = Box::new(move || {
+            started_tx.send(()).unwrap();
+            gate_rx.recv().ok();
+        });
+        assert!(pool.try_submit(busy, 0).is_ok());
+        started_rx.recv().unwrap();
+        assert!(pool.try_submit(Box::new(|| {}), 0).is_ok(), "queued");
+        assert!(pool.saturated(), "every run thread and queue slot taken");
+        // An open still runs at once, on a thread of its own.
+        let (opened_tx, opened_rx) = std::sync::mpsc::channel::<String>();
+        let open = Box::new(move || {
+            let name = std::thread::current().name().unwrap_or("").to_string();
+            opened_tx.send(name).unwrap();
+        });
+        assert!(pool.try_open(open).is_ok());
+        let thread = opened_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert!(thread.starts_with("pollcap-open-"), "{thread}");
         gate_tx.send(()).unwrap();
     }
 
@@ -254,6 +372,56 @@ mod tests {
     }
 
     #[test]
+    fn an_open_job_reports_the_decision_and_a_panic_is_a_failure() {
+        struct Gate;
+        impl Handler for Gate {
+            fn name(&self) -> &'static str {
+                "gate"
+            }
+            fn subprotocols(&self) -> &'static [&'static str] {
+                &[]
+            }
+            fn open(&self, req: &Request) -> Decision {
+                match req.header("x-key") {
+                    Some("boom") => panic!("bad key"),
+                    Some(_) => Decision::Accept,
+                    None => Decision::refuse(403, "no key"),
+                }
+            }
+            fn message(&self, _: &Session, _: Inbound, _: &Outbox) {}
+        }
+        let r = Reactor::new(BackendKind::Mio, CapStrategy::Spin).unwrap();
+        let reply = Arc::new(Mailbox::new(r.waker()));
+        let metrics = Arc::new(ServerMetrics::default());
+        let conn = ConnRef { key: 3, id: 33 };
+        for (key, want) in [
+            (Some("ok"), Decision::Accept),
+            (None, Decision::refuse(403, "no key")),
+            (Some("boom"), Decision::Fail("the handler panicked".into())),
+        ] {
+            let mut request = Request::default();
+            request.session.conn_id = 33;
+            request.headers = key
+                .map(|k| ("X-Key".into(), k.into()))
+                .into_iter()
+                .collect();
+            open_job(
+                Arc::new(Gate),
+                request,
+                conn,
+                reply.clone(),
+                metrics.clone(),
+            )();
+            let mut got = reply.take();
+            assert_eq!(got.len(), 1);
+            let d = got.pop().unwrap();
+            assert_eq!((d.conn, d.session.conn_id), (conn, 33));
+            assert_eq!(d.decision, want);
+        }
+        assert_eq!(metrics.handler_panics_total.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
     fn an_outbox_stops_at_its_budget_and_a_full_mailbox_ends_the_run() {
         let r = Reactor::new(BackendKind::Mio, CapStrategy::Spin).unwrap();
         let ticket = Ticket {
@@ -264,18 +432,20 @@ mod tests {
             charged: None,
             expiry: crate::runs::Expiry::HANDLER,
         };
-        // Two events fit the budget; the third is posted (the run layer
-        // ends the run at it) and cancels the run: nothing follows.
+        // Two messages fit the budget (an event, a raw one); the third is
+        // posted (the run layer ends the run at it) and cancels the run:
+        // nothing follows.
         let mb = Arc::new(Mailbox::new(r.waker()));
         let budget = RunBudget {
             max_events: 2,
             max_bytes: 1 << 20,
         };
         let out = Outbox::new(&ticket, mb.clone(), budget);
+        out.emit("e", serde_json::json!({}));
         for _ in 0..10 {
-            out.emit("e", serde_json::json!({}));
+            out.send_binary(vec![0u8; 10]);
         }
-        assert!(out.is_cancelled());
+        assert!(out.is_cancelled(), "raw messages count like events");
         assert_eq!(mb.take().len(), 3);
         // A mailbox with room for one event: the second is refused, the
         // run is cancelled and told why; nothing is queued after it.

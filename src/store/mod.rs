@@ -130,7 +130,11 @@ pub enum Delivery {
 /// A delivery for one following connection.
 #[derive(Debug)]
 pub struct Delivered {
+    /// The connection's slot and id, as in its [`Follower`]. Not read:
+    /// the worker finds the follow by `token` alone.
+    #[expect(dead_code, reason = "unread since deliveries go by token")]
     pub key: usize,
+    #[expect(dead_code, reason = "unread since deliveries go by token")]
     pub conn_id: u64,
     pub token: u64,
     pub what: Delivery,

@@ -18,7 +18,9 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 /// Which file a problem is about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Which {
+    /// The certificate chain (`tls_cert`).
     Cert,
+    /// The private key (`tls_key`).
     Key,
 }
 
@@ -35,8 +37,12 @@ impl Which {
 /// A certificate or key that cannot be used, and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CertError {
+    /// The file at fault.
     pub which: Which,
+    /// Its path.
     pub path: PathBuf,
+    /// What is wrong with it, in words (missing, unreadable, empty, not PEM,
+    /// does not match the certificate…).
     pub problem: String,
 }
 
@@ -150,8 +156,11 @@ pub struct CertStore {
     current: Mutex<Arc<ServerConfig>>,
     /// The files as they were at the last load attempt.
     seen: Mutex<(Stamp, Stamp)>,
-    pub reloads_total: AtomicU64,
-    pub reload_failures_total: AtomicU64,
+    /// Reloads that installed a new pair (`pollcap_tls_reloads_total`).
+    pub(crate) reloads_total: AtomicU64,
+    /// Reloads refused, the pair in use kept
+    /// (`pollcap_tls_reload_failures_total`).
+    pub(crate) reload_failures_total: AtomicU64,
 }
 
 impl fmt::Debug for CertStore {

@@ -22,15 +22,22 @@ use super::{certs::provider, x509};
 pub enum TlsProblem {
     /// The chain does not lead to a trusted root.
     Untrusted {
+        /// The issuer named by the presented certificate, when readable.
         issuer: Option<String>,
     },
+    /// The certificate is not valid for the name connected to.
     NameMismatch {
+        /// The name connected to.
         expected: String,
+        /// The names the certificate is valid for.
         presented: Vec<String>,
     },
+    /// The certificate's validity ended.
     Expired {
+        /// When (Unix seconds), when readable.
         not_after: Option<u64>,
     },
+    /// The certificate's validity has not begun (or this clock is behind).
     NotYetValid,
     /// Any other certificate or protocol failure.
     Other(String),
@@ -141,6 +148,7 @@ impl ServerCertVerifier for Recording {
 /// A client configuration for one connection, and the slot where the
 /// server's certificate lands once shown.
 pub struct ClientTls {
+    /// The rustls configuration to connect with.
     pub config: Arc<ClientConfig>,
     shown: Arc<Mutex<Option<Vec<u8>>>>,
 }

@@ -224,6 +224,10 @@ enum Mode {
     Plain,
 }
 
+/// A TLS session over a non-blocking mio socket, server or client side:
+/// `Read`/`Write` move plaintext, the stream moves the records. A server
+/// stream sniffs the first byte: a plain-text client on the TLS port is
+/// passed through for a plain-text 400 ([`TlsStream::is_plain`]).
 pub struct TlsStream {
     sock: Socket,
     mode: Mode,
@@ -272,10 +276,12 @@ impl TlsStream {
         ))
     }
 
+    /// The socket under it.
     pub fn tcp(&self) -> &TcpStream {
         &self.sock.tcp
     }
 
+    /// The socket under it, to register with a reactor.
     pub fn tcp_mut(&mut self) -> &mut TcpStream {
         &mut self.sock.tcp
     }

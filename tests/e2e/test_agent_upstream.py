@@ -32,13 +32,14 @@ class Agent:
     """`python -m uvicorn APP ARGS` from `app_dir` on a free loopback port,
     its output kept in a file for failure messages."""
 
-    def __init__(self, app="agent_app:app", app_dir=HERE, args=("--timeout-graceful-shutdown", "1")):
+    def __init__(self, app="agent_app:app", app_dir=HERE, args=("--timeout-graceful-shutdown", "1"),
+                 env=None):
         self.port = free_port()
         self.out = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", app, "--app-dir", str(app_dir), *args,
              "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning"],
-            stdout=self.out, stderr=subprocess.STDOUT)
+            stdout=self.out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
 
         def up():
             assert self.proc.poll() is None, "uvicorn exited:\n" + self.output()
@@ -418,8 +419,20 @@ def readme_agent(tmp):
 
 def test_the_readme_agent_works_as_printed(tmp_path, server_factory):
     readme_agent(tmp_path)
-    agent = Agent("agent:app", tmp_path)
+    agent = Agent("agent:app", tmp_path, env={"AGENT_TOKEN": AGENT_TOKEN})
     try:
+        # Its token check: a pollcap with another secret is refused, and
+        # the run says so.
+        wrong = server_factory("--agent-url", agent.url("/agent"),
+                               POLLCAP_AGENT_TOKEN="not-the-agent-token")
+
+        async def refused():
+            async with connect(wrong) as ws:
+                return await ask(ws, "hello")
+        events = run(refused())
+        assert events[-1]["type"] == "error", events
+        assert events[-1]["code"] == "upstream_rejected", events
+        assert "wrong agent token" in events[-1]["message"], events
         async def go(server):
             async with connect(server) as ws:
                 return await ask(ws, "hello readme world")

@@ -52,6 +52,31 @@ fn handshake_deadline_answers_408() {
 }
 
 #[test]
+fn a_request_left_unanswered_past_the_handshake_deadline_gets_503() {
+    let mut h = owner();
+    let t0 = Instant::now();
+    let (server, mut client) = duplex();
+    let mut c = Conn::new(1, server, t0, 1.0);
+    client
+        .write_all(b"GET /later HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    h.io(&mut c, t0 + secs(0.1));
+    assert_eq!(c.phase(), PhaseName::Decide, "the owner has not answered");
+    assert_eq!(h.due(&c), Some(t0 + secs(3.0)));
+    h.timeout(&mut c, t0 + secs(3.0));
+    assert_eq!(c.phase(), PhaseName::Linger, "503 written, then lingering");
+    // A late answer is ignored: one response per connection.
+    c.accept(None, &mut h.cx(t0 + secs(3.1)));
+    c.respond(http::text(200, "OK", "late\n"), &mut h.cx(t0 + secs(3.1)));
+    let mut out = String::new();
+    client.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 503 "), "{out}");
+    assert!(out.contains("Retry-After: 1\r\n"), "{out}");
+    assert_eq!(out.matches("HTTP/1.1").count(), 1, "{out}");
+    assert_eq!(h.timeouts_of(TimeoutPhase::Handshake), 1);
+}
+
+#[test]
 fn heartbeat_ping_then_pong_deadline_closes_1011() {
     let mut h = owner();
     let t0 = Instant::now();

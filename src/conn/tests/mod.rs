@@ -135,7 +135,8 @@ impl Owner {
     }
 
     /// Runs `f`, then answers requests the way `pollcap serve --app echo`
-    /// does (upgrade `/ws`, 404 elsewhere) and echoes messages.
+    /// does (upgrade `/ws`, 404 elsewhere but `/later`, left waiting for
+    /// an answer) and echoes messages.
     fn drive<S: Transport>(
         &mut self,
         c: &mut Conn<S>,
@@ -160,6 +161,8 @@ impl Owner {
                 match &ev {
                     Event::Request(head) => match head.path.as_str() {
                         "/ws" => c.accept(None, &mut self.cx(now)),
+                        // Left undecided, as an application still deciding.
+                        "/later" => {}
                         _ => c.respond(http::text(404, "Not Found", "no\n"), &mut self.cx(now)),
                     },
                     Event::Message(m) => c.send(m.clone(), &mut self.cx(now)),

@@ -40,8 +40,8 @@
 //! (`setsid`) and kept a pipe open can keep a helper thread waiting, until
 //! it exits.
 
-pub mod pipes;
-pub mod process;
+pub(crate) mod pipes;
+pub(crate) mod process;
 
 use std::sync::Arc;
 

@@ -250,11 +250,6 @@ impl AgentProcess {
         self.kill_at = None;
     }
 
-    /// The reason given to [`AgentProcess::exited`], once it was.
-    pub fn exit_status(&self) -> Option<&str> {
-        self.exited.as_deref()
-    }
-
     /// The process could not be set up after all (a helper thread did not
     /// start): the run fails `upstream_unavailable`, the process is stopped.
     pub fn fail_start(&mut self, why: String, now: Instant, out: &mut Vec<Output>) {

@@ -23,7 +23,9 @@ const ENVELOPE_ROOM: usize = 80;
 /// The framing of the stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Framing {
+    /// `text/event-stream`: an event's `data:` lines, ended by a blank line.
     Sse,
+    /// `application/jsonl` and its aliases: one event per line.
     JsonLines,
 }
 
@@ -109,6 +111,7 @@ impl Decoder {
 
     /// The same decoder with every event on the general path: the
     /// reference the as-written path is checked against (tests, fuzzing).
+    #[cfg(any(test, feature = "fuzzing"))]
     pub fn general_only(mut self) -> Decoder {
         self.as_written = false;
         self

@@ -9,10 +9,10 @@
 //! on a helper thread, never a reactor, with a short cache). The worker
 //! (`crate::server`) registers the sockets and applies the outputs.
 
-pub mod call;
-pub mod events;
+pub(crate) mod call;
+pub(crate) mod events;
 mod peek;
-pub mod resolve;
+pub(crate) mod resolve;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,13 +25,17 @@ use crate::settings::{ConfigError, Settings};
 /// `agent_response`, `agent_idle`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AgentTimeouts {
+    /// DNS, TCP and TLS (`agent_connect`).
     pub connect: Duration,
+    /// The request written → the response head read (`agent_response`).
     pub response: Duration,
+    /// The longest gap between two reads of the stream (`agent_idle`).
     pub idle: Duration,
 }
 
 /// Everything a call to the agent needs, fixed at start-up.
 pub struct UpstreamConfig {
+    /// The agent's `http(s)://` URL.
     pub target: Target,
     /// `Authorization: Bearer …`, when `POLLCAP_AGENT_TOKEN` is set.
     authorization: Option<String>,
@@ -40,6 +44,7 @@ pub struct UpstreamConfig {
         Arc<rustls::ClientConfig>,
         rustls::pki_types::ServerName<'static>,
     )>,
+    /// The deadlines of each call.
     pub timeouts: AgentTimeouts,
     /// The longest line or event accepted (`max_message`).
     pub max_line: usize,
@@ -66,7 +71,7 @@ struct Body<'a> {
 
 /// The JSON body of an agent request (SPEC §5): the HTTP request's body,
 /// and the line an agent command reads on its stdin.
-pub fn request_body(
+pub(crate) fn request_body(
     run_id: &str,
     req: &AgentRequest,
     subject: Option<&str>,

@@ -60,7 +60,7 @@ use tungstenite::Utf8Bytes;
 
 // The store's types the threads need come through here: a file of this
 // folder names its folder's module, never the store's.
-#[cfg(test)]
+#[cfg(all(test, unix))]
 use super::Delivered;
 use super::{
     Deliveries, Delivery, Follower, RedisTarget, ResumeLimits, ResumeRequest, Resumed, RunStart,
