@@ -11,6 +11,10 @@ pub use crate::conn::boundary::{Compressed, FrameBoundary};
 /// trusted proxies' `X-Forwarded-For` / `Forwarded`).
 pub use crate::frontdoor::{client_addr, origin_allowed};
 
+/// An agent's stream into events (`source::upstream::events`), with the
+/// as-written path or (`Decoder::general_only`) without it.
+pub use crate::source::upstream::events::{Decoder, Framing, Read};
+
 /// The subprotocol decision of an upgrade (admission without a server):
 /// the one to select from `offered` given the application's `supported`
 /// ones, or the refusal.

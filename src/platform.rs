@@ -83,6 +83,35 @@ fn borrow<'a>(raw: RawSource) -> std::os::windows::io::BorrowedSocket<'a> {
     unsafe { std::os::windows::io::BorrowedSocket::borrow_raw(raw) }
 }
 
+/// Whether the error of opening something (a socket, a connection, a
+/// process, a name lookup) says this side ran short — of descriptors,
+/// memory, socket buffers, local ports or processes — rather than anything
+/// about the other end: an agent call that fails so never reached the
+/// agent, and the agent's circuit breaker must not count it.
+pub fn is_local_shortage(e: &io::Error) -> bool {
+    if e.kind() == io::ErrorKind::OutOfMemory {
+        return true;
+    }
+    let Some(code) = e.raw_os_error() else {
+        return false;
+    };
+    #[cfg(unix)]
+    let short = [
+        libc::EMFILE,
+        libc::ENFILE,
+        libc::ENOBUFS,
+        libc::ENOMEM,
+        // No local port left (EAGAIN on older Linux), or no process.
+        libc::EADDRNOTAVAIL,
+        libc::EAGAIN,
+    ];
+    // WSAEMFILE, WSAENOBUFS, WSAEADDRNOTAVAIL; ERROR_TOO_MANY_OPEN_FILES,
+    // ERROR_NOT_ENOUGH_MEMORY, ERROR_OUTOFMEMORY.
+    #[cfg(windows)]
+    let short = [10024, 10055, 10049, 4, 8, 14];
+    short.contains(&code)
+}
+
 /// A non-blocking listener with a deep backlog (a 128 backlog drops
 /// connections in a handshake storm). Address reuse is set on Unix only: on
 /// Windows `SO_REUSEADDR` would let another process steal the port.

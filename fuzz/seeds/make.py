@@ -229,3 +229,29 @@ write("settings", "limits", var("POLLCAP_MAX_MESSAGE") + u64(4096) + var("POLLCA
 write("settings", "secret", var("POLLCAP_JWT_SECRET") + raw("0123456789abcdefXYZ") + var("LOCAL_DEVELOPMENT") + word("true"))
 write("settings", "broken-rule", var("WEBSOCKET_CONNECT_TIMEOUT") + u64(9) + var("WEBSOCKET_HANDSHAKE_TIMEOUT") + u64(3))
 write("settings", "listen", var("PORT") + raw("8080") + var("K_SERVICE") + raw("svc") + var("POLLCAP_WS_PATH") + raw("/chat"))
+
+
+# events_as_written: one set-up byte (bit 0: SSE 0 / JSON Lines 1; the
+# rest: piece size - 1), then an agent's response body.
+def events_seed(sse, step, events):
+    setup = (0 if sse else 1) | ((step - 1) << 1)
+    if sse:
+        body = "".join(f"data: {e}\n\n" for e in events)
+    else:
+        body = "".join(f"{e}\n" for e in events)
+    return bytes([setup]) + body.encode()
+
+
+AGENT = [
+    '{"type":"agent_started","seq":40}',
+    '{"type":"agent_thinking","delta":"Hel","t_us":1.5e15,"i":0}',
+    '{"type":"agent_thinking","delta":"lo\\n","run_id":"theirs"}',
+    '{"type":"tool_completed","tool":"s","result":{"run_id":"x","hits":[1,-0,2.50,null]}}',
+    '{"type":"agent_completed"}',
+]
+write("events_as_written", "sse", events_seed(True, 128, AGENT))
+write("events_as_written", "jsonl-split", events_seed(False, 7, AGENT))
+write("events_as_written", "rewritten", events_seed(True, 64, [
+    '{ "type":"x","a":1,"a":2}', '{"a":1,"type":"x"}', '{"type":"agent\\u005fcompleted","final":"f"}',
+    '{"type":"x","seq":1,"ts":2}', '{"type":"agent_completed","final":"given"}']))
+write("events_as_written", "refused", events_seed(False, 3, ['{"type":"x","n":1e400}', '{"type":"x","s":"\\ud800"}']))

@@ -128,8 +128,8 @@ impl Exchange {
         ];
         let n = send.write(&mut out).map_err(|e| req(&e))?;
         out.truncate(n);
-        let recv = match send.proceed().map_err(|e| req(&e))? {
-            Some(SendRequestResult::RecvResponse(r)) => r,
+        match send.proceed().map_err(|e| req(&e))? {
+            Some(SendRequestResult::RecvResponse(_)) => {}
             Some(SendRequestResult::SendBody(mut s)) => {
                 let mut chunk = vec![0u8; body.len() + 64];
                 let (used, n) = s.write(body, &mut chunk).map_err(|e| req(&e))?;
@@ -137,15 +137,18 @@ impl Exchange {
                     return Err(Error::Request("the body did not fit".into()));
                 }
                 out.extend_from_slice(&chunk[..n]);
-                match s.proceed() {
-                    Some(r) => r,
-                    None => return Err(Error::Request("the body was not sent".into())),
+                if s.proceed().is_none() {
+                    return Err(Error::Request("the body was not sent".into()));
                 }
             }
             Some(SendRequestResult::Await100(_)) | None => {
                 return Err(Error::Request("unexpected request state".into()));
             }
-        };
+        }
+        // The call that wrote the request (and its `HeaderMap`, the largest
+        // part of an upstream run's memory) goes now; the response is read
+        // by a call that holds no headers.
+        let recv = receiver(method).map_err(|e| req(&e))?;
         Ok(Exchange {
             state: State::AwaitHead(recv),
             out,
@@ -220,13 +223,20 @@ impl Exchange {
                     }
                 }
                 State::Body(mut call) => {
-                    let mut scratch = [0u8; 16 * 1024];
                     loop {
-                        let (used, n) = call
-                            .read(data, &mut scratch)
-                            .map_err(|e| Error::BadBody(e.to_string()))?;
+                        // Decoded straight into `body`: the decoded bytes
+                        // are never more than the input (a transfer coding
+                        // only removes bytes), so room for `data` is enough,
+                        // and only that much is zeroed.
+                        let at = body.len();
+                        body.resize(at + data.len(), 0);
+                        let r = call.read(data, &mut body[at..]);
+                        let (used, n) = r.map_err(|e| {
+                            body.truncate(at);
+                            Error::BadBody(e.to_string())
+                        })?;
+                        body.truncate(at + n);
                         data = &data[used..];
-                        body.extend_from_slice(&scratch[..n]);
                         if call.can_proceed()
                             && !matches!(call.body_mode(), BodyMode::CloseDelimited)
                         {
@@ -267,6 +277,32 @@ impl Exchange {
 
     pub fn is_done(&self) -> bool {
         matches!(self.state, State::Done)
+    }
+}
+
+/// A call that only reads the response to a request of `method` sent
+/// by another call: it holds no headers. How a response is framed depends
+/// on the request only through its method, and only for HEAD (no body)
+/// and CONNECT (RFC 9112 §6.3; a target here is never CONNECT), so any
+/// other method reads as GET.
+fn receiver(method: &str) -> Result<Call<RecvResponse>, ureq_proto::Error> {
+    let m = if method == "HEAD" {
+        http::Method::HEAD
+    } else {
+        http::Method::GET
+    };
+    let request = Request::builder()
+        .method(m)
+        .uri("/")
+        .body(())
+        .map_err(|e| ureq_proto::Error::BadHeader(e.to_string()))?;
+    let mut send = Call::new(request)?.proceed();
+    // Its request line goes nowhere: "GET / HTTP/1.1" and the blank line.
+    let mut sink = [0u8; 64];
+    send.write(&mut sink)?;
+    match send.proceed()? {
+        Some(SendRequestResult::RecvResponse(r)) => Ok(r),
+        _ => Err(ureq_proto::Error::BadHeader("no response state".into())),
     }
 }
 

@@ -101,6 +101,33 @@ fn endings_before_their_time_are_errors_and_a_close_delimited_body_is_not() {
     assert!(p.done);
 }
 
+#[test]
+fn the_response_is_framed_by_the_method_sent_though_its_request_is_gone() {
+    // The response to a HEAD has no body whatever its length says; to a
+    // POST the same head is followed by its body.
+    let reply = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n";
+    let mut body = Vec::new();
+    let mut x = Exchange::new("HEAD", &target("http://h/"), &[], b"").unwrap();
+    assert!(x.to_send().starts_with(b"HEAD / HTTP/1.1\r\n"));
+    assert!(x.feed(reply, &mut body).unwrap().done);
+    let mut x = Exchange::new("POST", &target("http://h/"), &[("a", "b")], b"{}").unwrap();
+    assert!(!x.feed(reply, &mut body).unwrap().done);
+    assert!(x.feed(b"hello", &mut body).unwrap().done);
+    assert_eq!(body, b"hello");
+    // Bytes already in `body` stay; a broken chunk leaves nothing behind.
+    let mut x = Exchange::new("GET", &target("http://h/"), &[], b"").unwrap();
+    let mut body = b"kept".to_vec();
+    let r = x.feed(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\nzz\r\n",
+        &mut body,
+    );
+    assert!(matches!(r, Err(Error::BadBody(_))), "{r:?}");
+    assert!(
+        body.starts_with(b"kept") && body.len() <= b"keptabc".len(),
+        "{body:?}"
+    );
+}
+
 /// A one-connection server: reads the request head, answers `reply`
 /// after `delay`, closes.
 fn serve_once(reply: &'static [u8], delay: Duration) -> std::net::SocketAddr {

@@ -187,6 +187,10 @@ counters! {
     /// Requests made to the team's agent (or processes spawned).
     agent_requests_total: Counter "pollcap_agent_requests_total" at "agent.requests",
         "Runs sent to the team's agent (HTTP requests made, processes spawned).";
+    /// Agent runs that failed on this side before reaching the agent.
+    agent_local_failures_total: Counter "pollcap_agent_local_failures_total"
+        at "agent.local_failures",
+        "Agent runs that failed on this side before reaching the agent (no descriptor, memory or local port; the resolver busy): answered upstream_unavailable, not counted by the agent's circuit breaker.";
     /// Agent calls open now, on every reactor.
     agent_in_flight: Gauge "pollcap_agent_runs_in_flight" at "agent.in_flight",
         "Agent runs whose upstream request (or process) is open now.";

@@ -8,13 +8,14 @@
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
+use super::Shared;
 use super::agents::{AGENT, AgentStart, PROCESS, Running};
 use super::worker::Worker;
 use crate::breaker::Permit;
 use crate::reactor::Interest;
 use crate::runs::{Failure, Mail, SourceEvent};
-use crate::source::upstream::call::{Call, Output};
-use crate::source::upstream::resolve::Lookup;
+use crate::source::upstream::call::{Blame, Call, Output};
+use crate::source::upstream::resolve::{Lookup, Unresolved};
 
 impl Worker {
     /// Starts the agent runs asked for during the last drive.
@@ -82,7 +83,7 @@ impl Worker {
         let reply = &sh.resolved[self.index];
         let lookup = match &sh.resolver {
             Some(r) => self.agents.names.lookup(r, reply, &host, port, s.run, now),
-            None => Lookup::Now(Err("no resolver".into())),
+            None => Lookup::Now(Err(Unresolved::local("no resolver"))),
         };
         if let Lookup::Now(addrs) = lookup {
             self.with_call(key, now, |c, now, out| c.resolved(addrs, now, out));
@@ -196,27 +197,21 @@ impl Worker {
                 Output::Done => SourceEvent::Done,
                 Output::Failed {
                     failure,
-                    counts,
+                    blame,
                     timeout,
                 } => {
-                    let permit = r.permit.take();
-                    let mut b = sh.agent_breaker();
-                    match (counts, permit) {
-                        (true, p) => b.failure(p.unwrap_or(Permit::Normal), now),
-                        (false, Some(p)) => b.success(p),
-                        (false, None) => {}
-                    }
-                    drop(b);
                     if let Some(t) = timeout {
                         sh.metrics.timeout(t);
                     }
+                    judged(&sh, blame, r.permit.take(), now);
                     sh.metrics.agent_failure(failure.code);
-                    tracing::info!(
-                        run,
-                        code = failure.code,
-                        "agent run failed: {}",
-                        failure.message
-                    );
+                    let (code, message) = (failure.code, &failure.message);
+                    match blame {
+                        Blame::Local => {
+                            tracing::warn!(run, code, "{}: {message}", failed_line(blame))
+                        }
+                        _ => tracing::info!(run, code, "{}: {message}", failed_line(blame)),
+                    }
                     SourceEvent::Failed(failure)
                 }
             };
@@ -227,8 +222,10 @@ impl Worker {
     }
 
     /// Registers a new socket, follows the call's interest and deadline,
-    /// and lets go of a finished call.
-    fn sync_call(&mut self, key: usize, _now: Instant) {
+    /// and lets go of a finished call. A socket the reactor cannot watch
+    /// ends its call as this side's failure (the agent would be blamed for
+    /// the connect deadline otherwise).
+    fn sync_call(&mut self, key: usize, now: Instant) {
         let Some(r) = self.agents.calls.get_mut(key) else {
             return;
         };
@@ -248,7 +245,8 @@ impl Worker {
             if let Some(s) = r.call.stream_mut()
                 && let Err(e) = self.reactor.register(s, AGENT + key, want)
             {
-                tracing::warn!("registering an agent socket failed: {e}");
+                let m = format!("cannot watch the agent's socket: {e}");
+                return self.with_call(key, now, |c, _, out| c.fail_here(m, out));
             }
             r.interest = want;
         } else if want != r.interest {
@@ -265,6 +263,32 @@ impl Worker {
         let at = r.call.poll_timeout();
         let timer = r.timer;
         self.reactor.timers().set(timer, at);
+    }
+}
+
+/// A failed agent run, told to the agent's circuit breaker as `blame`
+/// says. A failure of this side (no descriptor, say) is neither the
+/// agent's failure nor its success — a half-open trial's slot is free
+/// again — and is counted apart.
+pub(super) fn judged(sh: &Shared, blame: Blame, permit: Option<Permit>, now: Instant) {
+    let mut b = sh.agent_breaker();
+    match (blame, permit) {
+        (Blame::Agent, p) => b.failure(p.unwrap_or(Permit::Normal), now),
+        (Blame::Answered, Some(p)) => b.success(p),
+        (Blame::Local, Some(p)) => b.release(p),
+        (_, None) => {}
+    }
+    drop(b);
+    if blame == Blame::Local {
+        sh.metrics.agent_local_failures_total.fetch_add(1, Relaxed);
+    }
+}
+
+/// How a failed run's log line begins.
+pub(super) fn failed_line(blame: Blame) -> &'static str {
+    match blame {
+        Blame::Local => "agent run failed on this side, not counted against the agent",
+        Blame::Agent | Blame::Answered => "agent run failed",
     }
 }
 

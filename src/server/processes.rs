@@ -11,14 +11,14 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
 use super::Shared;
+use super::agent_io::{failed_line, judged};
 use super::agents::{AGENT, AgentStart, PROCESS, Proc};
 use super::worker::Worker;
-use crate::breaker::Permit;
 use crate::runs::{Failure, Mail, SourceEvent};
 use crate::source::command::pipes::{self, Launch, Piped};
 use crate::source::command::process::{Action, AgentProcess, GIVE_UP, KILL_GRACE};
 use crate::source::command::{CommandConfig, STDERR_LINES_PER_SEC};
-use crate::source::upstream::call::Output;
+use crate::source::upstream::call::{Blame, Output};
 use crate::source::upstream::request_body;
 
 impl Worker {
@@ -72,9 +72,11 @@ impl Worker {
             Ok(spawned) => spawned,
             Err(e) => {
                 m.agent_processes.fetch_sub(1, Relaxed);
-                sh.agent_breaker().failure(permit, now);
-                tracing::warn!(run_id = %s.run_id, "{e}");
-                return self.process_failed(s.run, unavailable(e, None), now);
+                let blame = if e.local { Blame::Local } else { Blame::Agent };
+                judged(&sh, blame, Some(permit), now);
+                let line = failed_line(blame);
+                tracing::warn!(run_id = %s.run_id, "{line}: {}", e.message);
+                return self.process_failed(s.run, unavailable(e.message, None), now);
             }
         };
         m.agent_requests_total.fetch_add(1, Relaxed);
@@ -282,28 +284,21 @@ fn to_event(sh: &Shared, p: &mut Proc, o: Output, now: Instant) -> SourceEvent {
         Output::Done => SourceEvent::Done,
         Output::Failed {
             failure,
-            counts,
+            blame,
             timeout,
         } => {
-            let permit = p.permit.take();
-            let mut b = sh.agent_breaker();
-            match (counts, permit) {
-                (true, permit) => b.failure(permit.unwrap_or(Permit::Normal), now),
-                (false, Some(permit)) => b.success(permit),
-                (false, None) => {}
-            }
-            drop(b);
             if let Some(t) = timeout {
                 sh.metrics.timeout(t);
             }
+            judged(sh, blame, p.permit.take(), now);
             sh.metrics.agent_failure(failure.code);
-            tracing::info!(
-                run_id = %p.run_id,
-                pid = p.stderr.pid(),
-                code = failure.code,
-                "agent run failed: {}",
-                failure.message
-            );
+            let (pid, code, line) = (p.stderr.pid(), failure.code, failed_line(blame));
+            match blame {
+                Blame::Local => {
+                    tracing::warn!(run_id = %p.run_id, pid, code, "{line}: {}", failure.message);
+                }
+                _ => tracing::info!(run_id = %p.run_id, pid, code, "{line}: {}", failure.message),
+            }
             SourceEvent::Failed(failure)
         }
     }

@@ -62,10 +62,19 @@ pub struct Spawned {
     pub broken: Option<String>,
 }
 
+/// Why a command did not start.
+#[derive(Debug)]
+pub struct SpawnError {
+    /// The command and what the system said.
+    pub message: String,
+    /// This side ran short (descriptors for the pipes, memory, processes):
+    /// the command itself may be fine.
+    pub local: bool,
+}
+
 /// Starts `cfg`'s command for one run: no shell, its own process group,
-/// the three pipes handed to two helper threads. An error names the
-/// command and what the system said.
-pub fn spawn(cfg: &CommandConfig, l: Launch) -> Result<Spawned, String> {
+/// the three pipes handed to two helper threads.
+pub fn spawn(cfg: &CommandConfig, l: Launch) -> Result<Spawned, SpawnError> {
     let program = cfg.program();
     let mut cmd = Command::new(program);
     cmd.args(cfg.argv.iter().skip(1))
@@ -74,9 +83,10 @@ pub fn spawn(cfg: &CommandConfig, l: Launch) -> Result<Spawned, String> {
         .stderr(Stdio::piped())
         .env("TRACEPARENT", l.traceparent);
     platform::own_process_group(&mut cmd);
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| format!("cannot start the agent command {program:?}: {e}"))?;
+    let mut child = cmd.spawn().map_err(|e| SpawnError {
+        message: format!("cannot start the agent command {program:?}: {e}"),
+        local: crate::platform::is_local_shortage(&e),
+    })?;
     let group = ProcessGroup::of(&child);
     let (credit, credits) = sync_channel(1);
     let stderr = Arc::new(StderrLog {

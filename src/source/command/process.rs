@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use super::CommandConfig;
 use crate::conn::TimeoutPhase;
 use crate::runs::Failure;
-use crate::source::upstream::call::Output;
+use crate::source::upstream::call::{Blame, Output};
 use crate::source::upstream::events::{Decoder, Framing, Read as EventRead};
 
 /// How long a process has to exit after its run's last event, and between
@@ -170,7 +170,7 @@ impl AgentProcess {
         if let Err(e) = r
             && !self.run_over()
         {
-            self.fail(out, now, "upstream_invalid", e.to_string(), false);
+            self.fail(out, now, "upstream_invalid", e.to_string(), Blame::Answered);
         }
     }
 
@@ -213,7 +213,7 @@ impl AgentProcess {
             if let Err(e) = r
                 && !self.run_over()
             {
-                self.fail(out, now, "upstream_invalid", e.to_string(), false);
+                self.fail(out, now, "upstream_invalid", e.to_string(), Blame::Answered);
             }
         }
         if !self.run_over() {
@@ -223,7 +223,7 @@ impl AgentProcess {
                 (None, None) => "closed its output".to_string(),
             };
             let m = format!("the agent process {how} before agent_completed or error");
-            self.fail(out, now, "upstream_truncated", m, true);
+            self.fail(out, now, "upstream_truncated", m, Blame::Agent);
         }
         self.reap_soon(now);
     }
@@ -254,7 +254,8 @@ impl AgentProcess {
     /// start): the run fails `upstream_unavailable`, the process is stopped.
     pub fn fail_start(&mut self, why: String, now: Instant, out: &mut Vec<Output>) {
         if !self.run_over() {
-            self.fail(out, now, "upstream_unavailable", why, true);
+            // Its pipes or helper threads failed here: not the agent's doing.
+            self.fail(out, now, "upstream_unavailable", why, Blame::Local);
         }
     }
 
@@ -308,7 +309,7 @@ impl AgentProcess {
                     phase: Some(name),
                     ..Failure::default()
                 },
-                counts: true,
+                blame: Blame::Agent,
                 timeout: Some(phase),
             });
             self.end(Ended::Cut, now);
@@ -341,7 +342,7 @@ impl AgentProcess {
         now: Instant,
         code: &'static str,
         message: String,
-        counts: bool,
+        blame: Blame,
     ) {
         out.push(Output::Failed {
             failure: Failure {
@@ -349,7 +350,7 @@ impl AgentProcess {
                 message,
                 ..Failure::default()
             },
-            counts,
+            blame,
             timeout: None,
         });
         self.end(Ended::Cut, now);
@@ -518,7 +519,7 @@ mod tests {
             [
                 Output::Failed {
                     failure,
-                    counts: true,
+                    blame: Blame::Agent,
                     timeout: Some(TimeoutPhase::AgentResponse),
                 },
             ] => {
@@ -535,7 +536,7 @@ mod tests {
         let mut out = Vec::new();
         p.stdout(&[b'x'; 65], t0, &mut out);
         assert!(
-            matches!(&out[..], [Output::Failed { failure, counts: false, .. }] if failure.code == "upstream_invalid")
+            matches!(&out[..], [Output::Failed { failure, blame: Blame::Answered, .. }] if failure.code == "upstream_invalid")
         );
         assert_eq!(p.take_actions(), [Action::Terminate, Action::Reap]);
         p.stdout(b"\n{\"type\":\"agent_completed\"}\n", t0, &mut out);
@@ -553,7 +554,7 @@ mod tests {
         match out.last() {
             Some(Output::Failed {
                 failure,
-                counts: true,
+                blame: Blame::Agent,
                 ..
             }) => {
                 assert_eq!(failure.code, "upstream_truncated");

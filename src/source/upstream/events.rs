@@ -7,13 +7,25 @@
 //! its own), and an `agent_completed` without `final` gets the
 //! concatenated `agent_thinking` deltas. Nothing past `max_line` bytes is
 //! ever buffered: a longer line or event is an error.
+//!
+//! An event that needs none of that rewriting is relayed as the agent
+//! wrote it (`peek` decides); the others take the general path below.
 
 use serde_json::{Map, Value};
+
+use super::peek::peek;
+
+/// Room left after an event relayed as written for the envelope the run
+/// layer appends (`"run_id"`, `"seq"`, `"ts"`: about 70 bytes), so that
+/// sealing it does not move it.
+const ENVELOPE_ROOM: usize = 80;
 
 /// The framing of the stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Framing {
+    /// `text/event-stream`: an event's `data:` lines, ended by a blank line.
     Sse,
+    /// `application/jsonl` and its aliases: one event per line.
     JsonLines,
 }
 
@@ -76,6 +88,8 @@ pub struct Decoder {
     /// The `agent_thinking` deltas so far (for a `final` left out).
     deltas: String,
     max_deltas: usize,
+    /// Events that need no rewriting are relayed as written.
+    as_written: bool,
 }
 
 impl Decoder {
@@ -91,7 +105,16 @@ impl Decoder {
             after_cr: false,
             deltas: String::new(),
             max_deltas,
+            as_written: true,
         }
+    }
+
+    /// The same decoder with every event on the general path: the
+    /// reference the as-written path is checked against (tests, fuzzing).
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub fn general_only(mut self) -> Decoder {
+        self.as_written = false;
+        self
     }
 
     /// Feeds body bytes; complete events are appended to `out`.
@@ -192,6 +215,34 @@ impl Decoder {
     }
 
     fn event(&mut self, json: &[u8]) -> Result<Read, Invalid> {
+        if self.as_written
+            && let Ok(text) = std::str::from_utf8(json)
+            && let Some(p) = peek(text)
+        {
+            if let Some(d) = &p.delta {
+                self.keep_delta(d);
+            }
+            let mut body = String::with_capacity(text.len() + ENVELOPE_ROOM);
+            body.push_str(text);
+            return Ok(Read {
+                body,
+                last: matches!(p.kind, "agent_completed" | "error"),
+                started: p.kind == "agent_started",
+            });
+        }
+        self.general(json)
+    }
+
+    /// The most thinking the run keeps for a `final` left out.
+    fn keep_delta(&mut self, d: &str) {
+        if self.deltas.len() + d.len() <= self.max_deltas {
+            self.deltas.push_str(d);
+        }
+    }
+
+    /// Any event: parsed, the envelope's names removed, `final` filled in,
+    /// written again with `type` first.
+    fn general(&mut self, json: &[u8]) -> Result<Read, Invalid> {
         let v: Value = serde_json::from_slice(json).map_err(|e| Invalid::NotJson(e.to_string()))?;
         let Value::Object(mut m) = v else {
             return Err(Invalid::NotAnEvent);
@@ -205,10 +256,8 @@ impl Decoder {
         }
         match kind.as_str() {
             "agent_thinking" => {
-                if let Some(Value::String(d)) = m.get("delta")
-                    && self.deltas.len() + d.len() <= self.max_deltas
-                {
-                    self.deltas.push_str(d);
+                if let Some(Value::String(d)) = m.get("delta") {
+                    self.keep_delta(d);
                 }
             }
             "agent_completed" if !m.contains_key("final") => {
@@ -329,5 +378,244 @@ mod tests {
         let line = format!("data: {}\n", "y".repeat(40));
         assert!(d.feed(line.as_bytes(), &mut out).is_ok());
         assert_eq!(d.feed(line.as_bytes(), &mut out), Err(Invalid::TooLong(64)));
+    }
+
+    /// Random event texts in the forms agents write and in the forms the
+    /// as-written path must send the general way (see `peek`).
+    mod samples {
+        use rand::Rng;
+        use rand::rngs::StdRng;
+
+        const KINDS: [&str; 9] = [
+            "agent_thinking",
+            "agent_thinking",
+            "agent_completed",
+            "error",
+            "agent_started",
+            "tool_executing",
+            "my_tool",
+            "agent\\u005fcompleted",
+            "x\\\"y",
+        ];
+        const KEYS: [&str; 14] = [
+            "delta",
+            "delta",
+            "final",
+            "tool",
+            "result",
+            "run_id",
+            "seq",
+            "ts",
+            "type",
+            "n",
+            "a",
+            "run\\u005fid",
+            "caf\u{e9}",
+            "data",
+        ];
+        const PIECES: [&str; 14] = [
+            "a",
+            "Hel",
+            "lo",
+            " ",
+            "\\n",
+            "\\\"",
+            "\\u00e9",
+            "\u{e9}",
+            "\\ud83d\\ude00",
+            "\\/",
+            "\u{1f600}",
+            "\\u0000",
+            "\\t",
+            "\\\\",
+        ];
+        const NUMBERS: [&str; 15] = [
+            // serde_json parses this one an ulp off (found by the fuzz
+            // target): the general path's rewrite is itself not exact.
+            "55555555555555555555555555555555555555555555525555555555555555555551.5e15",
+            "0",
+            "7",
+            "-12",
+            "1.5",
+            "2.50",
+            "-0",
+            "-0.0",
+            "1e5",
+            "1E-3",
+            "18446744073709551615",
+            "18446744073709551616",
+            "123456789012345678901234567890",
+            "-9223372036854775808",
+            "0.1",
+        ];
+
+        fn pick<'a>(r: &mut StdRng, from: &[&'a str]) -> &'a str {
+            from[r.gen_range(0..from.len())]
+        }
+
+        fn ws(r: &mut StdRng) -> &'static str {
+            if r.gen_ratio(1, 15) {
+                [" ", "\t", "  "][r.gen_range(0..3)]
+            } else {
+                ""
+            }
+        }
+
+        fn string(r: &mut StdRng) -> String {
+            let mut s = String::from("\"");
+            for _ in 0..r.gen_range(0..4) {
+                s += pick(r, &PIECES);
+            }
+            if r.gen_ratio(1, 200) {
+                s += "\\ud800"; // a lone surrogate: not JSON text for serde_json
+            }
+            s + "\""
+        }
+
+        fn value(r: &mut StdRng, depth: u32) -> String {
+            match r.gen_range(0..12) {
+                0 => "null".into(),
+                1 => ["true", "false"][r.gen_range(0..2)].into(),
+                2 if r.gen_ratio(1, 50) => "1e400".into(), // out of range
+                2 | 3 => pick(r, &NUMBERS).into(),
+                4 if depth < 3 => {
+                    let items: Vec<String> = (0..r.gen_range(0..4))
+                        .map(|_| value(r, depth + 1))
+                        .collect();
+                    format!("[{}{}]", ws(r), items.join(&format!("{},{}", ws(r), ws(r))))
+                }
+                5 if depth < 3 => object(r, depth + 1),
+                _ => string(r),
+            }
+        }
+
+        fn object(r: &mut StdRng, depth: u32) -> String {
+            let fields: Vec<String> = (0..r.gen_range(0..4))
+                .map(|_| {
+                    format!(
+                        "\"{}\"{}:{}{}",
+                        pick(r, &KEYS),
+                        ws(r),
+                        ws(r),
+                        value(r, depth)
+                    )
+                })
+                .collect();
+            format!("{{{}}}", fields.join(","))
+        }
+
+        pub fn event(r: &mut StdRng) -> String {
+            let mut t = String::new();
+            t += ws(r);
+            t += "{";
+            t += ws(r);
+            let kind = pick(r, &KINDS);
+            let mut fields = match r.gen_range(0..20) {
+                0 => vec![format!("\"n\":{}", value(r, 1))], // no type first
+                1 => vec![format!("\"type\":{}", value(r, 1))],
+                _ => vec![format!("\"type\"{}:{}\"{kind}\"", ws(r), ws(r))],
+            };
+            for _ in 0..r.gen_range(0..5) {
+                let key = pick(r, &KEYS);
+                let v = match (key, r.gen_ratio(3, 4)) {
+                    ("delta" | "final", true) => string(r),
+                    _ => value(r, 1),
+                };
+                fields.push(format!("{}\"{key}\"{}:{}{v}", ws(r), ws(r), ws(r)));
+            }
+            if kind == "agent_completed" && r.gen_ratio(1, 2) {
+                let v = string(r);
+                fields.push(format!("\"final\":{v}"));
+            }
+            t += &fields.join(",");
+            t += ws(r);
+            t += "}";
+            t += ws(r);
+            if r.gen_ratio(1, 30) {
+                t.pop(); // cut short
+            }
+            t
+        }
+    }
+
+    /// The same JSON value, a float's last bits aside: serde_json parses
+    /// some long numbers an ulp off, so the general path's rewrite of one
+    /// is itself not exact (the as-written text keeps the agent's digits).
+    fn same_value(a: &Value, b: &Value) -> bool {
+        match (a, b) {
+            (Value::Object(a), Value::Object(b)) => {
+                a.len() == b.len()
+                    && a.iter()
+                        .all(|(k, v)| b.get(k).is_some_and(|w| same_value(v, w)))
+            }
+            (Value::Array(a), Value::Array(b)) => {
+                a.len() == b.len() && a.iter().zip(b).all(|(v, w)| same_value(v, w))
+            }
+            (Value::Number(x), Value::Number(y)) if x.is_f64() || y.is_f64() => {
+                let (x, y) = (x.as_f64().unwrap_or(0.0), y.as_f64().unwrap_or(0.0));
+                (x - y).abs() <= 4.0 * f64::EPSILON * x.abs().max(y.abs())
+            }
+            _ => a == b,
+        }
+    }
+
+    /// The as-written path changes how an event is written, never what
+    /// it says: over random events, the same JSON value as the general
+    /// path's (see `same_value`), a text the general path rewrites into
+    /// exactly its own output, `type` first, the same end and start marks,
+    /// the same errors, and the same thinking kept for a `final` left out.
+    #[test]
+    fn events_relayed_as_written_say_what_the_general_path_says() {
+        use rand::SeedableRng;
+        let mut r = rand::rngs::StdRng::seed_from_u64(19);
+        let (mut fast, mut general) = (0, 0);
+        for _stream in 0..200 {
+            let mut a = Decoder::new(Framing::JsonLines, 1 << 16, 1 << 20);
+            let mut b = Decoder::new(Framing::JsonLines, 1 << 16, 1 << 20).general_only();
+            let mut texts: Vec<String> = (0..50).map(|_| samples::event(&mut r)).collect();
+            texts.push(r#"{"type":"agent_completed"}"#.into());
+            for text in &texts {
+                let line = format!("{text}\n");
+                let (mut x, mut y) = (Vec::new(), Vec::new());
+                match (
+                    a.feed(line.as_bytes(), &mut x),
+                    b.feed(line.as_bytes(), &mut y),
+                ) {
+                    (Ok(()), Ok(())) => {}
+                    (Err(e), Err(f)) => {
+                        assert_eq!(e, f, "{text}");
+                        continue;
+                    }
+                    (e, f) => panic!("{text}: {e:?} vs {f:?}"),
+                }
+                assert_eq!(x.len(), y.len(), "{text}");
+                let Some((x, y)) = x.pop().zip(y.pop()) else {
+                    continue; // blank: a keep-alive
+                };
+                if x.body == *text {
+                    fast += 1;
+                } else {
+                    general += 1;
+                }
+                assert_eq!((x.last, x.started), (y.last, y.started), "{text}");
+                assert!(x.body.starts_with("{\"type\":"), "{text} -> {}", x.body);
+                if x.body != y.body {
+                    let vx: Value = serde_json::from_str(&x.body).unwrap();
+                    let vy: Value = serde_json::from_str(&y.body).unwrap();
+                    assert!(same_value(&vx, &vy), "{text}: {} vs {}", x.body, y.body);
+                    let mut again = Decoder::new(Framing::JsonLines, 1 << 16, 0).general_only();
+                    let mut z = Vec::new();
+                    again
+                        .feed(format!("{}\n", x.body).as_bytes(), &mut z)
+                        .unwrap();
+                    assert_eq!(z[0].body, y.body, "{text}");
+                }
+            }
+        }
+        // Both paths are exercised, the as-written one the most.
+        assert!(
+            fast > 1500 && general > 1500,
+            "{fast} as written, {general} general"
+        );
     }
 }

@@ -4,12 +4,14 @@
 //! thread per run, so an instance carries thousands of runs at once.
 //!
 //! Parts: `call` (one request as a state machine with its deadlines),
-//! `events` (the stream's framing into events), `resolve` (names resolved
+//! `events` (the stream's framing into events), `peek` (which events are
+//! relayed as the agent wrote them), `resolve` (names resolved
 //! on a helper thread, never a reactor, with a short cache). The worker
 //! (`crate::server`) registers the sockets and applies the outputs.
 
 pub(crate) mod call;
 pub(crate) mod events;
+mod peek;
 pub(crate) mod resolve;
 
 use std::sync::Arc;

@@ -22,7 +22,26 @@ const QUEUE: usize = 256;
 pub struct Resolved {
     pub host: String,
     pub port: u16,
-    pub addrs: Result<Vec<SocketAddr>, String>,
+    pub addrs: Result<Vec<SocketAddr>, Unresolved>,
+}
+
+/// Why a name has no addresses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unresolved {
+    pub message: String,
+    /// This side failed (the resolver busy or stopped, no descriptor or
+    /// memory for the lookup), not the name.
+    pub local: bool,
+}
+
+impl Unresolved {
+    /// This side's failure.
+    pub fn local(message: &str) -> Unresolved {
+        Unresolved {
+            message: message.into(),
+            local: true,
+        }
+    }
 }
 
 struct Job {
@@ -46,9 +65,15 @@ impl Resolver {
                     let addrs = (job.host.as_str(), job.port)
                         .to_socket_addrs()
                         .map(|a| a.collect::<Vec<_>>())
-                        .map_err(|e| e.to_string())
+                        .map_err(|e| Unresolved {
+                            message: e.to_string(),
+                            local: crate::platform::is_local_shortage(&e),
+                        })
                         .and_then(|a| match a.is_empty() {
-                            true => Err("no address".into()),
+                            true => Err(Unresolved {
+                                message: "no address".into(),
+                                local: false,
+                            }),
                             false => Ok(a),
                         });
                     job.reply.post(Resolved {
@@ -71,7 +96,7 @@ pub struct Names {
 
 /// What [`Names::lookup`] knows now.
 pub enum Lookup {
-    Now(Result<Vec<SocketAddr>, String>),
+    Now(Result<Vec<SocketAddr>, Unresolved>),
     /// The answer comes to the reactor's mailbox; `waiter` is told then.
     Later,
 }
@@ -111,9 +136,11 @@ impl Names {
                 self.waiting.insert(key, vec![waiter]);
                 Lookup::Later
             }
-            Err(TrySendError::Full(_)) => Lookup::Now(Err("name resolution is busy".into())),
+            Err(TrySendError::Full(_)) => {
+                Lookup::Now(Err(Unresolved::local("name resolution is busy")))
+            }
             Err(TrySendError::Disconnected(_)) => {
-                Lookup::Now(Err("name resolution stopped".into()))
+                Lookup::Now(Err(Unresolved::local("name resolution stopped")))
             }
         }
     }

@@ -6,6 +6,19 @@
 //! request sent → the response head) and idle (between reads of the
 //! stream; keep-alive comments count). The run's own execution deadline
 //! is the run layer's.
+//!
+//! Reading costs one system call per arrival where that is safe: after a
+//! read that returned less than it asked for, the read that would only
+//! say `WouldBlock` is skipped when the transport says a short read proves
+//! the socket drained (`Transport::short_read_drains`: Unix, where epoll
+//! and kqueue raise a new edge for every later arrival, and the polling
+//! backend, level-triggered, reports what is left anyway; never on
+//! Windows, where mio re-arms its poll only after a `WouldBlock`). One
+//! case breaks the proof: the agent's FIN, when it came with the last
+//! bytes, raised no edge of its own. The backend reports a hang-up as
+//! readable *and writable*, and a call waits only to read once its
+//! request is out, so writability it did not ask for is that hang-up: from
+//! then on the call reads until EOF.
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
@@ -15,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use super::UpstreamConfig;
 use super::events::{Decoder, Framing, Read as EventRead};
+use super::resolve::Unresolved;
 use crate::conn::{TimeoutPhase, Transport};
 use crate::httpc::{Error as HttpError, Exchange, Head};
 use crate::reactor::Interest;
@@ -28,6 +42,17 @@ const REFUSAL_BODY: usize = 4096;
 /// Bytes read in one call before the owner gets the time back (it comes
 /// back on its next turn, which does not block).
 const READ_BUDGET: usize = 256 * 1024;
+/// Bytes asked of the socket per read, into one buffer per thread: no
+/// zeroing per readiness, and a burst comes in few reads.
+const READ_CHUNK: usize = 64 * 1024;
+/// Decoded body capacity a call keeps between reads; a burst's is given
+/// back (a run waits mostly, holding only what an event needs).
+const KEEP_BODY: usize = 4 * 1024;
+
+thread_local! {
+    static READ_BUF: std::cell::RefCell<Box<[u8]>> =
+        std::cell::RefCell::new(vec![0; READ_CHUNK].into_boxed_slice());
+}
 
 /// What a call reports.
 #[derive(Debug, PartialEq)]
@@ -41,11 +66,25 @@ pub enum Output {
     /// The run ends with this error.
     Failed {
         failure: Failure,
-        /// The circuit breaker counts it (connect errors, timeouts, 5xx
-        /// and 429, truncations).
-        counts: bool,
+        /// What the agent's circuit breaker makes of it.
+        blame: Blame,
         timeout: Option<TimeoutPhase>,
     },
+}
+
+/// Whom a failed run is held against, for the agent's circuit breaker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Blame {
+    /// The agent is unavailable (no connection, timeouts, 5xx and 429,
+    /// truncations): a failure.
+    Agent,
+    /// The agent answered, wrongly for this run (4xx, not a stream of
+    /// events): it is there, which is what the breaker asks.
+    Answered,
+    /// This side failed before anything reached the agent (no descriptor,
+    /// memory or local port; the resolver busy; the TLS set-up): no
+    /// verdict on the agent.
+    Local,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,6 +116,9 @@ pub struct Call {
     decoder: Option<Decoder>,
     body: Vec<u8>,
     more_input: bool,
+    /// The agent's side is closed (a hang-up was reported): a short read
+    /// proves nothing, read until EOF.
+    hung_up: bool,
     last_error: String,
 }
 
@@ -102,6 +144,7 @@ impl Call {
             decoder: None,
             body: Vec::new(),
             more_input: false,
+            hung_up: false,
             last_error: String::new(),
         }
     }
@@ -150,7 +193,7 @@ impl Call {
         self.stream.take()
     }
 
-    fn fail(&mut self, out: &mut Vec<Output>, code: &'static str, message: String, counts: bool) {
+    fn fail(&mut self, out: &mut Vec<Output>, code: &'static str, message: String, blame: Blame) {
         self.phase = Phase::Done;
         out.push(Output::Failed {
             failure: Failure {
@@ -158,15 +201,23 @@ impl Call {
                 message,
                 ..Failure::default()
             },
-            counts,
+            blame,
             timeout: None,
         });
+    }
+
+    /// Ends the call for a failure of this side (say, its socket could not
+    /// be watched): `upstream_unavailable`, not held against the agent.
+    pub fn fail_here(&mut self, message: String, out: &mut Vec<Output>) {
+        if !self.is_done() {
+            self.fail(out, "upstream_unavailable", message, Blame::Local);
+        }
     }
 
     /// The target's addresses (or why there are none).
     pub fn resolved(
         &mut self,
-        r: Result<Vec<SocketAddr>, String>,
+        r: Result<Vec<SocketAddr>, Unresolved>,
         now: Instant,
         out: &mut Vec<Output>,
     ) {
@@ -179,8 +230,9 @@ impl Call {
                 self.connect_next(now, out);
             }
             Err(e) => {
-                let m = format!("cannot resolve the agent's host: {e}");
-                self.fail(out, "upstream_unavailable", m, true);
+                let m = format!("cannot resolve the agent's host: {}", e.message);
+                let blame = if e.local { Blame::Local } else { Blame::Agent };
+                self.fail(out, "upstream_unavailable", m, blame);
             }
         }
     }
@@ -203,8 +255,9 @@ impl Call {
                             match TlsStream::client(tcp, config.clone(), name.clone()) {
                                 Ok(t) => Stream::Tls(Box::new(t)),
                                 Err(e) => {
-                                    self.last_error = format!("TLS: {e}");
-                                    continue;
+                                    // The same for every address: ours.
+                                    let m = format!("cannot start TLS to the agent: {e}");
+                                    return self.fail(out, "upstream_unavailable", m, Blame::Local);
                                 }
                             }
                         }
@@ -215,12 +268,18 @@ impl Call {
                     self.deadline = self.connect_by;
                     return;
                 }
+                Err(e) if crate::platform::is_local_shortage(&e) => {
+                    // No socket (or port) here: the next address would
+                    // fare no better, and the agent was never asked.
+                    let m = format!("cannot connect to the agent: this server is short: {e}");
+                    return self.fail(out, "upstream_unavailable", m, Blame::Local);
+                }
                 Err(e) => self.last_error = format!("{addr}: {e}"),
             }
         }
         let _ = now;
         let m = format!("cannot connect to the agent: {}", self.last_error);
-        self.fail(out, "upstream_unavailable", m, true);
+        self.fail(out, "upstream_unavailable", m, Blame::Agent);
     }
 
     /// Readiness of the socket.
@@ -232,6 +291,9 @@ impl Call {
         out: &mut Vec<Output>,
     ) {
         self.more_input = false;
+        // Writable while the call waits only to read: a hang-up or an
+        // error (see the module's doc). It stays: nothing comes after it.
+        self.hung_up |= writable && self.interest() == Interest::READABLE;
         if self.phase == Phase::Connecting && (readable || writable) {
             match self.connected() {
                 Ok(true) => self.phase = Phase::Sending,
@@ -301,11 +363,11 @@ impl Call {
         match self.phase {
             Phase::Connecting | Phase::Sending | Phase::AwaitHead => {
                 let m = format!("the agent's connection ended before its answer: {why}");
-                self.fail(out, "upstream_unavailable", m, true);
+                self.fail(out, "upstream_unavailable", m, Blame::Agent);
             }
             Phase::Streaming => {
                 let m = format!("the agent's stream ended before agent_completed or error: {why}");
-                self.fail(out, "upstream_truncated", m, true);
+                self.fail(out, "upstream_truncated", m, Blame::Agent);
             }
             Phase::Refused => self.refused(out),
             Phase::Resolving | Phase::Done => {}
@@ -313,7 +375,10 @@ impl Call {
     }
 
     fn read(&mut self, now: Instant, out: &mut Vec<Output>) {
-        let mut buf = [0u8; 16 * 1024];
+        READ_BUF.with_borrow_mut(|buf| self.read_into(buf, now, out));
+    }
+
+    fn read_into(&mut self, buf: &mut [u8], now: Instant, out: &mut Vec<Output>) {
         let mut taken = 0;
         while !self.is_done() {
             if taken >= READ_BUDGET {
@@ -323,7 +388,11 @@ impl Call {
             let Some(s) = self.stream.as_mut() else {
                 return;
             };
-            let n = match s.read(&mut buf) {
+            if self.hung_up {
+                // A TLS stream skips the same read on its own: not now.
+                s.end_reading();
+            }
+            let n = match s.read(buf) {
                 Ok(0) => return self.eof(out),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -334,6 +403,7 @@ impl Call {
                 Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return self.eof(out),
                 Err(e) => return self.broken(&e.to_string(), out),
             };
+            let drained = n < buf.len() && !self.hung_up && s.short_read_drains();
             taken += n;
             // Any byte is traffic: keep-alive comments included.
             if matches!(self.phase, Phase::Streaming | Phase::Refused) {
@@ -350,6 +420,13 @@ impl Call {
                     }
                 }
                 Err(e) => return self.http_error(e, out),
+            }
+            if drained {
+                // Nothing is waiting: the next arrival raises readiness.
+                if let Some(s) = self.stream.as_mut() {
+                    s.end_reading();
+                }
+                return;
             }
         }
     }
@@ -376,7 +453,7 @@ impl Call {
                     "the agent answered with content type {shown}; expected text/event-stream \
                      or application/jsonl"
                 );
-                self.fail(out, "upstream_invalid", m, false);
+                self.fail(out, "upstream_invalid", m, Blame::Answered);
             }
         }
     }
@@ -391,11 +468,14 @@ impl Call {
                 let mut reads = Vec::new();
                 let r = d.feed(&self.body, &mut reads);
                 self.body.clear();
+                if self.body.capacity() > KEEP_BODY {
+                    self.body = Vec::new();
+                }
                 self.emit(reads, out);
                 if let Err(e) = r
                     && !self.is_done()
                 {
-                    self.fail(out, "upstream_invalid", e.to_string(), false);
+                    self.fail(out, "upstream_invalid", e.to_string(), Blame::Answered);
                 }
             }
             Phase::Refused if self.body.len() >= REFUSAL_BODY => self.refused(out),
@@ -431,12 +511,12 @@ impl Call {
                     if let Err(e) = r
                         && !self.is_done()
                     {
-                        return self.fail(out, "upstream_invalid", e.to_string(), false);
+                        return self.fail(out, "upstream_invalid", e.to_string(), Blame::Answered);
                     }
                 }
                 if !self.is_done() {
                     let m = "the agent's stream ended before agent_completed or error".into();
-                    self.fail(out, "upstream_truncated", m, true);
+                    self.fail(out, "upstream_truncated", m, Blame::Agent);
                 }
             }
             Phase::Refused => self.refused(out),
@@ -456,7 +536,7 @@ impl Call {
         match e {
             HttpError::BadHead(_) | HttpError::BadBody(_) => {
                 let m = format!("the agent's answer is not HTTP/1.1: {e}");
-                self.fail(out, "upstream_invalid", m, false);
+                self.fail(out, "upstream_invalid", m, Blame::Answered);
             }
             other => self.broken(&other.to_string(), out),
         }
@@ -474,10 +554,10 @@ impl Call {
             None => format!("the agent answered {status}"),
         };
         self.phase = Phase::Done;
-        let (code, counts) = match status {
-            429 | 500..=599 => ("upstream_unavailable", true),
-            400..=499 => ("upstream_rejected", false),
-            _ => ("upstream_invalid", false),
+        let (code, blame) = match status {
+            429 | 500..=599 => ("upstream_unavailable", Blame::Agent),
+            400..=499 => ("upstream_rejected", Blame::Answered),
+            _ => ("upstream_invalid", Blame::Answered),
         };
         out.push(Output::Failed {
             failure: Failure {
@@ -489,7 +569,7 @@ impl Call {
                     .map(|s| s.saturating_mul(1000)),
                 ..Failure::default()
             },
-            counts,
+            blame,
             timeout: None,
         });
     }
@@ -529,7 +609,7 @@ impl Call {
                 phase: Some(name),
                 ..Failure::default()
             },
-            counts: true,
+            blame: Blame::Agent,
             timeout: Some(phase),
         });
     }
@@ -562,27 +642,4 @@ fn message_of(body: &[u8]) -> Option<String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::message_of;
-
-    #[test]
-    fn a_refusal_is_named_by_its_body_when_it_says_something() {
-        assert_eq!(
-            message_of(br#"{"detail":"Not authenticated"}"#).as_deref(),
-            Some("Not authenticated")
-        );
-        assert_eq!(
-            message_of(br#"{"detail":[{"loc":["body"],"msg":"field required"}]}"#).as_deref(),
-            Some("field required")
-        );
-        assert_eq!(
-            message_of(br#"{"error":{"message":"quota"}}"#).as_deref(),
-            Some("quota")
-        );
-        assert_eq!(message_of(b"slow down").as_deref(), Some("slow down"));
-        assert_eq!(message_of(b"<html>busy</html>"), None);
-        assert_eq!(message_of(b""), None);
-        let long = format!("{{\"message\":\"{}\"}}", "x".repeat(500));
-        assert_eq!(message_of(long.as_bytes()).unwrap().len(), 200);
-    }
-}
+mod tests;
