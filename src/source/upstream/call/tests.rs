@@ -9,6 +9,7 @@ fn call() -> Call {
     let cfg = Arc::new(UpstreamConfig {
         target: target.clone(),
         authorization: None,
+        #[cfg(feature = "tls")]
         tls: None,
         timeouts: super::super::AgentTimeouts {
             connect: d,
