@@ -103,6 +103,18 @@ fn a_descriptor_shortage_here_is_not_held_against_the_agent() {
     let a = srv.local_addr();
     let mut ws = chat(a);
     assert_eq!(ask(&mut ws)["final"], "ok");
+    // Both ends of that run's agent connection are closed before the
+    // limit is taken from the lowest free descriptor: one closed later
+    // would leave a hole below it for the next connect.
+    wait_metric(
+        a,
+        "pollcap_agent_runs_in_flight",
+        Duration::from_secs(5),
+        |v| v == 0.0,
+    );
+    eventually(Duration::from_secs(5), || {
+        (agent.closed.load(std::sync::atomic::Ordering::SeqCst) == 1).then_some(())
+    });
     // No descriptor left: every run fails at once, on this side.
     let was = soft_limit(Some(lowest_free_fd()));
     let ends: Vec<(Value, Duration)> = (0..5)

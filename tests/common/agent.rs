@@ -45,6 +45,8 @@ pub struct FakeAgent {
     pub seen: Arc<Mutex<Vec<Seen>>>,
     /// When a held or repeating stream found its client gone.
     pub gone: Receiver<Instant>,
+    /// Connections served and closed (their descriptors are free).
+    pub closed: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 type Script = dyn Fn(&Seen) -> Behavior + Send + Sync;
@@ -57,14 +59,25 @@ impl FakeAgent {
         let (tx, gone) = channel();
         let script: Arc<Script> = Arc::new(script);
         let log = seen.clone();
+        let closed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let done = closed.clone();
         std::thread::spawn(move || {
             for s in l.incoming() {
                 let Ok(s) = s else { return };
                 let (script, log, tx) = (script.clone(), log.clone(), tx.clone());
-                std::thread::spawn(move || serve(s, &*script, &log, &tx));
+                let done = done.clone();
+                std::thread::spawn(move || {
+                    serve(s, &*script, &log, &tx); // the stream is dropped inside
+                    done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                });
             }
         });
-        FakeAgent { addr, seen, gone }
+        FakeAgent {
+            addr,
+            seen,
+            gone,
+            closed,
+        }
     }
 
     pub fn url(&self) -> String {
