@@ -275,6 +275,32 @@ fn http_refusals_have_status_length_and_close() {
     });
 }
 
+/// A closed connection gives its slot back: `connections_open` returns to
+/// 0 and a server at `--max-connections` admits the next client (a
+/// regression: the slot of an open session was lost at its removal).
+#[test]
+fn a_closed_connection_gives_its_slot_back() {
+    each_backend(|kind| {
+        let srv = start(kind, &[("POLLCAP_MAX_CONNECTIONS", "2")], |_| {});
+        let a = srv.local_addr();
+        for _ in 0..3 {
+            let mut held: Vec<_> = (0..2).map(|_| ws_connect(a, None).unwrap().0).collect();
+            wait_metric(a, "pollcap_connections_open", Duration::from_secs(5), |v| {
+                v == 2.0
+            });
+            for ws in &mut held {
+                ws.close(None).unwrap();
+                while ws.read().is_ok() {} // the server's Close, then its FIN
+            }
+            wait_metric(a, "pollcap_connections_open", Duration::from_secs(5), |v| {
+                v == 0.0
+            });
+        }
+        let m = metrics(a);
+        assert_eq!(m["pollcap_upgrades_total"], 6.0, "every round was admitted");
+    });
+}
+
 #[test]
 fn subprotocol_negotiation() {
     each_backend(|kind| {

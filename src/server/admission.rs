@@ -135,7 +135,9 @@ pub(super) fn answer(
 /// response, settling the breaker's permit. A refusal is the handler's
 /// answer working as meant: a success for the breaker.
 pub(super) fn decided(sh: &Shared, e: &mut Entry, d: Decided, cx: &mut Cx) {
-    let Admission::Deciding(waiting) = std::mem::replace(&mut e.admission, Admission::None) else {
+    // Only an upgrade still deciding takes it; an open session keeps its
+    // admission (its slot and its `close` depend on it).
+    let Some(waiting) = e.take_deciding() else {
         return late(sh, d);
     };
     let Deciding { permit, protocol } = *waiting;
@@ -189,8 +191,8 @@ pub(super) fn late(sh: &Shared, d: Decided) {
 /// passed (`timed_out`: the application was too slow, a failure for the
 /// breaker) or its connection is going (no verdict). Gives its slot back.
 pub(super) fn undecided(sh: &Shared, e: &mut Entry, timed_out: bool, now: Instant) {
-    let Admission::Deciding(waiting) = std::mem::replace(&mut e.admission, Admission::None) else {
-        return;
+    let Some(waiting) = e.take_deciding() else {
+        return; // not deciding: an open session keeps its slot until removed
     };
     sh.metrics.open.fetch_sub(1, Relaxed);
     if timed_out {

@@ -56,6 +56,18 @@ impl Entry {
         }
     }
 
+    /// The upgrade waiting for the application's decision, taken out
+    /// (admission `None` then); any other admission stays as it is.
+    pub fn take_deciding(&mut self) -> Option<Box<Deciding>> {
+        if !matches!(self.admission, Admission::Deciding(_)) {
+            return None;
+        }
+        match std::mem::replace(&mut self.admission, Admission::None) {
+            Admission::Deciding(d) => Some(d),
+            _ => unreachable!("matched Deciding above"),
+        }
+    }
+
     /// The session of an open connection.
     pub fn session(&self) -> Option<&Arc<Session>> {
         match &self.admission {
