@@ -13,7 +13,7 @@ pub use crate::frontdoor::{client_addr, origin_allowed};
 
 /// An agent's stream into events (`source::upstream::events`), with the
 /// as-written path or (`Decoder::general_only`) without it.
-pub use crate::source::upstream::events::{Decoder, Framing, Read};
+pub use crate::source::upstream::events::{Decoder, Framing, Read, same_value};
 
 /// The subprotocol decision of an upgrade (admission without a server):
 /// the one to select from `offered` given the application's `supported`

@@ -23,7 +23,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use pollcap::fuzzing::{Decoder, Framing, Read};
+use pollcap::fuzzing::{Decoder, Framing, Read, same_value};
 use serde_json::Value;
 
 fuzz_target!(|data: &[u8]| run(data));
@@ -67,25 +67,6 @@ fn same(a: &[Read], b: &[Read]) {
             assert!(same_value(&vx, &vy), "{} vs {}", x.body, y.body);
             assert_eq!(rewritten(&x.body), y.body, "{} vs {}", x.body, y.body);
         }
-    }
-}
-
-/// The same JSON value, a float's last bits aside.
-fn same_value(a: &Value, b: &Value) -> bool {
-    match (a, b) {
-        (Value::Object(a), Value::Object(b)) => {
-            a.len() == b.len()
-                && a.iter()
-                    .all(|(k, v)| b.get(k).is_some_and(|w| same_value(v, w)))
-        }
-        (Value::Array(a), Value::Array(b)) => {
-            a.len() == b.len() && a.iter().zip(b).all(|(v, w)| same_value(v, w))
-        }
-        (Value::Number(x), Value::Number(y)) if x.is_f64() || y.is_f64() => {
-            let (x, y) = (x.as_f64().unwrap_or(0.0), y.as_f64().unwrap_or(0.0));
-            (x - y).abs() <= 4.0 * f64::EPSILON * x.abs().max(y.abs())
-        }
-        _ => a == b,
     }
 }
 

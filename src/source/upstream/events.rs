@@ -289,6 +289,29 @@ fn body_with_type_first(kind: &str, mut m: Map<String, Value>) -> String {
     fields
 }
 
+/// The same JSON value, a float's last bits aside: serde_json parses
+/// some long numbers an ulp off, so the general path's rewrite of one
+/// is itself not exact (the as-written text keeps the agent's digits).
+/// For the differential test and its fuzz target.
+#[cfg(any(test, feature = "fuzzing"))]
+pub fn same_value(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Object(a), Value::Object(b)) => {
+            a.len() == b.len()
+                && a.iter()
+                    .all(|(k, v)| b.get(k).is_some_and(|w| same_value(v, w)))
+        }
+        (Value::Array(a), Value::Array(b)) => {
+            a.len() == b.len() && a.iter().zip(b).all(|(v, w)| same_value(v, w))
+        }
+        (Value::Number(x), Value::Number(y)) if x.is_f64() || y.is_f64() => {
+            let (x, y) = (x.as_f64().unwrap_or(0.0), y.as_f64().unwrap_or(0.0));
+            (x - y).abs() <= 4.0 * f64::EPSILON * x.abs().max(y.abs())
+        }
+        _ => a == b,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -535,27 +558,6 @@ mod tests {
                 t.pop(); // cut short
             }
             t
-        }
-    }
-
-    /// The same JSON value, a float's last bits aside: serde_json parses
-    /// some long numbers an ulp off, so the general path's rewrite of one
-    /// is itself not exact (the as-written text keeps the agent's digits).
-    fn same_value(a: &Value, b: &Value) -> bool {
-        match (a, b) {
-            (Value::Object(a), Value::Object(b)) => {
-                a.len() == b.len()
-                    && a.iter()
-                        .all(|(k, v)| b.get(k).is_some_and(|w| same_value(v, w)))
-            }
-            (Value::Array(a), Value::Array(b)) => {
-                a.len() == b.len() && a.iter().zip(b).all(|(v, w)| same_value(v, w))
-            }
-            (Value::Number(x), Value::Number(y)) if x.is_f64() || y.is_f64() => {
-                let (x, y) = (x.as_f64().unwrap_or(0.0), y.as_f64().unwrap_or(0.0));
-                (x - y).abs() <= 4.0 * f64::EPSILON * x.abs().max(y.abs())
-            }
-            _ => a == b,
         }
     }
 
