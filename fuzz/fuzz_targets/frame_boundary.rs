@@ -35,7 +35,7 @@ use std::rc::Rc;
 
 use libfuzzer_sys::fuzz_target;
 use pollcap::fuzzing::{Compressed, FrameBoundary};
-use pollcap_fuzz::{Bytes, client_frame};
+use pollcap_fuzz::{Bytes, Feed, client_frame};
 use tungstenite::protocol::frame::FrameHeader;
 use tungstenite::protocol::frame::coding::OpCode;
 use tungstenite::protocol::{Role, WebSocket, WebSocketConfig};
@@ -243,7 +243,7 @@ fn tungstenite_still_refuses_rsv1_and_sends_it() {
     q.extend(client_frame(0xC1, b"x", [1, 2, 3, 4]));
     let queue = Rc::new(RefCell::new(q));
     let mut ws = WebSocket::from_raw_socket(
-        Plain(queue.clone()),
+        Feed(queue.clone()),
         Role::Server,
         Some(WebSocketConfig::default()),
     );
@@ -270,32 +270,6 @@ fn tungstenite_still_refuses_rsv1_and_sends_it() {
         b"\xC1\x02zz",
         "tungstenite changed a Frame it sent"
     );
-}
-
-/// Reads a queue, nothing else (the reference reader).
-struct Plain(Rc<RefCell<VecDeque<u8>>>);
-
-impl Read for Plain {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let mut q = self.0.borrow_mut();
-        if q.is_empty() {
-            return Err(io::ErrorKind::WouldBlock.into());
-        }
-        let n = buf.len().min(q.len());
-        for (d, b) in buf.iter_mut().zip(q.drain(..n)) {
-            *d = b;
-        }
-        Ok(n)
-    }
-}
-
-impl Write for Plain {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
 }
 
 /// Collects what is written.
@@ -458,7 +432,7 @@ fn run(data: &[u8]) {
     let queue = Rc::new(RefCell::new(
         rewritten[..given].iter().copied().collect::<VecDeque<u8>>(),
     ));
-    let mut ws = WebSocket::from_raw_socket(Plain(queue), Role::Server, Some(config));
+    let mut ws = WebSocket::from_raw_socket(Feed(queue), Role::Server, Some(config));
     let mut reference = Vec::new();
     let mut data_messages = 0;
     loop {

@@ -329,8 +329,9 @@ pub fn check_response(bytes: &[u8]) -> Result<ResponseHead, String> {
 
 /// Reads from a queue the checker fills; `WouldBlock` when empty. Writes
 /// (a client's automatic pongs) go nowhere: the checker only listens.
+/// Also the frame_boundary target's reference reader.
 #[derive(Default)]
-struct Feed(Rc<RefCell<VecDeque<u8>>>);
+pub struct Feed(pub Rc<RefCell<VecDeque<u8>>>);
 
 impl Read for Feed {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
